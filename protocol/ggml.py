@@ -1,0 +1,161 @@
+"""ggml facts the wire depends on: tensor types, per-release op enums, and `nbytes()`.
+
+An rpc_tensor carries raw ggml enum values.  Type numbers are stable across releases (new
+types are appended), but how many are valid is not; op numbers shift whenever ggml adds an
+op.  Block and type sizes come from the `gguf` package (the official table); the op enums
+come from each release's ggml.h via protocol/ggml_tables.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from .ggml_tables import TABLES
+
+MAX_DIMS = 4
+MAX_SRC = 10
+MAX_OP_PARAMS = 64  # bytes, i.e. 16 int32
+MAX_NAME = 64
+
+# Types that ggml still numbers but that `gguf` does not know yet (block size, type size).
+_EXTRA_TYPES = {42: ("Q2_0", 64, 18)}
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """One ggml_type: elements per block and bytes per block (block size 0 = removed type)."""
+
+    value: int
+    name: str
+    block_size: int
+    type_size: int
+
+    @property
+    def removed(self) -> bool:
+        return self.block_size == 0
+
+    @property
+    def quantized(self) -> bool:
+        return self.block_size > 1
+
+
+def _all_types() -> dict[int, TensorType]:
+    types = {
+        int(t): TensorType(int(t), t.name, *GGML_QUANT_SIZES[t])
+        for t in GGMLQuantizationType
+        if t in GGML_QUANT_SIZES
+    }
+    for value, (name, block, size) in _EXTRA_TYPES.items():
+        types.setdefault(value, TensorType(value, name, block, size))
+    return types
+
+
+TYPES: dict[int, TensorType] = _all_types()
+TYPE_BY_NAME: dict[str, TensorType] = {t.name: t for t in TYPES.values()}
+
+
+@dataclass(frozen=True)
+class GgmlTables:
+    """The ggml enums of one upstream release (the one a protocol version was cut from)."""
+
+    release: str
+    type_count: int
+    ops: tuple[str, ...]
+    unary_ops: tuple[str, ...]
+    glu_ops: tuple[str, ...]
+
+    def tensor_type(self, value: int) -> TensorType | None:
+        """The type numbered `value` in this release, or None if it is invalid or removed."""
+        if not 0 <= value < self.type_count:
+            return None
+        found = TYPES.get(value)
+        return found if found is not None and not found.removed else None
+
+    def op_name(self, value: int) -> str | None:
+        return self.ops[value] if 0 <= value < len(self.ops) else None
+
+    def op_value(self, name: str) -> int:
+        return self._op_numbers[name]
+
+    @cached_property
+    def _op_numbers(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.ops)}
+
+    @cached_property
+    def block_sizes(self) -> np.ndarray:
+        """Block size per type number (0 for invalid/removed), for vectorised checks."""
+        return self._per_type(lambda t: t.block_size)
+
+    @cached_property
+    def type_sizes(self) -> np.ndarray:
+        return self._per_type(lambda t: t.type_size)
+
+    def _per_type(self, attribute) -> np.ndarray:
+        table = np.zeros(self.type_count, dtype=np.uint64)
+        for value in range(self.type_count):
+            found = self.tensor_type(value)
+            if found is not None:
+                table[value] = attribute(found)
+        return table
+
+
+GGML_RELEASES: dict[str, GgmlTables] = {
+    release: GgmlTables(
+        release=release,
+        type_count=table["type_count"],
+        ops=tuple(table["ops"]),
+        unary_ops=tuple(table["unary_ops"]),
+        glu_ops=tuple(table["glu_ops"]),
+    )
+    for release, table in TABLES.items()
+}
+
+
+def nbytes(tensor_type: TensorType, ne, nb) -> int:
+    """Bytes spanned by a tensor, exactly as ggml_nbytes() computes it but without overflow.
+
+    Any zero dimension makes the tensor empty.  For block size 1 the span is the element
+    size plus the stride walk to the last element; for quantized types a row holds
+    ne[0]/block_size blocks of nb[0] bytes.  Python integers never wrap, so a hostile
+    ne/nb combination yields a huge number instead of ggml's wrapped small one.
+    """
+    if any(n == 0 for n in ne):
+        return 0
+    if tensor_type.block_size == 1:
+        total = tensor_type.type_size
+    else:
+        total = ne[0] * nb[0] // tensor_type.block_size
+    for i in range(1 if tensor_type.block_size != 1 else 0, MAX_DIMS):
+        total += (ne[i] - 1) * nb[i]
+    return total
+
+
+NBYTES_OVERFLOW = np.uint64(2**64 - 1)
+
+
+def nbytes_array(tables: GgmlTables, types: np.ndarray, ne: np.ndarray, nb: np.ndarray) -> np.ndarray:
+    """Vectorised `nbytes` over arrays of tensors, exact, saturating at NBYTES_OVERFLOW.
+
+    Every term is computed in uint64 without wrapping (a quantized row is split as
+    q*nb0 + r*nb0//block so ne0*nb0 is never formed); a float64 estimate of the sum flags the
+    totals that would not fit, which saturate instead of wrapping as ggml's size_t does.
+    Callers must have rejected invalid types first.
+    """
+    ne = ne.astype(np.uint64)
+    nb = nb.astype(np.uint64)
+    block = tables.block_sizes[types]
+    size = tables.type_sizes[types]
+    one = np.uint64(1)
+    blocked = block > one
+    q, r = np.divmod(ne[:, 0], np.maximum(block, one))
+    first = np.where(blocked, q * nb[:, 0] + r * nb[:, 0] // np.maximum(block, one), size + (ne[:, 0] - one) * nb[:, 0])
+    rest = (ne[:, 1:] - one) * nb[:, 1:]
+    estimate = first.astype(np.float64) + rest.astype(np.float64).sum(axis=1)
+    with np.errstate(over="ignore"):
+        total = first + rest.sum(axis=1, dtype=np.uint64)
+    total = np.where(estimate >= 2.0**63, NBYTES_OVERFLOW, total)
+    return np.where((ne == 0).any(axis=1), np.uint64(0), total)

@@ -1,0 +1,114 @@
+"""GRAPH_COMPUTE payload: node ids and the rpc_tensor array, decoded at once with NumPy.
+
+Payload (after the optional device index, see messages.py):
+
+    n_nodes u32 | nodes u64[n_nodes] | n_tensors u32 | tensors rpc_tensor[n_tensors]
+
+`nodes` lists, in execution order, the ids of the tensors to compute; `tensors` holds every
+tensor the nodes reach through src[] and view_src.  A real client sends ~1400 tensors per
+graph; decoding them one construct field at a time would dominate the server's work, so
+`decode_graph` views the bytes as a NumPy structured array (dtype derived from the
+rpc_tensor schema) and copies nothing.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+from construct import Array, Int32ul, Int64ul, Rebuild, Struct, len_, this
+
+from .errors import LocalProtocolError, RemoteProtocolError
+from .tensor import RPC_TENSOR, RPC_TENSOR_DTYPE
+from .versions import Profile
+
+_U32 = struct.Struct("<I")
+NODE_DTYPE = np.dtype("<u8")
+
+
+@dataclass(eq=False)
+class Graph:
+    """A decoded graph: `nodes` (uint64 ids) and `tensors` (structured rpc_tensor array)."""
+
+    nodes: np.ndarray
+    tensors: np.ndarray
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Graph):
+            return NotImplemented
+        return self.nodes.tobytes() == other.nodes.tobytes() and self.tensors.tobytes() == other.tensors.tobytes()
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def n_tensors(self) -> int:
+        return len(self.tensors)
+
+
+def graph_tail_schema(profile: Profile) -> Struct:
+    """The construct form of the graph tail (reference layout; decode_graph is the fast path)."""
+    tensor = RPC_TENSOR[profile.tensor]
+    return Struct(
+        "n_nodes" / Rebuild(Int32ul, len_(this.nodes)),
+        "nodes" / Array(this.n_nodes, Int64ul),
+        "n_tensors" / Rebuild(Int32ul, len_(this.tensors)),
+        "tensors" / Array(this.n_tensors, tensor),
+    )
+
+
+def decode_graph(profile: Profile, tail, *, base_offset: int = 0) -> Graph:
+    """Decode the graph tail of a GRAPH_COMPUTE payload without copying it.
+
+    Every count is checked against the bytes actually present before it is used, and
+    bytes left over after the tensor array are an error.  Raises RemoteProtocolError
+    naming the field; `base_offset` is where `tail` starts in the frame, for the message.
+    """
+    view = memoryview(tail).cast("B")
+    total = len(view)
+
+    def fail(field: str, value: int, rule: str, at: int) -> RemoteProtocolError:
+        return RemoteProtocolError(rule, command="GRAPH_COMPUTE", field=field, value=value,
+                                   section="8.1", offset=base_offset + at)
+
+    if total < 4:
+        raise fail("n_nodes", total, f"graph payload ends after {total} bytes, before n_nodes", 0)
+    (n_nodes,) = _U32.unpack_from(view, 0)
+    nodes_end = 4 + n_nodes * 8
+    if nodes_end + 4 > total:
+        raise fail("n_nodes", n_nodes, f"{n_nodes} node ids and n_tensors need {nodes_end + 4} bytes, "
+                   f"the payload has {total}", 0)
+    (n_tensors,) = _U32.unpack_from(view, nodes_end)
+    dtype = RPC_TENSOR_DTYPE[profile.tensor]
+    expected = nodes_end + 4 + n_tensors * dtype.itemsize
+    if expected != total:
+        rule = (f"{n_tensors} tensors of {dtype.itemsize} bytes need {expected} bytes in all, "
+                f"the payload has {total}")
+        raise fail("n_tensors", n_tensors, rule, nodes_end)
+    nodes = np.frombuffer(view, dtype=NODE_DTYPE, count=n_nodes, offset=4)
+    tensors = np.frombuffer(view, dtype=dtype, count=n_tensors, offset=nodes_end + 4)
+    return Graph(nodes=nodes, tensors=tensors)
+
+
+def encode_graph(profile: Profile, graph: Graph) -> list[bytes | memoryview]:
+    """The graph tail as buffers ready for a vectored send (tensor bytes are not copied)."""
+    dtype = RPC_TENSOR_DTYPE[profile.tensor]
+    if graph.tensors.dtype != dtype:
+        raise LocalProtocolError(f"tensor array has dtype {graph.tensors.dtype}, protocol {profile.name} "
+                                 f"needs the {profile.tensor!r} rpc_tensor layout", command="GRAPH_COMPUTE",
+                                 field="tensors")
+    nodes = np.ascontiguousarray(graph.nodes, dtype=NODE_DTYPE)
+    tensors = np.ascontiguousarray(graph.tensors)
+    return [
+        _U32.pack(len(nodes)) + nodes.tobytes() + _U32.pack(len(tensors)),
+        memoryview(tensors.view(np.uint8)),
+    ]
+
+
+def tensors_from_containers(profile: Profile, tensors) -> np.ndarray:
+    """A structured array from rpc_tensor Containers (convenience for building graphs)."""
+    schema = RPC_TENSOR[profile.tensor]
+    raw = b"".join(schema.build(t) for t in tensors)
+    return np.frombuffer(raw, dtype=RPC_TENSOR_DTYPE[profile.tensor]).copy()

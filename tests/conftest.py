@@ -1,0 +1,53 @@
+"""Shared fixtures: real upstream peers (built into the user cache) and tiny models."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tiny_model import write_tiny_llama
+from upstream_peers import find_built, peer_for
+from upstream_peers.server import UpstreamServer
+
+REQUIRE_PEERS = os.environ.get("GGML_RPC_REQUIRE_PEERS") == "1"
+CI_RELEASES = ("0.3.20", "0.3.36")  # protocol 3.6.1 and 7.0.0
+
+
+def require_peer(release: str):
+    """The peer, or skip (fail when GGML_RPC_REQUIRE_PEERS=1, as in CI) if it is not built."""
+    peer = peer_for(release)
+    if find_built(peer) is None:
+        message = (f"upstream peer {release} (protocol {peer.protocol}) is not built; "
+                   f"run: python -m upstream_peers build {release}")
+        if REQUIRE_PEERS:
+            pytest.fail(message)
+        pytest.skip(message)
+    return peer
+
+
+@pytest.fixture(scope="session")
+def upstream_server():
+    """upstream_server(release) -> a running real server (restarted if a test killed it)."""
+    servers: dict[str, UpstreamServer] = {}
+
+    def get(release: str, **options) -> UpstreamServer:
+        key = release + repr(sorted(options.items()))
+        peer = require_peer(release)
+        if key not in servers:
+            servers[key] = UpstreamServer(peer, **options).start()
+        elif not servers[key].alive():
+            servers[key].restart()
+        return servers[key]
+
+    yield get
+    for server in servers.values():
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Paths of tiny llama GGUFs: "2" (2 layers) and "30" (30 layers, graphs of ~1400 tensors)."""
+    folder = tmp_path_factory.mktemp("models")
+    return {"2": write_tiny_llama(folder / "tiny2.gguf", n_layer=2),
+            "30": write_tiny_llama(folder / "tiny30.gguf", n_layer=30)}

@@ -1,0 +1,174 @@
+"""The schemas against the REAL upstream peers: bytes produced by a real 3.6.1 and 7.0.0
+server and client parse to the values we expect."""
+
+from __future__ import annotations
+
+import socket
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from conftest import CI_RELEASES, require_peer
+from protocol import Command, decode_name, make_tensor, profile_for
+from protocol.graph import decode_graph
+from protocol.session import decode_connection
+from reference_impl.proxy import RecordingProxy
+from upstream_peers.client import run_client
+from upstream_peers.llama_run import run_llama
+from wire import Wire
+
+pytestmark = pytest.mark.upstream
+
+
+@pytest.mark.parametrize("release", CI_RELEASES)
+def test_real_server_replies_parse(release, upstream_server):
+    server = upstream_server(release)
+    profile = profile_for(require_peer(release).protocol)
+    with socket.create_connection(server.address, timeout=30) as sock:
+        wire = Wire(sock, profile)
+        hello = wire.call(Command.HELLO, {"conn_caps": bytes(24)} if profile.hello == "caps" else None)
+        assert (hello.body.major, hello.body.minor, hello.body.patch) == profile.version
+        if profile.hello == "caps":
+            assert hello.body.conn_caps == bytes(24) and hello.body.padding == 0
+        assert wire.call(Command.DEVICE_COUNT).body.device_count == 1
+        assert wire.call(Command.GET_ALIGNMENT, {"device": 0}).body.alignment == 32
+        assert wire.call(Command.GET_MAX_SIZE, {"device": 0}).body.max_size == 2**64 - 1
+        memory = wire.call(Command.GET_DEVICE_MEMORY, {"device": 0}).body
+        assert 0 < memory.free_mem <= memory.total_mem
+        alloc = wire.call(Command.ALLOC_BUFFER, {"device": 0, "size": 4096}).body
+        assert alloc.remote_ptr != 0 and alloc.remote_size == 4096
+        base = wire.call(Command.BUFFER_GET_BASE, {"remote_ptr": alloc.remote_ptr}).body.base_ptr
+        assert base != 0 and base % 32 == 0
+
+        def f32(name: str, offset: int, n: int = 16):
+            return make_tensor(profile.tensor, id=0x1000 + offset, type=0, buffer=alloc.remote_ptr, ne=[n, 1, 1, 1],
+                               nb=[4, 4 * n, 4 * n, 4 * n], data=base + offset, name=name)
+
+        payload = np.arange(16, dtype=np.float32).tobytes()
+        set_body = {"tensor": f32("a", 0), "offset": 0}
+        if profile.set_tensor == "cache_flag":
+            set_body["cache_flag"] = 0
+        assert wire.call(Command.SET_TENSOR, set_body, data=payload) is None
+        got = wire.call(Command.GET_TENSOR, {"tensor": f32("a", 0), "offset": 0, "size": 64})
+        assert bytes(got.data) == payload
+        part = wire.call(Command.GET_TENSOR, {"tensor": f32("a", 0), "offset": 8, "size": 8})
+        assert bytes(part.data) == payload[8:16]
+        srcs = [make_tensor(profile.tensor) for _ in range(10)]
+        size = wire.call(Command.GET_ALLOC_SIZE, {"device": 0, "tensor": f32("a", 0), "srcs": srcs}).body
+        assert size.alloc_size == 64
+        assert wire.call(Command.COPY_TENSOR, {"src": f32("a", 0), "dst": f32("b", 128)}).body.result == 1
+        assert bytes(wire.call(Command.GET_TENSOR, {"tensor": f32("b", 128), "offset": 0, "size": 64}).data) == payload
+        hashed = wire.call(Command.SET_TENSOR_HASH, {"tensor": f32("a", 0), "offset": 0, "hash": 0x1234})
+        assert hashed.body.result == 0  # no cache directory: never a hit
+        ack = wire.call(Command.INIT_TENSOR, {"tensor": f32("a", 0)})
+        clear = wire.call(Command.BUFFER_CLEAR, {"remote_ptr": alloc.remote_ptr, "value": 7})
+        if Command.MEMSET_TENSOR in profile.commands:
+            wire.call(Command.MEMSET_TENSOR, {"tensor": f32("a", 0), "offset": 4, "size": 4, "value": 9})
+        got = wire.call(Command.GET_TENSOR, {"tensor": f32("a", 0), "offset": 0, "size": 12})
+        expected = bytes([7] * 4 + [9] * 4 + [7] * 4) if Command.MEMSET_TENSOR in profile.commands else bytes([7] * 12)
+        assert bytes(got.data) == expected
+        free = wire.call(Command.FREE_BUFFER, {"remote_ptr": alloc.remote_ptr})
+        if profile.acks == "empty":
+            assert ack.body == {} and clear.body == {} and free.body == {}
+        else:
+            assert ack is None and clear is None and free is None
+        # the reply stream is still aligned: a one-way command left nothing behind
+        assert wire.call(Command.GET_ALIGNMENT, {"device": 0}).body.alignment == 32
+
+
+CLIENT_STEPS = [
+    {"op": "memory"},
+    {"op": "buffer_type"},
+    {"op": "alloc", "name": "buf", "size": 8192},
+    {"op": "clear", "buffer": "buf", "value": 0},
+    {"op": "tensor", "name": "x", "buffer": "buf", "type": "F32", "ne": [8, 2], "offset": 64},
+    {"op": "tensor", "name": "y", "buffer": "buf", "type": "F32", "ne": [8, 2], "offset": 192},
+    {"op": "tensor", "name": "q", "buffer": "buf", "type": "Q8_0", "ne": [64, 2], "offset": 1024},
+    {"op": "set", "tensor": "x", "hex": np.arange(16, dtype=np.float32).tobytes().hex(), "offset": 0},
+    {"op": "set", "tensor": "y", "hex": np.ones(8, dtype=np.float32).tobytes().hex(), "offset": 32},
+    {"op": "alloc_size", "tensor": "q"},
+    {"op": "add", "name": "sum", "a": "x", "b": "y", "buffer": "buf", "offset": 512},
+    {"op": "compute", "output": "sum"},
+    {"op": "get", "tensor": "sum", "offset": 0, "size": 64},
+    {"op": "copy", "src": "x", "dst": "y"},
+    {"op": "clear", "buffer": "buf", "value": 0},
+    {"op": "free", "buffer": "buf"},
+]
+
+
+@pytest.mark.parametrize("release", CI_RELEASES)
+def test_real_client_requests_parse(release, upstream_server):
+    peer = require_peer(release)
+    profile = profile_for(peer.protocol)
+    server = upstream_server(release)
+    with RecordingProxy(server.address) as proxy:
+        results = run_client(peer, proxy.endpoint, CLIENT_STEPS)
+    for connection in proxy.connections:
+        assert connection.closed.wait(10)
+    decoded = [decode_connection(c.stream("c2s"), c.stream("s2c")) for c in proxy.connections]
+    for session in decoded:
+        assert session.error is None and session.profile == profile
+    main = max(decoded, key=lambda s: len(s.exchanges))
+    [alloc] = [e for e in main.exchanges if e.request.command is Command.ALLOC_BUFFER]
+    handle = alloc.reply.body.remote_ptr
+    base = results[2]["base"]
+    assert alloc.request.body.size == 8192 and alloc.reply.body.remote_size == 8192
+
+    sets = main.requests(Command.SET_TENSOR)
+    assert [bytes(r.data) for r in sets] == [bytes.fromhex(s["hex"]) for s in CLIENT_STEPS if s["op"] == "set"]
+    x = sets[0].body.tensor
+    assert (x.type, x.buffer, x.data, list(x.ne), list(x.nb), decode_name(x.name)) == (
+        0, handle, base + 64, [8, 2, 1, 1], [4, 32, 64, 64], "x")
+    assert sets[1].body.offset == 32
+    if profile.set_tensor == "cache_flag":
+        assert sets[0].body.cache_flag == 0
+
+    [graph_request] = main.requests(Command.GRAPH_COMPUTE)
+    graph = graph_request.graph
+    assert graph_request.body.device == 0 and graph.n_nodes == 1 and graph.n_tensors == 3
+    node = graph.tensors[graph.tensors["id"] == graph.nodes[0]][0]
+    assert profile.ggml.op_name(int(node["op"])) == "ADD" and int(node["data"]) == base + 512
+    assert set(node["src"][:2].tolist()) == {int(t) for t in graph.tensors["id"][:2]}
+    if profile.tensor == "use_count":
+        assert int(graph.tensors["use_count"][graph.tensors["id"] == graph.nodes[0]][0]) == 0
+
+    gets = [e for e in main.exchanges if e.request.command is Command.GET_TENSOR]
+    assert gets[-1].request.body.size == 64
+    assert bytes(gets[-1].reply.data) == (np.arange(16, dtype=np.float32) + np.r_[np.zeros(8), np.ones(8)]).astype(
+        np.float32).tobytes()
+    [copy] = [e for e in main.exchanges if e.request.command is Command.COPY_TENSOR]
+    assert copy.request.body.dst.data == base + 192 and copy.reply.body.result == 1
+    assert main.requests(Command.BUFFER_CLEAR)[-1].body == {"remote_ptr": handle, "value": 0}
+    assert main.requests(Command.FREE_BUFFER)[0].body.remote_ptr == handle
+    alloc_sizes = [e for s in decoded for e in s.exchanges if e.request.command is Command.GET_ALLOC_SIZE]
+    assert alloc_sizes and alloc_sizes[0].reply.body.alloc_size == results[9] == 2 * 68  # 2 rows of 2 Q8_0 blocks
+
+
+@pytest.mark.parametrize("release", CI_RELEASES)
+def test_real_llama_session_decodes(release, upstream_server, tiny_models):
+    """A real llama.cpp model offloaded to the real server: every byte of every connection
+    decodes, and its graphs hold the ops and types llama models use."""
+    peer = require_peer(release)
+    profile = profile_for(peer.protocol)
+    server = upstream_server(release)
+    with RecordingProxy(server.address) as proxy:
+        run_llama(peer, tiny_models["30"], rpc=proxy.endpoint, text="The quick brown fox", generate=2)
+    for connection in proxy.connections:
+        assert connection.closed.wait(10)
+    sessions = [decode_connection(c.stream("c2s"), c.stream("s2c")) for c in proxy.connections]
+    assert all(s.error is None for s in sessions), [str(s.error) for s in sessions if s.error]
+    commands = Counter(e.request.command for s in sessions for e in s.exchanges)
+    assert commands[Command.GRAPH_COMPUTE] >= 1 and commands[Command.GRAPH_RECOMPUTE] >= 1
+    graphs = [r.graph for s in sessions for r in s.requests(Command.GRAPH_COMPUTE)]
+    biggest = max(graphs, key=lambda g: g.n_tensors)
+    assert biggest.n_tensors >= 1400
+    ops = {profile.ggml.op_name(int(op)) for op in biggest.tensors["op"]}
+    assert {"NONE", "ADD", "MUL", "RMS_NORM", "MUL_MAT", "GET_ROWS", "SET_ROWS", "SOFT_MAX", "ROPE", "GLU", "VIEW",
+            "PERMUTE", "RESHAPE"} <= ops
+    types = {profile.ggml.tensor_type(int(t)).name for t in biggest.tensors["type"]}
+    assert {"F32", "F16", "Q8_0", "Q4_1", "I32"} <= types
+    # the fast decoder reads the same payload straight from the frame, without copying
+    raw = bytearray(b"".join(bytes(p) for p in __import__("protocol").encode_graph(profile, biggest)))
+    again = decode_graph(profile, raw)
+    assert again == biggest and np.shares_memory(again.tensors, np.frombuffer(raw, np.uint8))

@@ -1,0 +1,313 @@
+"""Regenerate the tables of SPEC.md from the protocol package (the schemas are the truth).
+
+SPEC.md's prose is written by hand; every table between
+    <!-- BEGIN GENERATED name -->  and  <!-- END GENERATED name -->
+is rendered here from protocol/ (field layouts, sizes, version profiles, enums, rules).
+tests/test_spec.py fails when SPEC.md differs from what this script would write.
+
+    python tools/generate_spec.py          # rewrite SPEC.md in place
+    python tools/generate_spec.py --check  # exit 1 if SPEC.md is stale
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from construct import Array, Bytes, FormatField, Rebuild, Renamed, Struct
+
+from protocol.commands import Command
+from protocol.ggml import GGML_RELEASES, TYPES
+from protocol.messages import message_spec
+from protocol.rules import RULES
+from protocol.tensor import RPC_TENSOR
+from protocol.versions import PROFILES, Profile
+
+SPEC = Path(__file__).resolve().parent.parent / "SPEC.md"
+BLOCK = re.compile(r"(<!-- BEGIN GENERATED (\S+) -->\n)(.*?)(<!-- END GENERATED \2 -->)", re.S)
+
+_SCALARS = {"<Q": "u64", "<L": "u32", "<l": "i32", "<B": "u8", "<b": "i8", "<H": "u16", "<h": "i16"}
+# Commands documented in each SPEC section (HELLO lives in §3.1).
+COMMAND_SECTIONS = {
+    Command.HELLO: "3.1", Command.DEVICE_COUNT: "5.1", Command.GET_ALIGNMENT: "5.2",
+    Command.GET_MAX_SIZE: "5.3", Command.GET_DEVICE_MEMORY: "5.4", Command.GET_ALLOC_SIZE: "5.5",
+    Command.ALLOC_BUFFER: "6.1", Command.BUFFER_GET_BASE: "6.2", Command.FREE_BUFFER: "6.3",
+    Command.BUFFER_CLEAR: "6.4", Command.SET_TENSOR: "7.1", Command.GET_TENSOR: "7.2",
+    Command.SET_TENSOR_HASH: "7.3", Command.COPY_TENSOR: "7.4", Command.INIT_TENSOR: "7.5",
+    Command.MEMSET_TENSOR: "7.6", Command.GRAPH_COMPUTE: "8.1", Command.GRAPH_RECOMPUTE: "8.3",
+}
+# Ops that llama.cpp sends for llama-architecture models, shown with their numbers per release.
+LLAMA_OPS = ("NONE", "ADD", "MUL", "RMS_NORM", "MUL_MAT", "SCALE", "CPY", "CONT", "RESHAPE", "VIEW",
+             "PERMUTE", "TRANSPOSE", "GET_ROWS", "SET_ROWS", "SOFT_MAX", "ROPE", "FLASH_ATTN_EXT",
+             "UNARY", "GLU")
+
+
+def _unwrap(con):
+    while isinstance(con, (Renamed, Rebuild)):
+        con = con.subcon
+    return con
+
+
+def type_name(con) -> str:
+    con = _unwrap(con)
+    if con in RPC_TENSOR.values():
+        return "rpc_tensor (§4.1)"
+    if isinstance(con, FormatField):
+        return _SCALARS[con.fmtstr]
+    if isinstance(con, Bytes):
+        return f"u8[{con.length}]"
+    if isinstance(con, Array):
+        return f"{type_name(con.subcon)}[{con.count}]"
+    raise TypeError(type(con).__name__)
+
+
+def struct_rows(schema: Struct) -> list[tuple[int, str, str, int, str]]:
+    rows, offset = [], 0
+    for sub in schema.subcons:
+        size = sub.sizeof()
+        rows.append((offset, sub.name, type_name(sub), size, sub.docs or ""))
+        offset += size
+    return rows
+
+
+def struct_table(schema: Struct, tail: str | None = None) -> str:
+    lines = ["| offset | field | type | bytes | meaning |", "|---:|---|---|---:|---|"]
+    rows = struct_rows(schema)
+    for offset, name, kind, size, doc in rows:
+        lines.append(f"| {offset} | `{name}` | {kind} | {size} | {doc} |")
+    end = schema.sizeof()
+    if tail == "data":
+        lines.append(f"| {end} | `data` | u8[…] | size − {end} | the bytes, up to the end of the payload |")
+    elif tail == "graph":
+        lines.append(f"| {end} | graph | §8.1 | size − {end} | node ids and tensors, see below |")
+    if not rows and tail is None:
+        return "empty (size 0)"
+    total = f"**{end} bytes**" if tail is None else f"**{end} bytes + tail**"
+    return "\n".join(lines) + f"\n\nTotal: {total}."
+
+
+def version_ranges(names: list[str]) -> str:
+    """Collapse consecutive profile names ("3.6.0", "3.6.1", "4.0.0") to "3.6.0 – 4.0.0"."""
+    order = [p.name for p in PROFILES]
+    index = sorted(order.index(n) for n in names)
+    runs, start = [], index[0]
+    for prev, cur in zip(index, index[1:] + [None]):
+        if cur != prev + 1:
+            runs.append(order[start] if start == prev else f"{order[start]} – {order[prev]}")
+            start = cur
+    return ", ".join(runs)
+
+
+def _grouped(render) -> list[tuple[str, str]]:
+    """[(versions, rendered)] grouping profiles whose rendering is identical."""
+    groups: dict[str, list[str]] = {}
+    for profile in PROFILES:
+        text = render(profile)
+        if text is not None:
+            groups.setdefault(text, []).append(profile.name)
+    return [(version_ranges(names), text) for text, names in groups.items()]
+
+
+def command_block(command: Command) -> str:
+    def request(p: Profile):
+        if command not in p.commands:
+            return None
+        spec = message_spec(p, command)
+        return struct_table(spec.request, spec.request_tail)
+
+    def reply(p: Profile):
+        if command not in p.commands:
+            return None
+        spec = message_spec(p, command)
+        if spec.reply is None:
+            return "none: the command is one-way, the server sends nothing back"
+        if spec.reply_tail == "data":
+            return "exactly `size` bytes (the request's `size`): the tensor data"
+        return struct_table(spec.reply)
+
+    out = [f"Command byte **{int(command)}**.", ""]
+    for title, render in (("Request payload", request), ("Reply payload", reply)):
+        groups = _grouped(render)
+        for versions, text in groups:
+            label = f"{title} ({versions})" if len(groups) > 1 or versions != version_ranges([p.name for p in PROFILES]) else title
+            out += [f"*{label}:*", "", text, ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def rpc_tensor_block() -> str:
+    common = RPC_TENSOR["padding"]
+    table = struct_table(common)
+    last = struct_rows(RPC_TENSOR["use_count"])[-1]
+    tensor_users = {name: [p.name for p in PROFILES if p.tensor == name] for name in RPC_TENSOR}
+    notes = [
+        "",
+        f"The last four bytes are `padding` (u8[4], zero) in {version_ranges(tensor_users['padding'])} "
+        f"and `use_count` ({last[2]}: {last[4]}) in {version_ranges(tensor_users['use_count'])}.",
+    ]
+    return table + "\n" + "\n".join(notes) + "\n"
+
+
+def graph_block() -> str:
+    from protocol.graph import graph_tail_schema
+
+    lines = ["| field | type | bytes | meaning |", "|---|---|---:|---|"]
+    meaning = {"n_nodes": "number of node ids", "nodes": "ids of the tensors to compute, in order",
+               "n_tensors": "number of tensors", "tensors": "every tensor the nodes reach"}
+    for sub in graph_tail_schema(PROFILES[-1]).subcons:
+        con = _unwrap(sub)
+        if isinstance(con, Array):
+            size = "8 × n_nodes" if sub.name == "nodes" else "296 × n_tensors"
+            kind = "u64[n_nodes]" if sub.name == "nodes" else "rpc_tensor[n_tensors]"
+        else:
+            size, kind = str(con.sizeof()), type_name(con)
+        lines.append(f"| `{sub.name}` | {kind} | {size} | {meaning[sub.name]} |")
+    return "\n".join(lines) + "\n"
+
+
+def profiles_block() -> str:
+    head = ("| version | commands | HELLO | devices | rpc_tensor tail | SET_TENSOR | GRAPH_COMPUTE reply "
+            "| acks | ggml enums |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    for p in PROFILES:
+        commands = f"0–{max(p.commands)}"
+        ggml = p.ggml_release + (" (assumed)" if p.note else "")
+        lines.append(f"| {p.name} | {commands} | {p.hello} | {p.devices} | {p.tensor} | {p.set_tensor} "
+                     f"| {p.graph_reply} | {p.acks} | {ggml} |")
+    notes = [f"- {p.name}: {p.note}." for p in PROFILES if p.note]
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def differences_block() -> str:
+    columns = ("commands", "hello", "devices", "tensor", "set_tensor", "graph_reply", "acks", "ggml_release")
+    lines = ["| from → to | what changes on the wire |", "|---|---|"]
+    for old, new in zip(PROFILES, PROFILES[1:]):
+        changes = []
+        for column in columns:
+            a, b = getattr(old, column), getattr(new, column)
+            if a == b:
+                continue
+            if column == "commands":
+                added = [c.name for c in b if c not in a]
+                changes.append("adds " + ", ".join(added))
+            else:
+                changes.append(f"`{column}`: {a} → {b}")
+        lines.append(f"| {old.name} → {new.name} | {'; '.join(changes) or 'nothing (same wire)'} |")
+    return "\n".join(lines) + "\n"
+
+
+def types_block() -> str:
+    lines = ["| value | type | block size | bytes per block | valid in |", "|---:|---|---:|---:|---|"]
+    releases = {p.name: p.ggml for p in PROFILES}
+    for value in sorted(TYPES):
+        kind = TYPES[value]
+        valid = [name for name, tables in releases.items() if tables.tensor_type(value) is not None]
+        where = version_ranges(valid) if valid else "none"
+        lines.append(f"| {value} | {kind.name} | {kind.block_size} | {kind.type_size} | {where} |")
+    return "\n".join(lines) + "\n"
+
+
+def ops_block() -> str:
+    releases = list(GGML_RELEASES.values())
+    header = "| op | " + " | ".join(r.release for r in releases) + " |"
+    lines = [header, "|---|" + "---:|" * len(releases)]
+    for name in LLAMA_OPS:
+        cells = [str(r.ops.index(name)) if name in r.ops else "–" for r in releases]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("| *count* | " + " | ".join(str(len(r.ops)) for r in releases) + " |")
+    lines.append("| *unary ops* | " + " | ".join(str(len(r.unary_ops)) for r in releases) + " |")
+    lines.append("| *glu ops* | " + " | ".join(str(len(r.glu_ops)) for r in releases) + " |")
+    lines.append("| *types* | " + " | ".join(str(r.type_count) for r in releases) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def rules_block(section: str) -> str:
+    chosen = [r for r in RULES if r.section == section]
+    lines = ["| rule | level | on violation | regression for |", "|---|---|---|---|"]
+    for rule in chosen:
+        lines.append(f"| `{rule.key}`: {rule.title} | {rule.level} | close the connection | {rule.advisory or '–'} |")
+    return "\n".join(lines) + "\n"
+
+
+def security_block() -> str:
+    lines = ["| advisory / report | rule | level |", "|---|---|---|"]
+    for rule in RULES:
+        if rule.advisory:
+            lines.append(f"| {rule.advisory} | §{rule.section} `{rule.key}` | {rule.level} |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_block() -> str:
+    lines = ["| # | command | section | request bytes | reply bytes | versions |", "|---:|---|---|---|---|---|"]
+    for command in Command:
+        def sizes(p: Profile):
+            if command not in p.commands:
+                return None
+            spec = message_spec(p, command)
+            request = f"{spec.request_size}" + (" + tail" if spec.request_tail else "")
+            if spec.reply is None:
+                reply = "none"
+            elif spec.reply_tail:
+                reply = "`size`"
+            else:
+                reply = str(spec.reply_size)
+            return f"{request} | {reply}"
+
+        groups = _grouped(sizes)
+        for versions, text in groups:
+            lines.append(f"| {int(command)} | {command.name} | §{COMMAND_SECTIONS[command]} | {text} | {versions} |")
+    return "\n".join(lines) + "\n"
+
+
+def blocks() -> dict[str, str]:
+    found = {
+        "profiles": profiles_block(),
+        "differences": differences_block(),
+        "rpc_tensor": rpc_tensor_block(),
+        "types": types_block(),
+        "ops": ops_block(),
+        "graph": graph_block(),
+        "security": security_block(),
+        "summary": summary_block(),
+    }
+    for command in Command:
+        found[f"command:{command.name}"] = command_block(command)
+    for section in sorted({r.section for r in RULES}):
+        found[f"rules:{section}"] = rules_block(section)
+    return found
+
+
+def render(text: str) -> str:
+    """SPEC.md text with every generated block re-rendered; unknown block names are errors."""
+    available = blocks()
+    used = set()
+
+    def replace(match: re.Match) -> str:
+        name = match.group(2)
+        if name not in available:
+            raise KeyError(f"SPEC.md names an unknown generated block {name!r}")
+        used.add(name)
+        return match.group(1) + available[name] + match.group(4)
+
+    result = BLOCK.sub(replace, text)
+    missing = sorted(set(available) - used)
+    if missing:
+        raise KeyError(f"SPEC.md lacks generated blocks: {', '.join(missing)}")
+    return result
+
+
+def main(argv: list[str]) -> int:
+    current = SPEC.read_text()
+    fresh = render(current)
+    if "--check" in argv:
+        if fresh != current:
+            print("SPEC.md is stale: run python tools/generate_spec.py", file=sys.stderr)
+            return 1
+        return 0
+    SPEC.write_text(fresh)
+    print(f"wrote {SPEC}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

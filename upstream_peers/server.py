@@ -1,0 +1,159 @@
+"""Run the real upstream RPC server of a built peer, in a process of its own.
+
+    python -m upstream_peers.server --peer 0.3.36 [--host 127.0.0.1] [--port 0] [--cache DIR]
+
+The upstream server serves forever and aborts the whole process on some hostile inputs,
+so it always runs in a child process.  `UpstreamServer` starts it on port 0 and learns the
+port the kernel picked from /proc (the C++ server never reports it), which also tells
+when it is ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .catalog import Peer, peer_for
+from .libs import GGML_BACKEND_DEVICE_TYPE_CPU, load
+
+# The C++ CPU device reports the host's physical memory; keep the numbers honest instead.
+DEFAULT_THREADS = 2
+
+
+def serve(peer: Peer, host: str, port: int, cache_dir: str | None, devices: int, threads: int) -> None:
+    libs = load(peer)
+    endpoint = f"{host}:{port}".encode()
+    cache = cache_dir.encode() if cache_dir else None
+    if peer.server_api == "devices":
+        cpu = libs.ggml.ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU)
+        if not cpu:
+            raise SystemExit("no CPU device in the peer's ggml registry")
+        array = (ctypes.c_void_p * devices)(*([cpu] * devices))
+        libs.rpc.ggml_backend_rpc_start_server(endpoint, cache, threads, devices, array)
+    else:
+        backend = libs.cpu.ggml_backend_cpu_init()
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        libs.rpc.ggml_backend_rpc_start_server(backend, endpoint, cache, total, total)
+    raise SystemExit("the upstream server returned (it could not bind or start)")
+
+
+def _listening_ports(pid: int) -> list[int]:
+    """TCP ports on which process `pid` listens (Linux /proc)."""
+    inodes = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir() if fd_dir.exists() else ():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = []
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A = LISTEN
+                ports.append(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+class UpstreamServer:
+    """A real upstream server in a child process, on 127.0.0.1 and a kernel-chosen port."""
+
+    def __init__(self, peer: Peer | str, *, cache_dir: str | None = None, devices: int = 1,
+                 host: str = "127.0.0.1", start_timeout: float = 60.0) -> None:
+        self.peer = peer_for(peer) if isinstance(peer, str) else peer
+        self.cache_dir = cache_dir
+        self.devices = devices
+        self.host = host
+        self.start_timeout = start_timeout
+        self.process: subprocess.Popen | None = None
+        self.port: int | None = None
+        self._log = tempfile.NamedTemporaryFile(prefix=f"upstream-{self.peer.release}-", suffix=".log", delete=False)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.port is not None, "server not started"
+        return self.host, self.port
+
+    @property
+    def endpoint(self) -> str:
+        host, port = self.address
+        return f"{host}:{port}"
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "upstream_peers.server", "--peer", self.peer.release,
+               "--host", self.host, "--port", "0", "--devices", str(self.devices)]
+        if self.cache_dir:
+            cmd += ["--cache", self.cache_dir]
+        return cmd
+
+    def start(self) -> "UpstreamServer":
+        root = Path(__file__).resolve().parent.parent
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+        self.process = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"upstream server {self.peer.release} exited ({self.process.returncode}):\n{self.log()}")
+            ports = _listening_ports(self.process.pid)
+            if ports:
+                self.port = ports[0]
+                return self
+            time.sleep(0.02)  # polling for the LISTEN socket to appear, not a fixed wait
+        self.stop()
+        raise RuntimeError(f"upstream server {self.peer.release} did not listen within {self.start_timeout}s")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def restart(self) -> "UpstreamServer":
+        self.stop()
+        return self.start()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def log(self) -> str:
+        return Path(self._log.name).read_text(errors="replace")
+
+    def close(self) -> None:
+        self.stop()
+        self._log.close()
+        os.unlink(self._log.name)
+
+    def __enter__(self) -> "UpstreamServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the real upstream GGML RPC server of a built peer.")
+    parser.add_argument("--peer", required=True, help="llama-cpp-python release (0.3.36) or protocol (7.0)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=50052)
+    parser.add_argument("--cache", default=None, help="hash cache directory (SET_TENSOR_HASH)")
+    parser.add_argument("--devices", type=int, default=1, help="number of CPU devices to expose")
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS)
+    args = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)
+    serve(peer_for(args.peer), args.host, args.port, args.cache, args.devices, args.threads)
+
+
+if __name__ == "__main__":
+    main()
