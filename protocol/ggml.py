@@ -3,18 +3,20 @@
 An rpc_tensor carries raw ggml enum values.  Type numbers are stable across releases (new
 types are appended), but how many are valid is not; op numbers shift whenever ggml adds an
 op.  Block and type sizes come from the `gguf` package (the official table); the op enums
-come from each release's ggml.h via protocol/ggml_tables.py.
+come from each release's ggml.h via protocol/ggml_tables.json.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from .ggml_tables import TABLES
+TABLES = json.loads((Path(__file__).parent / "ggml_tables.json").read_text())["releases"]
 
 MAX_DIMS = 4
 MAX_SRC = 10

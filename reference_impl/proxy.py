@@ -8,11 +8,12 @@ connections independent: a stalled client never delays another.
 
 from __future__ import annotations
 
-import itertools
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
+
+from .netio import ThreadedTCPService
 
 CLIENT_TO_SERVER = "c2s"
 SERVER_TO_CLIENT = "s2c"
@@ -33,63 +34,39 @@ class RecordedConnection:
         return b"".join(data for d, _, data in self.chunks if d == direction)
 
 
-class RecordingProxy:
+class RecordingProxy(ThreadedTCPService):
     """Listen on `listen`, forward to `upstream`, record into `connections`.
 
     `on_close(connection)` runs when a connection has ended in both directions (the trace
     writer hooks in there).
     """
 
-    def __init__(self, upstream: tuple[str, int], listen: tuple[str, int] = ("127.0.0.1", 0), on_close=None):
+    kind = "proxy"
+
+    def __init__(self, upstream: tuple[str, int], listen: tuple[str, int] = ("127.0.0.1", 0), on_close=None,
+                 max_connections: int = 256):
         self.upstream = upstream
         self.on_close = on_close
         self.connections: list[RecordedConnection] = []
-        self._lock = threading.Lock()
-        self._numbers = itertools.count(1)
-        self._listener = socket.create_server(listen)
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._accept_loop, name="proxy-accept", daemon=True)
+        self._record_lock = threading.Lock()
+        super().__init__(listen, max_connections=max_connections)
 
-    @property
-    def address(self) -> tuple[str, int]:
-        return self._listener.getsockname()[:2]
-
-    @property
-    def endpoint(self) -> str:
-        host, port = self.address
-        return f"{host}:{port}"
-
-    def start(self) -> "RecordingProxy":
-        self._thread.start()
-        return self
-
-    def _accept_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                client, peer = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client, peer), daemon=True).start()
-
-    def _serve(self, client: socket.socket, peer) -> None:
-        record = RecordedConnection(next(self._numbers), f"{peer[0]}:{peer[1]}")
-        with self._lock:
+    def handle(self, client: socket.socket, name: str) -> None:
+        with self._record_lock:
+            record = RecordedConnection(len(self.connections) + 1, name)
             self.connections.append(record)
         try:
             server = socket.create_connection(self.upstream)
         except OSError:
-            client.close()
             record.closed.set()
             return
-        for sock in (client, server):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         pumps = [threading.Thread(target=self._pump, args=(client, server, CLIENT_TO_SERVER, record), daemon=True),
                  threading.Thread(target=self._pump, args=(server, client, SERVER_TO_CLIENT, record), daemon=True)]
         for pump in pumps:
             pump.start()
         for pump in pumps:
             pump.join()
-        client.close()
         server.close()
         record.closed.set()
         if self.on_close is not None:
@@ -101,7 +78,7 @@ class RecordingProxy:
                 data = source.recv(1 << 20)
                 if not data:
                     break
-                with self._lock:
+                with self._record_lock:
                     record.chunks.append((direction, time.monotonic() - record.t0, data))
                 sink.sendall(data)
         except OSError:
@@ -113,16 +90,4 @@ class RecordingProxy:
                 pass
 
     def stop(self) -> None:
-        self._stopping.set()
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
-        except OSError:
-            pass
-        self._listener.close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> "RecordingProxy":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        self.shutdown()

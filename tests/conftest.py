@@ -51,3 +51,23 @@ def tiny_models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
     return {"2": write_tiny_llama(folder / "tiny2.gguf", n_layer=2),
             "30": write_tiny_llama(folder / "tiny30.gguf", n_layer=30)}
+
+
+@pytest.fixture
+def reference_server():
+    """reference_server(proto="3.6", **options) -> a started in-process ReferenceServer on
+    127.0.0.1 and a free port; every server started is shut down after the test."""
+    from protocol import profile_for
+    from reference_impl.server import ReferenceServer
+
+    started = []
+
+    def start(proto: str = "7.0.0", **options) -> ReferenceServer:
+        options.setdefault("memory", 256 << 20)
+        server = ReferenceServer(profile=profile_for(proto), host="127.0.0.1", port=0, **options).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.shutdown()

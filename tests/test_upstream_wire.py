@@ -9,6 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from client_steps import X, Y, labelled, session_steps
 from conftest import CI_RELEASES, require_peer
 from protocol import Command, decode_name, make_tensor, profile_for
 from protocol.graph import decode_graph
@@ -77,33 +78,14 @@ def test_real_server_replies_parse(release, upstream_server):
         assert wire.call(Command.GET_ALIGNMENT, {"device": 0}).body.alignment == 32
 
 
-CLIENT_STEPS = [
-    {"op": "memory"},
-    {"op": "buffer_type"},
-    {"op": "alloc", "name": "buf", "size": 8192},
-    {"op": "clear", "buffer": "buf", "value": 0},
-    {"op": "tensor", "name": "x", "buffer": "buf", "type": "F32", "ne": [8, 2], "offset": 64},
-    {"op": "tensor", "name": "y", "buffer": "buf", "type": "F32", "ne": [8, 2], "offset": 192},
-    {"op": "tensor", "name": "q", "buffer": "buf", "type": "Q8_0", "ne": [64, 2], "offset": 1024},
-    {"op": "set", "tensor": "x", "hex": np.arange(16, dtype=np.float32).tobytes().hex(), "offset": 0},
-    {"op": "set", "tensor": "y", "hex": np.ones(8, dtype=np.float32).tobytes().hex(), "offset": 32},
-    {"op": "alloc_size", "tensor": "q"},
-    {"op": "add", "name": "sum", "a": "x", "b": "y", "buffer": "buf", "offset": 512},
-    {"op": "compute", "output": "sum"},
-    {"op": "get", "tensor": "sum", "offset": 0, "size": 64},
-    {"op": "copy", "src": "x", "dst": "y"},
-    {"op": "clear", "buffer": "buf", "value": 0},
-    {"op": "free", "buffer": "buf"},
-]
-
-
 @pytest.mark.parametrize("release", CI_RELEASES)
 def test_real_client_requests_parse(release, upstream_server):
     peer = require_peer(release)
     profile = profile_for(peer.protocol)
     server = upstream_server(release)
+    steps = session_steps(profile)
     with RecordingProxy(server.address) as proxy:
-        results = run_client(peer, proxy.endpoint, CLIENT_STEPS)
+        results = labelled(steps, run_client(peer, proxy.endpoint, steps))
     for connection in proxy.connections:
         assert connection.closed.wait(10)
     decoded = [decode_connection(c.stream("c2s"), c.stream("s2c")) for c in proxy.connections]
@@ -112,17 +94,19 @@ def test_real_client_requests_parse(release, upstream_server):
     main = max(decoded, key=lambda s: len(s.exchanges))
     [alloc] = [e for e in main.exchanges if e.request.command is Command.ALLOC_BUFFER]
     handle = alloc.reply.body.remote_ptr
-    base = results[2]["base"]
-    assert alloc.request.body.size == 8192 and alloc.reply.body.remote_size == 8192
+    base = results["alloc"]["base"]
+    assert alloc.request.body.size == 16384 and alloc.reply.body.remote_size == 16384
 
     sets = main.requests(Command.SET_TENSOR)
-    assert [bytes(r.data) for r in sets] == [bytes.fromhex(s["hex"]) for s in CLIENT_STEPS if s["op"] == "set"]
+    assert [bytes(r.data) for r in sets] == [bytes.fromhex(s["hex"]) for s in steps if s["op"] == "set"]
     x = sets[0].body.tensor
     assert (x.type, x.buffer, x.data, list(x.ne), list(x.nb), decode_name(x.name)) == (
-        0, handle, base + 64, [8, 2, 1, 1], [4, 32, 64, 64], "x")
-    assert sets[1].body.offset == 32
+        0, handle, base, [8, 4, 1, 1], [4, 32, 128, 128], "x")
+    assert [r.body.offset for r in sets] == [0, 32, 0, 0]
     if profile.set_tensor == "cache_flag":
-        assert sets[0].body.cache_flag == 0
+        assert {r.body.cache_flag for r in sets} == {0}
+    q = sets[3].body.tensor
+    assert (q.type, list(q.ne), list(q.nb)) == (2, [96, 2, 1, 1], [18, 54, 108, 108])
 
     [graph_request] = main.requests(Command.GRAPH_COMPUTE)
     graph = graph_request.graph
@@ -132,17 +116,16 @@ def test_real_client_requests_parse(release, upstream_server):
     assert set(node["src"][:2].tolist()) == {int(t) for t in graph.tensors["id"][:2]}
     if profile.tensor == "use_count":
         assert int(graph.tensors["use_count"][graph.tensors["id"] == graph.nodes[0]][0]) == 0
+    assert results["get sum"] == (X + Y).tobytes().hex()
 
-    gets = [e for e in main.exchanges if e.request.command is Command.GET_TENSOR]
-    assert gets[-1].request.body.size == 64
-    assert bytes(gets[-1].reply.data) == (np.arange(16, dtype=np.float32) + np.r_[np.zeros(8), np.ones(8)]).astype(
-        np.float32).tobytes()
+    [view_get] = [r for r in main.requests(Command.GET_TENSOR) if decode_name(r.body.tensor.name) == "row1"]
+    assert view_get.body.tensor.data == base + 32 and list(view_get.body.tensor.nb)[:2] == [4, 32]
     [copy] = [e for e in main.exchanges if e.request.command is Command.COPY_TENSOR]
-    assert copy.request.body.dst.data == base + 192 and copy.reply.body.result == 1
-    assert main.requests(Command.BUFFER_CLEAR)[-1].body == {"remote_ptr": handle, "value": 0}
+    assert copy.request.body.dst.data == base + 256 and copy.reply.body.result == 1
+    assert main.requests(Command.BUFFER_CLEAR)[-1].body == {"remote_ptr": handle, "value": 7}
     assert main.requests(Command.FREE_BUFFER)[0].body.remote_ptr == handle
     alloc_sizes = [e for s in decoded for e in s.exchanges if e.request.command is Command.GET_ALLOC_SIZE]
-    assert alloc_sizes and alloc_sizes[0].reply.body.alloc_size == results[9] == 2 * 68  # 2 rows of 2 Q8_0 blocks
+    assert alloc_sizes[0].reply.body.alloc_size == results["alloc_size q"] == 108
 
 
 @pytest.mark.parametrize("release", CI_RELEASES)

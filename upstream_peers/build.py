@@ -44,6 +44,13 @@ def lib_dir(venv_path: Path) -> Path:
     return found[0]
 
 
+def library(libs: Path, stem: str) -> Path:
+    """The file to load for a library: its SONAME copy (libX.so.0) when the wheel has one
+    (it is what libllama links to), else plain libX.so (older releases)."""
+    versioned = libs / f"{stem}.so.0"
+    return versioned if versioned.exists() else libs / f"{stem}.so"
+
+
 def find_built(peer: Peer) -> Path | None:
     """The peer's virtualenv if a complete build is cached, else None."""
     path = venv_dir(peer)
@@ -51,7 +58,7 @@ def find_built(peer: Peer) -> Path | None:
         libs = lib_dir(path)
     except PeerNotBuilt:
         return None
-    return path if (libs / "libggml-rpc.so.0").exists() else None
+    return path if library(libs, "libggml-rpc").exists() else None
 
 
 def ensure_built(peer: Peer, *, log=print) -> Path:

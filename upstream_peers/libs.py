@@ -1,7 +1,7 @@
 """Load a built peer's shared libraries with ctypes.
 
-Each library is loaded by its SONAME file (libggml.so.0, ...) with RTLD_GLOBAL: the wheel
-ships three separate copies of each library (.so, .so.0, .so.0.x.y), and loading a different
+Each library is loaded by its SONAME file (libggml.so.0, ...) with RTLD_GLOBAL: recent wheels
+ship three separate copies of each library (.so, .so.0, .so.0.x.y), and loading a different
 copy than the one libllama links to would create a second, empty backend registry.
 """
 
@@ -12,7 +12,7 @@ from ctypes import POINTER, c_char_p, c_int, c_size_t, c_uint32, c_void_p
 from dataclasses import dataclass
 from pathlib import Path
 
-from .build import PeerNotBuilt, find_built, lib_dir
+from .build import PeerNotBuilt, find_built, lib_dir, library
 from .catalog import Peer
 
 GGML_BACKEND_DEVICE_TYPE_CPU = 0
@@ -44,7 +44,7 @@ def load(peer: Peer, *, with_llama: bool = False) -> PeerLibs:
     libs = lib_dir(venv_path)
 
     def open_lib(stem: str) -> ctypes.CDLL:
-        return ctypes.CDLL(str(libs / f"{stem}.so.0"), mode=ctypes.RTLD_GLOBAL)
+        return ctypes.CDLL(str(library(libs, stem)), mode=ctypes.RTLD_GLOBAL)
 
     loaded = PeerLibs(peer, libs, open_lib("libggml-base"), open_lib("libggml-cpu"), open_lib("libggml"),
                       open_lib("libggml-rpc"))

@@ -29,7 +29,9 @@ def _preload_ggml() -> ctypes.CDLL:
     libs = Path(spec.origin).parent / "lib"
     handles = {}
     for stem in ("libggml-base", "libggml-cpu", "libggml", "libggml-rpc"):
-        handles[stem] = ctypes.CDLL(str(libs / f"{stem}.so.0"), mode=ctypes.RTLD_GLOBAL)
+        versioned = libs / f"{stem}.so.0"  # the copy libllama links to, when the wheel has one
+        path = versioned if versioned.exists() else libs / f"{stem}.so"
+        handles[stem] = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
     return handles["libggml"]
 
 

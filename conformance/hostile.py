@@ -1,0 +1,207 @@
+"""Hostile requests: one named case per published vulnerability and protocol abuse.
+
+Each case puts one offending request on a fresh, handshaken connection (see probe.py); a
+conforming server closes that connection and keeps serving new ones.  `destructive` marks
+cases that are known to kill (abort, corrupt) a vulnerable upstream server; the suite runs
+them only when asked.  `rule` names the protocol.rules entry the case breaks, so its id
+cites the SPEC section.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Callable
+
+from protocol import Command
+from protocol.rules import BY_KEY, Rule
+
+C = Command
+
+
+@dataclass(frozen=True)
+class HostileCase:
+    key: str
+    rule: str | None  # key in protocol.rules (None for survival cases, which break no rule)
+    title: str
+    advisory: str
+    send: Callable
+    destructive: bool = False
+    needs: tuple[Command, ...] = ()
+    handshake: bool = True  # False: the case starts on a raw connection, before HELLO
+    section: str = ""  # for survival cases; rule cases take their rule's section
+
+    @property
+    def spec_rule(self) -> Rule | None:
+        return BY_KEY[self.rule] if self.rule else None
+
+    @property
+    def case_id(self) -> str:
+        section = self.spec_rule.section if self.rule else self.section
+        return f"§{section} {self.title} [{self.advisory}]"
+
+    def applies_to(self, profile) -> bool:
+        return all(c in profile.commands for c in self.needs)
+
+
+def _set(p, tensor, data: bytes, offset: int = 0) -> None:
+    body = {"tensor": tensor, "offset": offset}
+    if p.profile.set_tensor == "cache_flag":
+        body["cache_flag"] = 0
+    p.send(C.SET_TENSOR, body, data=data)
+
+
+def _get(p, tensor, offset: int, size: int) -> None:
+    p.send(C.GET_TENSOR, {"tensor": tensor, "offset": offset, "size": size})
+
+
+def _node(p, **fields):
+    """A graph node: ADD of two F32 [16] tensors at the start of the probe's buffer."""
+    a = p.tensor(0, id=0xA1, name="a")
+    b = p.tensor(64, id=0xB2, name="b")
+    out = p.tensor(128, id=0xC3, name="out", op=p.profile.ggml.op_value("ADD"), src=[0xA1, 0xB2] + [0] * 8)
+    out.update(fields)
+    return [a, b, out]
+
+
+def _graph(p, tensors, nodes=None) -> None:
+    nodes = nodes if nodes is not None else [tensors[-1].id]
+    p.send(C.GRAPH_COMPUTE, p.device_body(), graph=p.graph(tensors, nodes))
+
+
+def _noop_graph(p) -> None:
+    """A graph whose single node computes nothing (op NONE), so any server can run it."""
+    p.send(C.GRAPH_COMPUTE, p.device_body(), graph=p.graph([p.tensor(0, id=0x77)], [0x77]))
+
+
+def _unknown_command(p) -> None:
+    p.send_raw(bytes([max(p.profile.commands) + 1]) + struct.pack("<Q", 0))
+
+
+def _wrong_size(p) -> None:
+    p.send_raw(struct.pack("<BQ", C.BUFFER_GET_BASE, 9) + bytes(9))
+
+
+def _graph_then_free_then_recompute(p) -> None:
+    _noop_graph(p)
+    p.call(C.FREE_BUFFER, {"remote_ptr": p.buffer.handle})  # consumes the ack where there is one
+    p.send(C.GRAPH_RECOMPUTE, {"device": 0})
+
+
+def _bigger_graph_after_small(p) -> None:
+    _noop_graph(p)
+    tensors = [p.tensor(0, id=0x100 + i, name=f"n{i}") for i in range(200)]
+    p.send(C.GRAPH_COMPUTE, p.device_body(), graph=p.graph(tensors, [t.id for t in tensors]))
+
+
+def _rows(p, op: str, index_value: int) -> None:
+    """GET_ROWS / SET_ROWS whose I32 row index points far outside the source rows."""
+    src = p.tensor(0, id=0xA1, n=8, name="rows", ne=[4, 2, 1, 1], nb=[4, 16, 32, 32])
+    index = p.tensor(64, id=0xB2, n=1, type=26, name="idx")  # I32
+    _set(p, index, struct.pack("<i", index_value))
+    if op == "GET_ROWS":
+        out = p.tensor(128, id=0xC3, n=4, name="out", op=p.profile.ggml.op_value("GET_ROWS"),
+                       ne=[4, 1, 1, 1], src=[0xA1, 0xB2] + [0] * 8)
+    else:
+        out = p.tensor(0, id=0xC3, n=8, name="dst", op=p.profile.ggml.op_value("SET_ROWS"), ne=[4, 2, 1, 1],
+                       nb=[4, 16, 32, 32], src=[0xD4, 0xB2] + [0] * 8)
+        src = p.tensor(256, id=0xD4, n=4, name="src", ne=[4, 1, 1, 1])
+    _graph(p, [src, index, out])
+
+
+CASES: tuple[HostileCase, ...] = (
+    # protocol abuse
+    HostileCase("protocol.hello-not-first", "hello.first", "first command other than HELLO", "protocol",
+                lambda p: p.send_raw(struct.pack("<BQ", C.DEVICE_COUNT if C.DEVICE_COUNT in p.profile.commands
+                                                  else C.GET_ALIGNMENT, 0)), handshake=False),
+    HostileCase("protocol.second-hello", "hello.once", "second HELLO", "protocol",
+                lambda p: p.send(C.HELLO, {"conn_caps": bytes(24)} if p.profile.hello == "caps" else None)),
+    HostileCase("protocol.unknown-command", "frame.command", "unknown command byte", "protocol", _unknown_command),
+    HostileCase("protocol.wrong-size", "frame.fixed-size", "fixed request with a wrong size", "protocol", _wrong_size),
+    HostileCase("protocol.bad-device", "device.index", "device index past DEVICE_COUNT", "protocol",
+                lambda p: p.send(C.GET_ALIGNMENT, {"device": 1000}), needs=(C.DEVICE_COUNT,)),
+    # buffer tracking (2024-05)
+    HostileCase("buffer-tracking.get-base", "buffer.handle", "BUFFER_GET_BASE of a handle never handed out",
+                "buffer tracking (2024-05)", lambda p: p.send(C.BUFFER_GET_BASE, {"remote_ptr": p.buffer.handle ^ 0x40})),
+    HostileCase("buffer-tracking.free", "buffer.handle", "FREE_BUFFER of a handle never handed out",
+                "buffer tracking (2024-05)", lambda p: p.send(C.FREE_BUFFER, {"remote_ptr": p.buffer.handle ^ 0x40})),
+    HostileCase("buffer-tracking.clear", "buffer.handle", "BUFFER_CLEAR of a handle never handed out",
+                "buffer tracking (2024-05)",
+                lambda p: p.send(C.BUFFER_CLEAR, {"remote_ptr": p.buffer.handle ^ 0x40, "value": 0})),
+    HostileCase("buffer-tracking.tensor", "get_tensor.buffer", "GET_TENSOR through a buffer never handed out",
+                "buffer tracking (2024-05)", lambda p: _get(p, p.tensor(0, buffer=p.buffer.handle ^ 0x40), 0, 16)),
+    # type validation
+    HostileCase("CVE-2024-42477.set", "tensor.type", "SET_TENSOR with a type past GGML_TYPE_COUNT", "CVE-2024-42477",
+                lambda p: _set(p, p.tensor(0, type=p.profile.ggml.type_count), bytes(16))),
+    HostileCase("CVE-2024-42477.graph", "graph.types", "graph tensor with a type past GGML_TYPE_COUNT",
+                "CVE-2024-42477", lambda p: _graph(p, _node(p, type=200))),
+    HostileCase("division-by-zero.type4", "tensor.type", "GET_TENSOR with removed type 4 (block size 0)",
+                "division by zero (2026-03)", lambda p: _get(p, p.tensor(0, type=4), 0, 16)),
+    HostileCase("division-by-zero.type5", "tensor.type", "INIT_TENSOR with removed type 5 (block size 0)",
+                "division by zero (2026-03)", lambda p: p.send(C.INIT_TENSOR, {"tensor": p.tensor(0, type=5)})),
+    # region checks
+    HostileCase("CVE-2024-42478.read-past-end", "get_tensor.region", "GET_TENSOR reading past the buffer",
+                "CVE-2024-42478", lambda p: _get(p, p.tensor(0), p.buffer.size - 8, 64)),
+    HostileCase("CVE-2024-42478.read-huge", "get_tensor.region", "GET_TENSOR with a size past 2^63",
+                "CVE-2024-42478", lambda p: _get(p, p.tensor(0), 0, 2**63 + 5)),
+    HostileCase("CVE-2024-42479.write-past-end", "set_tensor.region", "SET_TENSOR writing past the buffer",
+                "CVE-2024-42479", lambda p: _set(p, p.tensor(0), bytes(128), offset=p.buffer.size - 64)),
+    HostileCase("CVE-2024-42479.write-wrapping", "set_tensor.region", "SET_TENSOR whose offset wraps around",
+                "CVE-2024-42479", lambda p: _set(p, p.tensor(0), bytes(16), offset=2**64 - 16)),
+    HostileCase("cpy-tensor-rce", "copy_tensor.fits", "COPY_TENSOR whose source overflows the destination buffer",
+                "ggml PR 1103", lambda p: p.send(C.COPY_TENSOR, {
+                    "src": p.tensor(0, n=p.buffer.size // 4), "dst": p.tensor(64, n=1)})),
+    HostileCase("memset-bounds", "memset_tensor.region", "MEMSET_TENSOR past the tensor", "MEMSET_TENSOR bounds (5.0.0)",
+                lambda p: p.send(C.MEMSET_TENSOR, {"tensor": p.tensor(0), "offset": 60, "size": 8, "value": 1}),
+                needs=(C.MEMSET_TENSOR,)),
+    # null buffers (2025-07)
+    HostileCase("null-buffer.set", "set_tensor.buffer", "SET_TENSOR on a tensor with buffer 0", "null buffer (2025-07)",
+                lambda p: _set(p, p.tensor(0, buffer=0, data=0), bytes(16))),
+    HostileCase("null-buffer.get", "get_tensor.buffer", "GET_TENSOR on a tensor with buffer 0", "null buffer (2025-07)",
+                lambda p: _get(p, p.tensor(0, buffer=0, data=0), 0, 16)),
+    HostileCase("null-buffer.copy", "copy_tensor.buffers", "COPY_TENSOR into a tensor with buffer 0",
+                "null buffer (2025-07)",
+                lambda p: p.send(C.COPY_TENSOR, {"src": p.tensor(0), "dst": p.tensor(0, buffer=0, data=0)})),
+    # graphs
+    HostileCase("input-validation.src", "graph.ids-known", "graph node whose src is missing", "input validation (2025-04)",
+                lambda p: _graph(p, _node(p, src=[0xA1, 0xDEAD] + [0] * 8))),
+    HostileCase("input-validation.view-src", "graph.ids-known", "graph node whose view_src is missing",
+                "input validation (2025-04)", lambda p: _graph(p, _node(p, view_src=0xBEEF))),
+    HostileCase("CVE-2026-34159", "graph.null-buffer-data", "graph node with buffer 0 and a chosen data address",
+                "CVE-2026-34159 (GHSA-j8rj-fmpv-wcxw)", lambda p: _graph(p, _node(p, buffer=0, data=0x4141_4141_0000))),
+    HostileCase("GHSA-2phh-px2f-2qmx", "recompute.after-free", "GRAPH_RECOMPUTE after freeing the graph's buffer",
+                "GHSA-2phh-px2f-2qmx", _graph_then_free_then_recompute, destructive=True,
+                needs=(C.GRAPH_RECOMPUTE,)),
+    HostileCase("#25299", "graph.node-nonzero", "graph with node id 0 and no tensors", "llama.cpp #25299",
+                lambda p: p.send(C.GRAPH_COMPUTE, p.device_body(), graph=p.graph([], [0])), destructive=True),
+    HostileCase("#25289", "graph.no-custom", "graph node with op CUSTOM", "llama.cpp #25289",
+                lambda p: _graph(p, _node(p, op=p.profile.ggml.op_value("CUSTOM"), op_params=[0x4141] * 16)),
+                destructive=True),
+    HostileCase("#26825", "exec.rows-in-range", "GET_ROWS with a row index out of range", "llama.cpp #26825",
+                lambda p: _rows(p, "GET_ROWS", 1_000_000), destructive=True),
+    HostileCase("#26912", "exec.rows-in-range", "SET_ROWS with a row index out of range", "llama.cpp #26912",
+                lambda p: _rows(p, "SET_ROWS", -1_000_000), destructive=True),
+    HostileCase("#25764", "exec.view-params", "ACC with strides past the destination", "llama.cpp #25764",
+                lambda p: _graph(p, _node(p, op=p.profile.ggml.op_value("ACC"),
+                                          op_params=[4 * 1_000_000, 4 * 1_000_000, 4 * 1_000_000, 0, 0] + [0] * 11)),
+                destructive=True),
+    HostileCase("upstream-asserts.past-end", "tensor.bounds", "GET_TENSOR of a tensor running past its buffer",
+                "upstream asserts", lambda p: _get(p, p.tensor(p.buffer.size - 16, n=64), 0, 4), destructive=True),
+    HostileCase("upstream-asserts.overflow", "tensor.bounds", "INIT_TENSOR whose ne/nb overflow nbytes",
+                "upstream asserts", lambda p: p.send(C.INIT_TENSOR, {"tensor": p.tensor(
+                    0, ne=[2**32 - 1] * 4, nb=[2**32 - 1] * 4)}), destructive=True),
+    HostileCase("compute-failure.unknown-op", "graph.ops-known", "graph node with an op past GGML_OP_COUNT",
+                "compute failure", lambda p: _graph(p, _node(p, op=len(p.profile.ggml.ops) + 3)), destructive=True),
+    HostileCase("#25288", "tensor.blocks", "SET_TENSOR of a Q4_0 tensor with ne[0] = 33", "llama.cpp #25288",
+                lambda p: _set(p, p.tensor(0, type=2, ne=[33, 1, 1, 1], nb=[18, 18, 18, 18]), bytes(18)),
+                destructive=True),
+)
+
+# Cases a conforming server must *serve*, not close: fixed crashes that were triggered by
+# valid requests.
+SURVIVAL_CASES: tuple[HostileCase, ...] = (
+    HostileCase("graph-context-overflow", None, "a second, larger graph on the same connection is served",
+                "graph context overflow (2024-09)", _bigger_graph_after_small, section="8.1"),
+)
+
+BY_CASE_KEY = {case.key: case for case in CASES + SURVIVAL_CASES}

@@ -1,0 +1,130 @@
+"""Socket plumbing shared by the server, client and proxy shells."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import threading
+
+log = logging.getLogger("ggml_rpc.net")
+
+
+def send_all(sock: socket.socket, parts) -> None:
+    """Send every buffer in `parts` with vectored sends (no joining), resuming partial sends."""
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        sent = sock.sendmsg(views[:64])
+        while sent:
+            if sent >= len(views[0]):
+                sent -= len(views.pop(0))
+            else:
+                views[0] = views[0][sent:]
+                sent = 0
+
+
+class ThreadedTCPService:
+    """A listening socket whose connections each get a thread of their own.
+
+    Subclasses implement `handle(sock, name)`; it runs in the connection's thread and the
+    socket is closed when it returns.  `shutdown()` stops accepting, wakes every connection
+    (shutting its socket down) and waits for the threads.
+    """
+
+    kind = "service"
+
+    def __init__(self, listen: tuple[str, int], *, max_connections: int = 64) -> None:
+        self.max_connections = max_connections
+        self._listener = socket.create_server(listen, backlog=128)
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._open: dict[int, socket.socket] = {}
+        self._threads: set[threading.Thread] = set()
+        self._numbers = itertools.count(1)
+        self._acceptor = threading.Thread(target=self._accept_loop, name=f"{self.kind}-accept", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._listener.getsockname()[:2]
+
+    @property
+    def endpoint(self) -> str:
+        host, port = self.address
+        return f"{host}:{port}"
+
+    @property
+    def live_connections(self) -> int:
+        with self._lock:
+            return len(self._open)
+
+    def start(self):
+        self._acceptor.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self.start()
+        self._stopping.wait()
+
+    def request_stop(self) -> None:
+        """Make serve_forever() return (safe from a signal handler)."""
+        self._stopping.set()
+
+    def handle(self, sock: socket.socket, name: str) -> None:
+        raise NotImplementedError
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                sock, peer = self._listener.accept()
+            except OSError:
+                return
+            number = next(self._numbers)
+            name = f"#{number} {peer[0]}:{peer[1]}"
+            with self._lock:
+                full = len(self._open) >= self.max_connections
+                if not full:
+                    self._open[number] = sock
+            if full:
+                log.warning("[%s] refused: %d connections already open", name, self.max_connections)
+                sock.close()
+                continue
+            thread = threading.Thread(target=self._run, args=(number, name, sock), name=f"{self.kind}-{number}",
+                                      daemon=True)
+            with self._lock:
+                self._threads.add(thread)
+            thread.start()
+
+    def _run(self, number: int, name: str, sock: socket.socket) -> None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.handle(sock, name)
+        finally:
+            sock.close()
+            with self._lock:
+                self._open.pop(number, None)
+                self._threads.discard(threading.current_thread())
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        except OSError:
+            pass
+        self._listener.close()
+        with self._lock:
+            sockets = list(self._open.values())
+            threads = list(self._threads)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in threads:
+            thread.join(timeout=10)
+        self._acceptor.join(timeout=10)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()

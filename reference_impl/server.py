@@ -1,0 +1,224 @@
+"""ggml-rpc-server: the reference GGML RPC server (a thin TCP shell around Session).
+
+    ggml-rpc-server --host 127.0.0.1 --port 50052 --proto 3.6 --devices 1 --mem 8G
+
+One thread per connection: a client that stalls mid-frame blocks nobody else, and the
+graph work of one connection runs while others are served (NumPy releases the GIL).  Bytes
+are received straight into the parser's target buffers (for SET_TENSOR, the tensor's own
+memory) and replies go out with vectored sends, so bulk data is never copied in Python.
+A request that breaks a rule is logged with its rule and closes only its connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from protocol import (
+    CLOSED,
+    Command,
+    DEFAULT_MAX_PAYLOAD,
+    NEED_DATA,
+    NEWEST,
+    PROFILES,
+    RequestParser,
+    encode_reply,
+    message_spec,
+    profile_for,
+)
+from protocol.errors import RemoteProtocolError, UnsupportedVersion
+from protocol.versions import Profile
+
+from .device import make_devices
+from .netio import ThreadedTCPService, send_all
+from .executor import ExecutionError
+from .session import ServerState, Session
+
+log = logging.getLogger("ggml_rpc.server")
+
+
+class ReferenceServer(ThreadedTCPService):
+    """The reference server, on `host:port` (port 0: any free port; see `address`)."""
+
+    kind = "rpc"
+
+    def __init__(self, *, profile: Profile = NEWEST, host: str = "127.0.0.1", port: int = 0, devices: int = 1,
+                 memory: int | None = None, cache_dir: str | Path | None = None,
+                 max_payload: int = DEFAULT_MAX_PAYLOAD, max_connections: int = 64, verbose: bool = False) -> None:
+        memory = memory if memory is not None else physical_memory()
+        cache = Path(cache_dir) if cache_dir else None
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+        self.state = ServerState(profile, make_devices(devices, memory), cache, verbose)
+        self.max_payload = max_payload
+        super().__init__((host, port), max_connections=max_connections)
+
+    @property
+    def profile(self) -> Profile:
+        return self.state.profile
+
+    def handle(self, sock: socket.socket, name: str) -> None:
+        session = Session(self.state, name)
+        log.info("[%s] connected", name)
+        try:
+            self._converse(sock, session)
+            log.info("[%s] closed by the client", name)
+        except RemoteProtocolError as exc:
+            if exc.command == "HELLO" and exc.field == "size":  # a client probing the other HELLO shape
+                log.info("[%s] closing: client sent a HELLO of %s bytes; protocol %s expects %d", name, exc.value,
+                         self.profile.name, message_spec(self.profile, Command.HELLO).request_size)
+            else:
+                log.warning("[%s] closing: %s", name, exc)
+        except ExecutionError as exc:
+            log.warning("[%s] closing: cannot compute the graph: %s", name, exc)
+        except OSError as exc:
+            log.info("[%s] connection lost: %s", name, exc)
+        except Exception:  # a bug must cost one connection, never the server
+            log.exception("[%s] internal error, closing the connection", name)
+        finally:
+            session.close()
+
+    def _converse(self, sock: socket.socket, session: Session) -> None:
+        profile = self.profile
+        parser = RequestParser(profile, max_payload=self.max_payload, bulk_sink=session.bulk_sink)
+        while True:
+            event = parser.next_event()
+            if event is NEED_DATA:
+                received = sock.recv_into(parser.get_buffer())
+                if received:
+                    parser.buffer_updated(received)
+                else:
+                    parser.receive_eof()
+                continue
+            if event is CLOSED:
+                return
+            result = session.handle(event)
+            spec = message_spec(profile, event.command)
+            if not spec.has_reply:
+                continue
+            if spec.reply_tail == "data":
+                send_all(sock, encode_reply(profile, event.command, data=result))
+            else:
+                send_all(sock, encode_reply(profile, event.command, result))
+
+
+# -- command line ------------------------------------------------------------------------------
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """'8G', '512MiB', '1.5g', '4096' -> bytes (powers of 1024)."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 4096, 512M, 8G)")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 8 << 30
+
+
+def default_cache_dir() -> Path:
+    """Where upstream's `rpc-server -c` keeps its cache: $LLAMA_CACHE, else
+    $XDG_CACHE_HOME/llama.cpp, else ~/.cache/llama.cpp; plus rpc/."""
+    explicit = os.environ.get("LLAMA_CACHE")
+    if explicit:
+        return Path(explicit) / "rpc"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "llama.cpp" / "rpc"
+
+
+def exposure_warning(host: str) -> str | None:
+    """The warning printed when binding anything but loopback (as upstream does)."""
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return None
+    return (f"\nWARNING: host {host!r} is not a loopback address.\n"
+            "         Never expose the RPC server to an open network: the protocol has no authentication,\n"
+            "         and every client can read, write and compute with the server's memory.\n")
+
+
+def _proto(text: str) -> Profile:
+    try:
+        return profile_for(text)
+    except UnsupportedVersion as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    versions = ", ".join(p.name for p in PROFILES)
+    parser = argparse.ArgumentParser(
+        prog="ggml-rpc-server",
+        description="Reference GGML RPC server: NumPy CPU devices speaking any supported protocol version. "
+                    "Same flags and defaults as upstream's ggml-rpc-server where they overlap.",
+        epilog="The protocol has no authentication: anyone who can connect can use the server's memory and CPU. "
+               "Bind to 127.0.0.1 (the default) unless the network is trusted.")
+    parser.add_argument("-H", "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    parser.add_argument("-p", "--port", type=int, default=50052, help="port to bind, 0 for any (default: 50052)")
+    parser.add_argument("--proto", type=_proto, default=NEWEST, metavar="VERSION",
+                        help=f"protocol version to speak: {versions}; major.minor picks the newest patch "
+                             f"(default: {NEWEST.name})")
+    parser.add_argument("--devices", type=int, default=1, metavar="N", help="number of devices (default: 1)")
+    parser.add_argument("--mem", type=parse_size, default=None, metavar="SIZE",
+                        help="memory per device, e.g. 8G (default: the machine's physical memory)")
+    cache = parser.add_mutually_exclusive_group()
+    cache.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
+                       help="hash cache directory (SET_TENSOR_HASH); files named by FNV-1a 64, as upstream")
+    cache.add_argument("-c", "--cache", action="store_true",
+                       help=f"use upstream's default cache directory ({default_cache_dir()})")
+    parser.add_argument("--max-payload", type=parse_size, default=DEFAULT_MAX_PAYLOAD, metavar="SIZE",
+                        help="largest SET_TENSOR / GRAPH_COMPUTE payload accepted (default: 1G)")
+    parser.add_argument("--max-connections", type=int, default=64, metavar="N",
+                        help="connections served at once; more are closed (default: 64)")
+    parser.add_argument("-t", "--threads", type=int, default=None, metavar="N",
+                        help="accepted for compatibility with upstream; NumPy chooses its own threads")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log one line per command (also: GGML_RPC_DEBUG=1)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    verbose = args.verbose or bool(os.environ.get("GGML_RPC_DEBUG"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    if args.devices < 1:
+        print("error: --devices must be at least 1", file=sys.stderr)
+        return 2
+    warning = exposure_warning(args.host)
+    if warning:
+        print(warning, file=sys.stderr)
+    cache_dir = default_cache_dir() if args.cache else args.cache_dir
+    try:
+        server = ReferenceServer(profile=args.proto, host=args.host, port=args.port, devices=args.devices,
+                                 memory=args.mem, cache_dir=cache_dir, max_payload=args.max_payload,
+                                 max_connections=args.max_connections, verbose=verbose)
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    device = server.state.devices[0]
+    print(f"ggml-rpc-server (reference) speaking protocol {server.profile.name}\n"
+          f"  endpoint    : {server.endpoint}\n"
+          f"  devices     : {len(server.state.devices)} x NumPy CPU, {device.total // (1 << 20)} MiB each\n"
+          f"  local cache : {cache_dir or 'n/a'}", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: server.request_stop())
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C, even if the parent ignored SIGINT
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    print("shutting down", file=sys.stderr)
+    server.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""The reference server: every command, addresses, memory, scoping, concurrency, hostile input."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conformance.hostile import CASES, SURVIVAL_CASES
+from conformance.probe import ANSWERED, CLOSED, Probe
+from protocol import PROFILES, Command, profile_for
+from protocol.hashing import fnv1a64
+from reference_impl.client import RPCClient, ServerClosed
+
+MAIN = ["3.6.1", "7.0.0"]
+
+
+@pytest.mark.parametrize("proto", [p.name for p in PROFILES])
+def test_every_command_round_trips(reference_server, proto):
+    server = reference_server(proto)
+    with RPCClient(server.endpoint) as rpc:
+        assert rpc.profile.name == proto and rpc.server_version == rpc.profile.version
+        assert rpc.device_count() == 1 and rpc.alignment() == 32 and rpc.max_size() == 2**64 - 1
+        free, total = rpc.device_memory()
+        assert free == total == 256 << 20
+        buf = rpc.alloc_buffer(4096)
+        values = np.arange(64, dtype=np.float32)
+        a = rpc.tensor_for(buf, 0, values, name="a")
+        b = rpc.tensor_for(buf, 1024, values, name="b")
+        rpc.set_tensor(a, values)
+        assert np.array_equal(rpc.read_array(a), values)
+        assert bytes(rpc.get_tensor(a, 8, 8)) == values.tobytes()[8:16]
+        assert rpc.copy_tensor(a, b) and np.array_equal(rpc.read_array(b), values)
+        assert rpc.get_alloc_size(a) == 256
+        rpc.init_tensor(a)
+        assert rpc.set_tensor_hash(a, fnv1a64(values.tobytes())) is False  # no cache directory
+        rpc.buffer_clear(buf, 0xFF)
+        assert bytes(rpc.get_tensor(a, 0, 4)) == b"\xff" * 4
+        if Command.MEMSET_TENSOR in rpc.profile.commands:
+            rpc.memset_tensor(a, 0x11, 4, 4)
+            assert bytes(rpc.get_tensor(a, 0, 12)) == b"\xff" * 4 + b"\x11" * 4 + b"\xff" * 4
+        graph_status = rpc.graph_compute(Probe.graph(rpc_probe(rpc, buf), [a.copy()], [a.id]))
+        assert graph_status == (0 if rpc.profile.graph_reply == "status" else None)
+        if Command.GRAPH_RECOMPUTE in rpc.profile.commands:
+            rpc.graph_recompute()
+        rpc.free_buffer(buf)
+        assert rpc.device_memory() == (total, total)
+
+
+def rpc_probe(rpc, buf):
+    """A stand-in with what Probe.graph needs (profile)."""
+    class _P:
+        profile = rpc.profile
+    return _P()
+
+
+def test_addresses_look_like_pointers(reference_server):
+    server = reference_server("3.6")
+    with RPCClient(server.endpoint) as rpc:
+        buffers = [rpc.alloc_buffer(size) for size in (1, 100, 4096, 1 << 20)]
+        handles = [b.handle for b in buffers]
+        bases = [b.base for b in buffers]
+        assert all(h and b for h, b in zip(handles, bases))
+        assert len(set(handles)) == len(handles) and len(set(bases)) == len(bases)
+        assert all(b % rpc.alignment() == 0 for b in bases)
+        assert [rpc.buffer_base(h) for h in handles] == bases  # stable
+        spans = sorted((b.base, b.base + b.size) for b in buffers)
+        assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))  # no overlap
+        t = rpc.tensor_for(buffers[3], 4096, np.ones(4, np.float32))
+        rpc.set_tensor(t, np.ones(4, np.float32))
+        assert t.data == bases[3] + 4096 and np.array_equal(rpc.read_array(t), np.ones(4))
+        zero = rpc.alloc_buffer(0)
+        assert zero.handle != 0 and zero.size == 0 and zero.base == 0  # like upstream
+
+
+def test_memory_accounting_and_allocation_limits(reference_server):
+    server = reference_server("7.0", memory=1 << 20)
+    with RPCClient(server.endpoint) as rpc:
+        first = rpc.alloc_buffer(600_000)
+        assert rpc.device_memory() == ((1 << 20) - 600_000, 1 << 20)
+        assert rpc.alloc_buffer(600_000) is None  # remote_ptr 0: too little left, connection stays
+        assert rpc.alignment() == 32
+        rpc.free_buffer(first)
+        assert rpc.alloc_buffer(600_000) is not None
+    with RPCClient(server.endpoint) as rpc:  # the buffer died with its connection
+        assert rpc.device_memory() == (1 << 20, 1 << 20)
+
+
+def test_buffers_belong_to_their_connection(reference_server):
+    server = reference_server("3.6")
+    with RPCClient(server.endpoint) as owner, RPCClient(server.endpoint) as other:
+        buf = owner.alloc_buffer(4096)
+        with pytest.raises(ServerClosed, match="after BUFFER_GET_BASE: request rejected"):
+            other.buffer_base(buf.handle)
+        assert owner.buffer_base(buf.handle) == buf.base
+
+
+def test_a_stalled_client_blocks_nobody(reference_server):
+    server = reference_server("7.0")
+    stalled = socket.create_connection(server.address)
+    stalled.sendall(bytes([Command.HELLO]) + (24).to_bytes(8, "little") + bytes(10))  # 10 of 24 bytes
+    with RPCClient(server.endpoint, timeout=5) as rpc:
+        buf = rpc.alloc_buffer(64)
+        assert rpc.buffer_base(buf.handle) == buf.base
+    stalled.close()
+
+
+@pytest.mark.parametrize("proto", MAIN)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.key)
+def test_hostile_input_closes_only_that_connection(reference_server, proto, case, caplog):
+    server = reference_server(proto)
+    if not case.applies_to(profile_for(proto)):
+        pytest.skip(f"{case.key} needs commands protocol {proto} lacks")
+    with caplog.at_level(logging.WARNING, logger="ggml_rpc.server"):
+        probe = Probe(server.endpoint, profile_for(proto), timeout=5, handshake=case.handshake)
+        case.send(probe)
+        verdict, data = probe.outcome()
+        probe.close()
+    assert verdict == CLOSED, f"{case.case_id}: server {verdict} {data.hex()}\n{probe.exchange.hexdump()}"
+    assert any("closing" in r.getMessage() for r in caplog.records)  # logged with its reason
+    with RPCClient(server.endpoint, timeout=5) as rpc:  # and still serves
+        assert rpc.alloc_buffer(64) is not None
+
+
+@pytest.mark.parametrize("proto", MAIN)
+@pytest.mark.parametrize("case", SURVIVAL_CASES, ids=lambda c: c.key)
+def test_valid_stress_is_served(reference_server, proto, case):
+    server = reference_server(proto)
+    probe = Probe(server.endpoint, profile_for(proto), timeout=5)
+    case.send(probe)
+    verdict, _ = probe.outcome()
+    probe.close()
+    assert verdict == ANSWERED
+
+
+def test_rejections_name_the_rule(reference_server, caplog):
+    server = reference_server("3.6")
+    with caplog.at_level(logging.WARNING, logger="ggml_rpc.server"):
+        probe = Probe(server.endpoint, timeout=5)
+        probe.send(Command.GET_TENSOR, {"tensor": probe.tensor(0), "offset": 4090, "size": 64})
+        assert probe.outcome()[0] == CLOSED
+    message = next(r.getMessage() for r in caplog.records if "closing" in r.getMessage())
+    assert "GET_TENSOR" in message and "size=64" in message and "[§7.2]" in message and "outside" in message
+
+
+def test_unsupported_op_names_op_type_and_version(reference_server, caplog):
+    server = reference_server("3.6")
+    with caplog.at_level(logging.WARNING, logger="ggml_rpc.server"):
+        probe = Probe(server.endpoint, timeout=5)
+        tensors = [probe.tensor(0, id=1), probe.tensor(64, id=2, op=probe.profile.ggml.op_value("TIMESTEP_EMBEDDING"),
+                                                        src=[1] + [0] * 9)]
+        probe.send(Command.GRAPH_COMPUTE, {"device": 0}, graph=probe.graph(tensors, [2]))
+        assert probe.outcome()[0] == CLOSED
+    message = next(r.getMessage() for r in caplog.records if "closing" in r.getMessage())
+    assert "TIMESTEP_EMBEDDING" in message and "F32" in message and "3.6.1" in message
+
+
+def test_verbose_logs_one_line_per_command(reference_server, caplog):
+    server = reference_server("7.0", verbose=True)
+    with caplog.at_level(logging.INFO, logger="ggml_rpc.server"), RPCClient(server.endpoint) as rpc:
+        rpc.alloc_buffer(64)
+        rpc.sync()
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(re.search(r"HELLO", line) for line in lines)
+    assert any("ALLOC_BUFFER device=0 size=64" in line for line in lines)
+    assert any("BUFFER_GET_BASE remote_ptr=0x" in line for line in lines)
+
+
+@pytest.mark.parametrize("proto", MAIN)
+def test_hash_cache(reference_server, tmp_path, proto):
+    server = reference_server(proto, cache_dir=tmp_path, memory=64 << 20)
+    data = np.random.default_rng(1).integers(0, 255, (10 << 20) + 4096, dtype=np.uint8)
+    with RPCClient(server.endpoint) as rpc:
+        buf = rpc.alloc_buffer(len(data))
+        t = rpc.tensor_for(buf, 0, shape=(len(data),), type="I8")
+        assert rpc.upload(t, data) is False  # miss: sent in full, and stored
+        rpc.sync()
+    name = f"{fnv1a64(data):016x}"
+    assert (tmp_path / name).read_bytes() == data.tobytes()
+    with RPCClient(server.endpoint) as rpc:
+        buf = rpc.alloc_buffer(len(data))
+        t = rpc.tensor_for(buf, 0, shape=(len(data),), type="I8")
+        assert rpc.upload(t, data) is True  # hit: the server wrote it from its cache
+        assert bytes(rpc.get_tensor(t)) == data.tobytes()
+
+
+def run_cli_server(*args, log, timeout=30):
+    """The console script in a child process logging to `log`; returns (process, endpoint)."""
+    proc = subprocess.Popen([sys.executable, "-m", "reference_impl.server", "--port", "0", *args],
+                            stdout=subprocess.PIPE, stderr=log, text=True)
+    deadline = time.monotonic() + timeout
+    for line in proc.stdout:
+        match = re.search(r"endpoint\s*:\s*(\S+)", line)
+        if match:
+            return proc, match.group(1)
+        if time.monotonic() > deadline:
+            break
+    proc.kill()
+    raise RuntimeError("the server did not start")
+
+
+def test_ctrl_c_shuts_down_cleanly(tmp_path):
+    log = tmp_path / "server.log"
+    with open(log, "w") as sink:
+        proc, endpoint = run_cli_server("--proto", "3.6", log=sink)
+    try:
+        with RPCClient(endpoint) as rpc:
+            assert rpc.profile.name == "3.6.1"
+            proc.send_signal(signal.SIGINT)  # with a client still connected
+            assert proc.wait(timeout=20) == 0
+        assert "shutting down" in log.read_text()
+    finally:
+        proc.kill()
+
+
+def rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+
+
+def test_memory_does_not_grow_over_1000_connections(tmp_path):
+    with open(tmp_path / "server.log", "w") as sink:
+        proc, endpoint = run_cli_server("--proto", "7.0", "--mem", "1G", log=sink)
+    try:
+        def cycles(n):
+            for _ in range(n):
+                with RPCClient(endpoint) as rpc:
+                    buf = rpc.alloc_buffer(1 << 20)
+                    rpc.buffer_clear(buf, 1)  # touch the memory so it is really allocated
+                    rpc.sync()
+        cycles(100)
+        before = rss_kib(proc.pid)
+        cycles(900)
+        after = rss_kib(proc.pid)
+        assert after - before < 16 * 1024, f"RSS grew from {before} to {after} KiB over 900 connections"
+        with RPCClient(endpoint) as rpc:
+            assert rpc.device_memory() == (1 << 30, 1 << 30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+
+
+def test_non_loopback_bind_warns():
+    from reference_impl.server import exposure_warning
+
+    assert exposure_warning("127.0.0.1") is None and exposure_warning("localhost") is None
+    assert "Never expose" in exposure_warning("0.0.0.0")
+
+
+def test_cli_help_and_bad_arguments():
+    out = subprocess.run([sys.executable, "-m", "reference_impl.server", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--proto" in out.stdout and "--cache-dir" in out.stdout and "--mem" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "reference_impl.server", "--proto", "6.1"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "no supported version 6.1.x; supported: 2.0.0" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "reference_impl.server", "--mem", "lots"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a size" in bad.stderr
