@@ -109,6 +109,13 @@ def _rows(p, op: str, index_value: int) -> None:
     _graph(p, [src, index, out])
 
 
+def _acc_past_the_end(p) -> None:
+    """ACC of a 4x4 window whose row stride (op_params[0]) walks far past the destination."""
+    tensors = _node(p, op=p.profile.ggml.op_value("ACC"), op_params=[4_000_000, 64, 64, 0, 0] + [0] * 11)
+    tensors[1].update({"ne": [4, 4, 1, 1], "nb": [4, 16, 64, 64]})
+    _graph(p, tensors)
+
+
 CASES: tuple[HostileCase, ...] = (
     # protocol abuse
     HostileCase("protocol.hello-not-first", "hello.first", "first command other than HELLO", "protocol",
@@ -182,9 +189,7 @@ CASES: tuple[HostileCase, ...] = (
     HostileCase("#26912", "exec.rows-in-range", "SET_ROWS with a row index out of range", "llama.cpp #26912",
                 lambda p: _rows(p, "SET_ROWS", -1_000_000), destructive=True),
     HostileCase("#25764", "exec.view-params", "ACC with strides past the destination", "llama.cpp #25764",
-                lambda p: _graph(p, _node(p, op=p.profile.ggml.op_value("ACC"),
-                                          op_params=[4 * 1_000_000, 4 * 1_000_000, 4 * 1_000_000, 0, 0] + [0] * 11)),
-                destructive=True),
+                _acc_past_the_end, destructive=True),
     HostileCase("upstream-asserts.past-end", "tensor.bounds", "GET_TENSOR of a tensor running past its buffer",
                 "upstream asserts", lambda p: _get(p, p.tensor(p.buffer.size - 16, n=64), 0, 4), destructive=True),
     HostileCase("upstream-asserts.overflow", "tensor.bounds", "INIT_TENSOR whose ne/nb overflow nbytes",

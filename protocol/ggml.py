@@ -69,6 +69,7 @@ class GgmlTables:
     ops: tuple[str, ...]
     unary_ops: tuple[str, ...]
     glu_ops: tuple[str, ...]
+    tensor_flags: dict[str, int]
 
     def tensor_type(self, value: int) -> TensorType | None:
         """The type numbered `value` in this release, or None if it is invalid or removed."""
@@ -76,6 +77,11 @@ class GgmlTables:
             return None
         found = TYPES.get(value)
         return found if found is not None and not found.removed else None
+
+    @property
+    def compute_flag(self) -> int:
+        """The tensor flag that marks nodes to compute (0 when this ggml computes every node)."""
+        return self.tensor_flags.get("COMPUTE", 0)
 
     def op_name(self, value: int) -> str | None:
         return self.ops[value] if 0 <= value < len(self.ops) else None
@@ -112,6 +118,7 @@ GGML_RELEASES: dict[str, GgmlTables] = {
         ops=tuple(table["ops"]),
         unary_ops=tuple(table["unary_ops"]),
         glu_ops=tuple(table["glu_ops"]),
+        tensor_flags=dict(table["tensor_flags"]),
     )
     for release, table in TABLES.items()
 }

@@ -50,12 +50,13 @@ class ReferenceServer(ThreadedTCPService):
 
     def __init__(self, *, profile: Profile = NEWEST, host: str = "127.0.0.1", port: int = 0, devices: int = 1,
                  memory: int | None = None, cache_dir: str | Path | None = None,
-                 max_payload: int = DEFAULT_MAX_PAYLOAD, max_connections: int = 64, verbose: bool = False) -> None:
+                 max_payload: int = DEFAULT_MAX_PAYLOAD, max_connections: int = 64, verbose: bool = False,
+                 numerics: str = "float") -> None:
         memory = memory if memory is not None else physical_memory()
         cache = Path(cache_dir) if cache_dir else None
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
-        self.state = ServerState(profile, make_devices(devices, memory), cache, verbose)
+        self.state = ServerState(profile, make_devices(devices, memory), cache, verbose, numerics)
         self.max_payload = max_payload
         super().__init__((host, port), max_connections=max_connections)
 

@@ -25,7 +25,7 @@ from protocol.rules import BufferInfo, as_error, first_violation, sized_violatio
 from protocol.versions import Profile
 
 from .device import Buffer, Device
-from .executor import ExecutionError, GraphPlan, plan_graph
+from .executor import DequantCache, ExecContext, ExecutionError, GraphPlan, plan_graph
 
 log = logging.getLogger("ggml_rpc.server")
 
@@ -38,6 +38,12 @@ class ServerState:
     devices: list[Device]
     cache_dir: Path | None = None
     verbose: bool = False
+    numerics: str = "float"
+    weights: DequantCache = field(default_factory=DequantCache)
+
+    @property
+    def exec_context(self) -> ExecContext:
+        return ExecContext(self.profile.ggml, self.weights, self.numerics)
 
     def cached(self, value: int) -> bytes | None:
         if self.cache_dir is None:
@@ -215,10 +221,9 @@ class Session:
     def graph_compute(self, request):
         device = request.body.get("device", 0)
         self.graphs.pop(device, None)
-        plan = plan_graph(self, request.graph)
-        stored = StoredGraph(plan, frozenset(plan.handles))
+        plan = plan_graph(request.graph, self.buffers, self.profile, self.state.exec_context)
         plan.run()
-        self.graphs[device] = stored
+        self.graphs[device] = StoredGraph(plan, frozenset(plan.handles))
         return {"result": 0}  # 2.0.0 replies a ggml_status; later versions send nothing
 
     def graph_recompute(self, request):

@@ -44,6 +44,13 @@ def members(header: str, enum: str, prefix: str) -> list[str]:
     return names
 
 
+def tensor_flags(header: str) -> dict[str, int]:
+    """enum ggml_tensor_flag: name -> bit (COMPUTE marks nodes the CPU backend must run)."""
+    body = enum_body(header, "ggml_tensor_flag")
+    return {name.removeprefix("GGML_TENSOR_FLAG_"): int(value)
+            for name, value in re.findall(r"(GGML_TENSOR_FLAG_\w+)\s*=\s*(\d+)", body)}
+
+
 def type_count(header: str) -> int:
     match = re.search(r"GGML_TYPE_COUNT\s*=\s*(\d+)", enum_body(header, "ggml_type"))
     if not match:
@@ -69,6 +76,7 @@ def main(argv: list[str]) -> None:
             "ops": members(header, "ggml_op", ENUMS["ggml_op"]),
             "unary_ops": members(header, "ggml_unary_op", ENUMS["ggml_unary_op"]),
             "glu_ops": members(header, "ggml_glu_op", ENUMS["ggml_glu_op"]),
+            "tensor_flags": tensor_flags(header),
         }
     OUTPUT.write_text(render(tables))
     print(f"wrote {OUTPUT} ({', '.join(tables)})")

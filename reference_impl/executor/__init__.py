@@ -1,0 +1,8 @@
+"""Graph execution on NumPy: GRAPH_COMPUTE / GRAPH_RECOMPUTE for the reference server."""
+
+from .errors import ExecutionError
+from .kernels import KERNELS, ExecContext
+from .plan import GraphPlan, plan_graph
+from .tensors import DequantCache
+
+__all__ = ["DequantCache", "ExecContext", "ExecutionError", "GraphPlan", "KERNELS", "plan_graph"]

@@ -1,0 +1,167 @@
+"""Graph tensors as NumPy views over buffer memory, honouring ggml's ne/nb exactly.
+
+A ggml tensor is `data` plus four sizes `ne` and four byte strides `nb`; element
+(i0, i1, i2, i3) lives at data + i0*nb0 + i1*nb1 + i2*nb2 + i3*nb3.  That is precisely a
+strided NumPy array of shape (ne3, ne2, ne1, ne0) and strides (nb3, nb2, nb1, nb0) over the
+buffer's bytes, so views, permutations and transposes cost nothing and writes land where
+ggml would put them.  Quantized types are rows of blocks; they are read through `gguf`'s
+dequantizers (with a cache for weights) and written through its quantizers.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import ml_dtypes
+import numpy as np
+from gguf import quants
+from gguf.constants import GGMLQuantizationType
+
+from protocol.ggml import TensorType
+from protocol.tensor import decode_name
+
+from ..device import Buffer
+from .errors import ExecutionError
+
+ELEMENT_DTYPES = {
+    "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype(ml_dtypes.bfloat16), "F64": np.dtype("<f8"),
+    "I8": np.dtype("i1"), "I16": np.dtype("<i2"), "I32": np.dtype("<i4"), "I64": np.dtype("<i8"),
+}
+QUANTIZABLE = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"}  # types gguf can also write (CPY / SET_ROWS targets)
+
+
+@dataclass(eq=False)
+class TensorRef:
+    """One tensor of a graph, bound to the memory it names."""
+
+    id: int
+    kind: TensorType
+    ne: tuple[int, int, int, int]
+    nb: tuple[int, int, int, int]
+    data: int
+    buffer: Buffer | None
+    op: str
+    op_params: np.ndarray  # int32[16]
+    name: str
+    flags: int = 0
+    srcs: list["TensorRef | None"] = field(default_factory=list)
+    view_src: "TensorRef | None" = None
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """NumPy order: (ne3, ne2, ne1, ne0)."""
+        return self.ne[3], self.ne[2], self.ne[1], self.ne[0]
+
+    @property
+    def n_elements(self) -> int:
+        return self.ne[0] * self.ne[1] * self.ne[2] * self.ne[3]
+
+    @property
+    def quantized(self) -> bool:
+        return self.kind.block_size > 1
+
+    @property
+    def dtype(self) -> np.dtype:
+        found = ELEMENT_DTYPES.get(self.kind.name)
+        if found is None:
+            raise ExecutionError(f"type {self.kind.name} has no element view")
+        return found
+
+    def src(self, index: int) -> "TensorRef":
+        found = self.srcs[index] if index < len(self.srcs) else None
+        if found is None:
+            raise ExecutionError(f"{self.op} node {self.name!r} lacks src[{index}]")
+        return found
+
+    def param_i32(self, index: int) -> int:
+        return int(self.op_params[index])
+
+    def param_f32(self, index: int) -> float:
+        return float(self.op_params[index : index + 1].view(np.float32)[0])
+
+    def _offset(self) -> int:
+        if self.buffer is None:
+            raise ExecutionError(f"{self.op} needs the memory of {self.name!r}, which has no buffer on this server")
+        return self.data - self.buffer.base
+
+    def view(self) -> np.ndarray:
+        """The elements as a writable strided array of shape (ne3, ne2, ne1, ne0)."""
+        dtype = self.dtype
+        return np.ndarray(self.shape, dtype=dtype, buffer=self.buffer.memory if self.buffer else None,
+                          offset=self._offset(), strides=(self.nb[3], self.nb[2], self.nb[1], self.nb[0]))
+
+    def row_bytes(self) -> np.ndarray:
+        """Quantized rows as raw bytes, shape (ne3, ne2, ne1, bytes per row)."""
+        per_row = self.ne[0] // self.kind.block_size * self.kind.type_size
+        if self.nb[0] != self.kind.type_size:
+            raise ExecutionError(f"{self.kind.name} tensor {self.name!r} has non-contiguous blocks (nb0={self.nb[0]})")
+        return np.ndarray((self.ne[3], self.ne[2], self.ne[1], per_row), dtype=np.uint8, buffer=self.buffer.memory,
+                          offset=self._offset(), strides=(self.nb[3], self.nb[2], self.nb[1], 1))
+
+    def read(self, cache: "DequantCache | None" = None) -> np.ndarray:
+        """The values as float32, shape (ne3, ne2, ne1, ne0) (a view when already float32)."""
+        if not self.quantized:
+            values = self.view()
+            return values if values.dtype == np.float32 else values.astype(np.float32)
+        if cache is not None:
+            return cache.get(self)
+        return dequantize(self.kind, self.row_bytes())
+
+    def write(self, values: np.ndarray) -> None:
+        """Store float (or integer) values, converting to this tensor's type like ggml's from_float."""
+        if self.quantized:
+            self.row_bytes()[...] = quantize(self.kind, np.broadcast_to(values, self.shape))
+            return
+        target = self.view()
+        if target.dtype.kind in "iu" and np.asarray(values).dtype.kind == "f":
+            values = np.trunc(values)  # C's float -> int conversion truncates
+        target[...] = values
+
+
+def quantize(kind: TensorType, values: np.ndarray) -> np.ndarray:
+    """float rows -> the bytes of `kind` blocks (gguf's reference quantizers)."""
+    if kind.name not in QUANTIZABLE:
+        raise ExecutionError(f"cannot write {kind.name} tensors")
+    return quants.quantize(np.ascontiguousarray(values, dtype=np.float32), GGMLQuantizationType(kind.value))
+
+
+def dequantize(kind: TensorType, rows: np.ndarray) -> np.ndarray:
+    try:
+        return quants.dequantize(np.ascontiguousarray(rows), GGMLQuantizationType(kind.value)).astype(np.float32)
+    except NotImplementedError:
+        raise ExecutionError(f"cannot read {kind.name} tensors (no dequantizer)") from None
+
+
+class DequantCache:
+    """Dequantized weights, keyed by where they live and the buffer's write counter, so a
+    write to the buffer (which bumps it) retires the entry.  Least recently used entries
+    go first once `budget` bytes are held."""
+
+    def __init__(self, budget: int = 2 << 30) -> None:
+        self.budget = budget
+        self.held = 0
+        self._entries: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, tensor: TensorRef) -> np.ndarray:
+        key = (tensor.buffer.handle, tensor.buffer.version, tensor.data, tensor.kind.value, tensor.ne, tensor.nb)
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+                return found
+        values = dequantize(tensor.kind, tensor.row_bytes())
+        values.setflags(write=False)
+        with self._lock:
+            self._entries[key] = values
+            self.held += values.nbytes
+            while self.held > self.budget and len(self._entries) > 1:
+                _, dropped = self._entries.popitem(last=False)
+                self.held -= dropped.nbytes
+        return values
+
+
+def tensor_name(raw) -> str:
+    return decode_name(bytes(raw))

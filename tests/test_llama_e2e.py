@@ -1,0 +1,63 @@
+"""A real llama.cpp client runs a (tiny) real model fully offloaded to our server.
+
+Teacher-forced: the same text goes through llama.cpp on its own CPU and through our server,
+and the logits of every position are compared.  ggml's CPU backend rounds activations to
+8-bit blocks before quantized products, so two correct backends differ in the last bits;
+the bar is the same top-1 token wherever the local top-2 margin exceeds 0.5 logits, and
+logits within a stated tolerance of the largest one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import CI_RELEASES, require_peer
+from protocol import profile_for
+from upstream_peers.llama_run import run_llama
+
+pytestmark = pytest.mark.upstream
+
+TEXT = "The quick brown fox jumps over the lazy dog. In the end, the dog and the fox are friends."
+MARGIN = 0.5
+# max |logit error| / max |logit|: plain float32 math, and with ggml's activation rounding
+TOLERANCE = {"float": 0.08, "ggml": 0.03}
+
+
+def compare(local: dict, remote: dict) -> dict:
+    a, b = local["logits"], remote["logits"]
+    assert a.shape == b.shape and np.isfinite(b).all()
+    top2 = np.sort(a, axis=-1)[:, -2:]
+    confident = (top2[:, 1] - top2[:, 0]) > MARGIN
+    agree = a.argmax(-1) == b.argmax(-1)
+    return {"max_error": float(np.abs(a - b).max()), "scale": float(np.abs(a).max()),
+            "agree": float(agree.mean()), "confident_agree": bool(agree[confident].all()),
+            "confident": int(confident.sum()), "positions": len(agree)}
+
+
+@pytest.fixture(scope="module")
+def local_runs(tiny_models):
+    """The local-CPU reference per client release and batch size (computed once)."""
+    cache = {}
+
+    def get(release: str, n_batch: int) -> dict:
+        key = (release, n_batch)
+        if key not in cache:
+            cache[key] = run_llama(require_peer(release), tiny_models["2"], text=TEXT, n_batch=n_batch, generate=8)
+        return cache[key]
+
+    return get
+
+
+@pytest.mark.parametrize("numerics", ["float", "ggml"])
+@pytest.mark.parametrize("n_batch", [512, 1], ids=["batched-prompt", "one-token-decode"])
+@pytest.mark.parametrize("release", CI_RELEASES)
+def test_real_llama_client_on_our_server(release, n_batch, numerics, reference_server, tiny_models, local_runs):
+    peer = require_peer(release)
+    server = reference_server(profile_for(peer.protocol).name, memory=1 << 30, numerics=numerics)
+    remote = run_llama(peer, tiny_models["2"], rpc=server.endpoint, text=TEXT, n_batch=n_batch, generate=8)
+    result = compare(local_runs(release, n_batch), remote)
+    assert result["confident"] >= result["positions"] // 3, result  # the comparison has teeth
+    assert result["confident_agree"], result
+    assert result["max_error"] <= TOLERANCE[numerics] * result["scale"], result
+    assert len(remote["generated"]) == 8
