@@ -67,6 +67,8 @@ class Probe:
         values = dict(id=0x1000 + offset + n, type=type, buffer=self.buffer.handle, ne=[n, 1, 1, 1],
                       nb=[4, 4 * n, 4 * n, 4 * n], data=self.buffer.base + offset, name=name)
         values.update(fields)
+        if values.get("op") and "flags" not in fields:
+            values["flags"] = self.profile.ggml.compute_flag  # a node to run, as ggml_build_forward_expand marks it
         return make_tensor(self.profile.tensor, **values)
 
     def graph(self, tensors: list[Container], nodes: list[int]) -> Graph:
