@@ -7,8 +7,8 @@ the standard library, numpy and llama_cpp:
         [--rpc HOST:PORT] [--text TEXT | --tokens 1,2,3] [--n-batch 512] [--generate N]
 
 With --rpc every layer is offloaded to that RPC server; without it the model runs on the
-local CPU.  The .npz holds `tokens`, `logits` (one row per position, teacher-forced) and
-`generated` (greedy continuation), plus `seconds` spent generating.
+local CPU.  The .npz holds `tokens`, `logits` (one row per position, teacher-forced),
+`generated` (greedy continuation) and its `text`, plus `seconds` spent generating.
 """
 
 from __future__ import annotations
@@ -86,8 +86,9 @@ def main(argv: list[str] | None = None) -> None:
         generated.append(token)
         llm.eval([token])
     seconds = time.monotonic() - started
+    text = llm.detokenize(generated).decode("utf-8", errors="replace") if generated else ""
     np.savez(args.out, tokens=np.array(tokens), logits=logits, generated=np.array(generated, dtype=np.int64),
-             seconds=np.array(seconds))
+             seconds=np.array(seconds), text=np.array(text))
     sys.stdout.flush()
     os._exit(0)  # skip llama.cpp's teardown: the RPC backend's atexit ordering can abort
 

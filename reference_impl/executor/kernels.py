@@ -10,7 +10,7 @@ the destination's view, so strides, permutations and in-place ops behave as in g
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -18,7 +18,7 @@ import numpy as np
 from protocol.ggml import GgmlTables
 
 from .errors import ExecutionError
-from .numerics import ROUNDING
+from .numerics import ROUNDING, WITH_MINS, block_mins, q8_1_sum_correction
 from .tensors import ELEMENT_DTYPES, DequantCache, TensorRef, dequantize, quantize
 
 Step = Callable[[], None]
@@ -31,6 +31,7 @@ class ExecContext:
     ggml: GgmlTables
     cache: DequantCache
     numerics: str = "float"  # "float": plain float32 math; "ggml": round activations like ggml's CPU backend
+    memo: dict = field(default_factory=dict)  # values shared by the nodes of one run (cleared per run)
 
 
 def kernel(*names: str):
@@ -142,7 +143,9 @@ def build_binary(node: TensorRef, ctx: ExecContext) -> Step:
 
     def run():
         x = a.read(ctx.cache)
-        y = repeat(b.read(ctx.cache), node.shape, node)
+        y = b.read(ctx.cache)
+        if y.shape != x.shape:
+            y = repeat(y, node.shape, node)
         with np.errstate(all="ignore"):
             if direct:
                 function(x, y, out=node.view())
@@ -367,17 +370,27 @@ def build_mul_mat(node: TensorRef, ctx: ExecContext) -> Step:
             "result must be F32 [src0 rows, src1 rows, src1 ne2, src1 ne3]")
     r2, r3 = b.ne[2] // a.ne[2], b.ne[3] // a.ne[3]
     rounding = ROUNDING.get(a.kind.name) if ctx.numerics == "ggml" else None
+    with_sums = rounding is not None and a.kind.name in WITH_MINS
+    flat = a.ne[2] == a.ne[3] == b.ne[2] == b.ne[3] == 1
+
+    def product(inputs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """inputs (ne13, ne12, M, K) x weights (ne03, ne02, N, K) -> (ne13, ne12, M, N)."""
+        if r3 > 1:
+            weights = np.repeat(weights, r3, axis=0)
+        grouped = inputs.reshape(b.ne[3], a.ne[2], r2 * b.ne[1], inputs.shape[-1])
+        return np.matmul(grouped, weights.swapaxes(-1, -2)).reshape(node.shape)
 
     def run():
         weights = a.read(ctx.cache)  # (ne03, ne02, N, K)
-        inputs = b.read(ctx.cache)  # (ne13, ne12, M, K)
-        if rounding is not None:
-            inputs = rounding(inputs)
-        if r3 > 1:
-            weights = np.repeat(weights, r3, axis=0)
-        grouped = inputs.reshape(b.ne[3], a.ne[2], r2 * b.ne[1], b.ne[0])
-        product = np.matmul(grouped, weights.swapaxes(-1, -2))  # (ne13, ne02, r2*M, N)
-        node.write(product.reshape(node.shape))
+        raw = b.read(ctx.cache)  # (ne13, ne12, M, K)
+        inputs = rounding(raw) if rounding is not None else raw
+        target = node.view()
+        if flat and target[0, 0].flags.c_contiguous:  # one product, straight into the destination
+            np.matmul(inputs[0, 0], weights[0, 0].T, out=target[0, 0])
+        else:
+            target[...] = product(inputs, weights)
+        if with_sums:  # ggml takes these weights' min term from Q8_1's stored block sums
+            target += product(q8_1_sum_correction(raw), ctx.cache.get(a, block_mins))
 
     return run
 
@@ -491,17 +504,16 @@ ROPE_NORMAL, ROPE_NEOX = 0, 2
 
 
 def rope_cache(positions: np.ndarray, n_dims: int, params: dict, freq_factors: np.ndarray | None) -> tuple:
-    """cos and sin (times mscale) per position and rotated pair, exactly in ggml's float32
-    order of operations: theta starts at the position and is multiplied by theta_scale."""
+    """cos and sin (times mscale) per position and rotated pair, in ggml's float32 order of
+    operations: theta starts at the position and is multiplied by theta_scale pair by pair
+    (a multiplicative accumulate in float32 is exactly that left fold)."""
     f32 = np.float32
     theta_scale = f32(np.power(np.float32(params["freq_base"]), np.float32(-2.0) / np.float32(n_dims)))
     corr = yarn_corr_dims(n_dims, params["n_ctx_orig"], params["freq_base"], params["beta_fast"], params["beta_slow"])
     pairs = n_dims // 2
-    theta = positions.astype(np.float32)
-    thetas = np.empty((len(positions), pairs), dtype=np.float32)
-    for k in range(pairs):
-        thetas[:, k] = theta
-        theta = (theta * theta_scale).astype(np.float32)
+    ladder = np.full((len(positions), pairs), theta_scale, dtype=np.float32)
+    ladder[:, 0] = positions
+    thetas = np.multiply.accumulate(ladder, axis=1, dtype=np.float32)
     if freq_factors is not None:
         thetas = thetas / freq_factors[:pairs].astype(np.float32)
     freq_scale, ext_factor = f32(params["freq_scale"]), f32(params["ext_factor"])
@@ -515,7 +527,8 @@ def rope_cache(positions: np.ndarray, n_dims: int, params: dict, freq_factors: n
         mscale = f32(mscale * (1.0 + 0.1 * math.log(1.0 / float(freq_scale))))
     else:
         thetas = interp
-    return np.cos(thetas) * mscale, np.sin(thetas) * mscale
+    return (np.cos(thetas.astype(np.float64)).astype(np.float32) * mscale,
+            np.sin(thetas.astype(np.float64)).astype(np.float32) * mscale)
 
 
 def yarn_corr_dims(n_dims: int, n_ctx_orig: int, base: float, beta_fast: float, beta_slow: float) -> tuple:
@@ -551,11 +564,18 @@ def build_rope(node: TensorRef, ctx: ExecContext) -> Step:
     require(params["freq_base"] > 0 and params["freq_scale"] > 0, node, "freq_base and freq_scale must be positive")
     half = n_dims // 2
 
+    memo_key = (n_dims, tuple(sorted(params.items())), freq_factors.id if freq_factors is not None else 0)
+
     def run():
         x = src.read(ctx.cache)  # (ne3, ne2=positions, ne1=heads, ne0)
-        factors = freq_factors.read()[0, 0, 0] if freq_factors is not None else None
-        cos, sin = rope_cache(positions.view()[0, 0, 0], n_dims, params, factors)
-        cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+        pos = positions.view()[0, 0, 0]
+        key = memo_key + (pos.tobytes(),)
+        cached = ctx.memo.get(key)  # every layer ropes the same positions
+        if cached is None:
+            factors = freq_factors.read()[0, 0, 0] if freq_factors is not None else None
+            cos, sin = rope_cache(pos, n_dims, params, factors)
+            cached = ctx.memo[key] = (cos[None, :, None, :], sin[None, :, None, :])
+        cos, sin = cached
         out = x.copy()
         rotated = x[..., offset : offset + n_dims]
         if mode == ROPE_NORMAL:

@@ -16,10 +16,12 @@ class GraphPlan:
     steps: list[tuple[str, Step]] = field(default_factory=list)
     handles: set[int] = field(default_factory=set)  # every buffer the graph reaches
     written: list = field(default_factory=list)  # buffers its nodes write
+    memo: dict = field(default_factory=dict)  # the context's per-run scratch
 
     def run(self) -> None:
         for buffer in self.written:
             buffer.touched()  # retire cached dequantized copies of what the graph overwrites
+        self.memo.clear()
         for _, step in self.steps:
             step()
 
@@ -49,7 +51,7 @@ def bind_tensors(graph, buffers: dict, profile) -> dict[int, TensorRef]:
 def plan_graph(graph, buffers: dict, profile, ctx: ExecContext) -> GraphPlan:
     """Validate every node against its kernel and prepare the steps; nothing runs yet."""
     refs = bind_tensors(graph, buffers, profile)
-    plan = GraphPlan(handles={int(h) for h in np.unique(graph.tensors["buffer"]) if h})
+    plan = GraphPlan(handles={int(h) for h in np.unique(graph.tensors["buffer"]) if h}, memo=ctx.memo)
     written = {}
     compute_flag = profile.ggml.compute_flag
     for node_id in graph.nodes.tolist():

@@ -46,6 +46,7 @@ class TensorRef:
     op_params: np.ndarray  # int32[16]
     name: str
     flags: int = 0
+    _view: np.ndarray | None = field(default=None, repr=False)
     srcs: list["TensorRef | None"] = field(default_factory=list)
     view_src: "TensorRef | None" = None
 
@@ -87,10 +88,14 @@ class TensorRef:
         return self.data - self.buffer.base
 
     def view(self) -> np.ndarray:
-        """The elements as a writable strided array of shape (ne3, ne2, ne1, ne0)."""
-        dtype = self.dtype
-        return np.ndarray(self.shape, dtype=dtype, buffer=self.buffer.memory if self.buffer else None,
-                          offset=self._offset(), strides=(self.nb[3], self.nb[2], self.nb[1], self.nb[0]))
+        """The elements as a writable strided array of shape (ne3, ne2, ne1, ne0).
+
+        Made once and kept: a plan lives no longer than the buffers it reaches (FREE_BUFFER
+        discards stored graphs), so the buffer's memory object is stable for its life."""
+        if self._view is None:
+            self._view = np.ndarray(self.shape, dtype=self.dtype, buffer=self.buffer.memory if self.buffer else None,
+                                    offset=self._offset(), strides=(self.nb[3], self.nb[2], self.nb[1], self.nb[0]))
+        return self._view
 
     def row_bytes(self) -> np.ndarray:
         """Quantized rows as raw bytes, shape (ne3, ne2, ne1, bytes per row)."""
@@ -145,14 +150,17 @@ class DequantCache:
         self._entries: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, tensor: TensorRef) -> np.ndarray:
-        key = (tensor.buffer.handle, tensor.buffer.version, tensor.data, tensor.kind.value, tensor.ne, tensor.nb)
+    def get(self, tensor: TensorRef, derive=None) -> np.ndarray:
+        """The dequantized values of `tensor`, or `derive(kind, raw rows)` of its blocks."""
+        derive = derive or dequantize
+        key = (tensor.buffer.handle, tensor.buffer.version, tensor.data, tensor.kind.value, tensor.ne, tensor.nb,
+               derive.__name__)
         with self._lock:
             found = self._entries.get(key)
             if found is not None:
                 self._entries.move_to_end(key)
                 return found
-        values = dequantize(tensor.kind, tensor.row_bytes())
+        values = derive(tensor.kind, tensor.row_bytes())
         values.setflags(write=False)
         with self._lock:
             self._entries[key] = values
