@@ -30,6 +30,11 @@ class HostileCase:
     needs: tuple[Command, ...] = ()
     handshake: bool = True  # False: the case starts on a raw connection, before HELLO
     section: str = ""  # for survival cases; rule cases take their rule's section
+    needs_cache: bool = False  # only meaningful against a server known to have a hash cache
+
+    @property
+    def level(self) -> str:
+        return self.spec_rule.level if self.rule else "MUST"
 
     @property
     def spec_rule(self) -> Rule | None:
@@ -107,6 +112,65 @@ def _rows(p, op: str, index_value: int) -> None:
                        nb=[4, 16, 32, 32], src=[0xD4, 0xB2] + [0] * 8)
         src = p.tensor(256, id=0xD4, n=4, name="src", ne=[4, 1, 1, 1])
     _graph(p, [src, index, out])
+
+
+def _other_hello(p) -> None:
+    """A HELLO shaped for the other version family (empty vs 24 bytes of conn_caps)."""
+    size = 0 if p.profile.hello == "caps" else 24
+    p.send_raw(struct.pack("<BQ", C.HELLO, size) + bytes(size))
+
+
+def _graph_counts_too_big(p) -> None:
+    head = struct.pack("<I", 0) if p.profile.devices == "multi" else b""
+    payload = head + struct.pack("<I", 1000) + bytes(8)
+    p.send_raw(struct.pack("<BQ", C.GRAPH_COMPUTE, len(payload)) + payload)
+
+
+def _graph_trailing(p) -> None:
+    from protocol import encode_request
+
+    raw = b"".join(bytes(x) for x in encode_request(p.profile, C.GRAPH_COMPUTE, p.device_body(),
+                                                    graph=p.graph([p.tensor(0, id=0x77)], [0x77])))
+    raw = raw[:1] + struct.pack("<Q", len(raw) - 9 + 8) + raw[9:] + b"TRAILING"
+    p.send_raw(raw)
+
+
+def _duplicate_ids(p) -> None:
+    tensors = _node(p)
+    tensors[1].id = tensors[0].id
+    _graph(p, tensors)
+
+
+def _cycle(p) -> None:
+    tensors = _node(p)
+    tensors[0].update({"op": p.profile.ggml.op_value("ADD"), "src": [0xC3, 0xB2] + [0] * 8,
+                       "flags": p.profile.ggml.compute_flag})
+    _graph(p, tensors)
+
+
+def _hash_hit(p, *, buffer: int | None = None, offset: int = 0) -> None:
+    """SET_TENSOR_HASH of data the server's cache holds (stored by a SET_TENSOR above the
+    threshold first), aimed at a tensor without a buffer or past the buffer's end."""
+    from protocol.hashing import fnv1a64
+    from protocol.messages import HASH_THRESHOLD
+
+    data = bytes(range(256)) * ((HASH_THRESHOLD // 256) + 1)
+    big = p.rpc.alloc_buffer(len(data))
+    tensor = p.tensor(0, buffer=big.handle, data=big.base, n=len(data) // 4)
+    p.rpc.set_tensor(tensor, data, cache=True)
+    p.rpc.sync()
+    target = p.tensor(0) if buffer is None else p.tensor(0, buffer=buffer, data=0)
+    p.send(C.SET_TENSOR_HASH, {"tensor": target, "offset": offset, "hash": fnv1a64(data)})
+
+
+def _rope_mode_one(p) -> None:
+    positions = p.tensor(64, id=0xB2, n=1, type=26, name="pos")  # I32 [1]
+    _set(p, positions, struct.pack("<i", 3))
+    x = p.tensor(0, id=0xA1, n=16, name="x", ne=[4, 4, 1, 1], nb=[4, 16, 64, 64])
+    x.ne = [4, 4, 1, 1]
+    rope = p.tensor(128, id=0xC3, n=16, name="rope", ne=[4, 4, 1, 1], nb=[4, 16, 64, 64],
+                    op=p.profile.ggml.op_value("ROPE"), src=[0xA1, 0xB2] + [0] * 8, op_params=[0, 4, 1] + [0] * 13)
+    _graph(p, [x, positions, rope])
 
 
 def _acc_past_the_end(p) -> None:
@@ -200,6 +264,41 @@ CASES: tuple[HostileCase, ...] = (
     HostileCase("#25288", "tensor.blocks", "SET_TENSOR of a Q4_0 tensor with ne[0] = 33", "llama.cpp #25288",
                 lambda p: _set(p, p.tensor(0, type=2, ne=[33, 1, 1, 1], nb=[18, 18, 18, 18]), bytes(18)),
                 destructive=True),
+)
+
+# Rules without a published advisory: one case each, so every rule has a negative case.
+CASES += (
+    HostileCase("frame.min-size", "frame.min-size", "SET_TENSOR shorter than its fixed part", "protocol",
+                lambda p: p.send_raw(struct.pack("<BQ", C.SET_TENSOR, 100) + bytes(100))),
+    HostileCase("hello.size", "hello.size", "HELLO shaped for the other version family", "protocol", _other_hello,
+                handshake=False),
+    HostileCase("tensor.buffer", "tensor.buffer", "INIT_TENSOR naming a buffer never handed out", "buffer tracking",
+                lambda p: p.send(C.INIT_TENSOR, {"tensor": p.tensor(0, buffer=p.buffer.handle ^ 0x40, data=0)})),
+    HostileCase("set_tensor_hash.buffer", "set_tensor_hash.buffer", "SET_TENSOR_HASH hit on a tensor with buffer 0",
+                "null buffer (2025-07)", lambda p: _hash_hit(p, buffer=0), needs_cache=True),
+    HostileCase("set_tensor_hash.region", "set_tensor_hash.region", "SET_TENSOR_HASH hit that does not fit",
+                "CVE-2024-42479", lambda p: _hash_hit(p, offset=p.buffer.size - 64), needs_cache=True),
+    HostileCase("memset_tensor.buffer", "memset_tensor.buffer", "MEMSET_TENSOR on a tensor with buffer 0",
+                "null buffer (2025-07)", lambda p: p.send(C.MEMSET_TENSOR, {"tensor": p.tensor(0, buffer=0, data=0),
+                                                                            "offset": 0, "size": 4, "value": 1}),
+                needs=(C.MEMSET_TENSOR,)),
+    HostileCase("graph.counts", "graph.counts", "GRAPH_COMPUTE announcing more nodes than it carries", "protocol",
+                _graph_counts_too_big),
+    HostileCase("graph.trailing", "graph.trailing", "GRAPH_COMPUTE with bytes after its tensors", "protocol",
+                _graph_trailing),
+    HostileCase("graph.ids-unique", "graph.ids-unique", "graph listing two tensors with one id", "protocol",
+                _duplicate_ids),
+    HostileCase("graph.acyclic", "graph.acyclic", "graph whose sources form a cycle", "protocol", _cycle),
+    HostileCase("graph.blocks", "graph.blocks", "graph tensor of Q4_0 with ne[0] = 33", "llama.cpp #25288",
+                lambda p: _graph(p, _node(p, type=2, ne=[33, 1, 1, 1], nb=[18, 18, 18, 18])), destructive=True),
+    HostileCase("graph.buffers", "graph.buffers", "graph tensor naming a buffer never handed out", "buffer tracking",
+                lambda p: _graph(p, _node(p, buffer=p.buffer.handle ^ 0x40))),
+    HostileCase("graph.bounds", "graph.bounds", "graph node whose data runs past its buffer", "upstream asserts",
+                lambda p: _graph(p, _node(p, data=p.buffer.base + p.buffer.size - 8)), destructive=True),
+    HostileCase("exec.unsupported", "exec.unsupported", "ROPE in the removed mode 1", "compute failure",
+                _rope_mode_one, destructive=True),
+    HostileCase("recompute.stored", "recompute.stored", "GRAPH_RECOMPUTE before any GRAPH_COMPUTE", "protocol",
+                lambda p: p.send(C.GRAPH_RECOMPUTE, {"device": 0}), needs=(C.GRAPH_RECOMPUTE,)),
 )
 
 # Cases a conforming server must *serve*, not close: fixed crashes that were triggered by

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import ml_dtypes
 import numpy as np
 from gguf import quants
 from gguf.constants import GGMLQuantizationType
@@ -283,7 +284,7 @@ def rope(mode: int, *, n_dims: int = 16, yarn: bool = False, f16: bool = False):
 
 def copy(src_type, dst_type, *, transpose: bool = False):
     def build(g: GraphBuilder, rng):
-        x = randn(rng, 6, 10).astype(src_type)
+        x = (randn(rng, 6, 10) * 100).astype(src_type)
         t = g.input(x)
         if transpose:
             t = g.transpose(t)
@@ -405,6 +406,8 @@ CASES: tuple[OpCase, ...] = (
     OpCase("f32-to-f16", "CPY", copy(np.float32, np.float16), rtol=1e-3, atol=1e-3),
     OpCase("f16-to-f32", "CPY", copy(np.float16, np.float32)),
     OpCase("transposed-f32", "CPY", copy(np.float32, np.float32, transpose=True)),
+    OpCase("f32-to-bf16", "CPY", copy(np.float32, ml_dtypes.bfloat16), rtol=1e-2, atol=1e-2),
+    OpCase("i32-transposed", "CPY", copy(np.int32, np.int32, transpose=True), rtol=0, atol=0),
     OpCase("permuted", "CONT", cont_permuted()),
     OpCase("f32", "MUL_MAT", mul_mat("F32"), rtol=1e-4, atol=1e-4),
     OpCase("f16", "MUL_MAT", mul_mat("F16"), rtol=5e-3, atol=5e-3),

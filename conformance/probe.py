@@ -9,6 +9,7 @@ kept in `exchange` for the failure report.
 from __future__ import annotations
 
 import socket
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,13 +25,17 @@ CLOSED, ANSWERED, SILENT = "closed", "answered", "silent"
 
 @dataclass
 class Exchange:
-    """What went over the probe's socket: ("sent" | "received", bytes)."""
+    """What went over one connection: ("sent" | "received", seconds since it opened, bytes)."""
 
-    events: list[tuple[str, bytes]] = field(default_factory=list)
+    events: list[tuple[str, float, bytes]] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    def add(self, direction: str, data: bytes) -> None:
+        self.events.append((direction, time.monotonic() - self.started, bytes(data)))
 
     def hexdump(self, limit: int = 512) -> str:
         lines = []
-        for direction, data in self.events:
+        for direction, _, data in self.events:
             arrow = "->" if direction == "sent" else "<-"
             shown = data[:limit]
             lines.append(f"{arrow} {len(data)} bytes")
@@ -48,7 +53,7 @@ class Probe:
         self.timeout = timeout
         self.exchange = Exchange()
         if handshake:
-            self.rpc = RPCClient(endpoint, proto=profile, timeout=timeout)
+            self.rpc = RPCClient(endpoint, proto=profile, timeout=timeout, tap=self.exchange.add)
             self.profile = self.rpc.profile
             self.sock = self.rpc.sock
             self.buffer: RemoteBuffer | None = self.rpc.alloc_buffer(buffer_size) if buffer_size else None
@@ -84,7 +89,7 @@ class Probe:
         self.send_raw(raw)
 
     def send_raw(self, data: bytes) -> None:
-        self.exchange.events.append(("sent", bytes(data)))
+        self.exchange.add("sent", data)
         try:
             self.sock.sendall(data)
         except OSError:
@@ -112,7 +117,7 @@ class Probe:
             chunk = b""
         if not chunk:
             return CLOSED, b""
-        self.exchange.events.append(("received", chunk))
+        self.exchange.add("received", chunk)
         return ANSWERED, chunk
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable
 
@@ -61,6 +61,7 @@ class Request:
     body: Container
     data: memoryview | bytes | None = None
     graph: Graph | None = None
+    frame_size: int = field(default=0, compare=False)  # bytes on the wire, header included
 
 
 @dataclass(eq=True)
@@ -70,6 +71,7 @@ class Reply:
     command: Command
     body: Container
     data: memoryview | bytes | None = None
+    frame_size: int = field(default=0, compare=False)  # bytes on the wire, header included
 
 
 # SET_TENSOR sink: (command, parsed head, data size) -> destination view of exactly that
@@ -348,7 +350,7 @@ class RequestParser(_FrameParser):
             self.hello_done = True
         tail = self._size - spec.request_size
         if spec.request_tail is None:
-            self._pending.append(Request(spec.command, self._body))
+            self._pending.append(Request(spec.command, self._body, frame_size=9 + self._size))
             self._reset()
         elif spec.request_tail == "data":
             into = self.bulk_sink(spec.command, self._body, tail) if self.bulk_sink else None
@@ -359,9 +361,9 @@ class RequestParser(_FrameParser):
     def _tail_done(self, view: memoryview) -> Request:
         spec = self._spec
         if spec.request_tail == "data":
-            return Request(spec.command, self._body, data=view)
+            return Request(spec.command, self._body, data=view, frame_size=9 + self._size)
         graph = decode_graph(self.profile, view, base_offset=self._frame_start + 9 + spec.request_size)
-        return Request(spec.command, self._body, graph=graph)
+        return Request(spec.command, self._body, graph=graph, frame_size=9 + self._size)
 
 
 @dataclass
@@ -440,12 +442,12 @@ class ReplyParser(_FrameParser):
                 self._state, self._need = "body", size
             return
         current = self._expected.popleft()
-        self._pending.append(Reply(current.command, parse_fixed(current.spec.reply, chunk)))
+        self._pending.append(Reply(current.command, parse_fixed(current.spec.reply, chunk), frame_size=8 + len(chunk)))
         self._reset()
 
     def _tail_done(self, view: memoryview) -> Reply:
         current = self._expected.popleft()
-        return Reply(current.command, Container(), data=view)
+        return Reply(current.command, Container(), data=view, frame_size=8 + len(view))
 
 
 # -- builders --------------------------------------------------------------------------------

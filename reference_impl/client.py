@@ -82,16 +82,22 @@ class RPCClient:
     server's own HELLO answer is still recorded in `server_version`.
     """
 
-    def __init__(self, endpoint, *, proto: Profile | str | None = None, timeout: float | None = 30.0) -> None:
+    def __init__(self, endpoint, *, proto: Profile | str | None = None, timeout: float | None = 30.0,
+                 tap=None) -> None:
         self.address = parse_endpoint(endpoint)
         self.timeout = timeout
+        self.tap = tap  # tap("sent" | "received", bytes): sees every byte (for reports); None costs nothing
         forced = profile_for(proto) if isinstance(proto, str) else proto
         self.profile: Profile = forced or NEWEST
         self.server_version: tuple[int, int, int] | None = None
         self.sock: socket.socket | None = None
         self._replies: ReplyParser | None = None
         self._since_reply: list[str] = []  # commands sent since the last reply arrived
-        self._connect(forced)
+        try:
+            self._connect(forced)
+        except BaseException:
+            self.close()  # never leave a half-open connection behind (a serial server would wait on it)
+            raise
 
     @property
     def endpoint(self) -> str:
@@ -158,6 +164,8 @@ class RPCClient:
         if spec is None:
             raise LocalProtocolError(f"does not exist in protocol {self.profile.name}", command=command.name)
         parts = encode_request(self.profile, command, body, data=data, graph=graph)
+        if self.tap is not None:
+            self.tap("sent", b"".join(bytes(p) for p in parts))
         try:
             send_all(self.sock, parts)
         except OSError as exc:
@@ -182,12 +190,16 @@ class RPCClient:
                 self._since_reply = []
                 return event
             try:
-                received = self.sock.recv_into(parser.get_buffer())
+                view = parser.get_buffer()
+                received = self.sock.recv_into(view)
             except socket.timeout:
+                self.close()  # a late reply would be taken for the next one's: the stream is unusable now
                 raise TimeoutError(f"no reply to {command.name} from {self.endpoint} within {self.timeout}s") from None
             except OSError as exc:
                 raise self._closed(command, exc) from None
             if received:
+                if self.tap is not None:
+                    self.tap("received", bytes(view[:received]))
                 parser.buffer_updated(received)
             else:
                 parser.receive_eof()

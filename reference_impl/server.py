@@ -47,6 +47,7 @@ class ReferenceServer(ThreadedTCPService):
     """The reference server, on `host:port` (port 0: any free port; see `address`)."""
 
     kind = "rpc"
+    session_class = Session  # what serves one connection (tests substitute deliberately faulty ones)
 
     def __init__(self, *, profile: Profile = NEWEST, host: str = "127.0.0.1", port: int = 0, devices: int = 1,
                  memory: int | None = None, cache_dir: str | Path | None = None,
@@ -65,7 +66,7 @@ class ReferenceServer(ThreadedTCPService):
         return self.state.profile
 
     def handle(self, sock: socket.socket, name: str) -> None:
-        session = Session(self.state, name)
+        session = self.session_class(self.state, name)
         log.info("[%s] connected", name)
         try:
             self._converse(sock, session)
@@ -100,13 +101,15 @@ class ReferenceServer(ThreadedTCPService):
             if event is CLOSED:
                 return
             result = session.handle(event)
-            spec = message_spec(profile, event.command)
-            if not spec.has_reply:
-                continue
-            if spec.reply_tail == "data":
-                send_all(sock, encode_reply(profile, event.command, data=result))
-            else:
-                send_all(sock, encode_reply(profile, event.command, result))
+            if message_spec(profile, event.command).has_reply:
+                self.send_reply(sock, event, result)
+
+    def send_reply(self, sock: socket.socket, request, result) -> None:
+        """Send a handler's result as the command's reply (body fields, or data for GET_TENSOR)."""
+        if message_spec(self.profile, request.command).reply_tail == "data":
+            send_all(sock, encode_reply(self.profile, request.command, data=result))
+        else:
+            send_all(sock, encode_reply(self.profile, request.command, result))
 
 
 # -- command line ------------------------------------------------------------------------------

@@ -127,7 +127,7 @@ class Session:
             self.check(command, request.body, request.graph)
         if self.state.verbose:
             log.info("[%s] %s %s", self.name, command.name, describe(request))
-        return HANDLERS[command](self, request)
+        return getattr(self, HANDLERS[command])(request)
 
     def hello(self, request):
         major, minor, patch = self.profile.version
@@ -244,25 +244,26 @@ KEEP_IN_CACHE = {
     "cache_flag": lambda body, size: body.cache_flag != 0,
 }
 
+# Command -> the Session method that handles it (by name, so subclasses can override).
 HANDLERS = {
-    Command.HELLO: Session.hello,
-    Command.DEVICE_COUNT: Session.device_count,
-    Command.ALLOC_BUFFER: Session.alloc_buffer,
-    Command.GET_ALIGNMENT: Session.get_alignment,
-    Command.GET_MAX_SIZE: Session.get_max_size,
-    Command.GET_DEVICE_MEMORY: Session.get_device_memory,
-    Command.BUFFER_GET_BASE: Session.buffer_get_base,
-    Command.FREE_BUFFER: Session.free_buffer,
-    Command.BUFFER_CLEAR: Session.buffer_clear,
-    Command.SET_TENSOR: Session.set_tensor,
-    Command.SET_TENSOR_HASH: Session.set_tensor_hash,
-    Command.GET_TENSOR: Session.get_tensor,
-    Command.COPY_TENSOR: Session.copy_tensor,
-    Command.INIT_TENSOR: Session.init_tensor,
-    Command.GET_ALLOC_SIZE: Session.get_alloc_size,
-    Command.MEMSET_TENSOR: Session.memset_tensor,
-    Command.GRAPH_COMPUTE: Session.graph_compute,
-    Command.GRAPH_RECOMPUTE: Session.graph_recompute,
+    Command.HELLO: "hello",
+    Command.DEVICE_COUNT: "device_count",
+    Command.ALLOC_BUFFER: "alloc_buffer",
+    Command.GET_ALIGNMENT: "get_alignment",
+    Command.GET_MAX_SIZE: "get_max_size",
+    Command.GET_DEVICE_MEMORY: "get_device_memory",
+    Command.BUFFER_GET_BASE: "buffer_get_base",
+    Command.FREE_BUFFER: "free_buffer",
+    Command.BUFFER_CLEAR: "buffer_clear",
+    Command.SET_TENSOR: "set_tensor",
+    Command.SET_TENSOR_HASH: "set_tensor_hash",
+    Command.GET_TENSOR: "get_tensor",
+    Command.COPY_TENSOR: "copy_tensor",
+    Command.INIT_TENSOR: "init_tensor",
+    Command.GET_ALLOC_SIZE: "get_alloc_size",
+    Command.MEMSET_TENSOR: "memset_tensor",
+    Command.GRAPH_COMPUTE: "graph_compute",
+    Command.GRAPH_RECOMPUTE: "graph_recompute",
 }
 
 

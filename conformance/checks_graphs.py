@@ -1,0 +1,92 @@
+"""§8: graphs.  Every op case of op_cases.py against its NumPy oracle, plus recompute,
+stored-graph lifetime, the COMPUTE flag and multiple devices."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from protocol import Command
+from reference_impl.graphs import GraphBuilder
+
+from .core import SHOULD, Check, Context, check, register, require
+from .op_cases import CASES
+
+C = Command
+
+
+def _run_case(ctx: Context, case, device: int | None = None) -> None:
+    if case.op not in ctx.profile.ggml.ops:
+        return
+    rpc = ctx.client()
+    buf = rpc.alloc_buffer(1 << 20, ctx.device if device is None else device)
+    g = GraphBuilder(rpc.profile, buf)
+    outputs, oracle = case.build(g, np.random.default_rng(0))
+    results = g.run(rpc, outputs, device=ctx.device if device is None else device)
+    for index, (got, want) in enumerate(zip(results, oracle())):
+        got, want = got.astype(np.float64), np.asarray(want, dtype=np.float64).reshape(got.shape)
+        scale = max(1.0, float(np.abs(want).max()))
+        bad = ~np.isclose(got, want, rtol=case.rtol, atol=case.atol * scale)
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            require(False, f"output {index} within rtol {case.rtol}: {want[where]:.6g} at {where}",
+                    f"{got[where]:.6g} ({int(bad.sum())} of {bad.size} elements off)")
+
+
+for _case in CASES:
+    register(Check(f"op.{_case.op}.{_case.key}", _case.section, f"{_case.op} computes like ggml ({_case.key})",
+                   lambda ctx, case=_case: _run_case(ctx, case), kind="op"))
+
+
+def _add_graph(ctx: Context, rpc, values_a, values_b):
+    buf = rpc.alloc_buffer(4096, ctx.device)
+    g = GraphBuilder(rpc.profile, buf)
+    a, b = g.input(values_a), g.input(values_b)
+    out = g.add(a, b)
+    return g, a, b, out
+
+
+@check("8.3", "GRAPH_RECOMPUTE runs the stored graph again on fresh inputs", needs=(C.GRAPH_RECOMPUTE,))
+def recompute(ctx: Context) -> None:
+    rpc = ctx.client()
+    x, y = np.arange(8, dtype=np.float32), np.ones(8, dtype=np.float32)
+    g, a, b, out = _add_graph(ctx, rpc, x, y)
+    first = g.run(rpc, [out], device=ctx.device)[0]
+    rpc.set_tensor(a, x * 10)
+    rpc.graph_recompute(ctx.device)
+    second = g.read(rpc, out)
+    require(np.allclose(first.ravel(), x + y) and np.allclose(second.ravel(), x * 10 + y),
+            "x+1 then 10x+1", f"{first.ravel()} then {second.ravel()}")
+
+
+@check("8.3", "a new GRAPH_COMPUTE replaces the stored graph", needs=(C.GRAPH_RECOMPUTE,))
+def recompute_latest(ctx: Context) -> None:
+    rpc = ctx.client()
+    g, a, b, out = _add_graph(ctx, rpc, np.zeros(4, np.float32), np.ones(4, np.float32))
+    g.run(rpc, [out], device=ctx.device)
+    scaled = g.scale(a, 3.0)
+    g.run(rpc, [scaled], device=ctx.device)
+    rpc.set_tensor(a, np.full(4, 2, np.float32))
+    rpc.graph_recompute(ctx.device)
+    require(np.allclose(g.read(rpc, scaled).ravel(), 6.0), "the latest graph (3*a) recomputed",
+            str(g.read(rpc, scaled).ravel()))
+
+
+@check("8.4", "nodes without the COMPUTE flag are skipped", level=SHOULD)
+def compute_flag(ctx: Context) -> None:
+    if not ctx.profile.ggml.compute_flag:
+        return
+    rpc = ctx.client()
+    g, a, b, out = _add_graph(ctx, rpc, np.ones(4, np.float32), np.ones(4, np.float32))
+    rpc.set_tensor(out, np.full(4, -1, np.float32))
+    out.flags = 0
+    g.run(rpc, [], nodes=[out], device=ctx.device)
+    require(np.allclose(g.read(rpc, out).ravel(), -1.0), "the unflagged node left untouched (-1)",
+            str(g.read(rpc, out).ravel()))
+
+
+@check("8.1", "graphs run on every device", needs=(C.DEVICE_COUNT,))
+def every_device(ctx: Context) -> None:
+    count = ctx.client().device_count()
+    add = next(case for case in CASES if case.op == "ADD")
+    for device in range(count):
+        _run_case(ctx, add, device=device)

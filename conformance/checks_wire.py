@@ -1,0 +1,379 @@
+"""Positive semantics of §2-§7: handshake, framing, devices, buffers and tensors."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+
+import numpy as np
+
+from protocol import Command, make_tensor, profile_for
+from protocol.errors import UnsupportedVersion
+from protocol.ggml import TYPES, nbytes
+from protocol.hashing import fnv1a64
+from protocol.messages import HASH_THRESHOLD, message_spec
+from protocol.tensor import contiguous_strides
+from reference_impl.client import ServerClosed, parse_endpoint
+
+from .core import SHOULD, Context, check, register, require, Check
+
+C = Command
+
+
+# -- §3 handshake -------------------------------------------------------------------------------
+
+
+@check("3.2", "HELLO reports a known version of the HELLO family it answered")
+def hello_answers_version(ctx: Context) -> None:
+    rpc = ctx.client()
+    reported = "%d.%d.%d" % rpc.server_version
+    try:
+        known = profile_for(rpc.server_version, lenient_patch=True)
+    except UnsupportedVersion as exc:
+        require(False, "a supported protocol version", f"{reported} ({exc.rule})")
+    require(known.hello == ctx.profile.hello, f"a version answering a {ctx.profile.hello} HELLO",
+            f"{reported}, whose HELLO is {known.hello}")
+
+
+@check("3.1", "HELLO reply carries all-zero conn_caps over plain TCP", needs=(C.HELLO,))
+def hello_caps_zero(ctx: Context) -> None:
+    if ctx.profile.hello != "caps":
+        return
+    probe = ctx.probe(handshake=False, buffer_size=0)
+    probe.send(C.HELLO, {"conn_caps": bytes(24)})
+    probe.sock.settimeout(ctx.timeout)
+    raw = b""
+    while len(raw) < 36:
+        chunk = probe.sock.recv(64)
+        if not chunk:
+            break
+        raw += chunk
+    require(len(raw) == 36, "a 28-byte HELLO reply", f"{len(raw)} bytes")
+    require(raw[8 + 4:] == bytes(24) and raw[8 + 3] == 0, "padding and conn_caps all zero", raw[8:].hex())
+
+
+# -- §2 framing -----------------------------------------------------------------------------------
+
+
+def _fixed_size_checks() -> None:
+    """For every fixed-size request of the profile: a wrong size closes the connection."""
+    for command in Command:
+        if command in (C.HELLO, C.SET_TENSOR, C.GRAPH_COMPUTE):
+            continue
+
+        def run(ctx: Context, command=command) -> None:
+            if command not in ctx.profile.commands:
+                return
+            size = message_spec(ctx.profile, command).request_size
+            probe = ctx.probe(buffer_size=0)
+            probe.send_raw(struct.pack("<BQ", command, size + 1) + bytes(size + 1))
+            ctx.expect_closed(probe, f"{command.name} with {size + 1} bytes instead of {size}")
+
+        register(Check(f"fixed-size.{command.name}", "2.4", f"{command.name} with a payload one byte too long closes",
+                       run, needs=(command,), kind="negative"))
+
+
+_fixed_size_checks()
+
+
+@check("2.2", "every unknown command byte closes the connection", kind="negative")
+def unknown_bytes(ctx: Context) -> None:
+    for byte in sorted({max(ctx.profile.commands) + 1, 18, 19, 0x7F, 0xFF} - set(ctx.profile.commands)):
+        probe = ctx.probe(buffer_size=0)
+        probe.send_raw(bytes([byte]))
+        ctx.expect_closed(probe, f"command byte {byte}, sent without a size")
+
+
+@check("2.5", "a request cut short by the client leaves the server serving others", kind="negative")
+def truncated_request(ctx: Context) -> None:
+    probe = ctx.probe()
+    probe.send_raw(struct.pack("<BQ", C.GET_TENSOR, 312) + bytes(100))
+    probe.close()
+    require(ctx.client().alignment() > 0, "a new connection is served", "it was not")
+
+
+@check("2.4", "a huge announced SET_TENSOR size is refused or waited for, never allocated", kind="negative")
+def huge_announced_size(ctx: Context) -> None:
+    probe = ctx.probe()
+    probe.send_raw(struct.pack("<BQ", C.SET_TENSOR, 1 << 62) + bytes(64))
+    probe.close()
+    require(ctx.client().alignment() > 0, "the server survives and serves a new connection", "it did not")
+
+
+@check("2.5", "pipelined requests are answered in order")
+def pipelined(ctx: Context) -> None:
+    rpc = ctx.client()
+    body = ctx.device_body()
+    raw = b"".join(struct.pack("<BQ", C.GET_ALIGNMENT, len(body) * 4) + (struct.pack("<I", ctx.device) if body else b"")
+                   for _ in range(20))
+    rpc.sock.sendall(raw)
+    for _ in range(20):
+        rpc._replies.expect(C.GET_ALIGNMENT)
+    replies = [rpc._receive(C.GET_ALIGNMENT) for _ in range(20)]
+    require(all(r.body.alignment == replies[0].body.alignment for r in replies), "20 identical replies", "they differ")
+
+
+@check("2.5", "a client stalled mid-frame does not block another client", level=SHOULD)
+def concurrent_clients(ctx: Context) -> None:
+    stalled = socket.create_connection(parse_endpoint(ctx.endpoint), timeout=ctx.timeout)
+    try:
+        stalled.sendall(bytes([C.HELLO]) + struct.pack("<Q", 24 if ctx.profile.hello == "caps" else 0)[:4])
+        result = {}
+
+        def other():
+            try:
+                result["alignment"] = ctx.client(timeout=min(ctx.timeout, 5.0), keep=True).alignment()
+            except (OSError, ServerClosed, TimeoutError) as exc:
+                result["error"] = exc
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join(ctx.timeout + 5)
+        ctx.close()  # the second client first, so a serial server finds nothing left behind it
+        require("alignment" in result, "the second client is served while the first stalls",
+                f"{result.get('error', 'no answer')}")
+    finally:
+        stalled.close()
+
+
+# -- §5 devices -------------------------------------------------------------------------------------
+
+
+@check("5.1", "DEVICE_COUNT is at least 1", needs=(C.DEVICE_COUNT,))
+def device_count(ctx: Context) -> None:
+    count = ctx.client().device_count()
+    require(count >= 1, "at least one device", str(count))
+
+
+@check("5.2", "GET_ALIGNMENT is a power of two")
+def alignment(ctx: Context) -> None:
+    value = ctx.client().alignment(ctx.device)
+    require(value > 0 and value & (value - 1) == 0, "a power of two", str(value))
+
+
+@check("5.3", "GET_MAX_SIZE is at least the alignment")
+def max_size(ctx: Context) -> None:
+    rpc = ctx.client()
+    require(rpc.max_size(ctx.device) >= rpc.alignment(ctx.device), "max size >= alignment", str(rpc.max_size()))
+
+
+@check("5.4", "GET_DEVICE_MEMORY reports free <= total")
+def device_memory(ctx: Context) -> None:
+    free, total = ctx.client().device_memory(ctx.device)
+    require(0 < total and free <= total, "0 < total and free <= total", f"free {free}, total {total}")
+
+
+@check("5.5", "GET_ALLOC_SIZE is at least nbytes for every type")
+def alloc_size(ctx: Context) -> None:
+    rpc = ctx.client()
+    for value in sorted(TYPES):
+        kind = ctx.profile.ggml.tensor_type(value)
+        if kind is None:
+            continue
+        ne = [kind.block_size * 4, 3, 2, 1]
+        tensor = make_tensor(ctx.profile.tensor, id=1, type=value, ne=ne,
+                             nb=contiguous_strides(kind.type_size, kind.block_size, ne), name=kind.name)
+        size = rpc.get_alloc_size(tensor, device=ctx.device)
+        expected = nbytes(kind, ne, tensor.nb)
+        require(size >= expected, f"{kind.name}: at least {expected}", str(size))
+
+
+# -- §6 buffers -------------------------------------------------------------------------------------
+
+
+@check("6.1", "ALLOC_BUFFER returns a non-zero handle and the requested size")
+def alloc(ctx: Context) -> None:
+    rpc = ctx.client()
+    for size in (1, 4096, 1 << 20):
+        buf = rpc.alloc_buffer(size, ctx.device)
+        require(buf is not None and buf.handle != 0 and buf.size >= size, f"a buffer of {size} bytes", str(buf))
+
+
+@check("6.1", "an allocation the device cannot hold answers remote_ptr 0 and keeps the connection")
+def alloc_too_big(ctx: Context) -> None:
+    rpc = ctx.client()
+    require(rpc.alloc_buffer(1 << 62, ctx.device) is None, "remote_ptr 0 for 2^62 bytes", "a buffer")
+    require(rpc.alignment(ctx.device) > 0, "the connection stays usable", "it closed")
+
+
+@check("6.1", "free memory shrinks with allocations", level=SHOULD)
+def memory_accounting(ctx: Context) -> None:
+    rpc = ctx.client()
+    before, _ = rpc.device_memory(ctx.device)
+    buf = rpc.alloc_buffer(64 << 20, ctx.device)
+    after, _ = rpc.device_memory(ctx.device)
+    require(buf is not None and before - after >= 64 << 20, "free memory 64 MiB lower", f"{before} -> {after}")
+    rpc.free_buffer(buf)
+    restored, _ = rpc.device_memory(ctx.device)
+    require(restored == before, f"back to {before} after FREE_BUFFER", str(restored))
+
+
+@check("6.2", "BUFFER_GET_BASE is non-zero, aligned and stable; buffers do not overlap")
+def bases(ctx: Context) -> None:
+    rpc = ctx.client()
+    alignment = rpc.alignment(ctx.device)
+    buffers = [rpc.alloc_buffer(size, ctx.device) for size in (100, 4096, 65536)]
+    for buf in buffers:
+        require(buf.base != 0 and buf.base % alignment == 0, f"a non-zero multiple of {alignment}", hex(buf.base))
+        require(rpc.buffer_base(buf.handle) == buf.base, "the same base when asked again", "a different one")
+    spans = sorted((b.base, b.base + b.size) for b in buffers)
+    require(all(end <= start for (_, end), (start, _) in zip(spans, spans[1:])), "disjoint buffers", str(spans))
+
+
+@check("6.3", "a freed handle is no longer valid", kind="negative")
+def freed_handle(ctx: Context) -> None:
+    probe = ctx.probe()
+    probe.rpc.free_buffer(probe.buffer)
+    probe.send(C.BUFFER_GET_BASE, {"remote_ptr": probe.buffer.handle})
+    ctx.expect_closed(probe, "BUFFER_GET_BASE of a freed buffer")
+
+
+@check("6.3", "handles of one connection are invalid on another", kind="negative")
+def foreign_handle(ctx: Context) -> None:
+    owner = ctx.client()
+    handle = owner.alloc_buffer(4096, ctx.device).handle
+    probe = ctx.probe(buffer_size=0)  # closes the owner first (upstream serves one connection at a
+    # time) and allocates nothing, so the freed handle cannot come back as a buffer of its own
+    probe.send(C.BUFFER_GET_BASE, {"remote_ptr": handle})
+    ctx.expect_closed(probe, "another connection's handle")
+
+
+@check("6.3", "a connection's handles stay valid while another connection is served", level=SHOULD)
+def handles_survive_others(ctx: Context) -> None:
+    owner = ctx.client()
+    buf = owner.alloc_buffer(4096, ctx.device)
+    probe = ctx.probe(keep=True)
+    probe.send(C.BUFFER_GET_BASE, {"remote_ptr": buf.handle})
+    ctx.expect_closed(probe, "another connection's handle")
+    require(owner.buffer_base(buf.handle) == buf.base, "the owner still uses its buffer", "it could not")
+
+
+@check("2.5", "buffers are freed when their connection closes", level=SHOULD)
+def freed_on_disconnect(ctx: Context) -> None:
+    before, _ = ctx.client().device_memory(ctx.device)
+    rpc = ctx.client()
+    rpc.alloc_buffer(32 << 20, ctx.device)
+    rpc.sync()
+    rpc.close()
+    after, _ = ctx.client().device_memory(ctx.device)
+    require(after == before, f"free memory back to {before}", str(after))
+
+
+@check("6.4", "BUFFER_CLEAR sets every byte of the buffer")
+def clear(ctx: Context) -> None:
+    rpc = ctx.client()
+    buf = rpc.alloc_buffer(1000, ctx.device)
+    rpc.buffer_clear(buf, 0x5A)
+    whole = rpc.tensor_for(buf, 0, shape=(1000,), type="I8")
+    require(bytes(rpc.get_tensor(whole)) == b"\x5a" * 1000, "1000 bytes of 0x5a", "something else")
+
+
+# -- §7 tensors -------------------------------------------------------------------------------------
+
+
+def _type_roundtrip_checks() -> None:
+    for value in sorted(TYPES):
+        kind = TYPES[value]
+
+        def run(ctx: Context, value=value, kind=kind) -> None:
+            if ctx.profile.ggml.tensor_type(value) is None:
+                return
+            rpc = ctx.client()
+            ne = [kind.block_size * 3, 5, 1, 1]
+            size = nbytes(kind, ne, contiguous_strides(kind.type_size, kind.block_size, ne))
+            buf = rpc.alloc_buffer(size + 64, ctx.device)
+            tensor = rpc.tensor_for(buf, 0, shape=ne, type=kind.name)
+            data = np.random.default_rng(value).integers(0, 256, size, dtype=np.uint8).tobytes()
+            rpc.set_tensor(tensor, data)
+            got = bytes(rpc.get_tensor(tensor))
+            require(got == data, f"the {size} bytes written", f"{sum(a != b for a, b in zip(got, data))} differ")
+
+        register(Check(f"roundtrip.{kind.name}", "7.2", f"SET_TENSOR then GET_TENSOR returns the bytes ({kind.name})",
+                       run))
+
+
+_type_roundtrip_checks()
+
+
+@check("7.1", "SET_TENSOR and GET_TENSOR honour offsets")
+def offsets(ctx: Context) -> None:
+    rpc = ctx.client()
+    buf = rpc.alloc_buffer(4096, ctx.device)
+    tensor = rpc.tensor_for(buf, 256, shape=(64,), type="F32")
+    rpc.set_tensor(tensor, bytes(256))
+    rpc.set_tensor(tensor, b"\x01\x02\x03\x04", offset=100)
+    require(bytes(rpc.get_tensor(tensor, 98, 8)) == b"\0\0\x01\x02\x03\x04\0\0", "the patch at offset 100",
+            bytes(rpc.get_tensor(tensor, 98, 8)).hex())
+    whole = rpc.tensor_for(buf, 0, shape=(4096,), type="I8")
+    require(bytes(rpc.get_tensor(whole, 356, 4)) == b"\x01\x02\x03\x04", "tensor.data + offset addressing",
+            "another place")
+
+
+@check("7.2", "GET_TENSOR of a strided view reads through the view's data address")
+def strided_view(ctx: Context) -> None:
+    rpc = ctx.client()
+    buf = rpc.alloc_buffer(4096, ctx.device)
+    base = rpc.tensor_for(buf, 0, np.arange(64, dtype=np.float32))
+    rpc.set_tensor(base, np.arange(64, dtype=np.float32))
+    view = make_tensor(ctx.profile.tensor, id=99, type=0, buffer=buf.handle, ne=[4, 3, 1, 1], nb=[4, 32, 96, 96],
+                       data=buf.base + 16, view_src=base.id, view_offs=16, name="view")
+    got = np.frombuffer(bytes(rpc.get_tensor(view, 0, 4)), np.float32)
+    require(got.tolist() == [4.0], "element 4 at data + 0", str(got))
+
+
+@check("7.4", "COPY_TENSOR copies nbytes(src) and answers 1")
+def copy(ctx: Context) -> None:
+    rpc = ctx.client()
+    a_buf, b_buf = rpc.alloc_buffer(1024, ctx.device), rpc.alloc_buffer(1024, ctx.device)
+    values = np.linspace(-1, 1, 32).astype(np.float32)
+    src, dst = rpc.tensor_for(a_buf, 64, values), rpc.tensor_for(b_buf, 128, values)
+    rpc.set_tensor(src, values)
+    require(rpc.copy_tensor(src, dst), "result 1", "0")
+    require(np.array_equal(rpc.read_array(dst), values), "the copied values", "other values")
+
+
+@check("7.5", "INIT_TENSOR is accepted for a tensor in a buffer")
+def init_tensor(ctx: Context) -> None:
+    rpc = ctx.client()
+    buf = rpc.alloc_buffer(4096, ctx.device)
+    rpc.init_tensor(rpc.tensor_for(buf, 0, shape=(576, 2), type="Q4_0"))
+    require(rpc.alignment(ctx.device) > 0, "the connection stays open", "it closed")
+
+
+@check("7.6", "MEMSET_TENSOR sets exactly the region", needs=(C.MEMSET_TENSOR,))
+def memset(ctx: Context) -> None:
+    rpc = ctx.client()
+    buf = rpc.alloc_buffer(256, ctx.device)
+    tensor = rpc.tensor_for(buf, 0, shape=(64,), type="F32")
+    rpc.set_tensor(tensor, bytes(256))
+    rpc.memset_tensor(tensor, 0x7E, 10, 5)
+    require(bytes(rpc.get_tensor(tensor, 8, 9)) == b"\0\0" + b"\x7e" * 5 + b"\0\0", "five 0x7e bytes at 10",
+            bytes(rpc.get_tensor(tensor, 8, 9)).hex())
+
+
+@check("7.3", "SET_TENSOR_HASH of unknown data answers 0 and changes nothing")
+def hash_miss(ctx: Context) -> None:
+    rpc = ctx.client()
+    buf = rpc.alloc_buffer(64, ctx.device)
+    tensor = rpc.tensor_for(buf, 0, shape=(16,), type="F32")
+    rpc.set_tensor(tensor, bytes(range(64)))
+    require(not rpc.set_tensor_hash(tensor, 0x0123_4567_89AB_CDEF), "result 0", "1")
+    require(bytes(rpc.get_tensor(tensor)) == bytes(range(64)), "the tensor unchanged", "changed")
+
+
+@check("9", "data above the threshold sent with SET_TENSOR is served from the hash cache afterwards")
+def hash_hit(ctx: Context) -> None:
+    if not ctx.cache:
+        return  # only meaningful against a server known to run with a cache directory
+    data = np.random.default_rng(9).integers(0, 256, HASH_THRESHOLD + 4096, dtype=np.uint8).tobytes()
+    rpc = ctx.client()
+    buf = rpc.alloc_buffer(len(data), ctx.device)
+    tensor = rpc.tensor_for(buf, 0, shape=(len(data),), type="I8")
+    rpc.set_tensor(tensor, data, cache=True)
+    rpc.sync()
+    other = ctx.client()  # a new connection (the first one is closed)
+    buf2 = other.alloc_buffer(len(data), ctx.device)
+    tensor2 = other.tensor_for(buf2, 0, shape=(len(data),), type="I8")
+    require(other.set_tensor_hash(tensor2, fnv1a64(data)), "result 1 (a cache hit)", "0")
+    require(bytes(other.get_tensor(tensor2)) == data, "the cached bytes written", "other bytes")

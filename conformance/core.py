@@ -1,0 +1,158 @@
+"""The conformance suite's building blocks: checks as data, and what a check runs against.
+
+A Check is one case: the SPEC section it verifies, a title, the level (MUST cases always
+run; SHOULD cases with --strict), and a function taking a Context.  The Context opens
+fresh connections to the target (each check starts clean) and keeps every byte that went
+over them, so a failure report can show the exchange and save it as a trace file.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from protocol import Command
+from protocol.rules import MUST, SHOULD
+from protocol.trace import CLIENT, SERVER, Record, Trace, encode_trace
+from protocol.versions import Profile
+from reference_impl.client import RPCClient
+
+from .probe import ANSWERED, CLOSED, SILENT, Exchange, Probe
+
+__all__ = ["CHECKS", "CaseFailure", "Check", "Context", "MUST", "SHOULD", "check", "require"]
+
+
+@dataclass(frozen=True)
+class Check:
+    key: str
+    section: str
+    title: str
+    run: Callable[["Context"], None]
+    level: str = MUST
+    needs: tuple[Command, ...] = ()
+    destructive: bool = False
+    advisory: str = ""
+    kind: str = "semantics"  # "semantics", "negative", "security", "op", "fuzz", "trace"
+
+    @property
+    def case_id(self) -> str:
+        tag = f" [{self.advisory}]" if self.advisory else ""
+        return f"§{self.section} {self.title}{tag}"
+
+    def applies_to(self, profile: Profile) -> bool:
+        return all(command in profile.commands for command in self.needs)
+
+
+CHECKS: list[Check] = []
+
+
+def register(item: Check) -> Check:
+    if any(existing.key == item.key for existing in CHECKS):
+        raise ValueError(f"two checks with key {item.key!r}")
+    CHECKS.append(item)
+    return item
+
+
+def check(section: str, title: str, *, level: str = MUST, needs=(), destructive: bool = False, advisory: str = "",
+          kind: str = "semantics", key: str | None = None):
+    """Decorator: register a function as a check."""
+    def wrap(function):
+        register(Check(key or function.__name__, section, title, function, level, tuple(needs), destructive,
+                       advisory, kind))
+        return function
+
+    return wrap
+
+
+class CaseFailure(AssertionError):
+    pass
+
+
+class Context:
+    """One case's view of the target."""
+
+    def __init__(self, endpoint: str, profile: Profile, *, device: int = 0, timeout: float = 10.0,
+                 cache: bool = False, fuzz_examples: int = 25, live_fuzz: bool = True) -> None:
+        self.endpoint = endpoint
+        self.profile = profile
+        self.device = device
+        self.timeout = timeout
+        self.cache = cache  # the target is known to have a hash cache directory
+        self.fuzz_examples = fuzz_examples
+        self.live_fuzz = live_fuzz  # generate without shrinking (external targets)
+        self.exchanges: list[tuple[str, Exchange]] = []
+        self._open: list = []
+
+    # -- connections ------------------------------------------------------------------------
+
+    def client(self, *, timeout: float | None = None, keep: bool = False) -> RPCClient:
+        """A fresh connection.  Earlier connections of the case are closed first unless
+        `keep`: upstream serves one connection at a time, so a case holding two would hang."""
+        if not keep:
+            self.close()
+        exchange = Exchange()
+        self.exchanges.append((f"connection {len(self.exchanges) + 1}", exchange))
+        rpc = RPCClient(self.endpoint, proto=self.profile, timeout=timeout or self.timeout, tap=exchange.add)
+        self._open.append(rpc)
+        return rpc
+
+    def probe(self, *, buffer_size: int = 4096, handshake: bool = True, keep: bool = False) -> Probe:
+        if not keep:
+            self.close()
+        probe = Probe(self.endpoint, self.profile, timeout=self.timeout, buffer_size=buffer_size, handshake=handshake)
+        self.exchanges.append((f"connection {len(self.exchanges) + 1}", probe.exchange))
+        self._open.append(probe)
+        return probe
+
+    def device_body(self) -> dict:
+        return {"device": self.device} if self.profile.devices == "multi" else {}
+
+    def close(self) -> None:
+        for item in self._open:
+            item.close()
+        self._open.clear()
+
+    # -- verdicts -----------------------------------------------------------------------------
+
+    def expect_closed(self, probe: Probe, what: str) -> None:
+        verdict, data = probe.outcome()
+        if verdict != CLOSED:
+            detail = {ANSWERED: f"answered {len(data)} bytes ({data[:32].hex()}...)",
+                      SILENT: f"went silent for {self.timeout}s without closing"}[verdict]
+            raise CaseFailure(f"expected: the server closes the connection ({what})\n"
+                              f"actual:   the server {detail}")
+
+    def expect_served(self, probe: Probe, what: str) -> None:
+        verdict, _ = probe.outcome()
+        if verdict != ANSWERED:
+            raise CaseFailure(f"expected: the server keeps serving ({what})\nactual:   it {verdict}")
+
+    # -- reporting ----------------------------------------------------------------------------
+
+    def hexdump(self, limit: int = 256) -> str:
+        parts = []
+        for name, exchange in self.exchanges:
+            if exchange.events:
+                parts.append(f"{name}:\n{exchange.hexdump(limit)}")
+        return "\n".join(parts)
+
+    def traces(self, case_id: str) -> list[bytes]:
+        """Every connection of this case as a trace file (replayable with ggml-rpc-trace)."""
+        out = []
+        for name, exchange in self.exchanges:
+            if not exchange.events:
+                continue
+            records = [Record(CLIENT if d == "sent" else SERVER, int(t * 1e6), data)
+                       for d, t, data in exchange.events]
+            header = {"protocol": self.profile.name, "recorder": "conformance suite", "peer": self.endpoint,
+                      "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "case": case_id,
+                      "connection": name}
+            out.append(encode_trace(Trace(header, records)))
+        return out
+
+
+def require(condition: bool, expected: str, actual: str) -> None:
+    """Fail a case with expected vs actual when `condition` is false."""
+    if not condition:
+        raise CaseFailure(f"expected: {expected}\nactual:   {actual}")

@@ -1,0 +1,167 @@
+"""Property-based cases: a stateful model of buffers and tensors, and malformed frames.
+
+The state machine keeps its own copy of every buffer's bytes and checks every GET_TENSOR
+against it while hypothesis drives random valid command sequences (allocate, free, write,
+read, clear, copy, memset).  The frame fuzzer sends random and mutated frames and only
+asks that the server survive: a new client must be served afterwards.  Against an
+external target the suite runs them without shrinking (`--fuzz-examples` sets the count).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
+
+from protocol import Command
+
+from .core import Context, check, require
+
+C = Command
+
+
+def _settings(ctx: Context) -> settings:
+    return settings(max_examples=ctx.fuzz_examples, deadline=None, database=None,
+                    phases=[Phase.generate] if ctx.live_fuzz else list(Phase),
+                    suppress_health_check=list(HealthCheck), stateful_step_count=25)
+
+
+def _machine(ctx: Context):
+    class Buffers(RuleBasedStateMachine):
+        """Model: bytes of every live buffer; the server must agree on every read."""
+
+        buffers = Bundle("buffers")
+
+        @initialize()
+        def connect(self):
+            self.rpc = ctx.client()
+            self.model: dict[int, bytearray] = {}
+            self.info: dict[int, object] = {}
+
+        def teardown(self):
+            self.rpc.close()
+
+        @rule(target=buffers, size=st.integers(1, 4096), fill=st.integers(0, 255))
+        def alloc(self, size, fill):
+            buf = self.rpc.alloc_buffer(size, ctx.device)
+            require(buf is not None, f"a buffer of {size} bytes", "remote_ptr 0")
+            self.rpc.buffer_clear(buf, fill)
+            self.model[buf.handle] = bytearray([fill]) * size
+            self.info[buf.handle] = buf
+            return buf.handle
+
+        def _region(self, data, handle):
+            size = len(self.model[handle])
+            start = data.draw(st.integers(0, size - 1))
+            length = data.draw(st.integers(0, size - start))
+            return start, length
+
+        def _tensor(self, handle, start, length):
+            buf = self.info[handle]
+            return self.rpc.tensor_for(buf, start, shape=(max(length, 1),), type="I8")
+
+        @rule(handle=buffers, data=st.data())
+        def write(self, handle, data):
+            if handle not in self.model:
+                return
+            start, length = self._region(data, handle)
+            payload = data.draw(st.binary(min_size=length, max_size=length))
+            self.rpc.set_tensor(self._tensor(handle, start, length), payload)
+            self.model[handle][start:start + length] = payload
+
+        @rule(handle=buffers, data=st.data())
+        def read(self, handle, data):
+            if handle not in self.model:
+                return
+            start, length = self._region(data, handle)
+            got = bytes(self.rpc.get_tensor(self._tensor(handle, start, length), 0, length))
+            require(got == bytes(self.model[handle][start:start + length]),
+                    f"bytes [{start}, +{length}) as the model has them", "different bytes")
+
+        @rule(handle=buffers, value=st.integers(0, 255))
+        def clear(self, handle, value):
+            if handle not in self.model:
+                return
+            self.rpc.buffer_clear(self.info[handle], value)
+            self.model[handle][:] = bytes([value]) * len(self.model[handle])
+
+        @rule(source=buffers, destination=buffers, data=st.data())
+        def copy(self, source, destination, data):
+            target = destination
+            if source not in self.model or target not in self.model:
+                return
+            start, length = self._region(data, source)
+            length = (min(length, len(self.model[target])) // 4) * 4
+            if length == 0:
+                return
+            at = data.draw(st.integers(0, len(self.model[target]) - length))
+            src = self.rpc.tensor_for(self.info[source], start, shape=(length // 4,), type="F32")
+            dst = self.rpc.tensor_for(self.info[target], at, shape=(length // 4,), type="F32")
+            require(self.rpc.copy_tensor(src, dst), "result 1", "0")
+            self.model[target][at:at + length] = self.model[source][start:start + length]
+
+        @rule(handle=buffers, value=st.integers(0, 255), data=st.data())
+        def memset(self, handle, value, data):
+            if handle not in self.model or C.MEMSET_TENSOR not in ctx.profile.commands:
+                return
+            start, length = self._region(data, handle)
+            tensor = self._tensor(handle, start, length)
+            if length == 0:
+                return
+            self.rpc.memset_tensor(tensor, value, 0, length)
+            self.model[handle][start:start + length] = bytes([value]) * length
+
+        @rule(handle=buffers)
+        def free(self, handle):
+            if handle not in self.model:
+                return
+            self.rpc.free_buffer(self.info[handle])
+            del self.model[handle]
+
+        @invariant()
+        def alive(self):
+            if hasattr(self, "rpc"):
+                require(self.rpc.alignment(ctx.device) > 0, "the connection serves", "it does not")
+
+    return Buffers
+
+
+@check("7", "random valid command sequences match a model of the buffers", kind="fuzz")
+def stateful(ctx: Context) -> None:
+    if ctx.fuzz_examples <= 0:
+        return
+    run_state_machine_as_test(_machine(ctx), settings=_settings(ctx))
+
+
+def _valid_frame(ctx: Context, command: Command, payload: bytes) -> bytes:
+    return struct.pack("<BQ", command, len(payload)) + payload
+
+
+@check("2", "malformed frames never take the server down", kind="fuzz")
+def malformed_frames(ctx: Context) -> None:
+    if ctx.fuzz_examples <= 0:
+        return
+    from hypothesis import given
+
+    commands = [c for c in ctx.profile.commands if c is not C.HELLO]
+
+    frames = st.one_of(
+        st.binary(min_size=1, max_size=64),  # garbage
+        st.builds(lambda c, p: _valid_frame(ctx, c, p), st.sampled_from(commands), st.binary(max_size=700)),
+        st.builds(lambda c, n, p: struct.pack("<BQ", c, n) + p, st.sampled_from(commands),
+                  st.integers(0, 2**64 - 1), st.binary(max_size=64)),  # lying sizes
+    )
+
+    @_settings(ctx)
+    @given(frame=frames)
+    def survive(frame):
+        probe = ctx.probe(buffer_size=64)
+        probe.send_raw(frame)
+        probe.close()
+        rpc = ctx.client()
+        require(rpc.alignment(ctx.device) > 0, "a new client is served after the frame", "it is not")
+        rpc.close()
+
+    survive()

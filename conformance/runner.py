@@ -1,0 +1,187 @@
+"""Running the conformance cases: the target, per-case contexts, liveness, reports."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+
+from protocol.errors import ProtocolError, RemoteProtocolError, UnsupportedVersion
+from protocol.rules import SHOULD
+from protocol.versions import NEWEST, PROFILES, profile_for
+from reference_impl.client import RPCClient, ServerClosed
+
+from .core import CaseFailure, Context
+from .deviations import known_deviation
+
+# Profiles to fall back to when a server reports a version we do not know: the newest of
+# each HELLO family.
+FALLBACKS = [NEWEST, next(p for p in reversed(PROFILES) if p.hello == "bare")]
+
+def negotiate(endpoint: str, forced, timeout: float):
+    """(profile to speak, version the server reports, problem or None).  A server reporting
+    an unknown version is still tested, in the newest profile of its HELLO family, so that
+    the §3 cases can say what is wrong instead of the run stopping."""
+    problem = None
+    candidates = [forced] if forced else [None, *FALLBACKS]
+    for candidate in candidates:
+        try:
+            with RPCClient(endpoint, proto=candidate, timeout=timeout) as rpc:
+                return rpc.profile, "%d.%d.%d" % rpc.server_version, problem
+        except UnsupportedVersion as exc:
+            problem = str(exc)
+        except ServerClosed as exc:
+            problem = problem or str(exc)
+    raise pytest.UsageError(f"cannot talk to {endpoint}: {problem}")
+
+
+class Conformance:
+    """The target of this run, its version, and the bookkeeping of the run."""
+
+    def __init__(self, config) -> None:
+        self.config = config
+        option = config.getoption
+        self.restart_cmd = option("--restart-cmd")
+        self.timeout = option("--case-timeout")
+        self.trace_dir = Path(option("--trace-dir"))
+        self.cache = option("--target-has-cache")
+        self.started = None
+        self._tmp = None
+        self._restarted: list[subprocess.Popen] = []
+        self.killers: list[str] = []
+        self.results: dict[str, Counter] = defaultdict(Counter)
+        target = option("--target")
+        if target:
+            self.endpoint = target
+            self.kind = "external"
+        else:
+            from reference_impl.server import ReferenceServer
+
+            self._tmp = tempfile.TemporaryDirectory(prefix="conformance-cache-")
+            proto = profile_for(option("--proto")) if option("--proto") else NEWEST
+            self.started = ReferenceServer(profile=proto, devices=2, memory=1 << 30, cache_dir=self._tmp.name).start()
+            self.endpoint = self.started.endpoint
+            self.kind = "reference server started by the suite"
+            self.cache = True
+        forced = profile_for(option("--proto")) if option("--proto") else None
+        self.profile, self.reported, self.version_problem = negotiate(self.endpoint, forced, self.timeout)
+        self.device = option("--device")
+
+    def context(self) -> Context:
+        return Context(self.endpoint, self.profile, device=self.device, timeout=self.timeout, cache=self.cache,
+                       fuzz_examples=self.config.getoption("--fuzz-examples"), live_fuzz=self.started is None)
+
+    def alive(self, patience: float = 15.0) -> bool:
+        """A new client is served within `patience` seconds.  A serial server (listen
+        backlog 1) may still be draining connections a case just closed, and the kernel
+        backs off SYN retries meanwhile, so this asks repeatedly."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                RPCClient(self.endpoint, proto=self.profile, timeout=3.0).close()
+                return True  # it completed a HELLO exchange
+            except ConnectionRefusedError:
+                return False  # nothing listens: dead, no point waiting
+            except RemoteProtocolError:
+                return True  # it answered, if wrongly: alive (the cases judge the answers)
+            except (OSError, ServerClosed, TimeoutError, ProtocolError):
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.5)  # then ask again: polling for the server to answer
+
+    def restart(self) -> bool:
+        if not self.restart_cmd:
+            return False
+        self._restarted.append(subprocess.Popen(self.restart_cmd, shell=True, stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.DEVNULL, start_new_session=True))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.alive(patience=2.0):
+                return True
+            time.sleep(0.2)  # polling until the restarted server answers
+        return False
+
+    def close(self) -> None:
+        if self.started is not None:
+            self.started.shutdown()
+        for process in self._restarted:
+            try:
+                os.killpg(process.pid, 15)
+            except OSError:
+                pass
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def run_case(check, run: Conformance, request) -> None:
+    config = request.config
+    if check.level == SHOULD and not config.getoption("strict"):  # pytest's own --strict
+        pytest.skip("SHOULD-level case: run with --strict")
+    if check.destructive and not config.getoption("--destructive"):
+        pytest.skip("can kill a vulnerable server: run with --destructive (and --restart-cmd)")
+    if check.kind == "fuzz" and config.getoption("--fuzz-examples") <= 0:
+        pytest.skip("fuzzing disabled (--fuzz-examples 0)")
+    deviation = known_deviation(run.reported, check.key) if run.started is None else None
+    if deviation:
+        request.node.add_marker(pytest.mark.xfail(reason=f"known upstream deviation: {deviation}", strict=False))
+    ctx = run.context()
+    failure = None
+    try:
+        check.run(ctx)
+    except CaseFailure as exc:
+        failure = str(exc)
+    except (ServerClosed, TimeoutError, ProtocolError, OSError) as exc:
+        failure = f"unexpected: {type(exc).__name__}: {exc}"
+    finally:
+        ctx.close()
+    died = not run.alive()
+    if died:
+        run.killers.append(check.case_id)
+        restarted = run.restart()
+        how = ("; restarted with --restart-cmd" if restarted else
+               "; --restart-cmd did not bring it back" if run.restart_cmd else
+               "; no --restart-cmd: later cases will fail")
+        failure = (failure + "\n" if failure else "") + "the server stopped serving during this case" + how
+    if failure:
+        saved = save_traces(run, check, ctx)
+        pytest.fail(f"{check.case_id}\n{failure}\n\nexchange:\n{ctx.hexdump()}\n\n"
+                    f"trace files: {', '.join(saved) or 'none'}", pytrace=False)
+
+
+def save_traces(run: Conformance, check, ctx: Context) -> list[str]:
+    run.trace_dir.mkdir(parents=True, exist_ok=True)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{check.section}-{check.key}").strip("-")
+    paths = []
+    for index, raw in enumerate(ctx.traces(check.case_id)):
+        path = run.trace_dir / f"{stem}-{index + 1}.ggmlrpc"
+        path.write_bytes(raw)
+        paths.append(str(path))
+    return paths
+
+
+SECTION_NAMES = {"2": "Framing", "3": "Handshake and versioning", "4": "rpc_tensor", "5": "Device queries",
+                 "6": "Buffers", "7": "Tensors", "8": "Graphs", "9": "Hash cache"}
+
+
+def write_summary(terminalreporter, run: Conformance) -> None:
+    if not run.results:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("conformance summary per SPEC.md section")
+    write(f"target {run.endpoint} ({run.kind}), protocol {run.profile.name}")
+    columns = ("passed", "failed", "xfailed", "xpassed", "skipped")
+    write(f"{'section':32s}" + "".join(f"{c:>9s}" for c in columns))
+    for section in sorted(run.results, key=lambda s: int(s)):
+        counts = run.results[section]
+        title = f"§{section} {SECTION_NAMES.get(section, '')}"
+        write(f"{title:32s}" + "".join(f"{counts[c]:9d}" for c in columns))
+    if run.killers:
+        write("cases that killed the server:")
+        for case in run.killers:
+            write(f"  {case}")
