@@ -19,7 +19,7 @@ import os
 
 import pytest
 
-from . import checks_graphs, checks_negative, checks_wire, fuzz  # noqa: F401  (they register checks)
+from . import checks_graphs, checks_negative, checks_traces, checks_wire, fuzz  # noqa: F401  (they register checks)
 from .core import CHECKS
 from .runner import Conformance, write_summary
 

@@ -34,6 +34,7 @@ class Check:
     destructive: bool = False
     advisory: str = ""
     kind: str = "semantics"  # "semantics", "negative", "security", "op", "fuzz", "trace"
+    protocols: tuple[str, ...] = ()  # only for these exact versions (recorded traces); empty: any
 
     @property
     def case_id(self) -> str:
@@ -41,6 +42,8 @@ class Check:
         return f"§{self.section} {self.title}{tag}"
 
     def applies_to(self, profile: Profile) -> bool:
+        if self.protocols and profile.name not in self.protocols:
+            return False
         return all(command in profile.commands for command in self.needs)
 
 

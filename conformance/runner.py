@@ -166,7 +166,7 @@ def save_traces(run: Conformance, check, ctx: Context) -> list[str]:
 
 
 SECTION_NAMES = {"2": "Framing", "3": "Handshake and versioning", "4": "rpc_tensor", "5": "Device queries",
-                 "6": "Buffers", "7": "Tensors", "8": "Graphs", "9": "Hash cache"}
+                 "6": "Buffers", "7": "Tensors", "8": "Graphs", "9": "Hash cache", "12": "Recorded traces"}
 
 
 def write_summary(terminalreporter, run: Conformance) -> None:

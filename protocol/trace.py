@@ -23,14 +23,30 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 
+from construct import Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Struct
+
 from .errors import ProtocolError
 
 MAGIC = b"GGMLRPCT"
 FORMAT_VERSION = 1
 CLIENT, SERVER = 0, 1
+MAX_HEADER = 1 << 20
+MAX_RECORD = 2**32 - 1  # a longer frame is split into consecutive records of one direction
+
+# The layouts (SPEC §12 is generated from these); struct twins do the reading.
+PREAMBLE = Struct(
+    "magic" / Bytes(8) * 'ASCII "GGMLRPCT"',
+    "version" / Int16ul * "trace format version (1)",
+    "header_length" / Int32ul * "bytes of the JSON header that follows",
+)
+RECORD_HEAD = Struct(
+    "direction" / Int8ul * "0: client to server, 1: server to client",
+    "time_us" / Int64ul * "microseconds since the connection opened",
+    "length" / Int32ul * "bytes of this record that follow",
+)
 _PREAMBLE = struct.Struct("<8sHI")
 _RECORD = struct.Struct("<BQI")
-MAX_HEADER = 1 << 20
+assert _PREAMBLE.size == PREAMBLE.sizeof() and _RECORD.size == RECORD_HEAD.sizeof()
 
 
 class TraceError(ProtocolError):
@@ -63,8 +79,14 @@ class Trace:
 
 def encode_trace(trace: Trace) -> bytes:
     header = json.dumps({"format": FORMAT_VERSION, **trace.header}, sort_keys=True).encode()
-    body = zlib.compressobj(9)
-    parts = [body.compress(_RECORD.pack(r.direction, r.time_us, len(r.data)) + r.data) for r in trace.records]
+    body = zlib.compressobj(6)
+    parts = []
+    for record in trace.records:
+        data = memoryview(record.data)
+        for at in range(0, max(len(data), 1), MAX_RECORD):  # frames over 4 GiB span several records
+            piece = data[at:at + MAX_RECORD]
+            parts.append(body.compress(_RECORD.pack(record.direction, record.time_us, len(piece))))
+            parts.append(body.compress(piece))
     parts.append(body.flush())
     return _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(header)) + header + b"".join(parts)
 

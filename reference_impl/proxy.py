@@ -11,7 +11,11 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
+
+from protocol.session import decode_connection
+from protocol.trace import CLIENT, SERVER, Trace, encode_trace, frame_records
 
 from .netio import ThreadedTCPService
 
@@ -91,3 +95,93 @@ class RecordingProxy(ThreadedTCPService):
 
     def stop(self) -> None:
         self.shutdown()
+
+
+# -- recording to trace files -----------------------------------------------------------------
+
+
+def to_trace(record: RecordedConnection, upstream: str) -> Trace:
+    """A recorded connection as a trace: framed records, the protocol it spoke."""
+    chunks = [(CLIENT if d == CLIENT_TO_SERVER else SERVER, t, data) for d, t, data in record.chunks]
+    session = decode_connection(record.stream(CLIENT_TO_SERVER), record.stream(SERVER_TO_CLIENT))
+    header = {"protocol": session.profile.name if session.profile else None, "recorder": "ggml-rpc-proxy",
+              "peer": upstream, "client": record.peer.split(" ", 1)[-1],
+              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.started))}
+    return Trace(header, frame_records(chunks))
+
+
+def summary(record: RecordedConnection) -> str:
+    session = decode_connection(record.stream(CLIENT_TO_SERVER), record.stream(SERVER_TO_CLIENT))
+    counts = Counter(e.request.command.name for e in session.exchanges)
+    top = ", ".join(f"{name} {n}" for name, n in counts.most_common(4)) + (", ..." if len(counts) > 4 else "")
+    up, down = len(record.stream(CLIENT_TO_SERVER)), len(record.stream(SERVER_TO_CLIENT))
+    duration = record.chunks[-1][1] if record.chunks else 0.0
+    version = session.profile.name if session.profile else "?"
+    return (f"[{record.peer}] protocol {version}: {len(session.exchanges)} requests ({top}); "
+            f"{_human(up)} up, {_human(down)} down in {duration:.2f}s")
+
+
+def _human(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return str(size)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import signal
+    import sys
+    from pathlib import Path
+
+    from .client import parse_endpoint
+
+    parser = argparse.ArgumentParser(prog="ggml-rpc-proxy",
+                                     description="Transparent recording proxy for GGML RPC: forwards every byte "
+                                                 "between clients and an upstream server and writes one trace file "
+                                                 "per connection (SPEC.md §12).")
+    parser.add_argument("--listen", default="127.0.0.1:50053", metavar="HOST:PORT",
+                        help="where clients connect (default 127.0.0.1:50053)")
+    parser.add_argument("--upstream", required=True, metavar="HOST:PORT", help="the server to forward to")
+    parser.add_argument("--record", default=None, metavar="DIR",
+                        help="write one trace per connection into DIR (created if missing)")
+    args = parser.parse_args(argv)
+    try:
+        listen, upstream = parse_endpoint(args.listen), parse_endpoint(args.upstream)
+    except ValueError as exc:
+        parser.error(str(exc))
+    folder = Path(args.record) if args.record else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def closed(record: RecordedConnection) -> None:
+        line = summary(record)
+        if folder is not None:
+            path = folder / f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(record.started))}-{record.number:04d}.ggmlrpc"
+            path.write_bytes(encode_trace(to_trace(record, args.upstream)))
+            line += f" -> {path}"
+        print(line, file=sys.stderr, flush=True)
+
+    try:
+        proxy = RecordingProxy(upstream, listen, on_close=closed)
+    except OSError as exc:
+        print(f"error: cannot listen on {args.listen}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"ggml-rpc-proxy: {proxy.endpoint} -> {args.upstream}"
+          + (f", recording into {folder}" if folder else ""), file=sys.stderr, flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: proxy.request_stop())
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proxy.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    proxy.shutdown()  # closes the open connections; their traces are written on the way out
+    print("ggml-rpc-proxy: stopped", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

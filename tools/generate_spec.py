@@ -22,12 +22,13 @@ from protocol.ggml import GGML_RELEASES, TYPES
 from protocol.messages import message_spec
 from protocol.rules import RULES
 from protocol.tensor import RPC_TENSOR
+from protocol.trace import PREAMBLE, RECORD_HEAD
 from protocol.versions import PROFILES, Profile
 
 SPEC = Path(__file__).resolve().parent.parent / "SPEC.md"
 BLOCK = re.compile(r"(<!-- BEGIN GENERATED (\S+) -->\n)(.*?)(<!-- END GENERATED \2 -->)", re.S)
 
-_SCALARS = {"<Q": "u64", "<L": "u32", "<l": "i32", "<B": "u8", "<b": "i8", "<H": "u16", "<h": "i16"}
+_SCALARS = {"<Q": "u64", "<L": "u32", "<l": "i32", "<B": "u8", "<b": "i8", "<H": "u16", "<h": "i16"}  # construct codes
 # Commands documented in each SPEC section (HELLO lives in §3.1).
 COMMAND_SECTIONS = {
     Command.HELLO: "3.1", Command.DEVICE_COUNT: "5.1", Command.GET_ALIGNMENT: "5.2",
@@ -270,6 +271,8 @@ def blocks() -> dict[str, str]:
         "security": security_block(),
         "summary": summary_block(),
     }
+    found["trace:preamble"] = struct_table(PREAMBLE) + "\n"
+    found["trace:record"] = struct_table(RECORD_HEAD) + "\n"
     for command in Command:
         found[f"command:{command.name}"] = command_block(command)
     for section in sorted({r.section for r in RULES}):

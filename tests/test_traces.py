@@ -1,0 +1,170 @@
+"""Trace files: the format, the recording proxy, the decoder and the relocating replayer."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import CI_RELEASES, require_peer
+from protocol import profile_for
+from protocol.trace import CLIENT, SERVER, Record, Trace, TraceError, decode_trace, encode_trace
+from reference_impl.client import RPCClient
+from reference_impl.replay import passed, replay
+from reference_impl.trace_show import decode
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = sorted((ROOT / "fixtures").glob("*/*.ggmlrpc"))
+
+records = st.lists(st.builds(Record, st.sampled_from([CLIENT, SERVER]), st.integers(0, 2**64 - 1),
+                             st.binary(max_size=200)), max_size=20)
+
+
+@settings(max_examples=50, deadline=None)
+@given(records=records, note=st.text(max_size=20))
+def test_encode_decode_roundtrip(records, note):
+    trace = Trace({"protocol": "7.0.0", "note": note}, records)
+    again = decode_trace(encode_trace(trace))
+    assert again.header == trace.header and again.records == records
+
+
+def sample() -> bytes:
+    return encode_trace(Trace({"protocol": "3.6.1"}, [Record(CLIENT, 5, bytes(range(40))), Record(SERVER, 9, b"x")]))
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda raw: raw[:10], "too short"),
+    (lambda raw: b"NOTATRACE" + raw[9:], "not a GGML RPC trace"),
+    (lambda raw: raw[:8] + b"\x09\x00" + raw[10:], "format version 9"),
+    (lambda raw: raw[:10] + (10**9).to_bytes(4, "little") + raw[14:], "runs past the end"),
+    (lambda raw: raw[:14] + b"{not json" + raw[23:], "header is not JSON"),
+    (lambda raw: raw[:-4], "truncated"),
+    (lambda raw: raw[:-12] + bytes(12), "damaged"),
+])
+def test_damaged_traces_report_where(damage, message):
+    with pytest.raises(TraceError, match=message) as info:
+        decode_trace(damage(sample()))
+    assert info.value.offset is not None
+
+
+def test_record_length_lies_are_caught():
+    import zlib
+
+    body = zlib.compress((0).to_bytes(1, "little") + (0).to_bytes(8, "little") + (1000).to_bytes(4, "little") + b"x")
+    header = b'{"protocol": "7.0.0"}'
+    raw = b"GGMLRPCT" + (1).to_bytes(2, "little") + len(header).to_bytes(4, "little") + header + body
+    with pytest.raises(TraceError, match="announces 1000 bytes, 1 remain"):
+        decode_trace(raw)
+
+
+def test_show_cli_errors_without_traceback(tmp_path):
+    broken = tmp_path / "broken.ggmlrpc"
+    broken.write_bytes(sample()[:-5])
+    out = subprocess.run([sys.executable, "-m", "reference_impl.trace_cli", "show", str(broken)],
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert re.search(r"error: .*broken\.ggmlrpc: record stream is truncated .*at byte \d+", out.stderr)
+
+
+def test_fixtures_are_small_and_cover_both_versions():
+    assert sum(p.stat().st_size for p in (ROOT / "fixtures").rglob("*") if p.is_file()) < 10_000_000
+    versions = {decode_trace(p.read_bytes()).protocol for p in FIXTURES}
+    assert {"3.6.1", "7.0.0"} <= versions
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=lambda p: str(p.relative_to(ROOT / "fixtures")))
+def test_show_decodes_every_fixture(path):
+    trace = decode_trace(path.read_bytes())
+    session, rows = decode(trace)
+    assert session.error is None and session.profile.name == trace.protocol and rows
+    json.dumps(rows, default=str)  # --json output is serialisable
+
+
+def test_show_cli_prints_tensors_and_graphs():
+    llama = max((p for p in FIXTURES if "llama-7.0.0" in str(p)), key=lambda p: p.stat().st_size)
+    out = subprocess.run([sys.executable, "-m", "reference_impl.trace_cli", "show", "--graphs", str(llama)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "GRAPH_COMPUTE" in out and "MUL_MAT" in out and "blk.0.attn_q.weight" in out and "Q8_0" in out
+    assert re.search(r"SET_TENSOR .*@base\+0x", out)
+
+
+@pytest.mark.parametrize("proto", ["3.6.1", "7.0.0"])
+def test_fixtures_replay_green_against_the_reference_server(reference_server, proto):
+    server = reference_server(proto, memory=1 << 30)
+    for path in FIXTURES:
+        trace = decode_trace(path.read_bytes())
+        if trace.protocol == proto:
+            results = replay(trace, server.endpoint)
+            assert passed(results), (path, [r for r in results if r.verdict == "differs"])
+
+
+@pytest.mark.upstream
+@pytest.mark.parametrize("release", CI_RELEASES)
+def test_fixtures_replay_green_against_the_real_server(release, upstream_server):
+    proto = require_peer(release).protocol
+    server = upstream_server(release)
+    replayed = 0
+    for path in FIXTURES:
+        trace = decode_trace(path.read_bytes())
+        if trace.protocol == proto:
+            results = replay(trace, server.endpoint)
+            assert passed(results), (path, [r for r in results if r.verdict == "differs"])
+            replayed += 1
+    assert replayed >= 10
+
+
+def start_proxy(upstream: str, folder: Path) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "reference_impl.proxy", "--listen", "127.0.0.1:0", "--upstream",
+                             upstream, "--record", str(folder)], stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    line = proc.stderr.readline()
+    match = re.search(r"ggml-rpc-proxy: (\S+) ->", line)
+    assert match, line
+    return proc, match.group(1)
+
+
+@pytest.mark.upstream
+def test_proxy_records_and_a_trace_replays_against_another_server(tmp_path, reference_server, upstream_server):
+    """Recorded through the proxy CLI against our server, replayed against the real one."""
+    require_peer("0.3.36")
+    ours = reference_server("7.0.0")
+    proc, endpoint = start_proxy(ours.endpoint, tmp_path)
+    try:
+        with RPCClient(endpoint) as rpc:
+            buf = rpc.alloc_buffer(4096)
+            values = np.arange(32, dtype=np.float32)
+            tensor = rpc.tensor_for(buf, 128, values, name="values")
+            rpc.set_tensor(tensor, values)
+            assert np.array_equal(rpc.read_array(tensor), values)
+            rpc.buffer_clear(buf, 3)
+            rpc.read_array(tensor)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        summary = proc.communicate(timeout=30)[1]
+    assert proc.returncode == 0
+    assert re.search(r"protocol 7\.0\.0: 7 requests \(GET_TENSOR 2, .*\); .* up, .* down in .* -> ", summary), summary
+    traces = sorted(tmp_path.glob("*.ggmlrpc"))
+    main = max(traces, key=lambda p: p.stat().st_size)
+    trace = decode_trace(main.read_bytes())
+    assert trace.header["recorder"] == "ggml-rpc-proxy" and trace.protocol == "7.0.0"
+    results = replay(trace, upstream_server("0.3.36").endpoint)
+    assert passed(results) and any(r.command == "GET_TENSOR" and r.verdict == "ok" for r in results)
+
+
+def test_replay_reports_a_server_that_answers_differently(reference_server, tmp_path):
+    """Replaying a trace of one server against a server with different data fails."""
+    path = next(p for p in FIXTURES if "tensors-7.0.0" in str(p) and p.stat().st_size > 1000)
+    trace = decode_trace(path.read_bytes())
+    for record in trace.records:  # tamper with the recorded GET_TENSOR replies
+        if record.direction == SERVER and len(record.data) > 64:
+            record.data = record.data[:8] + bytes(len(record.data) - 8)
+    server = reference_server("7.0.0")
+    results = replay(trace, server.endpoint)
+    assert not passed(results) and any(r.verdict == "differs" and r.command == "GET_TENSOR" for r in results)

@@ -1,0 +1,89 @@
+"""Re-record fixtures/: real upstream client <-> real upstream server sessions, as traces.
+
+    python tools/record_fixtures.py            # all fixtures (builds the peers if needed)
+
+For each CI peer (llama-cpp-python 0.3.20 speaking 3.6.1, 0.3.36 speaking 7.0.0) it starts
+the real server behind the recording proxy and records:
+  - llama-<version>/: llama.cpp running a tiny llama model (written with `gguf`, random
+    weights, 2 layers) fully offloaded, a short prompt and 4 generated tokens;
+  - <group>-<version>/: short per-command sessions of the real client (libggml-rpc through
+    ggml's API): queries, buffers, tensors, graph.
+One trace file per connection.  Everything is deterministic except addresses and times.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from client_steps import session_steps  # noqa: E402
+from protocol import profile_for  # noqa: E402
+from protocol.trace import encode_trace  # noqa: E402
+from reference_impl.proxy import RecordingProxy, to_trace  # noqa: E402
+from tiny_model import write_tiny_llama  # noqa: E402
+from upstream_peers import ensure_built, peer_for  # noqa: E402
+from upstream_peers.client import run_client  # noqa: E402
+from upstream_peers.llama_run import run_llama  # noqa: E402
+from upstream_peers.server import UpstreamServer  # noqa: E402
+
+FIXTURES = ROOT / "fixtures"
+RELEASES = ("0.3.20", "0.3.36")
+PROMPT = "The quick brown fox"
+
+
+def command_groups(profile) -> dict[str, list[dict]]:
+    """The real client's session, cut into small per-command sessions."""
+    steps = session_steps(profile)
+    by_op = lambda *ops: [s for s in steps if s["op"] in ops]  # noqa: E731
+    setup = [s for s in steps if s["op"] in ("alloc", "clear")][:2] + by_op("tensor")
+    return {
+        "queries": by_op("device_count", "memory", "buffer_type"),
+        "buffers": [{"op": "alloc", "name": "buf", "size": 16384}, {"op": "clear", "buffer": "buf", "value": 9},
+                    {"op": "tensor", "name": "x", "buffer": "buf", "type": "F32", "ne": [8, 4], "offset": 0},
+                    {"op": "get", "tensor": "x", "offset": 0, "size": 16}, {"op": "free", "buffer": "buf"}],
+        "tensors": setup + [s for s in steps if s["op"] in ("set", "get", "alloc_size", "view", "copy", "memset")
+                            and s.get("tensor") != "sum"],
+        "graph": setup + [s for s in steps if s["op"] == "set"]
+                 + [s for s in steps if s["op"] in ("add", "compute") or s.get("tensor") == "sum"],
+    }
+
+
+def record(release: str, name: str, drive, note: str) -> None:
+    peer = peer_for(release)
+    folder = FIXTURES / f"{name}-{profile_for(peer.protocol).name}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    with UpstreamServer(peer) as server, RecordingProxy(server.address) as proxy:
+        drive(proxy.endpoint)
+    for connection in proxy.connections:
+        connection.closed.wait(10)
+        trace = to_trace(connection, f"real upstream server (llama-cpp-python {peer.release})")
+        trace.header.update(client=f"real upstream client (llama-cpp-python {peer.release})", note=note)
+        (folder / f"conn-{connection.number:03d}.ggmlrpc").write_bytes(encode_trace(trace))
+    print(f"{folder.relative_to(ROOT)}: {len(proxy.connections)} connection(s)")
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        model = write_tiny_llama(Path(tmp) / "tiny.gguf", n_layer=2)
+        for release in RELEASES:
+            peer = ensure_built(peer_for(release))
+            peer = peer_for(release)
+            profile = profile_for(peer.protocol)
+            record(release, "llama", lambda endpoint: run_llama(peer, model, rpc=endpoint, text=PROMPT, generate=4),
+                   "llama.cpp, tiny 2-layer llama model, prompt and 4 greedy tokens")
+            for group, steps in command_groups(profile).items():
+                record(release, group, lambda endpoint, steps=steps: run_client(peer, endpoint, steps),
+                       f"real client, {group} session")
+    total = sum(p.stat().st_size for p in FIXTURES.rglob("*") if p.is_file())
+    print(f"fixtures/: {total / 1e6:.2f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
