@@ -16,6 +16,8 @@ yields one result.  Operations (names in quotes, arguments after):
     "view"          name, of, ne, nb, offset         -> {"nbytes"} (strided view of a tensor)
     "alloc_size"    tensor, device                   -> int  (asks the server for quantized rows)
     "set"           tensor, hex, offset              -> null
+    "fill"          tensor, value, size              -> null (SET_TENSOR of `size` bytes of `value`, timed)
+    "read"          tensor, size                     -> null (GET_TENSOR of `size` bytes, timed, data dropped)
     "get"           tensor, offset, size             -> hex
     "memset"        tensor, value, offset, size      -> null (5.0+)
     "copy"          src, dst                         -> null
@@ -37,7 +39,7 @@ from pathlib import Path
 from .catalog import Peer, peer_for
 from .libs import load
 
-GGML_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "Q4_K": 12, "I32": 26, "I64": 27, "BF16": 30}
+GGML_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "Q4_K": 12, "I8": 24, "I32": 26, "I64": 27, "BF16": 30}
 
 
 class _InitParams(Structure):
@@ -172,6 +174,17 @@ class ClientSession:
         data = bytes.fromhex(step["hex"])
         self.g.ggml_backend_tensor_set(self.tensors[step["tensor"]], data, step.get("offset", 0), len(data))
 
+    def op_fill(self, step):
+        key = (step.get("value", 0), step["size"])
+        if getattr(self, "_fill", (None,))[0] != key:  # made once, so repeated fills time only the transfer
+            self._fill = (key, bytes([key[0]]) * key[1])
+        data = self._fill[1]
+        self.g.ggml_backend_tensor_set(self.tensors[step["tensor"]], data, step.get("offset", 0), len(data))
+
+    def op_read(self, step):
+        out = ctypes.create_string_buffer(step["size"])
+        self.g.ggml_backend_tensor_get(self.tensors[step["tensor"]], out, step.get("offset", 0), step["size"])
+
     def op_get(self, step):
         out = ctypes.create_string_buffer(step["size"])
         self.g.ggml_backend_tensor_get(self.tensors[step["tensor"]], out, step.get("offset", 0), step["size"])
@@ -212,11 +225,15 @@ class ClientSession:
 
 def _child_main() -> None:
     """Child process: read {"peer", "endpoint", "steps"} from stdin, print one JSON line per step."""
+    import time
+
     job = json.loads(sys.stdin.read())
     session = ClientSession(peer_for(job["peer"]), job["endpoint"])
     for step in job["steps"]:
+        started = time.perf_counter()
         result = session.run(step)
-        print(json.dumps({"op": step["op"], "result": result}), flush=True)
+        seconds = time.perf_counter() - started
+        print(json.dumps({"op": step["op"], "result": result, "seconds": seconds}), flush=True)
 
 
 class ClientFailed(RuntimeError):
@@ -226,8 +243,10 @@ class ClientFailed(RuntimeError):
         self.output = output
 
 
-def run_client(peer: Peer | str, endpoint: str, steps: list[dict], *, timeout: float = 120.0) -> list:
-    """Run `steps` with the real upstream client in a child process; the list of results.
+def run_client(peer: Peer | str, endpoint: str, steps: list[dict], *, timeout: float = 120.0,
+               times: list | None = None) -> list:
+    """Run `steps` with the real upstream client in a child process; the list of results
+    (and, into `times` if given, the seconds each step took inside the child).
 
     Raises ClientFailed (with the results so far) when the client process dies, e.g. when
     upstream's RPC_STATUS_ASSERT aborts because the server closed the connection.
@@ -240,7 +259,10 @@ def run_client(peer: Peer | str, endpoint: str, steps: list[dict], *, timeout: f
     results = []
     for line in proc.stdout.splitlines():
         if line.startswith("{"):
-            results.append(json.loads(line)["result"])
+            record = json.loads(line)
+            results.append(record["result"])
+            if times is not None:
+                times.append(record["seconds"])
     if proc.returncode != 0 or len(results) != len(steps):
         raise ClientFailed(f"upstream client {peer.release} failed at step {len(results)} "
                            f"({steps[len(results)]['op'] if len(results) < len(steps) else '?'}), "

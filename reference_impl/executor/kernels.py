@@ -214,13 +214,19 @@ def build_elementwise(node: TensorRef, ctx: ExecContext) -> Step:
     return _map_values(node, ctx, ELEMENTWISE[node.op])
 
 
+def sub_op(node: TensorRef, names: tuple[str, ...], supported: dict) -> str:
+    """The sub-op named by op_params[0] (UNARY, GLU), checked against the supported table;
+    the node's op becomes e.g. "GLU(SWIGLU)" for messages."""
+    index = node.param_i32(0)
+    name = names[index] if 0 <= index < len(names) else None
+    require(name in supported, node, f"{node.op.lower()} op {name or index} is not supported")
+    node.op = f"{node.op}({name})"
+    return name
+
+
 @kernel("UNARY")
 def build_unary(node: TensorRef, ctx: ExecContext) -> Step:
-    index = node.param_i32(0)
-    name = ctx.ggml.unary_ops[index] if 0 <= index < len(ctx.ggml.unary_ops) else None
-    require(name in UNARY, node, f"unary op {name or index} is not supported")
-    node.op = f"UNARY({name})"
-    return _map_values(node, ctx, UNARY[name])
+    return _map_values(node, ctx, UNARY[sub_op(node, ctx.ggml.unary_ops, UNARY)])
 
 
 @kernel("SCALE")
@@ -284,12 +290,8 @@ GLU = {
 
 @kernel("GLU")
 def build_glu(node: TensorRef, ctx: ExecContext) -> Step:
-    index = node.param_i32(0)
-    name = ctx.ggml.glu_ops[index] if 0 <= index < len(ctx.ggml.glu_ops) else None
-    require(name in GLU, node, f"glu op {name or index} is not supported")
-    node.op = f"GLU({name})"
+    function = GLU[sub_op(node, ctx.ggml.glu_ops, GLU)](node)
     inputs = _glu_inputs(node)
-    function = GLU[name](node)
 
     def run():
         x, g = inputs(ctx)
