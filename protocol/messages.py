@@ -13,7 +13,7 @@ exactly the requested size) or absent (one-way commands).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from construct import Array, Bytes, Construct, Int8ul, Int32ul, Int64ul, Struct
 
@@ -49,12 +49,12 @@ class MessageSpec:
     def has_reply(self) -> bool:
         return self.reply is not None
 
-    @property
+    @cached_property
     def request_size(self) -> int:
         """Size of the fixed part; the whole payload when there is no tail."""
         return self.request.sizeof()
 
-    @property
+    @cached_property
     def reply_size(self) -> int | None:
         """Size of a fixed reply; None when the command has no reply or a data reply."""
         if self.reply is None or self.reply_tail is not None:
@@ -156,6 +156,7 @@ def _pick(table: tuple[str | None, dict], profile: Profile):
     return variants[getattr(profile, column) if column else None]
 
 
+@lru_cache(maxsize=None)
 @lru_cache(maxsize=None)
 def message_spec(profile: Profile, command: Command) -> MessageSpec:
     """The request/reply shapes of `command` in `profile` (KeyError if it lacks the command)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from construct import Container
 
-from protocol import Command, Request, message_spec
+from protocol import Command, Graph, Request, message_spec
 from protocol.errors import RemoteProtocolError
 from protocol.ggml import nbytes
 from protocol.hashing import cache_name, fnv1a64
@@ -66,7 +66,12 @@ class ServerState:
 
 @dataclass
 class StoredGraph:
+    """The last graph computed on a device: GRAPH_RECOMPUTE runs its plan again, and so does
+    a GRAPH_COMPUTE carrying the same bytes (clients before 7.0 resend the unchanged graph
+    for every decoded token).  FREE_BUFFER of any buffer in `handles` discards it."""
+
     plan: GraphPlan
+    graph: Graph
     handles: frozenset[int] = field(default_factory=frozenset)
 
 
@@ -123,8 +128,9 @@ class Session:
         """Run one request; the reply body / data, or None.  Raises RemoteProtocolError or
         ExecutionError when the connection must close."""
         command = request.command
+        graph = None if self._stored_copy(request) else request.graph  # a stored graph passed the graph rules
         if command is not Command.SET_TENSOR:  # SET_TENSOR was checked by bulk_sink
-            self.check(command, request.body, request.graph)
+            self.check(command, request.body, graph)
         if self.state.verbose:
             log.info("[%s] %s %s", self.name, command.name, describe(request))
         return getattr(self, HANDLERS[command])(request)
@@ -218,12 +224,24 @@ class Session:
         buf.touched()
         return {}
 
+    def _stored_copy(self, request) -> StoredGraph | None:
+        """The device's stored graph if this GRAPH_COMPUTE carries the very same graph.  Its
+        verdict and plan still hold: the graph rules depend only on the graph and the buffers
+        it names, and freeing any of those discards the stored graph."""
+        if request.graph is None:
+            return None
+        stored = self.graphs.get(request.body.get("device", 0))
+        return stored if stored is not None and stored.graph == request.graph else None
+
     def graph_compute(self, request):
         device = request.body.get("device", 0)
-        self.graphs.pop(device, None)
-        plan = plan_graph(request.graph, self.buffers, self.profile, self.state.exec_context)
-        plan.run()
-        self.graphs[device] = StoredGraph(plan, frozenset(plan.handles))
+        stored = self._stored_copy(request)
+        if stored is None:
+            self.graphs.pop(device, None)
+            plan = plan_graph(request.graph, self.buffers, self.profile, self.state.exec_context)
+            stored = StoredGraph(plan, request.graph, frozenset(plan.handles))
+        stored.plan.run()
+        self.graphs[device] = stored
         return {"result": 0}  # 2.0.0 replies a ggml_status; later versions send nothing
 
     def graph_recompute(self, request):

@@ -9,7 +9,7 @@ import pytest
 from conformance.op_cases import CASES
 from conftest import CI_RELEASES, require_peer
 from protocol import profile_for
-from reference_impl.client import RPCClient
+from reference_impl.client import RPCClient, ServerClosed
 from reference_impl.graphs import GraphBuilder
 
 IDS = [f"{c.op}-{c.key}" for c in CASES]
@@ -49,3 +49,31 @@ def test_op_matches_upstream(release, case, reference_server, upstream_server):
                                    err_msg="the real server disagrees with the oracle")
         np.testing.assert_allclose(got, reference, rtol=case.rtol, atol=case.atol * scale,
                                    err_msg="our server disagrees with the real one")
+
+
+@pytest.mark.parametrize("proto", ["3.6.1", "7.0.0"])
+def test_a_resent_graph_runs_on_new_inputs_and_is_checked_again_after_free(reference_server, proto):
+    """The server reuses the plan of a graph sent again byte for byte (clients before 7.0
+    resend the decode graph every token); the reuse must see new inputs, and must end when
+    a buffer the graph uses is freed."""
+    server = reference_server(proto)
+    with RPCClient(server.endpoint, proto=server.profile) as rpc:
+        buf = rpc.alloc_buffer(1 << 16)
+        g = GraphBuilder(rpc.profile, buf)
+        a, b = g.input(np.arange(8, dtype=np.float32)), g.input(np.full(8, 2, np.float32))
+        nodes = [g.add(a, b)]
+        nodes.append(g.mul(nodes[-1], b))
+        nodes.append(g.scale(nodes[-1], 0.5))
+        graph, out = g.graph(nodes), nodes[-1]
+        for tensor, raw in g.uploads:
+            rpc.set_tensor(tensor, raw)
+        for step in range(3):
+            rpc.set_tensor(a, np.arange(8, dtype=np.float32) * step)
+            rpc.graph_compute(graph)
+            np.testing.assert_array_equal(g.read(rpc, out).ravel(), (np.arange(8) * step + 2) * 2 * 0.5)
+        rpc.free_buffer(buf)
+        rpc.graph_compute(graph)  # the same bytes now name a freed buffer
+        with pytest.raises(ServerClosed):
+            rpc.device_count()
+    with RPCClient(server.endpoint, proto=server.profile) as rpc:
+        assert rpc.device_count() >= 1

@@ -4,11 +4,13 @@ build(parse(b)) == b, through the framing layer as peers use it."""
 from __future__ import annotations
 
 import pytest
+from construct import ConstructError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol import PROFILES, Command, ReplyParser, RequestParser, build_reply, build_request, message_spec
-from protocol.framing import _codec
+from protocol.errors import LocalProtocolError
+from protocol.framing import _codec, build_fixed
 from strategies import for_schema, graphs
 
 PAIRS = [(p, c) for p in PROFILES for c in p.commands]
@@ -86,13 +88,49 @@ def test_reply_roundtrip(profile, command, data):
 
 
 @pytest.mark.parametrize("profile,command", PAIRS, ids=IDS)
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(data=st.data())
-def test_compiled_codec_matches_construct(profile, command, data):
-    """The framing layer uses construct's compiled form; it must equal the schema itself."""
+def test_fast_codec_matches_construct(profile, command, data):
+    """The framing layer parses and builds message heads with codecs derived from the
+    schemas (protocol.derive.FlatCodec); they must agree with construct itself."""
     spec = message_spec(profile, command)
     for schema in filter(None, (spec.request, spec.reply)):
         body = data.draw(for_schema(schema))
         raw = schema.build(body)
         assert _codec(schema).build(body) == raw
         assert _codec(schema).parse(raw) == schema.parse(raw)
+        assert _codec(schema).parse(memoryview(raw)) == schema.parse(raw)
+
+
+@pytest.mark.parametrize("profile,command", PAIRS, ids=IDS)
+@settings(max_examples=10, deadline=None)
+@given(data=st.data())
+def test_fast_codec_refuses_what_construct_refuses(profile, command, data):
+    """A body construct cannot build (out-of-range integer, wrong-size bytes, short array,
+    missing field) is refused by the fast codec too, never silently padded or wrapped."""
+    spec = message_spec(profile, command)
+    for schema in filter(None, (spec.request, spec.reply)):
+        if not schema.subcons:
+            continue
+        body = data.draw(for_schema(schema))
+        field = data.draw(st.sampled_from([sub.name for sub in schema.subcons]))
+        value = body[field]
+        if isinstance(value, int):
+            bad = data.draw(st.sampled_from([-(1 << 63) - 1, 1 << 64]))
+        elif isinstance(value, bytes):
+            bad = value + b"\0"
+        elif isinstance(value, list):
+            bad = value[:-1]
+        else:  # a nested rpc_tensor: drop one of its fields
+            bad = dict(value)
+            del bad["name"]
+        broken = dict(body, **{field: bad})
+        with pytest.raises((ConstructError, KeyError)):
+            schema.build(broken)
+        with pytest.raises(ValueError):
+            _codec(schema).build(broken)
+        with pytest.raises(LocalProtocolError, match=command.name):
+            build_fixed(schema, broken, command=command.name, what="request")
+        del broken[field]
+        with pytest.raises(ValueError):
+            _codec(schema).build(broken)

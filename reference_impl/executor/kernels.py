@@ -5,12 +5,15 @@ before running (types, shapes, parameters) and raises ExecutionError for what it
 compute, then returns a closure that does the work.  A GRAPH_RECOMPUTE runs the same
 closures again.  Values are computed in float32 from the sources' views and stored through
 the destination's view, so strides, permutations and in-place ops behave as in ggml.
+Steps run inside the plan's np.errstate(all="ignore"): inf and nan propagate silently, as
+they do in C.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -43,31 +46,34 @@ def kernel(*names: str):
     return register
 
 
-def require(condition: bool, node: TensorRef, message: str) -> None:
+def require(condition: bool, node: TensorRef, message: str, *args) -> None:
+    """Raise ExecutionError naming the node unless `condition`; `message` is formatted with
+    `args` only then, since kernels are built for every node of every graph."""
     if not condition:
         types = ", ".join(s.kind.name for s in node.srcs if s is not None)
-        raise ExecutionError(f"{node.op} {node.name!r} ({node.kind.name} <- {types or 'no sources'}): {message}")
+        raise ExecutionError(f"{node.op} {node.name!r} ({node.kind.name} <- {types or 'no sources'}): "
+                             + message.format(*args))
 
 
 def readable(node: TensorRef, *tensors: TensorRef) -> None:
     for tensor in tensors:
-        require(tensor.kind.name in ELEMENT_DTYPES or tensor.quantized, node, f"cannot read {tensor.kind.name}")
+        require(tensor.kind.name in ELEMENT_DTYPES or tensor.quantized, node, "cannot read {}", tensor.kind.name)
 
 
 def float_like(node: TensorRef, *tensors: TensorRef) -> None:
     for tensor in tensors:
-        require(tensor.kind.name in ("F32", "F16", "BF16"), node, f"{tensor.kind.name} is not a float type here")
+        require(tensor.kind.name in ("F32", "F16", "BF16"), node, "{} is not a float type here", tensor.kind.name)
 
 
 def same_shape(node: TensorRef, a: TensorRef, b: TensorRef) -> None:
-    require(a.ne == b.ne, node, f"shape {list(a.ne)} differs from {list(b.ne)}")
+    require(a.ne == b.ne, node, "shape {} differs from {}", a.ne, b.ne)
 
 
 def repeat(values: np.ndarray, shape: tuple[int, ...], node: TensorRef) -> np.ndarray:
     """ggml's implicit repeat: each dimension of `values` divides the target's."""
     reps = []
     for have, want in zip(values.shape, shape):
-        require(have > 0 and want % have == 0, node, f"cannot repeat {values.shape} to {shape}")
+        require(have > 0 and want % have == 0, node, "cannot repeat {} to {}", values.shape, shape)
         reps.append(want // have)
     if all(r == 1 or h == 1 for r, h in zip(reps, values.shape)):
         return np.broadcast_to(values, shape)
@@ -109,7 +115,7 @@ def build_acc(node: TensorRef, ctx: ExecContext) -> Step:
     extent = (node.ne[0] - 1) * node.nb[0] + (node.ne[1] - 1) * node.nb[1] + (node.ne[2] - 1) * node.nb[2] \
         + (node.ne[3] - 1) * node.nb[3]
     require(b.n_elements == 0 or last + element <= extent + element, node,
-            f"window (offset {offset}, strides {nb1}/{nb2}/{nb3}) reaches past the destination")
+            "window (offset {}, strides {}/{}/{}) reaches past the destination", offset, nb1, nb2, nb3)
     require(node.nb[0] == element and offset % element == 0 and nb1 % element == 0 and nb2 % element == 0
             and nb3 % element == 0, node, "window strides must be multiples of the element size")
     accumulate = node.op == "ACC"
@@ -136,21 +142,25 @@ def build_binary(node: TensorRef, ctx: ExecContext) -> Step:
     a, b = node.src(0), node.src(1)
     readable(node, a, b)
     same_shape(node, node, a)
-    for have, want in zip(b.ne, a.ne):
-        require(have > 0 and want % have == 0, node, f"src1 {list(b.ne)} does not repeat to {list(a.ne)}")
+    require(all(have > 0 and want % have == 0 for have, want in zip(b.ne, a.ne)), node,
+            "src1 {} does not repeat to {}", b.ne, a.ne)
     function = BINARY[node.op]
     direct = node.kind.name == "F32"
+    if direct and a.kind.name == "F32" and b.kind.name == "F32" and all(h in (1, w) for h, w in zip(b.ne, a.ne)):
+        # All float32 and src1 broadcasts: one ufunc over views fixed now (views read the
+        # buffers' current bytes at every run).
+        y = b.view() if b.ne == a.ne else np.broadcast_to(b.view(), node.shape)
+        return partial(function, a.view(), y, out=node.view())
 
     def run():
         x = a.read(ctx.cache)
         y = b.read(ctx.cache)
         if y.shape != x.shape:
             y = repeat(y, node.shape, node)
-        with np.errstate(all="ignore"):
-            if direct:
-                function(x, y, out=node.view())
-            else:
-                node.write(function(x, y))
+        if direct:
+            function(x, y, out=node.view())
+        else:
+            node.write(function(x, y))
 
     return run
 
@@ -203,8 +213,7 @@ def _map_values(node: TensorRef, ctx: ExecContext, function) -> Step:
     same_shape(node, node, src)
 
     def run():
-        with np.errstate(all="ignore"):
-            node.write(function(src.read(ctx.cache)).astype(np.float32))
+        node.write(function(src.read(ctx.cache)).astype(np.float32))
 
     return run
 
@@ -219,7 +228,7 @@ def sub_op(node: TensorRef, names: tuple[str, ...], supported: dict) -> str:
     the node's op becomes e.g. "GLU(SWIGLU)" for messages."""
     index = node.param_i32(0)
     name = names[index] if 0 <= index < len(names) else None
-    require(name in supported, node, f"{node.op.lower()} op {name or index} is not supported")
+    require(name in supported, node, "{} op {} is not supported", node.op.lower(), name or index)
     node.op = f"{node.op}({name})"
     return name
 
@@ -232,6 +241,8 @@ def build_unary(node: TensorRef, ctx: ExecContext) -> Step:
 @kernel("SCALE")
 def build_scale(node: TensorRef, ctx: ExecContext) -> Step:
     scale, bias = np.float32(node.param_f32(0)), np.float32(node.param_f32(1))
+    if bias == 0 and node.kind.name == "F32" and node.src(0).kind.name == "F32" and node.ne == node.src(0).ne:
+        return partial(np.multiply, node.src(0).view(), scale, out=node.view())
     return _map_values(node, ctx, lambda x: x * scale + bias if bias != 0 else x * scale)
 
 
@@ -295,8 +306,7 @@ def build_glu(node: TensorRef, ctx: ExecContext) -> Step:
 
     def run():
         x, g = inputs(ctx)
-        with np.errstate(all="ignore"):
-            node.write(function(x, g).astype(np.float32))
+        node.write(function(x, g).astype(np.float32))
 
     return run
 
@@ -341,7 +351,7 @@ def build_norm(node: TensorRef, ctx: ExecContext) -> Step:
     float_like(node, src, node)
     same_shape(node, node, src)
     eps = np.float32(node.param_f32(0))
-    require(eps >= 0, node, f"eps {eps} is negative")
+    require(eps >= 0, node, "eps {} is negative", eps)
     n = src.ne[0]
     rms = node.op == "RMS_NORM"
 
@@ -366,7 +376,7 @@ def build_mul_mat(node: TensorRef, ctx: ExecContext) -> Step:
     """dst[i3,i2,i1,i0] = sum_k src0[i3/r3, i2/r2, i0, k] * src1[i3, i2, i1, k] (F32 result)."""
     a, b = node.src(0), node.src(1)
     readable(node, a, b)
-    require(a.ne[0] == b.ne[0], node, f"inner sizes differ ({a.ne[0]} vs {b.ne[0]})")
+    require(a.ne[0] == b.ne[0], node, "inner sizes differ ({} vs {})", a.ne[0], b.ne[0])
     require(b.ne[2] % a.ne[2] == 0 and b.ne[3] % a.ne[3] == 0, node, "src0 does not broadcast over src1")
     require(node.kind.name == "F32" and node.ne == (a.ne[1], b.ne[1], b.ne[2], b.ne[3]), node,
             "result must be F32 [src0 rows, src1 rows, src1 ne2, src1 ne3]")
@@ -492,12 +502,11 @@ def build_soft_max(node: TensorRef, ctx: ExecContext) -> Step:
         if sinks is not None:
             sink = sinks.read()[0, 0, 0, : src.ne[2]][None, :, None, None]
             top = np.maximum(top, sink)
-        with np.errstate(all="ignore"):
-            e = np.exp(w - top)
-            total = e.astype(np.float64).sum(axis=-1, keepdims=True)
-            if sinks is not None:
-                total = total + np.exp(sink - top)
-            node.write((e * (1.0 / total)).astype(np.float32))
+        e = np.exp(w - top)
+        total = e.astype(np.float64).sum(axis=-1, keepdims=True)
+        if sinks is not None:
+            total = total + np.exp(sink - top)
+        node.write((e * (1.0 / total)).astype(np.float32))
 
     return run
 
@@ -554,10 +563,10 @@ def build_rope(node: TensorRef, ctx: ExecContext) -> Step:
     same_shape(node, node, src)
     n_dims, mode = node.param_i32(1), node.param_i32(2)
     offset = node.param_i32(15)
-    require(mode in (ROPE_NORMAL, ROPE_NEOX), node, f"rope mode {mode} is not supported (normal 0, neox 2)")
+    require(mode in (ROPE_NORMAL, ROPE_NEOX), node, "rope mode {} is not supported (normal 0, neox 2)", mode)
     require(positions.kind.name == "I32" and positions.ne[0] == src.ne[2], node, "positions must be I32 [ne2]")
-    require(0 < n_dims <= src.ne[0] and n_dims % 2 == 0, node, f"n_dims {n_dims} invalid for rows of {src.ne[0]}")
-    require(0 <= offset and offset % 2 == 0 and offset + n_dims <= src.ne[0], node, f"offset {offset} invalid")
+    require(0 < n_dims <= src.ne[0] and n_dims % 2 == 0, node, "n_dims {} invalid for rows of {}", n_dims, src.ne[0])
+    require(0 <= offset and offset % 2 == 0 and offset + n_dims <= src.ne[0], node, "offset {} invalid", offset)
     if freq_factors is not None:
         require(freq_factors.kind.name == "F32" and freq_factors.ne[0] >= n_dims // 2, node, "freq factors")
     params = {"n_ctx_orig": node.param_i32(4), "freq_base": node.param_f32(5), "freq_scale": node.param_f32(6),
@@ -627,17 +636,16 @@ def build_flash_attn(node: TensorRef, ctx: ExecContext) -> Step:
         if mask is not None:
             m = mask.read()[:, :, :n_q, : k.ne[1]]
             s = s + slopes * repeat(m, s.shape, node)
-        with np.errstate(all="ignore"):
-            top = s.max(axis=-1, keepdims=True)
-            if sinks is not None:
-                sink = sinks.read()[0, 0, 0, :n_head][None, :, None, None]
-                top = np.maximum(top, sink)
-            top = np.where(np.isfinite(top), top, 0)
-            weights = np.exp(s - top)
-            total = weights.sum(axis=-1, keepdims=True)
-            if sinks is not None:
-                total = total + np.exp(sink - top)
-            out = np.matmul(weights, values) / np.where(total == 0, 1, total)
+        top = s.max(axis=-1, keepdims=True)
+        if sinks is not None:
+            sink = sinks.read()[0, 0, 0, :n_head][None, :, None, None]
+            top = np.maximum(top, sink)
+        top = np.where(np.isfinite(top), top, 0)
+        weights = np.exp(s - top)
+        total = weights.sum(axis=-1, keepdims=True)
+        if sinks is not None:
+            total = total + np.exp(sink - top)
+        out = np.matmul(weights, values) / np.where(total == 0, 1, total)
         node.write(out.transpose(0, 2, 1, 3))  # permute(0, 2, 1, 3): dst[i3][query][head]
 
     return run

@@ -8,7 +8,7 @@ import numpy as np
 
 from .errors import ExecutionError
 from .kernels import KERNELS, ExecContext, Step
-from .tensors import TensorRef, tensor_name
+from .tensors import TensorRef
 
 
 @dataclass
@@ -22,29 +22,36 @@ class GraphPlan:
         for buffer in self.written:
             buffer.touched()  # retire cached dequantized copies of what the graph overwrites
         self.memo.clear()
-        for _, step in self.steps:
-            step()
+        with np.errstate(all="ignore"):  # overflow, 0/0 and the like give inf/nan, as in C
+            for _, step in self.steps:
+                step()
 
 
 def bind_tensors(graph, buffers: dict, profile) -> dict[int, TensorRef]:
-    """TensorRef per tensor id, with sources linked.  The graph passed protocol.rules."""
+    """TensorRef per tensor id, with sources linked.  The graph passed protocol.rules.
+
+    Columns are pulled out of the structured array once (`tolist`), not field by field per
+    row, and TensorRefs are built positionally (in field order): graphs of thousands of
+    tensors arrive with every decode."""
     ggml = profile.ggml
     tensors = graph.tensors
-    refs: dict[int, TensorRef] = {}
-    for row in tensors:
-        kind = ggml.tensor_type(int(row["type"]))
-        handle = int(row["buffer"])
-        refs[int(row["id"])] = TensorRef(
-            id=int(row["id"]), kind=kind, ne=tuple(int(n) for n in row["ne"]), nb=tuple(int(n) for n in row["nb"]),
-            data=int(row["data"]), buffer=buffers.get(handle) if handle else None,
-            op=ggml.op_name(int(row["op"])), op_params=np.array(row["op_params"], dtype=np.int32),
-            name=tensor_name(row["name"]), flags=int(row["flags"]))
-    for row in tensors:
-        ref = refs[int(row["id"])]
-        ref.srcs = [refs.get(int(s)) if s else None for s in row["src"]]
-        while ref.srcs and ref.srcs[-1] is None:
-            ref.srcs.pop()
-        ref.view_src = refs.get(int(row["view_src"])) if row["view_src"] else None
+    kinds = {value: ggml.tensor_type(value) for value in set(tensors["type"].tolist())}
+    ops = {value: ggml.op_name(value) for value in set(tensors["op"].tolist())}
+    params = np.ascontiguousarray(tensors["op_params"], dtype=np.int32)
+    columns = zip(tensors["id"].tolist(), tensors["type"].tolist(), tensors["ne"].tolist(), tensors["nb"].tolist(),
+                  tensors["data"].tolist(), tensors["buffer"].tolist(), tensors["op"].tolist(), params,
+                  tensors["name"].tolist(), tensors["flags"].tolist())
+    bound = [TensorRef(tid, kinds[kind], tuple(ne), tuple(nb), data, buffers.get(handle) if handle else None, ops[op],
+                       op_params, name, flags)
+             for tid, kind, ne, nb, data, handle, op, op_params, name, flags in columns]
+    refs = {ref.id: ref for ref in bound}
+    links = tensors["src"]
+    widths = np.where(links != 0, np.arange(1, links.shape[1] + 1), 0).max(axis=1)  # up to the last source used
+    for ref, srcs, width, view_src in zip(bound, links.tolist(), widths.tolist(), tensors["view_src"].tolist()):
+        if width:
+            ref.srcs = [refs.get(s) if s else None for s in srcs[:width]]
+        if view_src:
+            ref.view_src = refs.get(view_src)
     return refs
 
 

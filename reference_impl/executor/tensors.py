@@ -32,7 +32,7 @@ ELEMENT_DTYPES = {
 QUANTIZABLE = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"}  # types gguf can also write (CPY / SET_ROWS targets)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class TensorRef:
     """One tensor of a graph, bound to the memory it names."""
 
@@ -44,11 +44,16 @@ class TensorRef:
     buffer: Buffer | None
     op: str
     op_params: np.ndarray  # int32[16]
-    name: str
+    raw_name: bytes
     flags: int = 0
     _view: np.ndarray | None = field(default=None, repr=False)
     srcs: list["TensorRef | None"] = field(default_factory=list)
     view_src: "TensorRef | None" = None
+
+    @property
+    def name(self) -> str:
+        """Decoded on demand: names appear only in messages."""
+        return decode_name(self.raw_name)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -170,6 +175,3 @@ class DequantCache:
                 self.held -= dropped.nbytes
         return values
 
-
-def tensor_name(raw) -> str:
-    return decode_name(bytes(raw))
