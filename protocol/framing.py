@@ -288,10 +288,11 @@ class RequestParser(_FrameParser):
         self.max_payload = max_payload
         self.bulk_sink = bulk_sink
         self.hello_done = hello_done
+        self._commands = {int(c): c for c in profile.commands}
         self._reset()
 
     def _reset(self) -> None:
-        self._state = "cmd"
+        self._state = self._on_cmd
         self._need = 1
         self._command: Command | None = None
         self._spec: MessageSpec | None = None
@@ -311,12 +312,12 @@ class RequestParser(_FrameParser):
                                    offset=self._frame_start)
 
     def _step(self, chunk: memoryview) -> None:
-        getattr(self, "_on_" + self._state)(chunk)
+        self._state(chunk)
 
     def _on_cmd(self, chunk: memoryview) -> None:
         byte = chunk[0]
-        command = Command(byte) if byte in Command._value2member_map_ else None
-        if command is None or command not in self.profile.commands:
+        command = self._commands.get(byte)
+        if command is None:
             raise self._fail(f"unknown command byte for protocol {self.profile.name} "
                              f"(valid: {', '.join(str(int(c)) for c in self.profile.commands)})",
                              field="cmd", value=byte, section="2.2")
@@ -328,7 +329,7 @@ class RequestParser(_FrameParser):
             raise self._fail("HELLO may be sent only once per connection", field="cmd", value=byte,
                              section="3.1")
         self._spec = message_spec(self.profile, command)
-        self._state, self._need = "size", 8
+        self._state, self._need = self._on_size, 8
 
     def _on_size(self, chunk: memoryview) -> None:
         (size,) = _U64.unpack(chunk)
@@ -345,7 +346,7 @@ class RequestParser(_FrameParser):
             raise self._fail(f"payload size exceeds this peer's limit of {self.max_payload} bytes",
                              field="size", value=size, section="2.4")
         self._size = size
-        self._state, self._need = "head", head
+        self._state, self._need = self._on_head, head
 
     def _on_head(self, chunk: memoryview) -> None:
         spec = self._spec

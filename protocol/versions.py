@@ -50,6 +50,9 @@ class Profile:
     ggml_release: str
     note: str = field(default="", compare=False)
 
+    def __hash__(self) -> int:  # the version names a profile; the wire tables hash it per message
+        return hash(self.version)
+
     @property
     def name(self) -> str:
         return "%d.%d.%d" % self.version

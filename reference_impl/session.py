@@ -84,6 +84,7 @@ class Session:
         self.name = name
         self.buffers: dict[int, Buffer] = {}
         self.graphs: dict[int, StoredGraph] = {}
+        self.exec_context = state.exec_context  # one per connection: plans hand steps on to the next
 
     # -- ServerView ---------------------------------------------------------------------------
 
@@ -237,8 +238,9 @@ class Session:
         device = request.body.get("device", 0)
         stored = self._stored_copy(request)
         if stored is None:
-            self.graphs.pop(device, None)
-            plan = plan_graph(request.graph, self.buffers, self.profile, self.state.exec_context)
+            previous = self.graphs.pop(device, None)
+            plan = plan_graph(request.graph, self.buffers, self.profile, self.exec_context,
+                              previous.plan if previous is not None else None)
             stored = StoredGraph(plan, request.graph, frozenset(plan.handles))
         stored.plan.run()
         self.graphs[device] = stored

@@ -6,12 +6,14 @@ import os
 
 import pytest
 
+from protocol import profile_for
 from tiny_model import write_tiny_llama
 from upstream_peers import find_built, peer_for
 from upstream_peers.server import UpstreamServer
 
 REQUIRE_PEERS = os.environ.get("GGML_RPC_REQUIRE_PEERS") == "1"
 CI_RELEASES = ("0.3.20", "0.3.36")  # protocol 3.6.1 and 7.0.0
+V36, V70 = profile_for("3.6.1"), profile_for("7.0.0")  # the design target and the newest version
 
 
 def require_peer(release: str):

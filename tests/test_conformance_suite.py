@@ -3,8 +3,10 @@ the real upstream ones with their documented deviations) and catches broken ones
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from protocol import PROFILES, Command, profile_for
 from reference_impl.netio import send_all
 from reference_impl.server import ReferenceServer
 from reference_impl.session import Session
+from upstream_peers.server import _listening_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,18 +67,12 @@ def test_real_upstream_passes_but_for_documented_deviations(tmp_path, release, u
 @pytest.mark.parametrize("release", CI_RELEASES)
 def test_destructive_run_against_upstream_restarts_and_lists_killers(tmp_path, release):
     peer = require_peer(release)
-    import socket
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     command = f"{sys.executable} -m upstream_peers.server --peer {peer.release} --port {port}"
     server = subprocess.Popen(command.split(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        from upstream_peers.server import _listening_ports
-
-        import time
-
         deadline = time.monotonic() + 60
         while port not in _listening_ports(server.pid) and time.monotonic() < deadline:
             time.sleep(0.05)  # polling for the LISTEN socket

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import golden as G
+from conftest import V36, V70
 from protocol import (
     CLOSED,
     NEED_DATA,
@@ -22,11 +23,8 @@ from protocol import (
     build_reply,
     build_request,
     make_tensor,
-    profile_for,
 )
 
-V36 = profile_for("3.6.1")
-V70 = profile_for("7.0.0")
 TENSOR = make_tensor("padding", id=1, buffer=5, ne=[4, 1, 1, 1], nb=[4, 16, 16, 16], data=64, name="t")
 
 

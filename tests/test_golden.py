@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import golden as G
+from conftest import V36, V70
 from protocol import (
     Command,
     Graph,
@@ -16,12 +17,9 @@ from protocol import (
     build_reply,
     build_request,
     make_tensor,
-    profile_for,
 )
 from protocol.graph import tensors_from_containers
 
-V36 = profile_for("3.6.1")
-V70 = profile_for("7.0.0")
 
 TENSOR_FIELDS = dict(id=0x7F00_5566_0000, type=8, buffer=0x55AA_0000_1000, ne=[64, 2, 1, 1], nb=[34, 68, 136, 136],
                      op=29, op_params=[10] + [0] * 15, flags=1, src=[0x11, 0x22] + [0] * 8, view_src=0x33,

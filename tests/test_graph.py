@@ -8,9 +8,8 @@ from hypothesis import strategies as st
 
 from protocol import RPC_TENSOR_DTYPE, Graph, decode_graph, encode_graph, profile_for
 from protocol.graph import graph_tail_schema
+from conftest import V36, V70
 from strategies import graphs
-
-V36, V70 = profile_for("3.6.1"), profile_for("7.0.0")
 
 
 @settings(max_examples=40, deadline=None)

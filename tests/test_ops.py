@@ -77,3 +77,26 @@ def test_a_resent_graph_runs_on_new_inputs_and_is_checked_again_after_free(refer
             rpc.device_count()
     with RPCClient(server.endpoint, proto=server.profile) as rpc:
         assert rpc.device_count() >= 1
+
+
+@pytest.mark.parametrize("proto", ["3.6.1", "7.0.0"])
+def test_a_changed_graph_computes_what_it_now_says(reference_server, proto):
+    """Consecutive graphs on a device share steps where nodes are unchanged; a node whose
+    parameters or sources changed must run as it is now sent."""
+    server = reference_server(proto)
+    with RPCClient(server.endpoint, proto=server.profile) as rpc:
+        buf = rpc.alloc_buffer(1 << 16)
+        g = GraphBuilder(rpc.profile, buf)
+        a, b = g.input(np.arange(8, dtype=np.float32)), g.input(np.full(8, 2, np.float32))
+        added = g.add(a, b)
+        first = [added, g.scale(added, 0.5)]
+        for tensor, raw in g.uploads:
+            rpc.set_tensor(tensor, raw)
+        rpc.graph_compute(g.graph(first))
+        np.testing.assert_array_equal(g.read(rpc, first[-1]).ravel(), (np.arange(8) + 2) * 0.5)
+        rescaled = g.scale(added, 3.0)  # same shape, new factor and placement
+        rpc.graph_compute(g.graph([added, rescaled]))
+        np.testing.assert_array_equal(g.read(rpc, rescaled).ravel(), (np.arange(8) + 2) * 3.0)
+        resourced = g.mul(b, b)  # the same op over other sources
+        rpc.graph_compute(g.graph([added, g.scale(added, 0.5), resourced]))
+        np.testing.assert_array_equal(g.read(rpc, resourced).ravel(), np.full(8, 4.0))

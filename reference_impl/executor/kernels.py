@@ -575,7 +575,7 @@ def build_rope(node: TensorRef, ctx: ExecContext) -> Step:
     require(params["freq_base"] > 0 and params["freq_scale"] > 0, node, "freq_base and freq_scale must be positive")
     half = n_dims // 2
 
-    memo_key = (n_dims, tuple(sorted(params.items())), freq_factors.id if freq_factors is not None else 0)
+    memo_key = (n_dims, tuple(sorted(params.items())), freq_factors.data if freq_factors is not None else 0)
 
     def run():
         x = src.read(ctx.cache)  # (ne3, ne2=positions, ne1=heads, ne0)

@@ -1,8 +1,20 @@
-"""From a decoded graph to a list of runnable steps (built once, run by every RECOMPUTE)."""
+"""From a decoded graph to a list of runnable steps (built once, run by every RECOMPUTE).
+
+Building a step costs microseconds of Python per node, and a client sends a new graph of
+a thousand nodes or more for every token.  Consecutive graphs are mostly the same nodes,
+so a plan keeps its steps under a *step key*: the bytes that decide what a step does —
+the node's own fields (type, buffer, shape, strides, op, op_params, flags, data, name) and
+the memory fields of each source (type, buffer, shape, strides, data).  Tensor ids, source
+ids and view links are left out: they name tensors, they do not change the work.  The next
+plan on the device takes over every step whose key it finds, and builds (and checks) only
+the rest.  Steps are taken only from the device's previous plan, which is discarded with
+any buffer it reaches, so a reused step never outlives the memory it was built on.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -10,70 +22,153 @@ from .errors import ExecutionError
 from .kernels import KERNELS, ExecContext, Step
 from .tensors import TensorRef
 
+NODE_KEY_FIELDS = ("type", "buffer", "ne", "nb", "op", "op_params", "flags", "data", "name")
+SOURCE_KEY_FIELDS = ("type", "buffer", "ne", "nb", "data")
+
 
 @dataclass
 class GraphPlan:
-    steps: list[tuple[str, Step]] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
     handles: set[int] = field(default_factory=set)  # every buffer the graph reaches
     written: list = field(default_factory=list)  # buffers its nodes write
     memo: dict = field(default_factory=dict)  # the context's per-run scratch
+    by_key: dict[bytes, Step | None] = field(default_factory=dict)  # steps for the next plan to take over
 
     def run(self) -> None:
         for buffer in self.written:
             buffer.touched()  # retire cached dequantized copies of what the graph overwrites
         self.memo.clear()
         with np.errstate(all="ignore"):  # overflow, 0/0 and the like give inf/nan, as in C
-            for _, step in self.steps:
+            for step in self.steps:
                 step()
 
 
-def bind_tensors(graph, buffers: dict, profile) -> dict[int, TensorRef]:
-    """TensorRef per tensor id, with sources linked.  The graph passed protocol.rules.
+class Binder:
+    """TensorRefs for the rows of a graph, made on first use and linked to their sources
+    only when a step is built for them.  Columns are pulled out of the structured array
+    once (`tolist`), not field by field per row."""
 
-    Columns are pulled out of the structured array once (`tolist`), not field by field per
-    row, and TensorRefs are built positionally (in field order): graphs of thousands of
-    tensors arrive with every decode."""
-    ggml = profile.ggml
+    def __init__(self, graph, buffers: dict, profile) -> None:
+        self._tensors = graph.tensors
+        self._buffers = buffers
+        self._ggml = profile.ggml
+        self._refs: dict[int, TensorRef] = {}
+        self.ids = graph.tensors["id"]
+
+    @cached_property
+    def _columns(self) -> list[list]:
+        tensors = self._tensors
+        links = tensors["src"]
+        widths = np.where(links != 0, np.arange(1, links.shape[1] + 1), 0).max(axis=1)  # up to the last source used
+        return [tensors[name].tolist() for name in ("id", "type", "ne", "nb", "data", "buffer", "op", "name",
+                                                    "flags", "src")] + [widths.tolist()]
+
+    @cached_property
+    def _params(self) -> np.ndarray:
+        return np.ascontiguousarray(self._tensors["op_params"], dtype=np.int32)
+
+    @cached_property
+    def _row_of(self) -> dict[int, int]:
+        return {tid: row for row, tid in enumerate(self._columns[0])}
+
+    def ref(self, row: int) -> TensorRef:
+        found = self._refs.get(row)
+        if found is None:
+            ids, kinds, ne, nb, data, handles, ops, names, flags = self._columns[:9]
+            handle = handles[row]
+            found = self._refs[row] = TensorRef(ids[row], self._ggml.tensor_type(kinds[row]), tuple(ne[row]),
+                                                tuple(nb[row]), data[row],
+                                                self._buffers.get(handle) if handle else None,
+                                                self._ggml.op_name(ops[row]), self._params[row], names[row], flags[row])
+        return found
+
+    def node(self, row: int) -> TensorRef:
+        """The ref of row `row` with its sources linked (up to the last one used)."""
+        ref = self.ref(row)
+        row_of = self._row_of
+        links = self._columns[9][row][: self._columns[10][row]]
+        ref.srcs = [self.ref(row_of[s]) if s in row_of else None for s in links]
+        return ref
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Row index of each id (any shape); -1 for 0 and for ids not in the graph."""
+        order = np.argsort(self.ids, kind="stable")
+        ordered = self.ids[order]
+        at = np.minimum(np.searchsorted(ordered, ids), len(ordered) - 1)
+        found = (ordered[at] == ids) & (ids != 0)
+        return np.where(found, order[at], -1)
+
+
+@lru_cache
+def _byte_spans(dtype: np.dtype, names: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
+    """(start, end) byte ranges of the named fields within one record, adjacent ones merged."""
+    spans: list[list[int]] = []
+    for start, end in sorted((dtype.fields[n][1], dtype.fields[n][1] + dtype.fields[n][0].itemsize) for n in names):
+        if spans and spans[-1][1] == start:
+            spans[-1][1] = end
+        else:
+            spans.append([start, end])
+    return tuple((start, end) for start, end in spans)
+
+
+def _gather(raw: np.ndarray, rows: np.ndarray, spans, out: np.ndarray) -> None:
+    """out[i] = the bytes of `spans` of record rows[i] (zeros where rows[i] is -1)."""
+    at = 0
+    for start, end in spans:
+        out[:, at : at + end - start] = raw[rows, start:end]
+        at += end - start
+    out[rows < 0] = 0
+
+
+def step_keys(tensors: np.ndarray, rows: np.ndarray, binder: Binder) -> list[bytes]:
+    """The step key (module docstring) of each row in `rows`, computed for all at once."""
+    tensors = np.ascontiguousarray(tensors)
+    raw = tensors.view(np.uint8).reshape(len(tensors), tensors.dtype.itemsize)
+    links = tensors["src"][rows]
+    used = int(np.flatnonzero(links.any(axis=0)).max(initial=-1)) + 1  # source slots any node uses
+    src_rows = binder.rows_of(links[:, :used])
+    own, memory = _byte_spans(tensors.dtype, NODE_KEY_FIELDS), _byte_spans(tensors.dtype, SOURCE_KEY_FIELDS)
+    own_size, memory_size = sum(e - s for s, e in own), sum(e - s for s, e in memory)
+    keys = np.empty((len(rows), own_size + used * memory_size), np.uint8)
+    _gather(raw, rows, own, keys[:, :own_size])
+    for slot in range(used):
+        at = own_size + slot * memory_size
+        _gather(raw, src_rows[:, slot], memory, keys[:, at : at + memory_size])
+    return keys.view(f"V{keys.shape[1]}").ravel().tolist()
+
+
+def plan_graph(graph, buffers: dict, profile, ctx: ExecContext, previous: GraphPlan | None = None) -> GraphPlan:
+    """Validate every node against its kernel and prepare the steps; nothing runs yet.
+    Steps of `previous` (the device's last plan) are taken over where the key matches."""
     tensors = graph.tensors
-    kinds = {value: ggml.tensor_type(value) for value in set(tensors["type"].tolist())}
-    ops = {value: ggml.op_name(value) for value in set(tensors["op"].tolist())}
-    params = np.ascontiguousarray(tensors["op_params"], dtype=np.int32)
-    columns = zip(tensors["id"].tolist(), tensors["type"].tolist(), tensors["ne"].tolist(), tensors["nb"].tolist(),
-                  tensors["data"].tolist(), tensors["buffer"].tolist(), tensors["op"].tolist(), params,
-                  tensors["name"].tolist(), tensors["flags"].tolist())
-    bound = [TensorRef(tid, kinds[kind], tuple(ne), tuple(nb), data, buffers.get(handle) if handle else None, ops[op],
-                       op_params, name, flags)
-             for tid, kind, ne, nb, data, handle, op, op_params, name, flags in columns]
-    refs = {ref.id: ref for ref in bound}
-    links = tensors["src"]
-    widths = np.where(links != 0, np.arange(1, links.shape[1] + 1), 0).max(axis=1)  # up to the last source used
-    for ref, srcs, width, view_src in zip(bound, links.tolist(), widths.tolist(), tensors["view_src"].tolist()):
-        if width:
-            ref.srcs = [refs.get(s) if s else None for s in srcs[:width]]
-        if view_src:
-            ref.view_src = refs.get(view_src)
-    return refs
-
-
-def plan_graph(graph, buffers: dict, profile, ctx: ExecContext) -> GraphPlan:
-    """Validate every node against its kernel and prepare the steps; nothing runs yet."""
-    refs = bind_tensors(graph, buffers, profile)
-    plan = GraphPlan(handles={int(h) for h in np.unique(graph.tensors["buffer"]) if h}, memo=ctx.memo)
-    written = {}
+    binder = Binder(graph, buffers, profile)
+    rows = binder.rows_of(graph.nodes)  # the graph passed protocol.rules: every node is there
     compute_flag = profile.ggml.compute_flag
-    for node_id in graph.nodes.tolist():
-        node = refs[node_id]
-        if compute_flag and not node.flags & compute_flag:
-            continue  # ggml's CPU backend runs only nodes marked COMPUTE (§8.4)
-        build = KERNELS.get(node.op)
-        if build is None:
-            raise ExecutionError(f"op {node.op} (node {node.name!r}, type {node.kind.name}) is not supported by this "
-                                 f"server in protocol {profile.name}")
-        step = build(node, ctx)
+    if compute_flag:  # ggml's CPU backend runs only nodes marked COMPUTE (§8.4)
+        rows = rows[(tensors["flags"][rows] & compute_flag) != 0]
+    known = previous.by_key if previous is not None else {}
+    plan = GraphPlan(handles={int(h) for h in np.unique(tensors["buffer"]) if h}, memo=ctx.memo)
+    written = {}
+    for row, key, handle in zip(rows.tolist(), step_keys(tensors, rows, binder),
+                                tensors["buffer"][rows].tolist()):
+        if key in known:
+            step = known[key]
+        else:
+            step = _build(binder.node(row), ctx, profile)
+        plan.by_key[key] = step
         if step is not None:
-            if node.buffer is None:
-                raise ExecutionError(f"{node.op} node {node.name!r} has no buffer on this server to write to")
-            plan.steps.append((node.op, step))
-            written[node.buffer.handle] = node.buffer
+            plan.steps.append(step)
+            written[handle] = buffers[handle]
     plan.written = list(written.values())
     return plan
+
+
+def _build(node: TensorRef, ctx: ExecContext, profile) -> Step | None:
+    build = KERNELS.get(node.op)
+    if build is None:
+        raise ExecutionError(f"op {node.op} (node {node.name!r}, type {node.kind.name}) is not supported by this "
+                             f"server in protocol {profile.name}")
+    step = build(node, ctx)
+    if step is not None and node.buffer is None:
+        raise ExecutionError(f"{node.op} node {node.name!r} has no buffer on this server to write to")
+    return step

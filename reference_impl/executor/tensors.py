@@ -48,7 +48,6 @@ class TensorRef:
     flags: int = 0
     _view: np.ndarray | None = field(default=None, repr=False)
     srcs: list["TensorRef | None"] = field(default_factory=list)
-    view_src: "TensorRef | None" = None
 
     @property
     def name(self) -> str:
