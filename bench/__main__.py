@@ -161,9 +161,17 @@ def upstream_client_bulk(peer, endpoint: str, repeat: int) -> tuple[float, float
     return max(fills), max(reads)
 
 
-def line(name: str, ours: float, theirs: float, unit: str, ratio: float, target: str, ok: bool | None) -> str:
-    verdict = "" if ok is None else ("met" if ok else "MISSED")
-    return f"{name:44s} {ours:10.3f} {theirs:10.3f} {unit:9s} {ratio:7.2f}   {target:8s} {verdict}"
+AT_MOST, AT_LEAST = "<=", ">="
+
+
+def line(name: str, ours: float, theirs: float, unit: str, target: tuple[str, float] | None = None) -> str:
+    """One row: both figures, ours / theirs, and whether the ratio meets `target` (op, bound)."""
+    ratio = ours / theirs
+    if target is None:
+        return f"{name:44s} {ours:10.3f} {theirs:10.3f} {unit:9s} {ratio:7.2f}"
+    op, bound = target
+    met = ratio <= bound if op == AT_MOST else ratio >= bound
+    return f"{name:44s} {ours:10.3f} {theirs:10.3f} {unit:9s} {ratio:7.2f}   {op} {bound:<5g} {'met' if met else 'MISSED'}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,18 +192,18 @@ def main(argv: list[str] | None = None) -> int:
             theirs = upstream.endpoint
             print(f"protocol {profile.name}: reference server {ours} vs upstream {peer.release} at {theirs}")
             [(a, b)] = compare(SmallCalls, ours, theirs, profile, args.repeat)
-            rows.append(line("small-call round trip (GET_ALIGNMENT)", a, b, "us", a / b, "<= 1.5", a / b <= 1.5))
+            rows.append(line("small-call round trip (GET_ALIGNMENT)", a, b, "us", (AT_MOST, 1.5)))
             [(a, b)] = compare(SmallCalls, floor, theirs, profile, args.repeat)
-            rows.append(line("  floor: bare Python loop (bench/floor.py)", a, b, "us", a / b, "", None))
+            rows.append(line("  floor: bare Python loop (bench/floor.py)", a, b, "us"))
             (set_a, set_b), (get_a, get_b) = compare(Bulk, ours, theirs, profile, args.repeat, better=max)
-            rows.append(line("SET_TENSOR 64 MiB", set_a, set_b, "GB/s", set_a / set_b, ">= 0.9", set_a / set_b >= 0.9))
-            rows.append(line("GET_TENSOR 64 MiB", get_a, get_b, "GB/s", get_a / get_b, ">= 0.9", get_a / get_b >= 0.9))
+            rows.append(line("SET_TENSOR 64 MiB", set_a, set_b, "GB/s", (AT_LEAST, 0.9)))
+            rows.append(line("GET_TENSOR 64 MiB", get_a, get_b, "GB/s", (AT_LEAST, 0.9)))
             for label, (a, b) in zip(("graph resent", "new graph"), compare(BigGraph, ours, theirs, profile,
                                                                              args.repeat)):
-                rows.append(line(f"GRAPH_COMPUTE {NODES} nodes, {label}", a, b, "ms", a / b, "<= 5", a / b <= 5))
+                rows.append(line(f"GRAPH_COMPUTE {NODES} nodes, {label}", a, b, "ms", (AT_MOST, 5)))
             up_set, up_get = upstream_client_bulk(peer, theirs, args.repeat)
-            rows.append(line("our client SET_TENSOR vs upstream client", set_b, up_set, "GB/s", set_b / up_set, "", None))
-            rows.append(line("our client GET_TENSOR vs upstream client", get_b, up_get, "GB/s", get_b / up_get, "", None))
+            rows.append(line("our client SET_TENSOR vs upstream client", set_b, up_set, "GB/s"))
+            rows.append(line("our client GET_TENSOR vs upstream client", get_b, up_get, "GB/s"))
             if not args.skip_llama:
                 from upstream_peers.models import smollm2
 
@@ -206,9 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                 for endpoint in (ours, theirs):
                     result = run_llama(peer, model, rpc=endpoint, text=PARAGRAPH, n_ctx=512, generate=32)
                     speeds.append(32 / float(result["seconds"]))
-                ratio = speeds[0] / speeds[1]
                 rows.append(line("SmolLM2-135M decode (real llama.cpp client)", speeds[0], speeds[1], "tokens/s",
-                                 ratio, ">= 0.25", ratio >= 0.25))
+                                 (AT_LEAST, 0.25)))
     finally:
         for proc in (ours_proc, floor_proc):
             proc.terminate()

@@ -13,10 +13,18 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 TABLES = json.loads((Path(__file__).parent / "ggml_tables.json").read_text())["releases"]
+
+# The types NumPy holds element by element, as little-endian dtypes (the wire's byte order).
+ELEMENT_DTYPES = {
+    "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype(ml_dtypes.bfloat16), "F64": np.dtype("<f8"),
+    "I8": np.dtype("i1"), "I16": np.dtype("<i2"), "I32": np.dtype("<i4"), "I64": np.dtype("<i8"),
+}
+TYPE_OF_DTYPE = {dtype: name for name, dtype in ELEMENT_DTYPES.items()}
 
 MAX_DIMS = 4
 MAX_SRC = 10

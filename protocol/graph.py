@@ -48,6 +48,16 @@ class Graph:
         return len(self.tensors)
 
 
+def id_rows(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """The row of each id in `wanted` (any shape) among the tensor `ids`, -1 for id 0 and
+    for ids the graph lacks; whole arrays at once, since graphs hold thousands of links."""
+    if not len(ids):
+        return np.full(np.shape(wanted), -1, dtype=np.intp)
+    sorter = np.argsort(ids, kind="stable")
+    rows = sorter[np.minimum(np.searchsorted(ids, wanted, sorter=sorter), len(ids) - 1)]
+    return np.where((ids[rows] == wanted) & (wanted != 0), rows, -1)
+
+
 def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
     """Byte equality without copies (servers compare each graph with the stored one)."""
     if a.dtype != b.dtype or a.shape != b.shape:

@@ -157,7 +157,6 @@ def _pick(table: tuple[str | None, dict], profile: Profile):
 
 
 @lru_cache(maxsize=None)
-@lru_cache(maxsize=None)
 def message_spec(profile: Profile, command: Command) -> MessageSpec:
     """The request/reply shapes of `command` in `profile` (KeyError if it lacks the command)."""
     if command not in profile.commands:

@@ -21,6 +21,7 @@ import numpy as np
 
 from .commands import Command
 from .ggml import nbytes, nbytes_array
+from .graph import id_rows
 from .versions import Profile
 
 MUST, SHOULD = "MUST", "SHOULD"
@@ -222,12 +223,10 @@ def _graph_ids_unique(view, graph, _valid) -> Violation | None:
 
 
 def _graph_ids_known(view, graph, _valid) -> Violation | None:
-    ids = np.sort(graph.tensors["id"])
+    ids = graph.tensors["id"]
 
     def missing(values: np.ndarray) -> np.ndarray:
-        pos = np.searchsorted(ids, values)
-        pos = np.minimum(pos, max(len(ids) - 1, 0))
-        return (ids[pos] != values) if len(ids) else np.ones(values.shape, bool)
+        return id_rows(ids, values) < 0
 
     at = _first((graph.nodes != 0) & missing(graph.nodes))
     if at is not None:
@@ -330,27 +329,17 @@ def topological_order(tensors: np.ndarray) -> np.ndarray | None:
     clients serialize every tensor after its sources, so the array order itself is checked
     first, vectorised; the general sort runs only for graphs in some other order.
     """
-    ids = tensors["id"]
-    n = len(ids)
-    links = np.concatenate([tensors["src"], tensors["view_src"][:, None]], axis=1)
-    if n:
-        sorter = np.argsort(ids, kind="stable")
-        target = sorter[np.minimum(np.searchsorted(ids, links, sorter=sorter), n - 1)]
-        resolved = (links != 0) & (ids[target] == links)
-        if not (resolved & (target >= np.arange(n)[:, None])).any():
-            return np.arange(n, dtype=np.int64)
-    index_of = {int(i): k for k, i in enumerate(ids)}
-    deps: list[list[int]] = [[] for _ in range(n)]
+    n = len(tensors)
+    targets = id_rows(tensors["id"], np.concatenate([tensors["src"], tensors["view_src"][:, None]], axis=1))
+    if not (targets >= np.arange(n)[:, None]).any():
+        return np.arange(n, dtype=np.int64)
     indegree = np.zeros(n, dtype=np.int64)
     users: list[list[int]] = [[] for _ in range(n)]
-    for k, row in enumerate(links.tolist()):
-        for target in row:
-            if target:
-                j = index_of.get(target)
-                if j is not None:
-                    deps[k].append(j)
-                    users[j].append(k)
-                    indegree[k] += 1
+    for k, row in enumerate(targets.tolist()):
+        for j in row:
+            if j >= 0:
+                users[j].append(k)
+                indegree[k] += 1
     ready = [k for k in range(n) if indegree[k] == 0]
     order = []
     while ready:

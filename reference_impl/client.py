@@ -18,7 +18,6 @@ import logging
 import socket
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 from construct import Container
 
@@ -36,7 +35,7 @@ from protocol import (
     profile_for,
 )
 from protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError, UnsupportedVersion
-from protocol.ggml import TYPE_BY_NAME, TYPES, TensorType, nbytes
+from protocol.ggml import ELEMENT_DTYPES, TYPE_BY_NAME, TYPE_OF_DTYPE, TensorType, nbytes
 from protocol.hashing import fnv1a64
 from protocol.messages import CONN_CAPS_SIZE, HASH_THRESHOLD
 from protocol.tensor import contiguous_strides
@@ -46,12 +45,6 @@ from .netio import send_all
 
 log = logging.getLogger("ggml_rpc.client")
 
-NUMPY_TYPES = {
-    np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(ml_dtypes.bfloat16): "BF16",
-    np.dtype(np.float64): "F64", np.dtype(np.int8): "I8", np.dtype(np.int16): "I16", np.dtype(np.int32): "I32",
-    np.dtype(np.int64): "I64",
-}
-DTYPE_OF = {name: dtype for dtype, name in NUMPY_TYPES.items()}
 
 
 class ServerClosed(ConnectionError):
@@ -322,7 +315,7 @@ class RPCClient:
         """
         if array is not None:
             array = np.asarray(array)
-            type = type or NUMPY_TYPES.get(array.dtype)
+            type = type or TYPE_OF_DTYPE.get(array.dtype)
             if type is None:
                 raise LocalProtocolError(f"no ggml type for NumPy dtype {array.dtype}; pass type=")
             shape = tuple(reversed(array.shape)) or (1,)
@@ -338,9 +331,11 @@ class RPCClient:
     def read_array(self, tensor) -> np.ndarray:
         """A contiguous tensor's contents as a NumPy array: shape (..., ne1, ne0), without
         the trailing dimensions of size 1 (the shape `tensor_for` was given)."""
-        dtype = DTYPE_OF.get(TYPES[tensor.type].name)
+        kind = self.profile.ggml.tensor_type(tensor.type)
+        dtype = ELEMENT_DTYPES.get(kind.name) if kind is not None else None
         if dtype is None:
-            raise LocalProtocolError(f"{TYPES[tensor.type].name} has no NumPy dtype; use get_tensor for raw bytes")
+            raise LocalProtocolError(f"type {kind.name if kind else tensor.type} has no NumPy dtype; use get_tensor "
+                                     "for raw bytes")
         dims = list(tensor.ne)
         while len(dims) > 1 and dims[-1] == 1:
             dims.pop()

@@ -16,20 +16,15 @@ from __future__ import annotations
 
 import struct
 
-import ml_dtypes
 import numpy as np
 from construct import Container
 
 from protocol import Graph, make_tensor
-from protocol.ggml import TYPE_BY_NAME, nbytes
+from protocol.ggml import ELEMENT_DTYPES, TYPE_BY_NAME, TYPE_OF_DTYPE, nbytes
 from protocol.graph import tensors_from_containers
 from protocol.tensor import contiguous_strides
 from protocol.versions import Profile
 
-NUMPY_TYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(ml_dtypes.bfloat16): "BF16",
-               np.dtype(np.int32): "I32", np.dtype(np.int64): "I64", np.dtype(np.int8): "I8", np.dtype(np.int16): "I16",
-               np.dtype(np.float64): "F64"}
-DTYPES = {name: dtype for dtype, name in NUMPY_TYPES.items()}
 ROPE_NORMAL, ROPE_NEOX = 0, 2
 
 
@@ -85,7 +80,7 @@ class GraphBuilder:
     def input(self, array: np.ndarray, *, type: str | None = None, name: str = "") -> Container:
         """A leaf holding `array` (NumPy shape (..., ne1, ne0)); uploaded by run()."""
         array = np.ascontiguousarray(array)
-        type = type or NUMPY_TYPES[array.dtype]
+        type = type or TYPE_OF_DTYPE[array.dtype]
         tensor = self.new(type, tuple(reversed(array.shape)) or (1,), name=name or f"input_{len(self.tensors)}")
         self.uploads.append((tensor, array.tobytes()))
         return tensor
@@ -241,8 +236,8 @@ class GraphBuilder:
         kind = self.type_of(tensor)
         size = nbytes(TYPE_BY_NAME[kind], tensor.ne, tensor.nb)
         raw = bytes(client.get_tensor(tensor, 0, size))
-        if kind not in DTYPES:
+        if kind not in ELEMENT_DTYPES:
             return np.frombuffer(raw, dtype=np.uint8)
         shape = tuple(reversed(tensor.ne))
         strides = tuple(reversed(tensor.nb))
-        return np.ndarray(shape, dtype=DTYPES[kind], buffer=raw, strides=strides).copy()
+        return np.ndarray(shape, dtype=ELEMENT_DTYPES[kind], buffer=raw, strides=strides).copy()

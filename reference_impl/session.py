@@ -68,11 +68,10 @@ class ServerState:
 class StoredGraph:
     """The last graph computed on a device: GRAPH_RECOMPUTE runs its plan again, and so does
     a GRAPH_COMPUTE carrying the same bytes (clients before 7.0 resend the unchanged graph
-    for every decoded token).  FREE_BUFFER of any buffer in `handles` discards it."""
+    for every decoded token).  FREE_BUFFER of any buffer the plan reaches discards it."""
 
     plan: GraphPlan
     graph: Graph
-    handles: frozenset[int] = field(default_factory=frozenset)
 
 
 class Session:
@@ -129,11 +128,14 @@ class Session:
         """Run one request; the reply body / data, or None.  Raises RemoteProtocolError or
         ExecutionError when the connection must close."""
         command = request.command
-        graph = None if self._stored_copy(request) else request.graph  # a stored graph passed the graph rules
+        resent = self._stored_copy(request)
         if command is not Command.SET_TENSOR:  # SET_TENSOR was checked by bulk_sink
-            self.check(command, request.body, graph)
+            self.check(command, request.body, None if resent else request.graph)  # a stored graph passed them
         if self.state.verbose:
             log.info("[%s] %s %s", self.name, command.name, describe(request))
+        if resent is not None:
+            resent.plan.run()
+            return GRAPH_COMPUTE_REPLY
         return getattr(self, HANDLERS[command])(request)
 
     def hello(self, request):
@@ -173,7 +175,7 @@ class Session:
 
     def free_buffer(self, request):
         buf = self.buffers.pop(request.body.remote_ptr)
-        for device in [d for d, g in self.graphs.items() if buf.handle in g.handles]:
+        for device in [d for d, g in self.graphs.items() if buf.handle in g.plan.handles]:
             del self.graphs[device]  # its nodes point into the freed memory (§8.3)
         buf.device.release(buf)
         return {}
@@ -236,15 +238,12 @@ class Session:
 
     def graph_compute(self, request):
         device = request.body.get("device", 0)
-        stored = self._stored_copy(request)
-        if stored is None:
-            previous = self.graphs.pop(device, None)
-            plan = plan_graph(request.graph, self.buffers, self.profile, self.exec_context,
-                              previous.plan if previous is not None else None)
-            stored = StoredGraph(plan, request.graph, frozenset(plan.handles))
-        stored.plan.run()
-        self.graphs[device] = stored
-        return {"result": 0}  # 2.0.0 replies a ggml_status; later versions send nothing
+        previous = self.graphs.pop(device, None)
+        plan = plan_graph(request.graph, self.buffers, self.profile, self.exec_context,
+                          previous.plan if previous is not None else None)
+        self.graphs[device] = StoredGraph(plan, request.graph)
+        plan.run()
+        return GRAPH_COMPUTE_REPLY
 
     def graph_recompute(self, request):
         self.graphs[request.body.device].plan.run()
@@ -263,6 +262,8 @@ KEEP_IN_CACHE = {
     "plain": lambda body, size: size > HASH_THRESHOLD,
     "cache_flag": lambda body, size: body.cache_flag != 0,
 }
+
+GRAPH_COMPUTE_REPLY = {"result": 0}  # 2.0.0 replies a ggml_status; later versions send nothing
 
 # Command -> the Session method that handles it (by name, so subclasses can override).
 HANDLERS = {

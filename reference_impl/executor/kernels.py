@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from protocol.ggml import GgmlTables
+from protocol.tensor import contiguous_strides
 
 from .errors import ExecutionError
 from .numerics import ROUNDING, WITH_MINS, block_mins, q8_1_sum_correction
@@ -108,21 +109,20 @@ def build_acc(node: TensorRef, ctx: ExecContext) -> Step:
     a, b = node.src(0), node.src(1)
     float_like(node, a, b, node)
     same_shape(node, node, a)
+    require(all(list(t.nb) == contiguous_strides(t.kind.type_size, t.kind.block_size, t.ne) for t in (node, a)),
+            node, "destination and src0 must be contiguous (as ggml requires)")
     nb1, nb2, nb3, offset = (node.param_i32(i) for i in range(4))
     element = node.nb[0]
     require(min(nb1, nb2, nb3, offset) >= 0, node, "negative stride or offset")
+    require(offset % element == 0 and nb1 % element == 0 and nb2 % element == 0 and nb3 % element == 0, node,
+            "window strides must be multiples of the element size")
     last = offset + (b.ne[0] - 1) * element + (b.ne[1] - 1) * nb1 + (b.ne[2] - 1) * nb2 + (b.ne[3] - 1) * nb3
-    extent = (node.ne[0] - 1) * node.nb[0] + (node.ne[1] - 1) * node.nb[1] + (node.ne[2] - 1) * node.nb[2] \
-        + (node.ne[3] - 1) * node.nb[3]
-    require(b.n_elements == 0 or last + element <= extent + element, node,
+    require(b.n_elements == 0 or last < node.n_elements * element, node,
             "window (offset {}, strides {}/{}/{}) reaches past the destination", offset, nb1, nb2, nb3)
-    require(node.nb[0] == element and offset % element == 0 and nb1 % element == 0 and nb2 % element == 0
-            and nb3 % element == 0, node, "window strides must be multiples of the element size")
     accumulate = node.op == "ACC"
 
     def run():
-        values = a.read(ctx.cache).copy()
-        flat = np.ascontiguousarray(values).reshape(-1)
+        flat = a.read(ctx.cache).reshape(-1).copy()  # contiguous: element i sits at byte i * element
         window = np.lib.stride_tricks.as_strided(
             flat[offset // element:], shape=b.shape,
             strides=(nb3 // element * 4, nb2 // element * 4, nb1 // element * 4, 4), writeable=True)

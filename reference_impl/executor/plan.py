@@ -18,6 +18,8 @@ from functools import cached_property, lru_cache
 
 import numpy as np
 
+from protocol.graph import id_rows
+
 from .errors import ExecutionError
 from .kernels import KERNELS, ExecContext, Step
 from .tensors import TensorRef
@@ -28,16 +30,16 @@ SOURCE_KEY_FIELDS = ("type", "buffer", "ne", "nb", "data")
 
 @dataclass
 class GraphPlan:
+    ctx: ExecContext  # its memo is the steps' per-run scratch
+    handles: set[int]  # every buffer the graph reaches
     steps: list[Step] = field(default_factory=list)
-    handles: set[int] = field(default_factory=set)  # every buffer the graph reaches
     written: list = field(default_factory=list)  # buffers its nodes write
-    memo: dict = field(default_factory=dict)  # the context's per-run scratch
     by_key: dict[bytes, Step | None] = field(default_factory=dict)  # steps for the next plan to take over
 
     def run(self) -> None:
         for buffer in self.written:
             buffer.touched()  # retire cached dequantized copies of what the graph overwrites
-        self.memo.clear()
+        self.ctx.memo.clear()
         with np.errstate(all="ignore"):  # overflow, 0/0 and the like give inf/nan, as in C
             for step in self.steps:
                 step()
@@ -53,50 +55,38 @@ class Binder:
         self._buffers = buffers
         self._ggml = profile.ggml
         self._refs: dict[int, TensorRef] = {}
-        self.ids = graph.tensors["id"]
 
     @cached_property
     def _columns(self) -> list[list]:
-        tensors = self._tensors
-        links = tensors["src"]
-        widths = np.where(links != 0, np.arange(1, links.shape[1] + 1), 0).max(axis=1)  # up to the last source used
-        return [tensors[name].tolist() for name in ("id", "type", "ne", "nb", "data", "buffer", "op", "name",
-                                                    "flags", "src")] + [widths.tolist()]
+        return [self._tensors[name].tolist() for name in ("type", "ne", "nb", "data", "buffer", "op", "name")]
 
     @cached_property
     def _params(self) -> np.ndarray:
         return np.ascontiguousarray(self._tensors["op_params"], dtype=np.int32)
 
     @cached_property
-    def _row_of(self) -> dict[int, int]:
-        return {tid: row for row, tid in enumerate(self._columns[0])}
+    def _sources(self) -> list[list[int]]:
+        """Per row, the rows of its sources up to the last one used (-1: none or unknown)."""
+        links = self._tensors["src"]
+        widths = np.where(links != 0, np.arange(1, links.shape[1] + 1), 0).max(axis=1)
+        rows = id_rows(self._tensors["id"], links).tolist()
+        return [row[:width] for row, width in zip(rows, widths.tolist())]
 
     def ref(self, row: int) -> TensorRef:
         found = self._refs.get(row)
         if found is None:
-            ids, kinds, ne, nb, data, handles, ops, names, flags = self._columns[:9]
+            kinds, ne, nb, data, handles, ops, names = self._columns
             handle = handles[row]
-            found = self._refs[row] = TensorRef(ids[row], self._ggml.tensor_type(kinds[row]), tuple(ne[row]),
-                                                tuple(nb[row]), data[row],
-                                                self._buffers.get(handle) if handle else None,
-                                                self._ggml.op_name(ops[row]), self._params[row], names[row], flags[row])
+            found = self._refs[row] = TensorRef(self._ggml.tensor_type(kinds[row]), tuple(ne[row]), tuple(nb[row]),
+                                                data[row], self._buffers.get(handle) if handle else None,
+                                                self._ggml.op_name(ops[row]), self._params[row], names[row])
         return found
 
     def node(self, row: int) -> TensorRef:
-        """The ref of row `row` with its sources linked (up to the last one used)."""
+        """The ref of row `row` with its sources linked."""
         ref = self.ref(row)
-        row_of = self._row_of
-        links = self._columns[9][row][: self._columns[10][row]]
-        ref.srcs = [self.ref(row_of[s]) if s in row_of else None for s in links]
+        ref.srcs = [self.ref(s) if s >= 0 else None for s in self._sources[row]]
         return ref
-
-    def rows_of(self, ids: np.ndarray) -> np.ndarray:
-        """Row index of each id (any shape); -1 for 0 and for ids not in the graph."""
-        order = np.argsort(self.ids, kind="stable")
-        ordered = self.ids[order]
-        at = np.minimum(np.searchsorted(ordered, ids), len(ordered) - 1)
-        found = (ordered[at] == ids) & (ids != 0)
-        return np.where(found, order[at], -1)
 
 
 @lru_cache
@@ -120,13 +110,13 @@ def _gather(raw: np.ndarray, rows: np.ndarray, spans, out: np.ndarray) -> None:
     out[rows < 0] = 0
 
 
-def step_keys(tensors: np.ndarray, rows: np.ndarray, binder: Binder) -> list[bytes]:
+def step_keys(tensors: np.ndarray, rows: np.ndarray) -> list[bytes]:
     """The step key (module docstring) of each row in `rows`, computed for all at once."""
     tensors = np.ascontiguousarray(tensors)
     raw = tensors.view(np.uint8).reshape(len(tensors), tensors.dtype.itemsize)
     links = tensors["src"][rows]
     used = int(np.flatnonzero(links.any(axis=0)).max(initial=-1)) + 1  # source slots any node uses
-    src_rows = binder.rows_of(links[:, :used])
+    src_rows = id_rows(tensors["id"], links[:, :used])
     own, memory = _byte_spans(tensors.dtype, NODE_KEY_FIELDS), _byte_spans(tensors.dtype, SOURCE_KEY_FIELDS)
     own_size, memory_size = sum(e - s for s, e in own), sum(e - s for s, e in memory)
     keys = np.empty((len(rows), own_size + used * memory_size), np.uint8)
@@ -142,14 +132,14 @@ def plan_graph(graph, buffers: dict, profile, ctx: ExecContext, previous: GraphP
     Steps of `previous` (the device's last plan) are taken over where the key matches."""
     tensors = graph.tensors
     binder = Binder(graph, buffers, profile)
-    rows = binder.rows_of(graph.nodes)  # the graph passed protocol.rules: every node is there
+    rows = id_rows(tensors["id"], graph.nodes)  # the graph passed protocol.rules: every node is there
     compute_flag = profile.ggml.compute_flag
     if compute_flag:  # ggml's CPU backend runs only nodes marked COMPUTE (§8.4)
         rows = rows[(tensors["flags"][rows] & compute_flag) != 0]
     known = previous.by_key if previous is not None else {}
-    plan = GraphPlan(handles={int(h) for h in np.unique(tensors["buffer"]) if h}, memo=ctx.memo)
+    plan = GraphPlan(ctx, {int(h) for h in np.unique(tensors["buffer"]) if h})
     written = {}
-    for row, key, handle in zip(rows.tolist(), step_keys(tensors, rows, binder),
+    for row, key, handle in zip(rows.tolist(), step_keys(tensors, rows),
                                 tensors["buffer"][rows].tolist()):
         if key in known:
             step = known[key]

@@ -14,21 +14,16 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-import ml_dtypes
 import numpy as np
 from gguf import quants
 from gguf.constants import GGMLQuantizationType
 
-from protocol.ggml import TensorType
+from protocol.ggml import ELEMENT_DTYPES, TensorType
 from protocol.tensor import decode_name
 
 from ..device import Buffer
 from .errors import ExecutionError
 
-ELEMENT_DTYPES = {
-    "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype(ml_dtypes.bfloat16), "F64": np.dtype("<f8"),
-    "I8": np.dtype("i1"), "I16": np.dtype("<i2"), "I32": np.dtype("<i4"), "I64": np.dtype("<i8"),
-}
 QUANTIZABLE = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"}  # types gguf can also write (CPY / SET_ROWS targets)
 
 
@@ -36,7 +31,6 @@ QUANTIZABLE = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"}  # types gguf can also wr
 class TensorRef:
     """One tensor of a graph, bound to the memory it names."""
 
-    id: int
     kind: TensorType
     ne: tuple[int, int, int, int]
     nb: tuple[int, int, int, int]
@@ -45,7 +39,6 @@ class TensorRef:
     op: str
     op_params: np.ndarray  # int32[16]
     raw_name: bytes
-    flags: int = 0
     _view: np.ndarray | None = field(default=None, repr=False)
     srcs: list["TensorRef | None"] = field(default_factory=list)
 
@@ -65,7 +58,7 @@ class TensorRef:
 
     @property
     def quantized(self) -> bool:
-        return self.kind.block_size > 1
+        return self.kind.quantized
 
     @property
     def dtype(self) -> np.dtype:
@@ -139,7 +132,7 @@ def quantize(kind: TensorType, values: np.ndarray) -> np.ndarray:
 def dequantize(kind: TensorType, rows: np.ndarray) -> np.ndarray:
     try:
         return quants.dequantize(np.ascontiguousarray(rows), GGMLQuantizationType(kind.value)).astype(np.float32)
-    except NotImplementedError:
+    except (NotImplementedError, ValueError):  # gguf has no dequantizer for this type
         raise ExecutionError(f"cannot read {kind.name} tensors (no dequantizer)") from None
 
 
