@@ -100,3 +100,23 @@ def test_a_changed_graph_computes_what_it_now_says(reference_server, proto):
         resourced = g.mul(b, b)  # the same op over other sources
         rpc.graph_compute(g.graph([added, g.scale(added, 0.5), resourced]))
         np.testing.assert_array_equal(g.read(rpc, resourced).ravel(), np.full(8, 4.0))
+
+
+@pytest.mark.parametrize("proto", ["3.6.1", "7.0.0"])
+def test_acc_into_a_gapped_destination_is_refused(reference_server, proto):
+    """ACC/SET place their window by byte strides inside a packed copy of src0; a
+    destination with gaps between rows (valid for the graph rules) would put the window
+    past that copy, so the server refuses it as ggml does (contiguous tensors only)."""
+    server = reference_server(proto)
+    with RPCClient(server.endpoint, proto=server.profile) as rpc:
+        g = GraphBuilder(rpc.profile, rpc.alloc_buffer(1 << 16))
+        a = g.new("F32", [4, 2], nb=[4, 32, 64, 64])  # rows 32 bytes apart, 16 used
+        b = g.input(np.ones((2, 4), np.float32))
+        node = g.new("F32", [4, 2], op="ACC", srcs=[a, b], op_params=[16, 64, 64, 0, 0], nb=[4, 32, 64, 64])
+        for tensor, raw in g.uploads:
+            rpc.set_tensor(tensor, raw)
+        rpc.graph_compute(g.graph([node]))
+        with pytest.raises(ServerClosed):
+            rpc.device_count()
+    with RPCClient(server.endpoint, proto=server.profile) as rpc:
+        assert rpc.device_count() >= 1
