@@ -12,7 +12,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import pytest
+
 from protocol import Command
+from protocol.messages import device_fields
 from protocol.rules import MUST, SHOULD
 from protocol.trace import CLIENT, SERVER, Record, Trace, encode_trace
 from protocol.versions import Profile
@@ -109,7 +112,11 @@ class Context:
         return probe
 
     def device_body(self) -> dict:
-        return {"device": self.device} if self.profile.devices == "multi" else {}
+        return device_fields(self.profile, self.device)
+
+    def skip(self, reason: str) -> None:
+        """End the case as skipped: what it checks does not exist on this target."""
+        pytest.skip(reason)
 
     def close(self) -> None:
         for item in self._open:

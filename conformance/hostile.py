@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass
 from typing import Callable
 
-from protocol import Command
+from protocol import Command, build_request
 from protocol.rules import BY_KEY, Rule
 
 C = Command
@@ -127,10 +127,7 @@ def _graph_counts_too_big(p) -> None:
 
 
 def _graph_trailing(p) -> None:
-    from protocol import encode_request
-
-    raw = b"".join(bytes(x) for x in encode_request(p.profile, C.GRAPH_COMPUTE, p.device_body(),
-                                                    graph=p.graph([p.tensor(0, id=0x77)], [0x77])))
+    raw = build_request(p.profile, C.GRAPH_COMPUTE, p.device_body(), graph=p.graph([p.tensor(0, id=0x77)], [0x77]))
     raw = raw[:1] + struct.pack("<Q", len(raw) - 9 + 8) + raw[9:] + b"TRAILING"
     p.send_raw(raw)
 
@@ -307,5 +304,3 @@ SURVIVAL_CASES: tuple[HostileCase, ...] = (
     HostileCase("graph-context-overflow", None, "a second, larger graph on the same connection is served",
                 "graph context overflow (2024-09)", _bigger_graph_after_small, section="8.1"),
 )
-
-BY_CASE_KEY = {case.key: case for case in CASES + SURVIVAL_CASES}

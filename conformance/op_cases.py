@@ -33,9 +33,13 @@ class OpCase:
     atol: float = 1e-5
     section: str = "8.4"
 
-    @property
-    def case_id(self) -> str:
-        return f"§{self.section} {self.op} computes like ggml ({self.key})"
+    def run(self, rpc, device: int = 0, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Build the case on a fresh buffer of `rpc`, compute it and read the outputs back:
+        (results, expected), both float64 and shaped alike."""
+        g = GraphBuilder(rpc.profile, rpc.alloc_buffer(1 << 20, device))
+        outputs, oracle = self.build(g, np.random.default_rng(seed))
+        results = [r.astype(np.float64) for r in g.run(rpc, outputs, device=device)]
+        return results, [np.asarray(want, np.float64).reshape(got.shape) for got, want in zip(results, oracle())]
 
 
 def as4d(x: np.ndarray) -> np.ndarray:
@@ -100,27 +104,27 @@ def binary(op: str, a_shape, b_shape, *, strided_a: bool = False):
     return build
 
 
-def unary(kind: str):
-    oracles = {
-        "ABS": np.abs, "NEG": np.negative, "RELU": lambda x: np.maximum(x, 0), "TANH": np.tanh,
-        "SIGMOID": lambda x: 1 / (1 + np.exp(-x)), "EXP": np.exp, "SILU": lambda x: x / (1 + np.exp(-x)),
-        "GELU": lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))),
-        "GELU_QUICK": lambda x: x / (1 + np.exp(-1.702 * x)), "SGN": np.sign, "STEP": lambda x: (x > 0) * 1.0,
-        "ELU": lambda x: np.where(x > 0, x, np.expm1(x)),
-        "HARDSIGMOID": lambda x: np.clip((x + 3) / 6, 0, 1), "HARDSWISH": lambda x: x * np.clip((x + 3) / 6, 0, 1),
-    }
+UNARY_ORACLES = {
+    "ABS": np.abs, "NEG": np.negative, "RELU": lambda x: np.maximum(x, 0), "TANH": np.tanh,
+    "SIGMOID": lambda x: 1 / (1 + np.exp(-x)), "EXP": np.exp, "SILU": lambda x: x / (1 + np.exp(-x)),
+    "GELU": lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))),
+    "GELU_QUICK": lambda x: x / (1 + np.exp(-1.702 * x)), "SGN": np.sign, "STEP": lambda x: (x > 0) * 1.0,
+    "ELU": lambda x: np.where(x > 0, x, np.expm1(x)),
+    "HARDSIGMOID": lambda x: np.clip((x + 3) / 6, 0, 1), "HARDSWISH": lambda x: x * np.clip((x + 3) / 6, 0, 1),
+}
+GLU_ACTIVATIONS = {"SWIGLU": "SILU", "REGLU": "RELU", "GEGLU": "GELU"}  # the unary op gating each GLU
 
+
+def unary(kind: str):
     def build(g: GraphBuilder, rng):
         x = randn(rng, 3, 37, scale=2.0)
-        return [g.unary(g.input(x), kind)], lambda: [as4d(oracles[kind](x.astype(np.float64)))]
+        return [g.unary(g.input(x), kind)], lambda: [as4d(UNARY_ORACLES[kind](x.astype(np.float64)))]
 
     return build
 
 
 def glu(kind: str, *, split: bool, swapped: bool = False):
-    def activation(x):
-        return {"SWIGLU": x / (1 + np.exp(-x)), "REGLU": np.maximum(x, 0),
-                "GEGLU": 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))}[kind]
+    activation = UNARY_ORACLES[GLU_ACTIVATIONS[kind]]
 
     def build(g: GraphBuilder, rng):
         if split:

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from construct import Container
 
-from protocol import Command, Graph, encode_request, make_tensor
+from protocol import Command, Graph, build_request, make_tensor
 from protocol.graph import tensors_from_containers
+from protocol.messages import device_fields
 from protocol.versions import Profile
 from reference_impl.client import RemoteBuffer, RPCClient
 
@@ -80,13 +81,12 @@ class Probe:
         return Graph(np.array(nodes, dtype="<u8"), tensors_from_containers(self.profile, tensors))
 
     def device_body(self, device: int = 0) -> dict:
-        return {"device": device} if self.profile.devices == "multi" else {}
+        return device_fields(self.profile, device)
 
     # -- raw traffic -------------------------------------------------------------------------------
 
     def send(self, command: Command, body=None, *, data=None, graph: Graph | None = None) -> None:
-        raw = b"".join(bytes(p) for p in encode_request(self.profile, command, body, data=data, graph=graph))
-        self.send_raw(raw)
+        self.send_raw(build_request(self.profile, command, body, data=data, graph=graph))
 
     def send_raw(self, data: bytes) -> None:
         self.exchange.add("sent", data)

@@ -14,22 +14,19 @@ import pytest
 
 from protocol.errors import ProtocolError, RemoteProtocolError, UnsupportedVersion
 from protocol.rules import SHOULD
-from protocol.versions import NEWEST, PROFILES, profile_for
+from protocol.versions import HELLO_PROBES, NEWEST, profile_for
 from reference_impl.client import RPCClient, ServerClosed
 
 from .core import CaseFailure, Context
 from .deviations import known_deviation
 
-# Profiles to fall back to when a server reports a version we do not know: the newest of
-# each HELLO family.
-FALLBACKS = [NEWEST, next(p for p in reversed(PROFILES) if p.hello == "bare")]
 
 def negotiate(endpoint: str, forced, timeout: float):
     """(profile to speak, version the server reports, problem or None).  A server reporting
     an unknown version is still tested, in the newest profile of its HELLO family, so that
     the §3 cases can say what is wrong instead of the run stopping."""
     problem = None
-    candidates = [forced] if forced else [None, *FALLBACKS]
+    candidates = [forced] if forced else [None, *HELLO_PROBES]
     for candidate in candidates:
         try:
             with RPCClient(endpoint, proto=candidate, timeout=timeout) as rpc:
@@ -38,6 +35,8 @@ def negotiate(endpoint: str, forced, timeout: float):
             problem = str(exc)
         except ServerClosed as exc:
             problem = problem or str(exc)
+            if candidate is None:
+                break  # both HELLO shapes were tried and refused
     raise pytest.UsageError(f"cannot talk to {endpoint}: {problem}")
 
 
@@ -56,6 +55,7 @@ class Conformance:
         self._restarted: list[subprocess.Popen] = []
         self.killers: list[str] = []
         self.results: dict[str, Counter] = defaultdict(Counter)
+        forced = profile_for(option("--proto")) if option("--proto") else None
         target = option("--target")
         if target:
             self.endpoint = target
@@ -64,12 +64,11 @@ class Conformance:
             from reference_impl.server import ReferenceServer
 
             self._tmp = tempfile.TemporaryDirectory(prefix="conformance-cache-")
-            proto = profile_for(option("--proto")) if option("--proto") else NEWEST
-            self.started = ReferenceServer(profile=proto, devices=2, memory=1 << 30, cache_dir=self._tmp.name).start()
+            self.started = ReferenceServer(profile=forced or NEWEST, devices=2, memory=1 << 30,
+                                           cache_dir=self._tmp.name).start()
             self.endpoint = self.started.endpoint
             self.kind = "reference server started by the suite"
             self.cache = True
-        forced = profile_for(option("--proto")) if option("--proto") else None
         self.profile, self.reported, self.version_problem = negotiate(self.endpoint, forced, self.timeout)
         self.device = option("--device")
 

@@ -156,6 +156,11 @@ def _pick(table: tuple[str | None, dict], profile: Profile):
     return variants[getattr(profile, column) if column else None]
 
 
+def device_fields(profile: Profile, device: int) -> dict:
+    """The device index of a request body, in the profiles whose requests carry one."""
+    return {"device": device} if profile.devices == "multi" else {}
+
+
 @lru_cache(maxsize=None)
 def message_spec(profile: Profile, command: Command) -> MessageSpec:
     """The request/reply shapes of `command` in `profile` (KeyError if it lacks the command)."""

@@ -82,6 +82,9 @@ PROFILES: tuple[Profile, ...] = (
 
 BY_VERSION: dict[Version, Profile] = {p.version: p for p in PROFILES}
 NEWEST: Profile = PROFILES[-1]
+# What a client tries, in order, on a server whose version it does not know yet: the
+# newest profile of each HELLO shape (a server closes on a HELLO of the other shape).
+HELLO_PROBES: tuple[Profile, ...] = (NEWEST, next(p for p in reversed(PROFILES) if p.hello == "bare"))
 DESIGN_TARGET: Profile = BY_VERSION[(3, 6, 1)]
 
 

@@ -25,7 +25,6 @@ from protocol import (
     CLOSED,
     NEED_DATA,
     NEWEST,
-    PROFILES,
     Command,
     Graph,
     ReplyParser,
@@ -37,9 +36,9 @@ from protocol import (
 from protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError, UnsupportedVersion
 from protocol.ggml import ELEMENT_DTYPES, TYPE_BY_NAME, TYPE_OF_DTYPE, TensorType, nbytes
 from protocol.hashing import fnv1a64
-from protocol.messages import CONN_CAPS_SIZE, HASH_THRESHOLD
+from protocol.messages import CONN_CAPS_SIZE, HASH_THRESHOLD, device_fields
 from protocol.tensor import contiguous_strides
-from protocol.versions import Profile
+from protocol.versions import HELLO_PROBES, Profile
 
 from .netio import send_all
 
@@ -107,7 +106,7 @@ class RPCClient:
         self._since_reply = []
 
     def _connect(self, forced: Profile | None) -> None:
-        families = [forced] if forced else [NEWEST, next(p for p in reversed(PROFILES) if p.hello == "bare")]
+        families = [forced] if forced else HELLO_PROBES
         failures = []
         for family in families:
             self._open(family)
@@ -206,7 +205,7 @@ class RPCClient:
     # -- commands --------------------------------------------------------------------------------
 
     def _device(self, device: int) -> dict:
-        return {"device": device} if self.profile.devices == "multi" else {}
+        return device_fields(self.profile, device)
 
     def device_count(self) -> int:
         if Command.DEVICE_COUNT not in self.profile.commands:

@@ -17,7 +17,6 @@ import numpy as np
 from construct import Container
 
 from protocol import Command, Graph, Request, message_spec
-from protocol.errors import RemoteProtocolError
 from protocol.ggml import nbytes
 from protocol.hashing import cache_name, fnv1a64
 from protocol.messages import CONN_CAPS_SIZE, HASH_THRESHOLD
@@ -25,7 +24,7 @@ from protocol.rules import BufferInfo, as_error, first_violation, sized_violatio
 from protocol.versions import Profile
 
 from .device import Buffer, Device
-from .executor import DequantCache, ExecContext, ExecutionError, GraphPlan, plan_graph
+from .executor import DequantCache, ExecContext, GraphPlan, plan_graph
 
 log = logging.getLogger("ggml_rpc.server")
 

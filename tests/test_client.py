@@ -10,7 +10,6 @@ import threading
 import numpy as np
 import pytest
 
-from protocol import Command, profile_for
 from protocol.errors import LocalProtocolError
 from reference_impl.cli import main as client_main
 from reference_impl.client import RPCClient, ServerClosed, parse_endpoint

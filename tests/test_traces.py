@@ -15,7 +15,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import CI_RELEASES, require_peer
-from protocol import profile_for
 from protocol.trace import CLIENT, SERVER, Record, Trace, TraceError, decode_trace, encode_trace
 from reference_impl.client import RPCClient
 from reference_impl.replay import passed, replay

@@ -33,7 +33,7 @@ import ctypes
 import json
 import subprocess
 import sys
-from ctypes import POINTER, Structure, c_bool, c_char_p, c_int, c_int64, c_size_t, c_uint8, c_void_p
+from ctypes import Structure, c_bool, c_char_p, c_int, c_int64, c_size_t, c_uint8, c_void_p
 from pathlib import Path
 
 from .catalog import Peer, peer_for
