@@ -13,7 +13,7 @@ import argparse
 import socket
 import sys
 
-from protocol import Command, encode_reply, encode_request, message_spec, profile_for
+from protocol import Command, build_reply, build_request, message_spec, profile_for
 from protocol.messages import CONN_CAPS_SIZE
 
 
@@ -21,17 +21,17 @@ def serve(profile, listener: socket.socket) -> None:
     conn, _ = listener.accept()
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     caps = bytes(CONN_CAPS_SIZE)  # both HELLO variants: the bare one ignores what it lacks
-    hello = encode_reply(profile, Command.HELLO, dict(zip(("major", "minor", "patch"), profile.version),
-                                                      padding=0, conn_caps=caps))
+    hello = build_reply(profile, Command.HELLO, dict(zip(("major", "minor", "patch"), profile.version),
+                                                     padding=0, conn_caps=caps))
     frame = 9 + message_spec(profile, Command.GET_ALIGNMENT).request_size
-    hello_frame = sum(len(p) for p in encode_request(profile, Command.HELLO, {"conn_caps": caps}))
-    reply = b"".join(bytes(p) for p in encode_reply(profile, Command.GET_ALIGNMENT, {"alignment": 32}))
+    hello_frame = len(build_request(profile, Command.HELLO, {"conn_caps": caps}))
+    reply = build_reply(profile, Command.GET_ALIGNMENT, {"alignment": 32})
     scratch = bytearray(1 << 16)
     view = memoryview(scratch)
     have = conn.recv_into(scratch)
     while have < hello_frame:
         have += conn.recv_into(view[have:])
-    conn.sendall(b"".join(bytes(p) for p in hello))
+    conn.sendall(hello)
     have -= hello_frame
     while True:
         received = conn.recv_into(view[have:])

@@ -55,6 +55,11 @@ class RemoteProtocolError(ProtocolError):
     """The peer sent bytes that break the protocol."""
 
 
+class PeerClosed(RemoteProtocolError):
+    """The peer closed the connection where the protocol did not allow it (mid-frame, or
+    before a reply that was due)."""
+
+
 class UnsupportedVersion(RemoteProtocolError):
     """The peer speaks a protocol version we have no profile for."""
 

@@ -28,7 +28,7 @@ from construct import Construct, ConstructError, Container
 
 from .commands import Command
 from .derive import FlatCodec
-from .errors import LocalProtocolError, RemoteProtocolError
+from .errors import LocalProtocolError, PeerClosed, RemoteProtocolError
 from .graph import Graph, decode_graph, encode_graph
 from .messages import MessageSpec, message_spec
 from .versions import Profile
@@ -422,11 +422,11 @@ class ReplyParser(_FrameParser):
             waiting = self._expected[0]
             partial = self._partial_frame()
             got = f" after {partial} bytes of it" if partial else ""
-            raise RemoteProtocolError(f"connection closed before the complete reply{got}: the server "
+            raise PeerClosed(f"connection closed before the complete reply{got}: the server "
                                       "rejected the request or failed", command=waiting.command.name,
                                       section="2.5", offset=self._frame_start)
         if self._partial_frame():
-            raise RemoteProtocolError("connection closed in the middle of unexpected reply bytes",
+            raise PeerClosed("connection closed in the middle of unexpected reply bytes",
                                       section="2.3", offset=self._frame_start)
 
     def _step(self, chunk: memoryview) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import struct
+from bisect import bisect_right
 import zlib
 from dataclasses import dataclass, field
 
@@ -59,10 +60,6 @@ class Record:
     time_us: int
     data: bytes
 
-    @property
-    def sender(self) -> str:
-        return "client" if self.direction == CLIENT else "server"
-
 
 @dataclass
 class Trace:
@@ -75,6 +72,38 @@ class Trace:
 
     def stream(self, direction: int) -> bytes:
         return b"".join(r.data for r in self.records if r.direction == direction)
+
+    def decoded(self):
+        """The connection decoded (protocol.session.DecodedSession), in the protocol the
+        header names when this library knows it, else in the one its HELLO reveals."""
+        from .session import decode_connection
+        from .versions import profile_for
+
+        profile = None
+        if self.protocol is not None:
+            try:
+                profile = profile_for(self.protocol, lenient_patch=True)
+            except ProtocolError:
+                profile = None
+        return decode_connection(self.stream(CLIENT), self.stream(SERVER), profile)
+
+
+class StreamClock:
+    """When the bytes of a connection's two streams arrived, from (direction, time, length)
+    pieces in arrival order: the time of the piece holding a given offset."""
+
+    def __init__(self, pieces) -> None:
+        self._starts: dict[int, tuple[list[int], list]] = {CLIENT: ([], []), SERVER: ([], [])}
+        filled = {CLIENT: 0, SERVER: 0}
+        for direction, time, length in pieces:
+            offsets, times = self._starts[direction]
+            offsets.append(filled[direction])
+            times.append(time)
+            filled[direction] += length
+
+    def time_of(self, direction: int, offset: int):
+        offsets, times = self._starts[direction]
+        return times[max(0, bisect_right(offsets, offset) - 1)] if times else 0
 
 
 def encode_trace(trace: Trace) -> bytes:
@@ -110,6 +139,9 @@ def decode_trace(raw: bytes, *, max_size: int = 1 << 34) -> Trace:
         raise TraceError(f"header is not JSON: {exc}", offset=start) from None
     if not isinstance(header, dict):
         raise TraceError("header is not a JSON object", offset=start)
+    if not isinstance(header.get("protocol", ""), (str, type(None))):
+        raise TraceError(f"header field protocol must be a version string, not {header['protocol']!r}",
+                         offset=start)
     body_start = start + header_length
     inflater = zlib.decompressobj()
     try:
@@ -136,27 +168,19 @@ def decode_trace(raw: bytes, *, max_size: int = 1 << 34) -> Trace:
     return Trace(header, records)
 
 
-def frame_records(chunks: list[tuple[int, float, bytes]]) -> list[Record]:
+def frame_records(chunks: list[tuple[int, float, bytes]], session=None) -> list[Record]:
     """Records from what a connection carried, (direction, seconds, bytes) chunks in arrival
     order: each direction is split into protocol frames, stamped with the time its first
-    byte arrived; what cannot be framed stays one trailing record per direction."""
-    from bisect import bisect_right
-
+    byte arrived; what cannot be framed stays one trailing record per direction.  `session`:
+    the connection already decoded (protocol.session.decode_connection), if the caller has it."""
     from .session import decode_connection
 
-    streams = {CLIENT: bytearray(), SERVER: bytearray()}
-    starts = {CLIENT: ([], []), SERVER: ([], [])}
-    for direction, seconds, data in chunks:
-        offsets, times = starts[direction]
-        offsets.append(len(streams[direction]))
-        times.append(int(seconds * 1e6))
+    streams = {CLIENT: bytearray(), SERVER: bytearray()}  # each direction's bytes, in order
+    for direction, _, data in chunks:
         streams[direction] += data
-
-    def stamp(direction: int, offset: int) -> int:
-        offsets, times = starts[direction]
-        return times[max(0, bisect_right(offsets, offset) - 1)] if times else 0
-
-    session = decode_connection(bytes(streams[CLIENT]), bytes(streams[SERVER]))
+    clock = StreamClock((direction, int(seconds * 1e6), len(data)) for direction, seconds, data in chunks)
+    if session is None:
+        session = decode_connection(bytes(streams[CLIENT]), bytes(streams[SERVER]))
     framed = []
     at = {CLIENT: 0, SERVER: 0}
     for exchange in session.exchanges:
@@ -167,6 +191,7 @@ def frame_records(chunks: list[tuple[int, float, bytes]]) -> list[Record]:
     for direction in (CLIENT, SERVER):
         if at[direction] < len(streams[direction]):
             framed.append((direction, at[direction], len(streams[direction]) - at[direction]))
-    records = [Record(d, stamp(d, start), bytes(streams[d][start:start + size])) for d, start, size in framed]
+    views = {d: memoryview(stream) for d, stream in streams.items()}
+    records = [Record(d, clock.time_of(d, start), bytes(views[d][start:start + size])) for d, start, size in framed]
     records.sort(key=lambda r: r.time_us)  # stable: conversation order within equal times
     return records

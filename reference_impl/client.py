@@ -33,7 +33,7 @@ from protocol import (
     message_spec,
     profile_for,
 )
-from protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError, UnsupportedVersion
+from protocol.errors import LocalProtocolError, PeerClosed, ProtocolError, RemoteProtocolError, UnsupportedVersion
 from protocol.ggml import ELEMENT_DTYPES, TYPE_BY_NAME, TYPE_OF_DTYPE, TensorType, nbytes
 from protocol.hashing import fnv1a64
 from protocol.messages import CONN_CAPS_SIZE, HASH_THRESHOLD, device_fields
@@ -62,8 +62,8 @@ def parse_endpoint(endpoint: str | tuple[str, int]) -> tuple[str, int]:
     if isinstance(endpoint, tuple):
         return endpoint
     host, sep, port = endpoint.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"endpoint must be HOST:PORT, got {endpoint!r}")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"endpoint must be HOST:PORT with a port up to 65535, got {endpoint!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
@@ -157,7 +157,7 @@ class RPCClient:
             raise LocalProtocolError(f"does not exist in protocol {self.profile.name}", command=command.name)
         parts = encode_request(self.profile, command, body, data=data, graph=graph)
         if self.tap is not None:
-            self.tap("sent", b"".join(bytes(p) for p in parts))
+            self.tap("sent", b"".join(parts))
         try:
             send_all(self.sock, parts)
         except OSError as exc:
@@ -173,9 +173,9 @@ class RPCClient:
         while True:
             try:
                 event = parser.next_event()
-            except RemoteProtocolError as exc:
-                if "connection closed" in exc.rule:
-                    raise self._closed(command, None) from None
+            except PeerClosed:
+                raise self._closed(command, None) from None
+            except RemoteProtocolError:
                 self.close()
                 raise
             if event is not NEED_DATA and event is not CLOSED:
@@ -191,7 +191,7 @@ class RPCClient:
                 raise self._closed(command, exc) from None
             if received:
                 if self.tap is not None:
-                    self.tap("received", bytes(view[:received]))
+                    self.tap("received", bytes(view[:received]))  # the view is reused: keep a copy
                 parser.buffer_updated(received)
             else:
                 parser.receive_eof()

@@ -20,7 +20,7 @@ import numpy as np
 from construct import Container
 
 from protocol import Graph, make_tensor
-from protocol.ggml import ELEMENT_DTYPES, TYPE_BY_NAME, TYPE_OF_DTYPE, nbytes
+from protocol.ggml import ELEMENT_DTYPES, MAX_OP_PARAMS, MAX_SRC, TYPE_BY_NAME, TYPE_OF_DTYPE, nbytes
 from protocol.graph import tensors_from_containers
 from protocol.tensor import contiguous_strides
 from protocol.versions import Profile
@@ -36,7 +36,7 @@ def params(*values) -> list[int]:
             out.append(struct.unpack("<i", struct.pack("<f", value))[0])
         else:
             out.append(int(value))
-    return out + [0] * (16 - len(out))
+    return out + [0] * (MAX_OP_PARAMS // 4 - len(out))
 
 
 class GraphBuilder:
@@ -67,8 +67,8 @@ class GraphBuilder:
         if data is None:
             data = self._place(nbytes(kind, ne, nb))
         self._next_id += 0x10
-        ids = [s.id if s is not None else 0 for s in srcs] + [0] * (10 - len(srcs))
-        op_params = list(op_params) + [0] * (16 - len(op_params))
+        ids = [s.id if s is not None else 0 for s in srcs] + [0] * (MAX_SRC - len(srcs))
+        op_params = list(op_params) + [0] * (MAX_OP_PARAMS // 4 - len(op_params))
         tensor = make_tensor(self.profile.tensor, id=self._next_id, type=kind.value, buffer=self.buffer.handle,
                              ne=ne, nb=nb, op=self.profile.ggml.op_value(op), op_params=op_params,
                              src=ids, view_src=view_src.id if view_src is not None else 0, view_offs=view_offs,
@@ -93,9 +93,6 @@ class GraphBuilder:
 
     def type_of(self, tensor: Container) -> str:
         return self.profile.ggml.tensor_type(tensor.type).name
-
-    def element_size(self, tensor: Container) -> int:
-        return self.profile.ggml.tensor_type(tensor.type).type_size
 
     # -- views -------------------------------------------------------------------------------
 

@@ -52,11 +52,6 @@ class ThreadedTCPService:
         host, port = self.address
         return f"{host}:{port}"
 
-    @property
-    def live_connections(self) -> int:
-        with self._lock:
-            return len(self._open)
-
     def start(self):
         self._acceptor.start()
         return self

@@ -93,28 +93,29 @@ class RecordingProxy(ThreadedTCPService):
             except OSError:
                 pass
 
-    def stop(self) -> None:
-        self.shutdown()
-
-
 # -- recording to trace files -----------------------------------------------------------------
 
 
-def to_trace(record: RecordedConnection, upstream: str) -> Trace:
+def decode_record(record: RecordedConnection):
+    """The recorded connection decoded (protocol.session.DecodedSession)."""
+    return decode_connection(record.stream(CLIENT_TO_SERVER), record.stream(SERVER_TO_CLIENT))
+
+
+def to_trace(record: RecordedConnection, upstream: str, session=None) -> Trace:
     """A recorded connection as a trace: framed records, the protocol it spoke."""
     chunks = [(CLIENT if d == CLIENT_TO_SERVER else SERVER, t, data) for d, t, data in record.chunks]
-    session = decode_connection(record.stream(CLIENT_TO_SERVER), record.stream(SERVER_TO_CLIENT))
+    session = session or decode_record(record)
     header = {"protocol": session.profile.name if session.profile else None, "recorder": "ggml-rpc-proxy",
               "peer": upstream, "client": record.peer.split(" ", 1)[-1],
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.started))}
-    return Trace(header, frame_records(chunks))
+    return Trace(header, frame_records(chunks, session))
 
 
-def summary(record: RecordedConnection) -> str:
-    session = decode_connection(record.stream(CLIENT_TO_SERVER), record.stream(SERVER_TO_CLIENT))
+def summary(record: RecordedConnection, session) -> str:
     counts = Counter(e.request.command.name for e in session.exchanges)
     top = ", ".join(f"{name} {n}" for name, n in counts.most_common(4)) + (", ..." if len(counts) > 4 else "")
-    up, down = len(record.stream(CLIENT_TO_SERVER)), len(record.stream(SERVER_TO_CLIENT))
+    up = sum(len(data) for d, _, data in record.chunks if d == CLIENT_TO_SERVER)
+    down = sum(len(data) for d, _, data in record.chunks if d == SERVER_TO_CLIENT)
     duration = record.chunks[-1][1] if record.chunks else 0.0
     version = session.profile.name if session.profile else "?"
     return (f"[{record.peer}] protocol {version}: {len(session.exchanges)} requests ({top}); "
@@ -156,11 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         folder.mkdir(parents=True, exist_ok=True)
 
     def closed(record: RecordedConnection) -> None:
-        line = summary(record)
+        session = decode_record(record)
+        line = summary(record, session)
         if folder is not None:
             path = folder / f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(record.started))}-{record.number:04d}.ggmlrpc"
-            path.write_bytes(encode_trace(to_trace(record, args.upstream)))
+            path.write_bytes(encode_trace(to_trace(record, args.upstream, session)))
             line += f" -> {path}"
+        record.chunks.clear()  # written: a long-running proxy keeps no connection's bytes
         print(line, file=sys.stderr, flush=True)
 
     try:

@@ -17,9 +17,7 @@ from protocol import Command, message_spec
 from protocol.errors import ProtocolError
 from protocol.ggml import TYPES
 from protocol.relocate import RelocationError, Relocator
-from protocol.session import decode_connection
-from protocol.trace import CLIENT, SERVER, Trace
-from protocol.versions import profile_for
+from protocol.trace import Trace
 
 from .client import RPCClient, ServerClosed
 
@@ -73,7 +71,9 @@ def judge(command: Command, recorded, got, *, computed: bool, tensor_type: str |
         if computed and tensor_type is not None:
             ok, detail = _tolerance_compare(a, b, tensor_type, tolerance)
             return (TOLERATED if ok else DIFFERS), detail
-        return DIFFERS, f"{sum(x != y for x, y in zip(a, b))} of {len(a)} bytes differ"
+        n = min(len(a), len(b))
+        differing = np.count_nonzero(np.frombuffer(a, np.uint8, n) != np.frombuffer(b, np.uint8, n))
+        return DIFFERS, f"{differing} of {len(a)} bytes differ"
     if got.body == recorded.body:
         return OK, ""
     return DIFFERS, f"{dict(got.body)} (recorded {dict(recorded.body)})"
@@ -81,8 +81,7 @@ def judge(command: Command, recorded, got, *, computed: bool, tensor_type: str |
 
 def replay(trace: Trace, endpoint: str, *, timeout: float = 60.0, tolerance: float = 0.1) -> list[FrameResult]:
     """Replay `trace` against `endpoint`; one FrameResult per recorded request."""
-    session = decode_connection(trace.stream(CLIENT), trace.stream(SERVER),
-                                profile_for(trace.protocol, lenient_patch=True) if trace.protocol else None)
+    session = trace.decoded()
     if session.profile is None:
         raise ProtocolError(f"cannot decode the trace: {session.error}")
     profile = session.profile

@@ -151,6 +151,12 @@ def exposure_warning(host: str) -> str | None:
             "         and every client can read, write and compute with the server's memory.\n")
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"not a port number (0-65535): {text!r}")
+    return int(text)
+
+
 def _proto(text: str) -> Profile:
     try:
         return profile_for(text)
@@ -167,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="The protocol has no authentication: anyone who can connect can use the server's memory and CPU. "
                "Bind to 127.0.0.1 (the default) unless the network is trusted.")
     parser.add_argument("-H", "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    parser.add_argument("-p", "--port", type=int, default=50052, help="port to bind, 0 for any (default: 50052)")
+    parser.add_argument("-p", "--port", type=_port, default=50052, help="port to bind, 0 for any (default: 50052)")
     parser.add_argument("--proto", type=_proto, default=NEWEST, metavar="VERSION",
                         help=f"protocol version to speak: {versions}; major.minor picks the newest patch "
                              f"(default: {NEWEST.name})")

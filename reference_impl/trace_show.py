@@ -7,27 +7,17 @@ has revealed it), payload sizes, and for graphs the node and tensor counts and t
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections import Counter
 
-from protocol import Command, decode_name
-from protocol.errors import ProtocolError
-from protocol.session import DecodedSession, decode_connection
-from protocol.trace import CLIENT, SERVER, Trace
-from protocol.versions import profile_for
+from protocol import Command, decode_name, message_spec
+from protocol.session import DecodedSession
+from protocol.trace import CLIENT, SERVER, StreamClock, Trace
 
 
 def decode(trace: Trace) -> tuple[DecodedSession, list[dict]]:
     """The decoded session and one dict per exchange (what --json prints)."""
-    client, server = trace.stream(CLIENT), trace.stream(SERVER)
-    profile = None
-    if trace.protocol:
-        try:
-            profile = profile_for(trace.protocol, lenient_patch=True)
-        except ProtocolError:
-            profile = None
-    session = decode_connection(client, server, profile)
-    times = _frame_times(trace)
+    session = trace.decoded()
+    times = StreamClock((r.direction, r.time_us / 1e6, len(r.data)) for r in trace.records).time_of
     bases: dict[int, int] = {}
     rows = []
     at = {CLIENT: 0, SERVER: 0}
@@ -47,30 +37,12 @@ def decode(trace: Trace) -> tuple[DecodedSession, list[dict]]:
                                                                                                    session, bases)
             if request.command is Command.BUFFER_GET_BASE:
                 bases[request.body.remote_ptr] = reply.body.base_ptr
-        elif session.profile is not None and exchange.request.command in session.profile.commands:
-            from protocol import message_spec
-
+        elif session.profile is not None:
             row["reply"] = None if not message_spec(session.profile, request.command).has_reply else "missing"
         if request.command is Command.FREE_BUFFER:
             bases.pop(request.body.remote_ptr, None)
         rows.append(row)
     return session, rows
-
-
-def _frame_times(trace: Trace):
-    starts = {CLIENT: ([], []), SERVER: ([], [])}
-    offset = {CLIENT: 0, SERVER: 0}
-    for record in trace.records:
-        offsets, times = starts[record.direction]
-        offsets.append(offset[record.direction])
-        times.append(record.time_us / 1e6)
-        offset[record.direction] += len(record.data)
-
-    def time_of(direction: int, at: int) -> float:
-        offsets, times = starts[direction]
-        return times[max(0, bisect_right(offsets, at) - 1)] if times else 0.0
-
-    return time_of
 
 
 def _tensor(tensor, session, bases) -> dict:

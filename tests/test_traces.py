@@ -45,6 +45,7 @@ def sample() -> bytes:
     (lambda raw: raw[:8] + b"\x09\x00" + raw[10:], "format version 9"),
     (lambda raw: raw[:10] + (10**9).to_bytes(4, "little") + raw[14:], "runs past the end"),
     (lambda raw: raw[:14] + b"{not json" + raw[23:], "header is not JSON"),
+    (lambda raw: raw.replace(b'"protocol": "3.6.1"', b'"protocol": 3006001'), "protocol must be a version string"),
     (lambda raw: raw[:-4], "truncated"),
     (lambda raw: raw[:-12] + bytes(12), "damaged"),
 ])

@@ -546,12 +546,11 @@ def yarn_corr_dims(n_dims: int, n_ctx_orig: int, base: float, beta_fast: float, 
     def corr_dim(n_rot: float) -> float:
         return n_dims * math.log(n_ctx_orig / (n_rot * 2 * math.pi)) / (2 * math.log(base))
 
-    with np.errstate(all="ignore"):
-        try:
-            start = math.floor(corr_dim(beta_fast))
-            end = math.ceil(corr_dim(beta_slow))
-        except (ValueError, ZeroDivisionError, OverflowError):
-            return 0.0, float(n_dims - 1)
+    try:
+        start = math.floor(corr_dim(beta_fast))
+        end = math.ceil(corr_dim(beta_slow))
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return 0.0, float(n_dims - 1)
     return float(max(0, start)), float(min(n_dims - 1, end))
 
 
@@ -602,6 +601,14 @@ def build_rope(node: TensorRef, ctx: ExecContext) -> Step:
     return run
 
 
+def _heads_shared(kv: np.ndarray, per_head: int, per_batch: int) -> np.ndarray:
+    """K or V spread over the query heads that share it (grouped-query attention); the
+    array itself when every query head has its own (a repeat would copy the cache)."""
+    if per_head > 1:
+        kv = np.repeat(kv, per_head, axis=1)
+    return np.repeat(kv, per_batch, axis=0) if per_batch > 1 else kv
+
+
 @kernel("FLASH_ATTN_EXT")
 def build_flash_attn(node: TensorRef, ctx: ExecContext) -> Step:
     q, k, v = node.src(0), node.src(1), node.src(2)
@@ -628,8 +635,8 @@ def build_flash_attn(node: TensorRef, ctx: ExecContext) -> Step:
         queries = q.read(ctx.cache)  # (ne3, H, N, D)
         if k.kind.name == "F16":  # ggml converts Q to K's dot type
             queries = queries.astype(np.float16).astype(np.float32)
-        keys = np.repeat(np.repeat(k.read(ctx.cache), rk2, axis=1), rk3, axis=0)
-        values = np.repeat(np.repeat(v.read(ctx.cache), rv2, axis=1), rv3, axis=0)
+        keys = _heads_shared(k.read(ctx.cache), rk2, rk3)
+        values = _heads_shared(v.read(ctx.cache), rv2, rv3)
         s = np.matmul(queries, keys.swapaxes(-1, -2)) * np.float32(scale)  # (ne3, H, N, n_kv)
         if softcap != 0:
             s = np.float32(softcap) * np.tanh(s)
