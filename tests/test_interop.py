@@ -47,6 +47,8 @@ def test_our_client_against_the_real_server(release, upstream_server):
         assert 0 < free <= total
         buf = rpc.alloc_buffer(1 << 20)
         assert buf.size == 1 << 20 and buf.base % 32 == 0
+        zero = rpc.alloc_buffer(0)  # SPEC §6.1/§6.2, as our server answers it (test_reference_server)
+        assert zero.handle != 0 and zero.size == 0 and zero.base == 0
 
         offset = 0
         for kind in valid_types(profile):  # every type: raw bytes round trip, sizes agree with ggml's
