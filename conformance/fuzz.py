@@ -30,15 +30,18 @@ def _settings(ctx: Context) -> settings:
 
 def _machine(ctx: Context):
     class Buffers(RuleBasedStateMachine):
-        """Model: bytes of every live buffer; the server must agree on every read."""
+        """Model: bytes of every live buffer; the server must agree on every read.
+
+        The bundle holds the model's own buffer numbers, not the server's handles: a server
+        may hand a freed handle out again, and draws must not depend on what it chose."""
 
         buffers = Bundle("buffers")
 
         @initialize()
         def connect(self):
             self.rpc = ctx.client()
-            self.model: dict[int, bytearray] = {}
-            self.info: dict[int, object] = {}
+            self.live: dict[int, tuple[object, bytearray]] = {}  # number -> (server buffer, its bytes)
+            self.allocated = 0
 
         def teardown(self):
             self.rpc.close()
@@ -48,77 +51,76 @@ def _machine(ctx: Context):
             buf = self.rpc.alloc_buffer(size, ctx.device)
             require(buf is not None, f"a buffer of {size} bytes", "remote_ptr 0")
             self.rpc.buffer_clear(buf, fill)
-            self.model[buf.handle] = bytearray([fill]) * size
-            self.info[buf.handle] = buf
-            return buf.handle
+            self.allocated += 1
+            self.live[self.allocated] = (buf, bytearray([fill]) * size)
+            return self.allocated
 
-        def _region(self, data, handle):
-            size = len(self.model[handle])
+        def _region(self, data, number):
+            size = len(self.live[number][1])
             start = data.draw(st.integers(0, size - 1))
             length = data.draw(st.integers(0, size - start))
             return start, length
 
-        def _tensor(self, handle, start, length):
-            buf = self.info[handle]
-            return self.rpc.tensor_for(buf, start, shape=(max(length, 1),), type="I8")
+        def _tensor(self, number, start, length):
+            return self.rpc.tensor_for(self.live[number][0], start, shape=(max(length, 1),), type="I8")
 
-        @rule(handle=buffers, data=st.data())
-        def write(self, handle, data):
-            if handle not in self.model:
+        @rule(number=buffers, data=st.data())
+        def write(self, number, data):
+            if number not in self.live:
                 return
-            start, length = self._region(data, handle)
+            start, length = self._region(data, number)
             payload = data.draw(st.binary(min_size=length, max_size=length))
-            self.rpc.set_tensor(self._tensor(handle, start, length), payload)
-            self.model[handle][start:start + length] = payload
+            self.rpc.set_tensor(self._tensor(number, start, length), payload)
+            self.live[number][1][start:start + length] = payload
 
-        @rule(handle=buffers, data=st.data())
-        def read(self, handle, data):
-            if handle not in self.model:
+        @rule(number=buffers, data=st.data())
+        def read(self, number, data):
+            if number not in self.live:
                 return
-            start, length = self._region(data, handle)
-            got = bytes(self.rpc.get_tensor(self._tensor(handle, start, length), 0, length))
-            require(got == bytes(self.model[handle][start:start + length]),
+            start, length = self._region(data, number)
+            got = bytes(self.rpc.get_tensor(self._tensor(number, start, length), 0, length))
+            require(got == bytes(self.live[number][1][start:start + length]),
                     f"bytes [{start}, +{length}) as the model has them", "different bytes")
 
-        @rule(handle=buffers, value=st.integers(0, 255))
-        def clear(self, handle, value):
-            if handle not in self.model:
+        @rule(number=buffers, value=st.integers(0, 255))
+        def clear(self, number, value):
+            if number not in self.live:
                 return
-            self.rpc.buffer_clear(self.info[handle], value)
-            self.model[handle][:] = bytes([value]) * len(self.model[handle])
+            buf, model = self.live[number]
+            self.rpc.buffer_clear(buf, value)
+            model[:] = bytes([value]) * len(model)
 
-        @rule(source=buffers, destination=buffers, data=st.data())
+        @rule(source=buffers, destination=buffers, data=st.data())  # (rule() reserves "target")
         def copy(self, source, destination, data):
-            target = destination
-            if source not in self.model or target not in self.model:
+            if source not in self.live or destination not in self.live:
                 return
+            (src_buf, src_model), (dst_buf, dst_model) = self.live[source], self.live[destination]
             start, length = self._region(data, source)
-            length = (min(length, len(self.model[target])) // 4) * 4
+            length = (min(length, len(dst_model)) // 4) * 4
             if length == 0:
                 return
-            at = data.draw(st.integers(0, len(self.model[target]) - length))
-            src = self.rpc.tensor_for(self.info[source], start, shape=(length // 4,), type="F32")
-            dst = self.rpc.tensor_for(self.info[target], at, shape=(length // 4,), type="F32")
+            at = data.draw(st.integers(0, len(dst_model) - length))
+            src = self.rpc.tensor_for(src_buf, start, shape=(length // 4,), type="F32")
+            dst = self.rpc.tensor_for(dst_buf, at, shape=(length // 4,), type="F32")
             require(self.rpc.copy_tensor(src, dst), "result 1", "0")
-            self.model[target][at:at + length] = self.model[source][start:start + length]
+            dst_model[at:at + length] = src_model[start:start + length]
 
-        @rule(handle=buffers, value=st.integers(0, 255), data=st.data())
-        def memset(self, handle, value, data):
-            if handle not in self.model or C.MEMSET_TENSOR not in ctx.profile.commands:
+        @rule(number=buffers, value=st.integers(0, 255), data=st.data())
+        def memset(self, number, value, data):
+            if number not in self.live or C.MEMSET_TENSOR not in ctx.profile.commands:
                 return
-            start, length = self._region(data, handle)
-            tensor = self._tensor(handle, start, length)
+            start, length = self._region(data, number)
+            tensor = self._tensor(number, start, length)
             if length == 0:
                 return
             self.rpc.memset_tensor(tensor, value, 0, length)
-            self.model[handle][start:start + length] = bytes([value]) * length
+            self.live[number][1][start:start + length] = bytes([value]) * length
 
-        @rule(handle=buffers)
-        def free(self, handle):
-            if handle not in self.model:
+        @rule(number=buffers)
+        def free(self, number):
+            if number not in self.live:
                 return
-            self.rpc.free_buffer(self.info[handle])
-            del self.model[handle]
+            self.rpc.free_buffer(self.live.pop(number)[0])
 
         @invariant()
         def alive(self):

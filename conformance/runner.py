@@ -37,6 +37,8 @@ def negotiate(endpoint: str, forced, timeout: float):
             problem = problem or str(exc)
             if candidate is None:
                 break  # both HELLO shapes were tried and refused
+        except (OSError, TimeoutError) as exc:
+            raise pytest.UsageError(f"cannot connect to the target {endpoint}: {exc.strerror or exc}") from None
     raise pytest.UsageError(f"cannot talk to {endpoint}: {problem}")
 
 

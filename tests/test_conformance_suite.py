@@ -44,6 +44,16 @@ def failing(result: dict) -> list[str]:
     return sorted(case for case, outcome in result["outcomes"].items() if outcome == "failed")
 
 
+def test_an_unreachable_target_is_a_usage_error(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # bound, not listening: connections are refused
+        result = run_suite(tmp_path, "--target", f"127.0.0.1:{port}")
+    assert result["code"] == 4, result["output"][-2000:]  # pytest's usage-error status
+    assert f"cannot connect to the target 127.0.0.1:{port}" in result["output"]
+    assert "INTERNALERROR" not in result["output"]
+
+
 @pytest.mark.parametrize("proto", [p.name for p in PROFILES])
 def test_reference_server_passes_every_case(tmp_path, proto):
     result = run_suite(tmp_path, "--proto", proto, "--strict", "--destructive", "--fuzz-examples", "5")
