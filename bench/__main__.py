@@ -7,6 +7,7 @@ protocol version, measures both with the same client and prints each figure with
 ours / upstream and the target it is held to:
 
   small-call round trip (GET_ALIGNMENT)            ratio of times     target <= 1.5
+    (also with polling off in our client and server, see `--poll-us`)
   SET_TENSOR / GET_TENSOR of 64 MiB                ratio of GB/s      target >= 0.9
   GRAPH_COMPUTE of a 2000-node graph               ratio of times     target <= 5
     (resent unchanged, as clients do per token, and never seen before)
@@ -51,8 +52,8 @@ class Sampler:
     """One server's side of a measurement: set up once on a connection of its own, then
     asked for one sample at a time, so that samples of the two servers can alternate."""
 
-    def __init__(self, endpoint: str, profile) -> None:
-        self.rpc = RPCClient(endpoint, proto=profile)
+    def __init__(self, endpoint: str, profile, **client) -> None:
+        self.rpc = RPCClient(endpoint, proto=profile, **client)
 
     def close(self) -> None:
         self.rpc.close()
@@ -61,8 +62,8 @@ class Sampler:
 class SmallCalls(Sampler):
     """Microseconds per GET_ALIGNMENT round trip, over a batch of 2000."""
 
-    def __init__(self, endpoint: str, profile) -> None:
-        super().__init__(endpoint, profile)
+    def __init__(self, endpoint: str, profile, **client) -> None:
+        super().__init__(endpoint, profile, **client)
         for _ in range(200):
             self.rpc.alignment()
 
@@ -136,9 +137,9 @@ class BigGraph(Sampler):
         return self.timed(self.graph), self.timed(fresh)
 
 
-def compare(kind: type[Sampler], ours: str, theirs: str, profile, repeat: int, better=min) -> list[tuple]:
+def compare(kind: type[Sampler], ours: str, theirs: str, profile, repeat: int, better=min, **client) -> list[tuple]:
     """(ours, upstream) per figure the sampler reports, best of `repeat` alternating samples."""
-    sides = [kind(ours, profile), kind(theirs, profile)]
+    sides = [kind(ours, profile, **client), kind(theirs, profile, **client)]
     try:
         samples: list[list[tuple]] = [[], []]
         for _ in range(repeat):
@@ -185,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     ensure_built(peer)
     profile = profile_for(peer.protocol)
     ours_proc, ours = start("reference_impl.server", "--port", "0", "--proto", profile.name, "--mem", "8G")
+    still_proc, still = start("reference_impl.server", "--port", "0", "--proto", profile.name, "--mem", "1G",
+                              "--poll-us", "0")
     floor_proc, floor = start("bench.floor", "--proto", profile.name)
     rows = []
     try:
@@ -193,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"protocol {profile.name}: reference server {ours} vs upstream {peer.release} at {theirs}")
             [(a, b)] = compare(SmallCalls, ours, theirs, profile, args.repeat)
             rows.append(line("small-call round trip (GET_ALIGNMENT)", a, b, "us", (AT_MOST, 1.5)))
-            [(a, b)] = compare(SmallCalls, floor, theirs, profile, args.repeat)
+            [(a, b)] = compare(SmallCalls, still, theirs, profile, args.repeat, poll=0)
+            rows.append(line("  the same, polling off (--poll-us 0, poll=0)", a, b, "us"))
+            [(a, b)] = compare(SmallCalls, floor, theirs, profile, args.repeat, poll=0)
             rows.append(line("  floor: bare Python loop (bench/floor.py)", a, b, "us"))
             (set_a, set_b), (get_a, get_b) = compare(Bulk, ours, theirs, profile, args.repeat, better=max)
             rows.append(line("SET_TENSOR 64 MiB", set_a, set_b, "GB/s", (AT_LEAST, 0.9)))
@@ -217,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(line("SmolLM2-135M decode (real llama.cpp client)", speeds[0], speeds[1], "tokens/s",
                                  (AT_LEAST, 0.25)))
     finally:
-        for proc in (ours_proc, floor_proc):
+        for proc in (ours_proc, still_proc, floor_proc):
             proc.terminate()
             proc.wait(timeout=30)
     print(f"{'measurement':44s} {'ours':>10s} {'upstream':>10s} {'unit':9s} {'ratio':>7s}   target")

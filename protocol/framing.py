@@ -87,10 +87,6 @@ def _codec(schema: Construct) -> FlatCodec:
     return FlatCodec(schema)
 
 
-def parse_fixed(schema: Construct, raw) -> Container:
-    return _codec(schema).parse(raw)
-
-
 def build_fixed(schema: Construct, body, *, command: str, what: str) -> bytes:
     body = Container() if body is None else body
     try:
@@ -168,7 +164,7 @@ class _FrameParser:
 
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
-        self._scratch = bytearray(self.SCRATCH)
+        self._scratch = memoryview(bytearray(self.SCRATCH))
         self._start = 0
         self._end = 0
         self._consumed = 0  # stream offset of _scratch[_start], for error messages
@@ -187,7 +183,7 @@ class _FrameParser:
             return self._bulk.writable()
         if self._end == len(self._scratch):
             self._make_room()
-        return memoryview(self._scratch)[self._end :]
+        return self._scratch[self._end :]
 
     def buffer_updated(self, nbytes: int) -> None:
         """`nbytes` bytes were written into the view from get_buffer()."""
@@ -213,7 +209,7 @@ class _FrameParser:
     def _make_room(self) -> None:
         unread = self._end - self._start
         size = len(self._scratch) if unread < len(self._scratch) // 2 else 2 * len(self._scratch)
-        fresh = bytearray(size)
+        fresh = memoryview(bytearray(size))
         fresh[:unread] = self._scratch[self._start : self._end]
         self._scratch, self._start, self._end = fresh, 0, unread
 
@@ -251,10 +247,10 @@ class _FrameParser:
                 continue
             if self._end - self._start < self._need:
                 return
-            chunk = memoryview(self._scratch)[self._start : self._start + self._need]
-            self._start += self._need
-            self._consumed += self._need
-            self._step(chunk)
+            need, start = self._need, self._start
+            self._start = start + need
+            self._consumed += need
+            self._state(self._scratch[start : start + need])
 
     def _fill_bulk(self) -> bool:
         bulk = self._bulk
@@ -269,7 +265,7 @@ class _FrameParser:
     def _start_bulk(self, size: int, into=None) -> None:
         self._bulk = _Bulk(size, into)
 
-    # subclasses: _step(chunk) consumes the current `_need` bytes; _tail_done(view) -> event;
+    # subclasses: _state(chunk) consumes the current `_need` bytes; _tail_done(view) -> event;
     # _check_clean_close() raises if the stream ended where it must not.
 
 
@@ -288,7 +284,7 @@ class RequestParser(_FrameParser):
         self.max_payload = max_payload
         self.bulk_sink = bulk_sink
         self.hello_done = hello_done
-        self._commands = {int(c): c for c in profile.commands}
+        self._specs = {int(c): message_spec(profile, c) for c in profile.commands}  # by command byte
         self._reset()
 
     def _reset(self) -> None:
@@ -311,24 +307,21 @@ class RequestParser(_FrameParser):
         return RemoteProtocolError(rule, command=name, field=field, value=value, section=section,
                                    offset=self._frame_start)
 
-    def _step(self, chunk: memoryview) -> None:
-        self._state(chunk)
-
     def _on_cmd(self, chunk: memoryview) -> None:
         byte = chunk[0]
-        command = self._commands.get(byte)
-        if command is None:
+        spec = self._specs.get(byte)
+        if spec is None:
             raise self._fail(f"unknown command byte for protocol {self.profile.name} "
                              f"(valid: {', '.join(str(int(c)) for c in self.profile.commands)})",
                              field="cmd", value=byte, section="2.2")
-        self._command = command
+        command = self._command = spec.command
         if not self.hello_done and command is not Command.HELLO:
             raise self._fail("the first command of a connection must be HELLO (14)", field="cmd",
                              value=byte, section="3.1")
         if self.hello_done and command is Command.HELLO:
             raise self._fail("HELLO may be sent only once per connection", field="cmd", value=byte,
                              section="3.1")
-        self._spec = message_spec(self.profile, command)
+        self._spec = spec
         self._state, self._need = self._on_size, 8
 
     def _on_size(self, chunk: memoryview) -> None:
@@ -350,7 +343,7 @@ class RequestParser(_FrameParser):
 
     def _on_head(self, chunk: memoryview) -> None:
         spec = self._spec
-        self._body = parse_fixed(spec.request, chunk)
+        self._body = _codec(spec.request).parse(chunk)
         if spec.command is Command.HELLO:
             self.hello_done = True
         tail = self._size - spec.request_size
@@ -413,7 +406,7 @@ class ReplyParser(_FrameParser):
         return len(self._expected) + len(self._pending)
 
     def _reset(self) -> None:
-        self._state = "size"
+        self._state = self._on_size
         self._need = 8
         self._frame_start = self._consumed
 
@@ -429,25 +422,26 @@ class ReplyParser(_FrameParser):
             raise PeerClosed("connection closed in the middle of unexpected reply bytes",
                                       section="2.3", offset=self._frame_start)
 
-    def _step(self, chunk: memoryview) -> None:
-        if self._state == "size":
-            (size,) = _U64.unpack(chunk)
-            if not self._expected:
-                raise RemoteProtocolError("reply bytes arrived while no reply was pending (a reply to a "
-                                          "one-way command?)", field="size", value=size, section="2.3",
-                                          offset=self._frame_start)
-            current = self._expected[0]
-            if size != current.size:
-                raise RemoteProtocolError(f"reply size must be exactly {current.size} bytes",
-                                          command=current.command.name, field="size", value=size,
-                                          section="2.3", offset=self._frame_start)
-            if current.spec.reply_tail == "data":
-                self._start_bulk(size, current.into)
-            else:
-                self._state, self._need = "body", size
-            return
+    def _on_size(self, chunk: memoryview) -> None:
+        (size,) = _U64.unpack(chunk)
+        if not self._expected:
+            raise RemoteProtocolError("reply bytes arrived while no reply was pending (a reply to a "
+                                      "one-way command?)", field="size", value=size, section="2.3",
+                                      offset=self._frame_start)
+        current = self._expected[0]
+        if size != current.size:
+            raise RemoteProtocolError(f"reply size must be exactly {current.size} bytes",
+                                      command=current.command.name, field="size", value=size,
+                                      section="2.3", offset=self._frame_start)
+        if current.spec.reply_tail == "data":
+            self._start_bulk(size, current.into)
+        else:
+            self._state, self._need = self._on_body, size
+
+    def _on_body(self, chunk: memoryview) -> None:
         current = self._expected.popleft()
-        self._pending.append(Reply(current.command, parse_fixed(current.spec.reply, chunk), frame_size=8 + len(chunk)))
+        self._pending.append(Reply(current.command, _codec(current.spec.reply).parse(chunk),
+                                   frame_size=8 + len(chunk)))
         self._reset()
 
     def _tail_done(self, view: memoryview) -> Reply:
@@ -490,6 +484,11 @@ def encode_reply(profile: Profile, command: Command, body=None, *, data=None) ->
     if not spec.has_reply:
         raise LocalProtocolError(f"is one-way in protocol {profile.name}: it has no reply",
                                  command=spec.command.name, section="2.3")
+    return reply_parts(spec, body, data=data)
+
+
+def reply_parts(spec: MessageSpec, body=None, *, data=None) -> list:
+    """encode_reply for a spec already looked up (a server's per-request path)."""
     if spec.reply_tail == "data":
         payload = memoryview(data if data is not None else b"").cast("B")
         return [_U64.pack(len(payload)), payload]

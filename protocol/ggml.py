@@ -86,6 +86,14 @@ class GgmlTables:
         found = TYPES.get(value)
         return found if found is not None and not found.removed else None
 
+    @cached_property
+    def types(self) -> tuple[TensorType | None, ...]:
+        """`tensor_type` of every type number, for lookups row by row."""
+        return tuple(self.tensor_type(value) for value in range(self.type_count))
+
+    def type_value(self, name: str) -> int:
+        return next(t.value for t in self.types if t is not None and t.name == name)
+
     @property
     def compute_flag(self) -> int:
         """The tensor flag that marks nodes to compute (0 when this ggml computes every node)."""

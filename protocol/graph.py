@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from construct import Array, Int32ul, Int64ul, Rebuild, Struct, len_, this
@@ -29,7 +30,10 @@ NODE_DTYPE = np.dtype("<u8")
 
 @dataclass(eq=False)
 class Graph:
-    """A decoded graph: `nodes` (uint64 ids) and `tensors` (structured rpc_tensor array)."""
+    """A decoded graph: `nodes` (uint64 ids) and `tensors` (structured rpc_tensor array).
+
+    A graph is not changed once made: the rules and the executor share its id -> row
+    lookups, computed once (`node_rows`, `link_rows`)."""
 
     nodes: np.ndarray
     tensors: np.ndarray
@@ -47,15 +51,32 @@ class Graph:
     def n_tensors(self) -> int:
         return len(self.tensors)
 
+    @cached_property
+    def node_rows(self) -> np.ndarray:
+        """The tensor row of each node id (-1: id 0 or absent)."""
+        return id_rows(self.tensors["id"], self.nodes)
+
+    @cached_property
+    def link_rows(self) -> np.ndarray:
+        """Per tensor, the rows of its src[] then of its view_src (-1: none or absent)."""
+        links = np.concatenate([self.tensors["src"], self.tensors["view_src"][:, None]], axis=1)
+        return id_rows(self.tensors["id"], links)
+
 
 def id_rows(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     """The row of each id in `wanted` (any shape) among the tensor `ids`, -1 for id 0 and
     for ids the graph lacks; whole arrays at once, since graphs hold thousands of links."""
-    if not len(ids):
-        return np.full(np.shape(wanted), -1, dtype=np.intp)
+    wanted = np.asarray(wanted)
+    rows = np.full(wanted.shape, -1, dtype=np.intp)
+    linked = wanted != 0  # most src[] slots are empty: look up only the others
+    if not len(ids) or not linked.any():
+        return rows
     sorter = np.argsort(ids, kind="stable")
-    rows = sorter[np.minimum(np.searchsorted(ids, wanted, sorter=sorter), len(ids) - 1)]
-    return np.where((ids[rows] == wanted) & (wanted != 0), rows, -1)
+    ordered = ids[sorter]
+    values = wanted[linked]
+    found = np.minimum(np.searchsorted(ordered, values), len(ids) - 1)
+    rows[linked] = np.where(ordered[found] == values, sorter[found], -1)
+    return rows
 
 
 def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:

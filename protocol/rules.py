@@ -21,7 +21,6 @@ import numpy as np
 
 from .commands import Command
 from .ggml import nbytes, nbytes_array
-from .graph import id_rows
 from .versions import Profile
 
 MUST, SHOULD = "MUST", "SHOULD"
@@ -223,17 +222,12 @@ def _graph_ids_unique(view, graph, _valid) -> Violation | None:
 
 
 def _graph_ids_known(view, graph, _valid) -> Violation | None:
-    ids = graph.tensors["id"]
-
-    def missing(values: np.ndarray) -> np.ndarray:
-        return id_rows(ids, values) < 0
-
-    at = _first((graph.nodes != 0) & missing(graph.nodes))
+    at = _first((graph.nodes != 0) & (graph.node_rows < 0))
     if at is not None:
         return Violation(f"nodes[{at}]", int(graph.nodes[at]), "no tensor with this id in the graph")
-    for field in ("src", "view_src"):
+    for field, columns in (("src", slice(0, -1)), ("view_src", -1)):
         links = graph.tensors[field]
-        bad = (links != 0) & missing(links)
+        bad = (links != 0) & (graph.link_rows[:, columns] < 0)
         if bad.any():
             index = np.argwhere(bad)[0]
             tensor = int(index[0])
@@ -243,7 +237,7 @@ def _graph_ids_known(view, graph, _valid) -> Violation | None:
 
 
 def _graph_acyclic(view, graph, _valid) -> Violation | None:
-    order = topological_order(graph.tensors)
+    order = topological_order(graph)
     if order is None:
         return Violation("tensors", len(graph.tensors), "src/view_src links form a cycle")
     return None
@@ -322,15 +316,15 @@ def _graph_no_custom(view, graph, _valid) -> Violation | None:
                      "custom ops carry function pointers and are never executed")
 
 
-def topological_order(tensors: np.ndarray) -> np.ndarray | None:
-    """Indices of `tensors` ordered so every src/view_src comes first; None on a cycle.
+def topological_order(graph) -> np.ndarray | None:
+    """Indices of the graph's tensors ordered so every src/view_src comes first; None on a cycle.
 
     Links to ids that are absent are ignored here (a separate rule rejects them).  Real
     clients serialize every tensor after its sources, so the array order itself is checked
     first, vectorised; the general sort runs only for graphs in some other order.
     """
-    n = len(tensors)
-    targets = id_rows(tensors["id"], np.concatenate([tensors["src"], tensors["view_src"][:, None]], axis=1))
+    n = graph.n_tensors
+    targets = graph.link_rows
     if not (targets >= np.arange(n)[:, None]).any():
         return np.arange(n, dtype=np.int64)
     indegree = np.zeros(n, dtype=np.int64)
@@ -500,25 +494,41 @@ def iter_tensors(schema, body):
                     yield f"{name}[{i}]", tensor
 
 
-def first_violation(view: ServerView, spec, body, graph=None) -> tuple[Rule, Violation] | None:
-    """The first rule a request breaks (tensor rules, then request rules, then graph rules)."""
-    command = spec.command
-    for path, tensor in iter_tensors(spec.request, body):
-        for rule in rules_for(command, "tensor"):
-            found = rule.check(view, tensor)
-            if found is not None:
-                return rule, Violation(f"{path}.{found.field}", found.value, found.detail)
-    for rule in rules_for(command, "request"):
-        found = rule.check(view, body)
-        if found is not None:
-            return rule, found
-    if graph is not None:
-        valid = graph_validity(view, graph)
-        for rule in rules_for(command, "graph"):
-            found = rule.check(view, graph, valid)
+@dataclass(frozen=True)
+class RequestChecks:
+    """The rules one command's requests are checked against, looked up once per command
+    (a server checks every request, so the table is not searched per request)."""
+
+    schema: object
+    tensor: tuple[Rule, ...]
+    request: tuple[Rule, ...]
+    graph: tuple[Rule, ...]
+
+    def first_violation(self, view: ServerView, body, graph=None) -> tuple[Rule, Violation] | None:
+        """The first rule a request breaks (tensor rules, then request rules, then graph rules)."""
+        if self.tensor:
+            for path, tensor in iter_tensors(self.schema, body):
+                for rule in self.tensor:
+                    found = rule.check(view, tensor)
+                    if found is not None:
+                        return rule, Violation(f"{path}.{found.field}", found.value, found.detail)
+        for rule in self.request:
+            found = rule.check(view, body)
             if found is not None:
                 return rule, found
-    return None
+        if graph is not None:
+            valid = graph_validity(view, graph)
+            for rule in self.graph:
+                found = rule.check(view, graph, valid)
+                if found is not None:
+                    return rule, found
+        return None
+
+
+@lru_cache(maxsize=None)
+def request_checks(command: Command, schema) -> RequestChecks:
+    return RequestChecks(schema, rules_for(command, "tensor"), rules_for(command, "request"),
+                         rules_for(command, "graph"))
 
 
 def sized_violation(view: ServerView, command: Command, body, size: int) -> tuple[Rule, Violation] | None:

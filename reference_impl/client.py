@@ -40,7 +40,7 @@ from protocol.messages import CONN_CAPS_SIZE, HASH_THRESHOLD, device_fields
 from protocol.tensor import contiguous_strides
 from protocol.versions import HELLO_PROBES, Profile
 
-from .netio import send_all
+from .netio import DEFAULT_POLL, receive_into, send_all
 
 log = logging.getLogger("ggml_rpc.client")
 
@@ -71,13 +71,15 @@ class RPCClient:
     """One connection to a GGML RPC server.
 
     `proto`: speak this version (a Profile or "3.6", "7.0.0"...) instead of negotiating; the
-    server's own HELLO answer is still recorded in `server_version`.
+    server's own HELLO answer is still recorded in `server_version`.  `poll`: seconds to poll
+    for a reply before sleeping (netio.receive_into; 0 turns it off).
     """
 
     def __init__(self, endpoint, *, proto: Profile | str | None = None, timeout: float | None = 30.0,
-                 tap=None) -> None:
+                 tap=None, poll: float = DEFAULT_POLL) -> None:
         self.address = parse_endpoint(endpoint)
         self.timeout = timeout
+        self.poll = poll
         self.tap = tap  # tap("sent" | "received", bytes): sees every byte (for reports); None costs nothing
         forced = profile_for(proto) if isinstance(proto, str) else proto
         self.profile: Profile = forced or NEWEST
@@ -183,7 +185,7 @@ class RPCClient:
                 return event
             try:
                 view = parser.get_buffer()
-                received = self.sock.recv_into(view)
+                received = receive_into(self.sock, view, self.poll)
             except socket.timeout:
                 self.close()  # a late reply would be taken for the next one's: the stream is unusable now
                 raise TimeoutError(f"no reply to {command.name} from {self.endpoint} within {self.timeout}s") from None

@@ -6,12 +6,15 @@ One thread per connection: a client that stalls mid-frame blocks nobody else, an
 graph work of one connection runs while others are served (NumPy releases the GIL).  Bytes
 are received straight into the parser's target buffers (for SET_TENSOR, the tensor's own
 memory) and replies go out with vectored sends, so bulk data is never copied in Python.
+A connection with no bytes waiting polls for `--poll-us` before its thread sleeps, so a
+client's next small call does not pay for waking it.
 A request that breaks a rule is logged with its rule and closes only its connection.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import re
@@ -28,15 +31,16 @@ from protocol import (
     NEWEST,
     PROFILES,
     RequestParser,
-    encode_reply,
     message_spec,
     profile_for,
 )
+from protocol.framing import reply_parts
+from protocol.messages import MessageSpec, specs
 from protocol.errors import RemoteProtocolError, UnsupportedVersion
 from protocol.versions import Profile
 
 from .device import make_devices
-from .netio import ThreadedTCPService, send_all
+from .netio import DEFAULT_POLL, ThreadedTCPService, receive_into, send_all
 from .executor import ExecutionError
 from .session import ServerState, Session
 
@@ -52,13 +56,14 @@ class ReferenceServer(ThreadedTCPService):
     def __init__(self, *, profile: Profile = NEWEST, host: str = "127.0.0.1", port: int = 0, devices: int = 1,
                  memory: int | None = None, cache_dir: str | Path | None = None,
                  max_payload: int = DEFAULT_MAX_PAYLOAD, max_connections: int = 64, verbose: bool = False,
-                 numerics: str = "float") -> None:
+                 numerics: str = "float", poll: float = DEFAULT_POLL) -> None:
         memory = memory if memory is not None else physical_memory()
         cache = Path(cache_dir) if cache_dir else None
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
         self.state = ServerState(profile, make_devices(devices, memory), cache, verbose, numerics)
         self.max_payload = max_payload
+        self.poll = poll
         super().__init__((host, port), max_connections=max_connections)
 
     @property
@@ -88,11 +93,12 @@ class ReferenceServer(ThreadedTCPService):
 
     def _converse(self, sock: socket.socket, session: Session) -> None:
         profile = self.profile
+        replies = {c: spec for c, spec in specs(profile).items() if spec.has_reply}
         parser = RequestParser(profile, max_payload=self.max_payload, bulk_sink=session.bulk_sink)
         while True:
             event = parser.next_event()
             if event is NEED_DATA:
-                received = sock.recv_into(parser.get_buffer())
+                received = receive_into(sock, parser.get_buffer(), self.poll)
                 if received:
                     parser.buffer_updated(received)
                 else:
@@ -101,15 +107,16 @@ class ReferenceServer(ThreadedTCPService):
             if event is CLOSED:
                 return
             result = session.handle(event)
-            if message_spec(profile, event.command).has_reply:
-                self.send_reply(sock, event, result)
+            spec = replies.get(event.command)
+            if spec is not None:
+                self.send_reply(sock, spec, result)
 
-    def send_reply(self, sock: socket.socket, request, result) -> None:
+    def send_reply(self, sock: socket.socket, spec: MessageSpec, result) -> None:
         """Send a handler's result as the command's reply (body fields, or data for GET_TENSOR)."""
-        if message_spec(self.profile, request.command).reply_tail == "data":
-            send_all(sock, encode_reply(self.profile, request.command, data=result))
+        if spec.reply_tail == "data":
+            send_all(sock, reply_parts(spec, data=result))
         else:
-            send_all(sock, encode_reply(self.profile, request.command, result))
+            send_all(sock, reply_parts(spec, result))
 
 
 # -- command line ------------------------------------------------------------------------------
@@ -157,6 +164,16 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _microseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1e6:
+        raise argparse.ArgumentTypeError(f"not a time in microseconds (0 to 1000000): {text!r}")
+    return value
+
+
 def _proto(text: str) -> Profile:
     try:
         return profile_for(text)
@@ -191,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="connections served at once; more are closed (default: 64)")
     parser.add_argument("-t", "--threads", type=int, default=None, metavar="N",
                         help="accepted for compatibility with upstream; NumPy chooses its own threads")
+    parser.add_argument("--poll-us", type=_microseconds, default=DEFAULT_POLL * 1e6, metavar="US",
+                        help="when a connection has no bytes waiting, poll it this many microseconds before "
+                             "sleeping: faster small calls where waking a thread is slow (virtual machines), "
+                             "at most that much CPU per request; 0 turns it off (default: "
+                             f"{DEFAULT_POLL * 1e6:g})")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log one line per command (also: GGML_RPC_DEBUG=1)")
     return parser
@@ -210,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = ReferenceServer(profile=args.proto, host=args.host, port=args.port, devices=args.devices,
                                  memory=args.mem, cache_dir=cache_dir, max_payload=args.max_payload,
-                                 max_connections=args.max_connections, verbose=verbose)
+                                 max_connections=args.max_connections, verbose=verbose,
+                                 poll=args.poll_us / 1e6)
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -219,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
           f"  endpoint    : {server.endpoint}\n"
           f"  devices     : {len(server.state.devices)} x NumPy CPU, {device.total // (1 << 20)} MiB each\n"
           f"  local cache : {cache_dir or 'n/a'}", flush=True)
+    gc.freeze()  # what start-up made lives as long as the server: keep it out of every collection
     signal.signal(signal.SIGTERM, lambda *_: server.request_stop())
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C, even if the parent ignored SIGINT
     try:

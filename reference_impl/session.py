@@ -20,7 +20,7 @@ from protocol import Command, Graph, Request, message_spec
 from protocol.ggml import nbytes
 from protocol.hashing import cache_name, fnv1a64
 from protocol.messages import CONN_CAPS_SIZE, HASH_THRESHOLD
-from protocol.rules import BufferInfo, as_error, first_violation, sized_violation
+from protocol.rules import BufferInfo, as_error, request_checks, sized_violation
 from protocol.versions import Profile
 
 from .device import Buffer, Device
@@ -83,6 +83,9 @@ class Session:
         self.buffers: dict[int, Buffer] = {}
         self.graphs: dict[int, StoredGraph] = {}
         self.exec_context = state.exec_context  # one per connection: plans hand steps on to the next
+        # Per command, looked up once: its rules and its handler (bound, so subclasses' overrides count).
+        self._checks = {c: request_checks(c, message_spec(self.profile, c).request) for c in self.profile.commands}
+        self._handlers = {c: getattr(self, HANDLERS[c]) for c in self.profile.commands}
 
     # -- ServerView ---------------------------------------------------------------------------
 
@@ -100,7 +103,7 @@ class Session:
     # -- validation ---------------------------------------------------------------------------
 
     def check(self, command: Command, body, graph=None) -> None:
-        broken = first_violation(self, message_spec(self.profile, command), body, graph)
+        broken = self._checks[command].first_violation(self, body, graph)
         if broken is not None:
             raise as_error(command, broken)
 
@@ -127,7 +130,7 @@ class Session:
         """Run one request; the reply body / data, or None.  Raises RemoteProtocolError or
         ExecutionError when the connection must close."""
         command = request.command
-        resent = self._stored_copy(request)
+        resent = self._stored_copy(request) if request.graph is not None else None
         if command is not Command.SET_TENSOR:  # SET_TENSOR was checked by bulk_sink
             self.check(command, request.body, None if resent else request.graph)  # a stored graph passed them
         if self.state.verbose:
@@ -135,7 +138,7 @@ class Session:
         if resent is not None:
             resent.plan.run()
             return GRAPH_COMPUTE_REPLY
-        return getattr(self, HANDLERS[command])(request)
+        return self._handlers[command](request)
 
     def hello(self, request):
         major, minor, patch = self.profile.version
@@ -230,8 +233,6 @@ class Session:
         """The device's stored graph if this GRAPH_COMPUTE carries the very same graph.  Its
         verdict and plan still hold: the graph rules depend only on the graph and the buffers
         it names, and freeing any of those discards the stored graph."""
-        if request.graph is None:
-            return None
         stored = self.graphs.get(request.body.get("device", 0))
         return stored if stored is not None and stored.graph == request.graph else None
 

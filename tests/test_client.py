@@ -13,6 +13,7 @@ import pytest
 from protocol.errors import LocalProtocolError
 from reference_impl.cli import main as client_main
 from reference_impl.client import RPCClient, ServerClosed, parse_endpoint
+from reference_impl.netio import receive_into
 
 
 @pytest.mark.parametrize("proto", ["2.0.0", "3.6.1", "4.0.2", "5.0.0", "7.0.0"])
@@ -155,3 +156,22 @@ def test_info_command_errors_are_one_line():
     refused = subprocess.run([sys.executable, "-m", "reference_impl.cli", "info", "127.0.0.1:1"],
                              capture_output=True, text=True)
     assert refused.returncode == 1 and "cannot reach 127.0.0.1:1: Connection refused" in refused.stderr
+
+
+def test_receive_into_polls_then_sleeps_and_keeps_the_timeout():
+    """Bytes already waiting are taken while polling; when none come, the socket's own
+    timeout applies after the poll, and the socket keeps that timeout; EOF reads 0."""
+    mine, theirs = socket.socketpair()
+    buf = bytearray(8)
+    try:
+        theirs.sendall(b"ping")
+        assert receive_into(mine, memoryview(buf), poll=1e-3) == 4 and buf[:4] == b"ping"
+        mine.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            receive_into(mine, memoryview(buf), poll=1e-3)
+        assert mine.gettimeout() == 0.2
+        theirs.close()
+        assert receive_into(mine, memoryview(buf), poll=1e-3) == 0
+    finally:
+        mine.close()
+        theirs.close()

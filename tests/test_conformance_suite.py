@@ -127,11 +127,11 @@ class CorruptData(Session):
 
 
 class WrongReplySize(ReferenceServer):
-    def send_reply(self, sock, request, result):
-        if request.command is Command.GET_ALIGNMENT:
+    def send_reply(self, sock, spec, result):
+        if spec.command is Command.GET_ALIGNMENT:
             send_all(sock, [(4).to_bytes(8, "little"), (32).to_bytes(4, "little")])  # 4 bytes instead of 8
         else:
-            super().send_reply(sock, request, result)
+            super().send_reply(sock, spec, result)
 
 
 class ReplyToOneWay(ReferenceServer):

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol import RPC_TENSOR_DTYPE, Graph, decode_graph, encode_graph, profile_for
-from protocol.graph import graph_tail_schema
+from protocol.graph import graph_tail_schema, id_rows
 from conftest import V36, V70
 from strategies import graphs
 
@@ -34,3 +34,26 @@ def test_decode_is_a_view_not_a_copy():
     assert decoded.tensors.base is not None and decoded.n_tensors == 1500 and decoded.n_nodes == 1000
     raw[-296] ^= 0xFF  # the last tensor's first id byte, seen through the view
     assert int(decoded.tensors["id"][-1]) == 1500 ^ 0xFF
+
+
+def test_id_rows_finds_linked_ids_and_marks_empty_and_absent_slots():
+    """Hand-made: rows of ids among unsorted tensor ids; 0 (no tensor) and unknown ids -> -1."""
+    ids = np.array([50, 30, 90], dtype="<u8")
+    wanted = np.array([[30, 0, 70], [90, 50, 0]], dtype="<u8")
+    assert id_rows(ids, wanted).tolist() == [[1, -1, -1], [2, 0, -1]]
+    assert id_rows(ids[:0], wanted).tolist() == [[-1, -1, -1], [-1, -1, -1]]
+    assert id_rows(ids, np.zeros(3, dtype="<u8")).tolist() == [-1, -1, -1]
+
+
+def test_a_graph_shares_its_row_lookups():
+    """The rules and the executor both need each node's row and each link's row; a graph
+    works them out once."""
+    tensors = np.zeros(3, dtype=RPC_TENSOR_DTYPE["padding"])
+    tensors["id"] = [7, 5, 9]
+    tensors["src"][2, :2] = [7, 5]
+    tensors["view_src"][1] = 7
+    graph = Graph(np.array([9, 5], dtype="<u8"), tensors)
+    assert graph.node_rows.tolist() == [2, 1]
+    assert graph.link_rows[:, :2].tolist() == [[-1, -1], [-1, -1], [0, 1]]
+    assert graph.link_rows[:, -1].tolist() == [-1, 0, -1]
+    assert graph.link_rows is graph.link_rows

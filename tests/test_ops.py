@@ -8,8 +8,9 @@ import pytest
 
 from conformance.op_cases import CASES
 from conftest import CI_RELEASES, require_peer
-from protocol import profile_for
+from protocol import RPC_TENSOR_DTYPE, Graph, profile_for
 from reference_impl.client import RPCClient, ServerClosed
+from reference_impl.executor.binder import Binder
 from reference_impl.graphs import GraphBuilder
 
 IDS = [f"{c.op}-{c.key}" for c in CASES]
@@ -19,6 +20,14 @@ def run_case(case, endpoint, profile, seed=0):
     """Build the case on a fresh connection and buffer; (results, expected)."""
     with RPCClient(endpoint, proto=profile) as rpc:
         return case.run(rpc, seed=seed)
+
+
+def assert_closed_and_still_serving(rpc, server):
+    """The server closed this connection (its next call fails) and serves new ones."""
+    with pytest.raises(ServerClosed):
+        rpc.device_count()
+    with RPCClient(server.endpoint, proto=server.profile) as fresh:
+        assert fresh.device_count() >= 1
 
 
 @pytest.mark.parametrize("proto", ["3.6.1", "7.0.0"])
@@ -69,10 +78,7 @@ def test_a_resent_graph_runs_on_new_inputs_and_is_checked_again_after_free(refer
             np.testing.assert_array_equal(g.read(rpc, out).ravel(), (np.arange(8) * step + 2) * 2 * 0.5)
         rpc.free_buffer(buf)
         rpc.graph_compute(graph)  # the same bytes now name a freed buffer
-        with pytest.raises(ServerClosed):
-            rpc.device_count()
-    with RPCClient(server.endpoint, proto=server.profile) as rpc:
-        assert rpc.device_count() >= 1
+        assert_closed_and_still_serving(rpc, server)
 
 
 @pytest.mark.parametrize("proto", ["3.6.1", "7.0.0"])
@@ -112,7 +118,54 @@ def test_acc_into_a_gapped_destination_is_refused(reference_server, proto):
         for tensor, raw in g.uploads:
             rpc.set_tensor(tensor, raw)
         rpc.graph_compute(g.graph([node]))
-        with pytest.raises(ServerClosed):
-            rpc.device_count()
+        assert_closed_and_still_serving(rpc, server)
+
+
+@pytest.mark.parametrize("proto", ["3.6.1", "7.0.0"])
+def test_batched_elementwise_nodes_follow_layouts_broadcasts_and_in_place_writes(reference_server, proto):
+    """ADD/SUB/MUL/DIV/SCALE nodes are built a whole op at a time: packed operands as 1-D
+    slices, other layouts as strided views, the rest by the per-node kernel.  Each layout
+    must compute what ggml does; a chain shares slices between a node and the next."""
+    server = reference_server(proto)
     with RPCClient(server.endpoint, proto=server.profile) as rpc:
-        assert rpc.device_count() >= 1
+        g = GraphBuilder(rpc.profile, rpc.alloc_buffer(1 << 16))
+        x = np.arange(24, dtype=np.float32).reshape(4, 6) - 7
+        y = np.linspace(-2, 2, 24, dtype=np.float32).reshape(4, 6)
+        row = np.array([[1.5, -1, 2, 0.5, 3, -0.25]], np.float32)
+        a, b, r = g.input(x), g.input(y), g.input(row)
+        packed = g.sub(a, b)  # 1-D slices
+        product = g.mul(packed, b)
+        chained = g.div(product, r)  # src1 broadcasts: strided views
+        at, bt = g.transpose(a), g.transpose(b)  # ne (4, 6): not packed
+        strided = g.add(at, bt)
+        summed = g.add(a, b)
+        in_place = g.new("F32", [6, 4], op="ADD", srcs=[summed, r], data=summed.data)  # writes over its src0
+        scaled = g.scale(packed, -0.5)  # packed
+        biased = g.scale(packed, 2.0, 1.0)  # a bias: the per-node kernel
+        scaled_view = g.scale(at, 3.0)  # strided
+        outputs = [packed, chained, strided, in_place, scaled, biased, scaled_view]
+        got = g.run(rpc, outputs, nodes=[packed, product, chained, at, bt, strided, summed, in_place, scaled,
+                                         biased, scaled_view])
+        want = [x - y, (x - y) * y / row, (x + y).T, x + y + row, (x - y) * -0.5, (x - y) * 2 + 1, x.T * 3]
+        for value, expected in zip(got, want):
+            np.testing.assert_allclose(value.reshape(expected.shape), expected, rtol=1e-6)
+
+
+def test_packed_means_blocks_back_to_back_from_an_aligned_address():
+    """Which rows a 1-D slice may stand for: nb exactly the strides of a fresh tensor of
+    that shape (quantized rows counted in blocks), data aligned to the block."""
+    profile = profile_for("7.0.0")
+    rows = [  # (type, ne, nb, data)
+        (0, [4, 2, 1, 1], [4, 16, 32, 32], 0x1000),  # F32, packed
+        (0, [4, 2, 1, 1], [8, 32, 64, 64], 0x1000),  # every other element
+        (0, [2, 4, 1, 1], [16, 4, 32, 32], 0x1000),  # transposed
+        (0, [4, 2, 1, 1], [4, 16, 32, 32], 0x1002),  # misaligned
+        (2, [64, 2, 1, 1], [18, 36, 72, 72], 0x1000),  # Q4_0: 2 blocks of 18 bytes per row
+        (2, [64, 2, 1, 1], [18, 40, 80, 80], 0x1000),  # Q4_0 rows with a gap
+    ]
+    tensors = np.zeros(len(rows), dtype=RPC_TENSOR_DTYPE[profile.tensor])
+    tensors["id"] = np.arange(1, len(rows) + 1)
+    for i, (kind, ne, nb, data) in enumerate(rows):
+        tensors[i]["type"], tensors[i]["ne"], tensors[i]["nb"], tensors[i]["data"] = kind, ne, nb, data
+    binder = Binder(Graph(np.array([1], dtype="<u8"), tensors), {}, profile.ggml)
+    assert binder.packed.tolist() == [True, False, False, False, True, False]

@@ -19,6 +19,8 @@ from conformance.probe import ANSWERED, CLOSED, Probe
 from protocol import PROFILES, Command, profile_for
 from protocol.hashing import fnv1a64
 from reference_impl.client import RPCClient, ServerClosed
+from reference_impl.netio import DEFAULT_POLL
+from reference_impl.server import ReferenceServer, build_parser
 
 MAIN = ["3.6.1", "7.0.0"]
 
@@ -263,3 +265,21 @@ def test_cli_help_and_bad_arguments():
     assert bad.returncode == 2 and "no supported version 6.1.x; supported: 2.0.0" in bad.stderr
     bad = subprocess.run([sys.executable, "-m", "reference_impl.server", "--mem", "lots"], capture_output=True, text=True)
     assert bad.returncode == 2 and "not a size" in bad.stderr
+
+
+def test_poll_time_is_checked_on_the_command_line(capsys):
+    parser = build_parser()
+    assert parser.parse_args(["--poll-us", "0"]).poll_us == 0
+    assert parser.parse_args([]).poll_us == DEFAULT_POLL * 1e6
+    for bad in ("-1", "nan", "soon", "2e6"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--poll-us", bad])
+        assert "not a time in microseconds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("poll", [0.0, DEFAULT_POLL])
+def test_a_server_that_polls_or_sleeps_answers_alike(poll):
+    with ReferenceServer(profile=profile_for("7.0.0"), memory=1 << 20, poll=poll) as server:
+        for client_poll in (0.0, DEFAULT_POLL):
+            with RPCClient(server.endpoint, poll=client_poll) as rpc:
+                assert [rpc.alignment() for _ in range(3)] == [32] * 3

@@ -3,7 +3,9 @@
 Each kernel is `build(node, ctx) -> step`: it validates everything that can be validated
 before running (types, shapes, parameters) and raises ExecutionError for what it cannot
 compute, then returns a closure that does the work.  A GRAPH_RECOMPUTE runs the same
-closures again.  Values are computed in float32 from the sources' views and stored through
+closures again.  Ops whose common case is one ufunc call also have a batch kernel,
+`batch(binder, op, rows, ctx) -> steps`, that checks all nodes of the op at once with NumPy
+and builds their steps in one loop; the nodes it does not take (PER_NODE) go to `build`.  Values are computed in float32 from the sources' views and stored through
 the destination's view, so strides, permutations and in-place ops behave as in ggml.
 Steps run inside the plan's np.errstate(all="ignore"): inf and nan propagate silently, as
 they do in C.
@@ -27,7 +29,16 @@ from .tensors import ELEMENT_DTYPES, DequantCache, TensorRef, dequantize, quanti
 
 Step = Callable[[], None]
 KERNELS: dict[str, Callable[[TensorRef, "ExecContext"], Step | None]] = {}
+BATCHED: dict[str, Callable[..., list]] = {}
 NO_COMPUTE = ("NONE", "RESHAPE", "VIEW", "PERMUTE", "TRANSPOSE")
+
+
+class _PerNode:
+    def __repr__(self) -> str:
+        return "PER_NODE"
+
+
+PER_NODE = _PerNode()  # a batch kernel's answer for a node that its op's `build` must take
 
 
 @dataclass
@@ -38,13 +49,19 @@ class ExecContext:
     memo: dict = field(default_factory=dict)  # values shared by the nodes of one run (cleared per run)
 
 
-def kernel(*names: str):
-    def register(build):
-        for name in names:
-            KERNELS[name] = build
-        return build
+def _registry(table: dict):
+    def names(*ops: str):
+        def register(build):
+            for op in ops:
+                table[op] = build
+            return build
 
-    return register
+        return register
+
+    return names
+
+
+kernel, batch_kernel = _registry(KERNELS), _registry(BATCHED)
 
 
 def require(condition: bool, node: TensorRef, message: str, *args) -> None:
@@ -81,8 +98,19 @@ def repeat(values: np.ndarray, shape: tuple[int, ...], node: TensorRef) -> np.nd
     return np.tile(values, reps)
 
 
-for _name in NO_COMPUTE:
-    KERNELS[_name] = lambda node, ctx: None
+@batch_kernel(*NO_COMPUTE)
+def batch_no_compute(binder, op: str, rows: np.ndarray, ctx: ExecContext) -> list:
+    return [None] * len(rows)
+
+
+def plain_f32(binder, rows: np.ndarray, *operands: np.ndarray) -> np.ndarray:
+    """Which nodes (`rows`) and their operand rows are all float32 and present, and the
+    node has a buffer to write: the nodes a batch kernel can run on plain views."""
+    f32 = binder.ggml.type_value("F32")
+    ok = (binder.types[rows] == f32) & (binder.handles[rows] != 0)
+    for operand in operands:
+        ok &= (operand >= 0) & (binder.types[operand] == f32)
+    return ok
 
 
 # -- copies -------------------------------------------------------------------------------------
@@ -137,6 +165,26 @@ def build_acc(node: TensorRef, ctx: ExecContext) -> Step:
 BINARY = {"ADD": np.add, "SUB": np.subtract, "MUL": np.multiply, "DIV": np.divide}
 
 
+@batch_kernel(*BINARY)
+def batch_binary(binder, op: str, rows: np.ndarray, ctx: ExecContext) -> list:
+    """All float32, src0 the node's shape and src1 broadcasting to it: one ufunc call over
+    views fixed now (views read the buffers' current bytes at every run)."""
+    a, b = binder.sources[rows, 0], binder.sources[rows, 1]
+    ne, ne_a, ne_b = binder.ne[rows], binder.ne[a], binder.ne[b]
+    ok = plain_f32(binder, rows, a, b) & (ne == ne_a).all(axis=1) & ((ne_b == ne_a) | (ne_b == 1)).all(axis=1)
+    same = (ne_b == ne_a).all(axis=1)
+    flat = ok & same & binder.packed[rows] & binder.packed[a] & binder.packed[b]  # one 1-D call does it
+    function, steps = BINARY[op], [PER_NODE] * len(rows)
+    for i, out, x, y in zip(np.flatnonzero(flat).tolist(), *binder.flat(rows[flat], a[flat], b[flat])):
+        steps[i] = partial(function, x, y, out)  # out given positionally: cheaper to call
+    view = binder.view
+    for i, row, x, y, alike in zip(np.flatnonzero(ok & ~flat).tolist(),
+                                   *(c[ok & ~flat].tolist() for c in (rows, a, b, same))):
+        out = view(row)
+        steps[i] = partial(function, view(x), view(y) if alike else np.broadcast_to(view(y), out.shape), out)
+    return steps
+
+
 @kernel(*BINARY)
 def build_binary(node: TensorRef, ctx: ExecContext) -> Step:
     a, b = node.src(0), node.src(1)
@@ -146,11 +194,6 @@ def build_binary(node: TensorRef, ctx: ExecContext) -> Step:
             "src1 {} does not repeat to {}", b.ne, a.ne)
     function = BINARY[node.op]
     direct = node.kind.name == "F32"
-    if direct and a.kind.name == "F32" and b.kind.name == "F32" and all(h in (1, w) for h, w in zip(b.ne, a.ne)):
-        # All float32 and src1 broadcasts: one ufunc over views fixed now (views read the
-        # buffers' current bytes at every run).
-        y = b.view() if b.ne == a.ne else np.broadcast_to(b.view(), node.shape)
-        return partial(function, a.view(), y, out=node.view())
 
     def run():
         x = a.read(ctx.cache)
@@ -238,11 +281,25 @@ def build_unary(node: TensorRef, ctx: ExecContext) -> Step:
     return _map_values(node, ctx, UNARY[sub_op(node, ctx.ggml.unary_ops, UNARY)])
 
 
+@batch_kernel("SCALE")
+def batch_scale(binder, op: str, rows: np.ndarray, ctx: ExecContext) -> list:
+    """float32 in and out, same shape, no bias: one multiply over views fixed now."""
+    a = binder.sources[rows, 0]
+    params = binder.op_params[rows, :2].view(np.float32)
+    ok = plain_f32(binder, rows, a) & (binder.ne[rows] == binder.ne[a]).all(axis=1) & (params[:, 1] == 0)
+    flat = ok & binder.packed[rows] & binder.packed[a]
+    steps = [PER_NODE] * len(rows)
+    for i, out, x, scale in zip(np.flatnonzero(flat).tolist(), *binder.flat(rows[flat], a[flat]), params[flat, 0]):
+        steps[i] = partial(np.multiply, x, scale, out)
+    for i, row, x, scale in zip(np.flatnonzero(ok & ~flat).tolist(), rows[ok & ~flat].tolist(),
+                                a[ok & ~flat].tolist(), params[ok & ~flat, 0]):
+        steps[i] = partial(np.multiply, binder.view(x), scale, binder.view(row))
+    return steps
+
+
 @kernel("SCALE")
 def build_scale(node: TensorRef, ctx: ExecContext) -> Step:
     scale, bias = np.float32(node.param_f32(0)), np.float32(node.param_f32(1))
-    if bias == 0 and node.kind.name == "F32" and node.src(0).kind.name == "F32" and node.ne == node.src(0).ne:
-        return partial(np.multiply, node.src(0).view(), scale, out=node.view())
     return _map_values(node, ctx, lambda x: x * scale + bias if bias != 0 else x * scale)
 
 

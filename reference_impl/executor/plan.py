@@ -14,18 +14,19 @@ any buffer it reaches, so a reused step never outlives the memory it was built o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from functools import lru_cache
 
 import numpy as np
 
-from protocol.graph import id_rows
-
+from .binder import Binder
 from .errors import ExecutionError
-from .kernels import KERNELS, ExecContext, Step
+from .kernels import BATCHED, KERNELS, PER_NODE, ExecContext, Step
 from .tensors import TensorRef
 
 NODE_KEY_FIELDS = ("type", "buffer", "ne", "nb", "op", "op_params", "flags", "data", "name")
 SOURCE_KEY_FIELDS = ("type", "buffer", "ne", "nb", "data")
+
+UNBUILT = object()  # a node whose step is not taken over from the previous plan
 
 
 @dataclass
@@ -43,50 +44,6 @@ class GraphPlan:
         with np.errstate(all="ignore"):  # overflow, 0/0 and the like give inf/nan, as in C
             for step in self.steps:
                 step()
-
-
-class Binder:
-    """TensorRefs for the rows of a graph, made on first use and linked to their sources
-    only when a step is built for them.  Columns are pulled out of the structured array
-    once (`tolist`), not field by field per row."""
-
-    def __init__(self, graph, buffers: dict, profile) -> None:
-        self._tensors = graph.tensors
-        self._buffers = buffers
-        self._ggml = profile.ggml
-        self._refs: dict[int, TensorRef] = {}
-
-    @cached_property
-    def _columns(self) -> list[list]:
-        return [self._tensors[name].tolist() for name in ("type", "ne", "nb", "data", "buffer", "op", "name")]
-
-    @cached_property
-    def _params(self) -> np.ndarray:
-        return np.ascontiguousarray(self._tensors["op_params"], dtype=np.int32)
-
-    @cached_property
-    def _sources(self) -> list[list[int]]:
-        """Per row, the rows of its sources up to the last one used (-1: none or unknown)."""
-        links = self._tensors["src"]
-        widths = np.where(links != 0, np.arange(1, links.shape[1] + 1), 0).max(axis=1)
-        rows = id_rows(self._tensors["id"], links).tolist()
-        return [row[:width] for row, width in zip(rows, widths.tolist())]
-
-    def ref(self, row: int) -> TensorRef:
-        found = self._refs.get(row)
-        if found is None:
-            kinds, ne, nb, data, handles, ops, names = self._columns
-            handle = handles[row]
-            found = self._refs[row] = TensorRef(self._ggml.tensor_type(kinds[row]), tuple(ne[row]), tuple(nb[row]),
-                                                data[row], self._buffers.get(handle) if handle else None,
-                                                self._ggml.op_name(ops[row]), self._params[row], names[row])
-        return found
-
-    def node(self, row: int) -> TensorRef:
-        """The ref of row `row` with its sources linked."""
-        ref = self.ref(row)
-        ref.srcs = [self.ref(s) if s >= 0 else None for s in self._sources[row]]
-        return ref
 
 
 @lru_cache
@@ -110,13 +67,13 @@ def _gather(raw: np.ndarray, rows: np.ndarray, spans, out: np.ndarray) -> None:
     out[rows < 0] = 0
 
 
-def step_keys(tensors: np.ndarray, rows: np.ndarray) -> list[bytes]:
+def step_keys(graph, rows: np.ndarray) -> list[bytes]:
     """The step key (module docstring) of each row in `rows`, computed for all at once."""
-    tensors = np.ascontiguousarray(tensors)
+    tensors = np.ascontiguousarray(graph.tensors)
     raw = tensors.view(np.uint8).reshape(len(tensors), tensors.dtype.itemsize)
     links = tensors["src"][rows]
     used = int(np.flatnonzero(links.any(axis=0)).max(initial=-1)) + 1  # source slots any node uses
-    src_rows = id_rows(tensors["id"], links[:, :used])
+    src_rows = graph.link_rows[rows, :used]
     own, memory = _byte_spans(tensors.dtype, NODE_KEY_FIELDS), _byte_spans(tensors.dtype, SOURCE_KEY_FIELDS)
     own_size, memory_size = sum(e - s for s, e in own), sum(e - s for s, e in memory)
     keys = np.empty((len(rows), own_size + used * memory_size), np.uint8)
@@ -131,26 +88,39 @@ def plan_graph(graph, buffers: dict, profile, ctx: ExecContext, previous: GraphP
     """Validate every node against its kernel and prepare the steps; nothing runs yet.
     Steps of `previous` (the device's last plan) are taken over where the key matches."""
     tensors = graph.tensors
-    binder = Binder(graph, buffers, profile)
-    rows = id_rows(tensors["id"], graph.nodes)  # the graph passed protocol.rules: every node is there
+    rows = graph.node_rows  # the graph passed protocol.rules: every node is there
     compute_flag = profile.ggml.compute_flag
     if compute_flag:  # ggml's CPU backend runs only nodes marked COMPUTE (§8.4)
         rows = rows[(tensors["flags"][rows] & compute_flag) != 0]
+    keys = step_keys(graph, rows)
     known = previous.by_key if previous is not None else {}
-    plan = GraphPlan(ctx, {int(h) for h in np.unique(tensors["buffer"]) if h})
-    written = {}
-    for row, key, handle in zip(rows.tolist(), step_keys(tensors, rows),
-                                tensors["buffer"][rows].tolist()):
-        if key in known:
-            step = known[key]
-        else:
-            step = _build(binder.node(row), ctx, profile)
-        plan.by_key[key] = step
-        if step is not None:
-            plan.steps.append(step)
-            written[handle] = buffers[handle]
-    plan.written = list(written.values())
-    return plan
+    steps = [known.get(key, UNBUILT) for key in keys]
+    todo = [i for i, step in enumerate(steps) if step is UNBUILT]
+    if todo:
+        built = build_steps(Binder(graph, buffers, profile.ggml), rows[todo], ctx, profile)
+        for i, step in zip(todo, built):
+            steps[i] = step
+    written = {handle for handle, step in zip(tensors["buffer"][rows].tolist(), steps) if step is not None}
+    return GraphPlan(ctx, {int(h) for h in np.unique(tensors["buffer"]) if h}, [s for s in steps if s is not None],
+                     [buffers[handle] for handle in written], dict(zip(keys, steps)))
+
+
+def build_steps(binder: Binder, rows: np.ndarray, ctx: ExecContext, profile) -> list[Step | None]:
+    """The step of each node row: batch kernels first, each taking all nodes of its op at
+    once; the nodes they leave (PER_NODE) go to the op's kernel one at a time, in order."""
+    steps: list = [PER_NODE] * len(rows)
+    ops = binder.tensors["op"][rows]
+    for value in np.unique(ops).tolist():
+        op = binder.ggml.op_name(value)
+        batch = BATCHED.get(op)
+        if batch is not None:
+            at = np.flatnonzero(ops == value)
+            for i, step in zip(at.tolist(), batch(binder, op, rows[at], ctx)):
+                steps[i] = step
+    for i, row in enumerate(rows.tolist()):
+        if steps[i] is PER_NODE:
+            steps[i] = _build(binder.node(row), ctx, profile)
+    return steps
 
 
 def _build(node: TensorRef, ctx: ExecContext, profile) -> Step | None:

@@ -90,8 +90,8 @@ class TensorRef:
         Made once and kept: a plan lives no longer than the buffers it reaches (FREE_BUFFER
         discards stored graphs), so the buffer's memory object is stable for its life."""
         if self._view is None:
-            self._view = np.ndarray(self.shape, dtype=self.dtype, buffer=self.buffer.memory if self.buffer else None,
-                                    offset=self._offset(), strides=(self.nb[3], self.nb[2], self.nb[1], self.nb[0]))
+            self._view = strided_view(self.buffer.memory if self.buffer else None, self.dtype, self._offset(),
+                                      self.shape, (self.nb[3], self.nb[2], self.nb[1], self.nb[0]))
         return self._view
 
     def row_bytes(self) -> np.ndarray:
@@ -120,6 +120,12 @@ class TensorRef:
         if target.dtype.kind in "iu" and np.asarray(values).dtype.kind == "f":
             values = np.trunc(values)  # C's float -> int conversion truncates
         target[...] = values
+
+
+def strided_view(memory, dtype: np.dtype, offset: int, shape, strides) -> np.ndarray:
+    """The elements of a ggml tensor in `memory`: shape (ne3, ne2, ne1, ne0), strides
+    (nb3, nb2, nb1, nb0), in bytes from `offset` (module docstring)."""
+    return np.ndarray(shape, dtype=dtype, buffer=memory, offset=offset, strides=strides)
 
 
 def quantize(kind: TensorType, values: np.ndarray) -> np.ndarray:
