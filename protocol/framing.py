@@ -484,15 +484,16 @@ def encode_reply(profile: Profile, command: Command, body=None, *, data=None) ->
     if not spec.has_reply:
         raise LocalProtocolError(f"is one-way in protocol {profile.name}: it has no reply",
                                  command=spec.command.name, section="2.3")
-    return reply_parts(spec, body, data=data)
+    return reply_parts(spec, data if spec.reply_tail == "data" else body)
 
 
-def reply_parts(spec: MessageSpec, body=None, *, data=None) -> list:
-    """encode_reply for a spec already looked up (a server's per-request path)."""
+def reply_parts(spec: MessageSpec, result=None) -> list:
+    """encode_reply for a spec already looked up (a server's per-request path): `result` is
+    the body fields, or the data of a data reply."""
     if spec.reply_tail == "data":
-        payload = memoryview(data if data is not None else b"").cast("B")
+        payload = memoryview(result if result is not None else b"").cast("B")
         return [_U64.pack(len(payload)), payload]
-    raw = build_fixed(spec.reply, body, command=spec.command.name, what="reply")
+    raw = build_fixed(spec.reply, result, command=spec.command.name, what="reply")
     return [_U64.pack(len(raw)) + raw]
 
 

@@ -91,9 +91,6 @@ class GgmlTables:
         """`tensor_type` of every type number, for lookups row by row."""
         return tuple(self.tensor_type(value) for value in range(self.type_count))
 
-    def type_value(self, name: str) -> int:
-        return next(t.value for t in self.types if t is not None and t.name == name)
-
     @property
     def compute_flag(self) -> int:
         """The tensor flag that marks nodes to compute (0 when this ggml computes every node)."""
@@ -119,12 +116,7 @@ class GgmlTables:
         return self._per_type(lambda t: t.type_size)
 
     def _per_type(self, attribute) -> np.ndarray:
-        table = np.zeros(self.type_count, dtype=np.uint64)
-        for value in range(self.type_count):
-            found = self.tensor_type(value)
-            if found is not None:
-                table[value] = attribute(found)
-        return table
+        return np.array([attribute(t) if t is not None else 0 for t in self.types], dtype=np.uint64)
 
 
 GGML_RELEASES: dict[str, GgmlTables] = {

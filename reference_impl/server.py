@@ -113,10 +113,7 @@ class ReferenceServer(ThreadedTCPService):
 
     def send_reply(self, sock: socket.socket, spec: MessageSpec, result) -> None:
         """Send a handler's result as the command's reply (body fields, or data for GET_TENSOR)."""
-        if spec.reply_tail == "data":
-            send_all(sock, reply_parts(spec, data=result))
-        else:
-            send_all(sock, reply_parts(spec, result))
+        send_all(sock, reply_parts(spec, result))
 
 
 # -- command line ------------------------------------------------------------------------------

@@ -45,9 +45,8 @@ def test_id_rows_finds_linked_ids_and_marks_empty_and_absent_slots():
     assert id_rows(ids, np.zeros(3, dtype="<u8")).tolist() == [-1, -1, -1]
 
 
-def test_a_graph_shares_its_row_lookups():
-    """The rules and the executor both need each node's row and each link's row; a graph
-    works them out once."""
+def test_a_graph_finds_the_rows_of_its_nodes_and_links():
+    """Hand-made: node ids and src[] / view_src links resolved to tensor rows (-1: none)."""
     tensors = np.zeros(3, dtype=RPC_TENSOR_DTYPE["padding"])
     tensors["id"] = [7, 5, 9]
     tensors["src"][2, :2] = [7, 5]
@@ -56,4 +55,3 @@ def test_a_graph_shares_its_row_lookups():
     assert graph.node_rows.tolist() == [2, 1]
     assert graph.link_rows[:, :2].tolist() == [[-1, -1], [-1, -1], [0, 1]]
     assert graph.link_rows[:, -1].tolist() == [-1, 0, -1]
-    assert graph.link_rows is graph.link_rows

@@ -21,25 +21,15 @@ class Binder:
     def __init__(self, graph, buffers: dict, ggml) -> None:
         self.tensors = graph.tensors
         self.ggml = ggml
+        # columns, for kernels that take a batch of nodes
+        self.types, self.ne, self.handles = graph.tensors["type"], graph.tensors["ne"], graph.tensors["buffer"]
         self.sources = graph.link_rows[:, :-1]  # per row, the rows of src[] (-1: none)
         self._buffers = buffers
         self._lists: dict[str, list] = {}
         self._refs: dict[int, TensorRef] = {}
         self._views: dict[int, np.ndarray] = {}
 
-    # -- columns, for kernels that take a batch of nodes ------------------------------------------
-
-    @cached_property
-    def types(self) -> np.ndarray:
-        return self.tensors["type"]
-
-    @cached_property
-    def ne(self) -> np.ndarray:
-        return self.tensors["ne"]
-
-    @cached_property
-    def handles(self) -> np.ndarray:
-        return self.tensors["buffer"]
+    # -- columns and views, for kernels that take a batch of nodes --------------------------------
 
     @cached_property
     def op_params(self) -> np.ndarray:
@@ -85,6 +75,10 @@ class Binder:
             found = self._views[row] = strided_view(buffer.memory, self._dtype(row),
                                                     self._list("data")[row] - buffer.base, shapes[row], strides[row])
         return found
+
+    def views(self, *columns: np.ndarray) -> list[list[np.ndarray]]:
+        """`view` of every row of each column."""
+        return [[self.view(row) for row in column.tolist()] for column in columns]
 
     def flat(self, *columns: np.ndarray) -> list[list[np.ndarray]]:
         """For each column of rows (`packed`, an element type, in a buffer), their elements

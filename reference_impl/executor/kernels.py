@@ -5,8 +5,9 @@ before running (types, shapes, parameters) and raises ExecutionError for what it
 compute, then returns a closure that does the work.  A GRAPH_RECOMPUTE runs the same
 closures again.  Ops whose common case is one ufunc call also have a batch kernel,
 `batch(binder, op, rows, ctx) -> steps`, that checks all nodes of the op at once with NumPy
-and builds their steps in one loop; the nodes it does not take (PER_NODE) go to `build`.  Values are computed in float32 from the sources' views and stored through
-the destination's view, so strides, permutations and in-place ops behave as in ggml.
+and builds their steps in one loop; the nodes it does not take (PER_NODE) go to `build`.
+Values are computed in float32 from the sources' views and stored through the destination's
+view, so strides, permutations and in-place ops behave as in ggml.
 Steps run inside the plan's np.errstate(all="ignore"): inf and nan propagate silently, as
 they do in C.
 """
@@ -16,11 +17,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import partial
+import itertools
 from typing import Callable
 
 import numpy as np
 
-from protocol.ggml import GgmlTables
+from protocol.ggml import TYPE_BY_NAME, GgmlTables
 from protocol.tensor import contiguous_strides
 
 from .errors import ExecutionError
@@ -106,11 +108,28 @@ def batch_no_compute(binder, op: str, rows: np.ndarray, ctx: ExecContext) -> lis
 def plain_f32(binder, rows: np.ndarray, *operands: np.ndarray) -> np.ndarray:
     """Which nodes (`rows`) and their operand rows are all float32 and present, and the
     node has a buffer to write: the nodes a batch kernel can run on plain views."""
-    f32 = binder.ggml.type_value("F32")
+    f32 = TYPE_BY_NAME["F32"].value
     ok = (binder.types[rows] == f32) & (binder.handles[rows] != 0)
     for operand in operands:
         ok &= (operand >= 0) & (binder.types[operand] == f32)
     return ok
+
+
+def ufunc_steps(binder, function, rows: np.ndarray, ok: np.ndarray, flat: np.ndarray, sources,
+                scalars: np.ndarray | None = None) -> list:
+    """Steps `function(*sources, [scalar,] out)` for the nodes `ok` (PER_NODE for the rest):
+    over 1-D slices where `flat` (every operand packed, all of one shape), otherwise over
+    strided views, where the ufunc broadcasts a source of size 1 as ggml repeats it."""
+    steps = [PER_NODE] * len(rows)
+    for mask, views in ((flat, binder.flat), (ok & ~flat, binder.views)):
+        at = np.flatnonzero(mask)
+        columns = views(*(source[at] for source in sources), rows[at])
+        if scalars is not None:
+            columns.insert(-1, scalars[at])
+        # partial(function, *operands, out): `out` given positionally is cheaper to call
+        for i, step in zip(at.tolist(), map(partial, itertools.repeat(function), *columns)):
+            steps[i] = step
+    return steps
 
 
 # -- copies -------------------------------------------------------------------------------------
@@ -172,17 +191,8 @@ def batch_binary(binder, op: str, rows: np.ndarray, ctx: ExecContext) -> list:
     a, b = binder.sources[rows, 0], binder.sources[rows, 1]
     ne, ne_a, ne_b = binder.ne[rows], binder.ne[a], binder.ne[b]
     ok = plain_f32(binder, rows, a, b) & (ne == ne_a).all(axis=1) & ((ne_b == ne_a) | (ne_b == 1)).all(axis=1)
-    same = (ne_b == ne_a).all(axis=1)
-    flat = ok & same & binder.packed[rows] & binder.packed[a] & binder.packed[b]  # one 1-D call does it
-    function, steps = BINARY[op], [PER_NODE] * len(rows)
-    for i, out, x, y in zip(np.flatnonzero(flat).tolist(), *binder.flat(rows[flat], a[flat], b[flat])):
-        steps[i] = partial(function, x, y, out)  # out given positionally: cheaper to call
-    view = binder.view
-    for i, row, x, y, alike in zip(np.flatnonzero(ok & ~flat).tolist(),
-                                   *(c[ok & ~flat].tolist() for c in (rows, a, b, same))):
-        out = view(row)
-        steps[i] = partial(function, view(x), view(y) if alike else np.broadcast_to(view(y), out.shape), out)
-    return steps
+    flat = ok & (ne_b == ne_a).all(axis=1) & binder.packed[rows] & binder.packed[a] & binder.packed[b]
+    return ufunc_steps(binder, BINARY[op], rows, ok, flat, (a, b))
 
 
 @kernel(*BINARY)
@@ -288,13 +298,7 @@ def batch_scale(binder, op: str, rows: np.ndarray, ctx: ExecContext) -> list:
     params = binder.op_params[rows, :2].view(np.float32)
     ok = plain_f32(binder, rows, a) & (binder.ne[rows] == binder.ne[a]).all(axis=1) & (params[:, 1] == 0)
     flat = ok & binder.packed[rows] & binder.packed[a]
-    steps = [PER_NODE] * len(rows)
-    for i, out, x, scale in zip(np.flatnonzero(flat).tolist(), *binder.flat(rows[flat], a[flat]), params[flat, 0]):
-        steps[i] = partial(np.multiply, x, scale, out)
-    for i, row, x, scale in zip(np.flatnonzero(ok & ~flat).tolist(), rows[ok & ~flat].tolist(),
-                                a[ok & ~flat].tolist(), params[ok & ~flat, 0]):
-        steps[i] = partial(np.multiply, binder.view(x), scale, binder.view(row))
-    return steps
+    return ufunc_steps(binder, np.multiply, rows, ok, flat, (a,), params[:, 0])
 
 
 @kernel("SCALE")
