@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from protocol import Command
+from protocol import RPC_TENSOR_DTYPE, Command, Graph
 from reference_impl.graphs import GraphBuilder
 
 from .core import SHOULD, Check, Context, check, register, require
@@ -38,6 +38,15 @@ def _add_graph(ctx: Context, rpc, values_a, values_b):
     a, b = g.input(values_a), g.input(values_b)
     out = g.add(a, b)
     return g, a, b, out
+
+
+@check("8.1", "a graph without nodes or tensors is computed (nothing to do)")
+def empty_graph(ctx: Context) -> None:
+    rpc = ctx.client()
+    empty = Graph(np.zeros(0, "<u8"), np.zeros(0, RPC_TENSOR_DTYPE[ctx.profile.tensor]))
+    result = rpc.graph_compute(empty, ctx.device)
+    require(result in (None, 0), "no reply (3.0 and later) or status 0", str(result))
+    require(rpc.alignment() > 0, "the connection still answers", "no answer")
 
 
 @check("8.3", "GRAPH_RECOMPUTE runs the stored graph again on fresh inputs", needs=(C.GRAPH_RECOMPUTE,))

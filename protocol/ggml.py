@@ -162,17 +162,18 @@ def nbytes_array(tables: GgmlTables, types: np.ndarray, ne: np.ndarray, nb: np.n
     totals that would not fit, which saturate instead of wrapping as ggml's size_t does.
     Callers must have rejected invalid types first.
     """
-    ne = ne.astype(np.uint64)
-    nb = nb.astype(np.uint64)
+    ne, nb = (np.ascontiguousarray(column.T, dtype=np.uint64) for column in (ne, nb))  # one row per dimension
     block = tables.block_sizes[types]
-    size = tables.type_sizes[types]
     one = np.uint64(1)
-    blocked = block > one
-    q, r = np.divmod(ne[:, 0], np.maximum(block, one))
-    first = np.where(blocked, q * nb[:, 0] + r * nb[:, 0] // np.maximum(block, one), size + (ne[:, 0] - one) * nb[:, 0])
-    rest = (ne[:, 1:] - one) * nb[:, 1:]
-    estimate = first.astype(np.float64) + rest.astype(np.float64).sum(axis=1)
+    per_block = np.maximum(block, one)
+    q, r = np.divmod(ne[0], per_block)
+    total = np.where(block > one, q * nb[0] + r * nb[0] // per_block, tables.type_sizes[types] + (ne[0] - one) * nb[0])
+    estimate = total.astype(np.float64)
     with np.errstate(over="ignore"):
-        total = first + rest.sum(axis=1, dtype=np.uint64)
-    total = np.where(estimate >= 2.0**63, NBYTES_OVERFLOW, total)
-    return np.where((ne == 0).any(axis=1), np.uint64(0), total)
+        for dim in range(1, MAX_DIMS):
+            term = (ne[dim] - one) * nb[dim]
+            total += term
+            estimate += term
+    total[estimate >= 2.0**63] = NBYTES_OVERFLOW
+    total[ne.min(axis=0) == 0] = 0
+    return total

@@ -79,6 +79,15 @@ def id_rows(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     return rows
 
 
+def distinct(values: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of a 1-D array.  np.unique does the same through a hash
+    table, which costs 10-20 times a sort at the sizes of a graph's columns."""
+    ordered = np.sort(values)
+    keep = np.ones(len(ordered), bool)
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
+
+
 def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
     """Byte equality without copies (servers compare each graph with the stored one)."""
     if a.dtype != b.dtype or a.shape != b.shape:

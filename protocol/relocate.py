@@ -18,7 +18,7 @@ from construct import Container
 
 from .commands import Command
 from .framing import Reply, Request
-from .graph import Graph
+from .graph import Graph, distinct
 from .rules import iter_tensors
 from .messages import message_spec
 from .versions import Profile
@@ -103,7 +103,7 @@ class Relocator:
     def graph(self, graph: Graph) -> Graph:
         tensors = graph.tensors.copy()
         handles = tensors["buffer"]
-        for old in np.unique(handles):
+        for old in distinct(handles):
             if not old:
                 continue
             rows = handles == old

@@ -21,6 +21,7 @@ import numpy as np
 
 from .commands import Command
 from .ggml import nbytes, nbytes_array
+from .graph import distinct
 from .versions import Profile
 
 MUST, SHOULD = "MUST", "SHOULD"
@@ -267,7 +268,7 @@ def _graph_null_data(view, graph, _valid) -> Violation | None:
 
 
 def _graph_buffers(view, graph, _valid) -> Violation | None:
-    for handle in np.unique(graph.tensors["buffer"]):
+    for handle in distinct(graph.tensors["buffer"]):
         if handle and view.buffer(int(handle)) is None:
             at = _first(graph.tensors["buffer"] == handle)
             return Violation(f"tensors[{at}].buffer", int(handle), "not a buffer allocated on this connection")
@@ -279,7 +280,7 @@ def _graph_bounds(view, graph, valid) -> Violation | None:
     types = np.where(valid["type"], tensors["type"], 0)
     sizes = nbytes_array(view.profile.ggml, types, tensors["ne"], tensors["nb"])
     data = tensors["data"]
-    for handle in np.unique(tensors["buffer"]):
+    for handle in distinct(tensors["buffer"]):
         buf = view.buffer(int(handle)) if handle else None
         if buf is None:
             continue

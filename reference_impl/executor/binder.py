@@ -13,6 +13,7 @@ from functools import cached_property
 import numpy as np
 
 from protocol.ggml import ELEMENT_DTYPES
+from protocol.graph import distinct
 
 from .tensors import TensorRef, strided_view
 
@@ -28,6 +29,8 @@ class Binder:
         self._lists: dict[str, list] = {}
         self._refs: dict[int, TensorRef] = {}
         self._views: dict[int, np.ndarray] = {}
+        self._slices: list = [None] * len(self.tensors)  # per row, its 1-D slice once made
+        self._sliced = np.zeros(len(self.tensors), bool)
 
     # -- columns and views, for kernels that take a batch of nodes --------------------------------
 
@@ -82,24 +85,29 @@ class Binder:
 
     def flat(self, *columns: np.ndarray) -> list[list[np.ndarray]]:
         """For each column of rows (`packed`, an element type, in a buffer), their elements
-        as 1-D slices, worked out for all at once: one slice per distinct row (a node's
-        output is usually the next node's input), shared wherever the row recurs."""
-        rows, inverse = np.unique(np.concatenate(columns), return_inverse=True)
+        as 1-D slices.  A slice is made once per row for the whole graph and shared wherever
+        the row recurs (a node's output is usually the next node's input, of another op)."""
+        wanted = distinct(np.concatenate(columns))
+        self._slice(wanted[~self._sliced[wanted]])
+        pick = self._slices.__getitem__
+        return [list(map(pick, column.tolist())) for column in columns]
+
+    def _slice(self, rows: np.ndarray) -> None:
+        """Make the 1-D slices of `rows`, worked out for all at once per (type, buffer)."""
+        self._sliced[rows] = True
         handles, types, data = self.handles[rows], self.types[rows], self.tensors["data"][rows]
-        counts = self.ne[rows].prod(axis=1, dtype=np.uint64)
-        slices: list = [None] * len(rows)
-        for kind in np.unique(types).tolist():
+        ne = self.ne[rows].astype(np.uint64)
+        counts = ne[:, 0] * ne[:, 1] * ne[:, 2] * ne[:, 3]  # a reduction along rows of 4 costs twice this
+        slices = self._slices
+        for kind in distinct(types).tolist():
             dtype = ELEMENT_DTYPES[self.ggml.types[kind].name]
-            for handle in np.unique(handles[types == kind]).tolist():
+            for handle in distinct(handles[types == kind]).tolist():
                 at = np.flatnonzero((handles == handle) & (types == kind))
                 buffer = self._buffers[handle]
                 elements = np.frombuffer(buffer.memory, dtype, len(buffer.memory) // dtype.itemsize)
                 starts = (data[at] - np.uint64(buffer.base)) // np.uint64(dtype.itemsize)
-                for i, start, end in zip(at.tolist(), starts.tolist(), (starts + counts[at]).tolist()):
-                    slices[i] = elements[start:end]
-        picks = inverse.tolist()
-        bounds = np.cumsum([0] + [len(c) for c in columns]).tolist()
-        return [[slices[j] for j in picks[start:end]] for start, end in zip(bounds, bounds[1:])]
+                for row, start, end in zip(rows[at].tolist(), starts.tolist(), (starts + counts[at]).tolist()):
+                    slices[row] = elements[start:end]
 
     # -- TensorRefs, for kernels that take one node ----------------------------------------------
 

@@ -4,8 +4,9 @@ Each kernel is `build(node, ctx) -> step`: it validates everything that can be v
 before running (types, shapes, parameters) and raises ExecutionError for what it cannot
 compute, then returns a closure that does the work.  A GRAPH_RECOMPUTE runs the same
 closures again.  Ops whose common case is one ufunc call also have a batch kernel,
-`batch(binder, op, rows, ctx) -> steps`, that checks all nodes of the op at once with NumPy
-and builds their steps in one loop; the nodes it does not take (PER_NODE) go to `build`.
+`batch(binder, op, rows, ctx) -> (taken, steps)`, that checks all nodes of the op at once
+with NumPy and builds the steps of those it takes (`taken`: indices into `rows`) in one
+go; the nodes it does not take go to `build`.
 Values are computed in float32 from the sources' views and stored through the destination's
 view, so strides, permutations and in-place ops behave as in ggml.
 Steps run inside the plan's np.errstate(all="ignore"): inf and nan propagate silently, as
@@ -31,16 +32,9 @@ from .tensors import ELEMENT_DTYPES, DequantCache, TensorRef, dequantize, quanti
 
 Step = Callable[[], None]
 KERNELS: dict[str, Callable[[TensorRef, "ExecContext"], Step | None]] = {}
-BATCHED: dict[str, Callable[..., list]] = {}
+Taken = tuple[np.ndarray, list]  # a batch kernel's answer: the nodes it takes (indices into its rows), their steps
+BATCHED: dict[str, Callable[..., Taken]] = {}
 NO_COMPUTE = ("NONE", "RESHAPE", "VIEW", "PERMUTE", "TRANSPOSE")
-
-
-class _PerNode:
-    def __repr__(self) -> str:
-        return "PER_NODE"
-
-
-PER_NODE = _PerNode()  # a batch kernel's answer for a node that its op's `build` must take
 
 
 @dataclass
@@ -101,8 +95,8 @@ def repeat(values: np.ndarray, shape: tuple[int, ...], node: TensorRef) -> np.nd
 
 
 @batch_kernel(*NO_COMPUTE)
-def batch_no_compute(binder, op: str, rows: np.ndarray, ctx: ExecContext) -> list:
-    return [None] * len(rows)
+def batch_no_compute(binder, op: str, rows: np.ndarray, ctx: ExecContext) -> Taken:
+    return np.arange(len(rows)), [None] * len(rows)
 
 
 def plain_f32(binder, rows: np.ndarray, *operands: np.ndarray) -> np.ndarray:
@@ -116,20 +110,20 @@ def plain_f32(binder, rows: np.ndarray, *operands: np.ndarray) -> np.ndarray:
 
 
 def ufunc_steps(binder, function, rows: np.ndarray, ok: np.ndarray, flat: np.ndarray, sources,
-                scalars: np.ndarray | None = None) -> list:
-    """Steps `function(*sources, [scalar,] out)` for the nodes `ok` (PER_NODE for the rest):
+                scalars: np.ndarray | None = None) -> Taken:
+    """Steps `function(*sources, [scalar,] out)` for the nodes `ok` (a batch kernel's answer):
     over 1-D slices where `flat` (every operand packed, all of one shape), otherwise over
     strided views, where the ufunc broadcasts a source of size 1 as ggml repeats it."""
-    steps = [PER_NODE] * len(rows)
+    taken, steps = [], []
     for mask, views in ((flat, binder.flat), (ok & ~flat, binder.views)):
         at = np.flatnonzero(mask)
         columns = views(*(source[at] for source in sources), rows[at])
         if scalars is not None:
             columns.insert(-1, scalars[at])
+        taken.append(at)
         # partial(function, *operands, out): `out` given positionally is cheaper to call
-        for i, step in zip(at.tolist(), map(partial, itertools.repeat(function), *columns)):
-            steps[i] = step
-    return steps
+        steps += map(partial, itertools.repeat(function), *columns)
+    return np.concatenate(taken), steps
 
 
 # -- copies -------------------------------------------------------------------------------------
@@ -185,7 +179,7 @@ BINARY = {"ADD": np.add, "SUB": np.subtract, "MUL": np.multiply, "DIV": np.divid
 
 
 @batch_kernel(*BINARY)
-def batch_binary(binder, op: str, rows: np.ndarray, ctx: ExecContext) -> list:
+def batch_binary(binder, op: str, rows: np.ndarray, ctx: ExecContext) -> Taken:
     """All float32, src0 the node's shape and src1 broadcasting to it: one ufunc call over
     views fixed now (views read the buffers' current bytes at every run)."""
     a, b = binder.sources[rows, 0], binder.sources[rows, 1]
@@ -292,7 +286,7 @@ def build_unary(node: TensorRef, ctx: ExecContext) -> Step:
 
 
 @batch_kernel("SCALE")
-def batch_scale(binder, op: str, rows: np.ndarray, ctx: ExecContext) -> list:
+def batch_scale(binder, op: str, rows: np.ndarray, ctx: ExecContext) -> Taken:
     """float32 in and out, same shape, no bias: one multiply over views fixed now."""
     a = binder.sources[rows, 0]
     params = binder.op_params[rows, :2].view(np.float32)
