@@ -294,6 +294,10 @@ CASES += (
                 lambda p: _graph(p, _node(p, data=p.buffer.base + p.buffer.size - 8)), destructive=True),
     HostileCase("exec.unsupported", "exec.unsupported", "ROPE in the removed mode 1", "compute failure",
                 _rope_mode_one, destructive=True),
+    HostileCase("exec.no-memory", "exec.unsupported", "ADD reading a source that has no buffer (buffer 0, data 0)",
+                "compute failure", lambda p: _graph(p, [p.tensor(0, id=0xA1, name="a"),
+                                                        p.tensor(0, id=0xB2, name="b", buffer=0, data=0),
+                                                        *_node(p)[2:]]), destructive=True),
     HostileCase("recompute.stored", "recompute.stored", "GRAPH_RECOMPUTE before any GRAPH_COMPUTE", "protocol",
                 lambda p: p.send(C.GRAPH_RECOMPUTE, {"device": 0}), needs=(C.GRAPH_RECOMPUTE,)),
 )

@@ -169,11 +169,10 @@ def nbytes_array(tables: GgmlTables, types: np.ndarray, ne: np.ndarray, nb: np.n
     q, r = np.divmod(ne[0], per_block)
     total = np.where(block > one, q * nb[0] + r * nb[0] // per_block, tables.type_sizes[types] + (ne[0] - one) * nb[0])
     estimate = total.astype(np.float64)
-    with np.errstate(over="ignore"):
-        for dim in range(1, MAX_DIMS):
-            term = (ne[dim] - one) * nb[dim]
-            total += term
-            estimate += term
+    for dim in range(1, MAX_DIMS):  # (ne - 1 wraps where ne is 0: those totals are zeroed below)
+        term = (ne[dim] - one) * nb[dim]
+        total += term
+        estimate += term
     total[estimate >= 2.0**63] = NBYTES_OVERFLOW
     total[ne.min(axis=0) == 0] = 0
     return total

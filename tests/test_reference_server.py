@@ -128,6 +128,7 @@ def test_hostile_input_closes_only_that_connection(reference_server, proto, case
         probe.close()
     assert verdict == CLOSED, f"{case.case_id}: server {verdict} {data.hex()}\n{probe.exchange.hexdump()}"
     assert any("closing" in r.getMessage() for r in caplog.records)  # logged with its reason
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]  # not an internal error
     with RPCClient(server.endpoint, timeout=5) as rpc:  # and still serves
         assert rpc.alloc_buffer(64) is not None
 

@@ -72,6 +72,7 @@ def require(condition: bool, node: TensorRef, message: str, *args) -> None:
 def readable(node: TensorRef, *tensors: TensorRef) -> None:
     for tensor in tensors:
         require(tensor.kind.name in ELEMENT_DTYPES or tensor.quantized, node, "cannot read {}", tensor.kind.name)
+        require(tensor.buffer is not None, node, "{!r} has no buffer on this server: nothing to read", tensor.name)
 
 
 def float_like(node: TensorRef, *tensors: TensorRef) -> None:
@@ -100,12 +101,13 @@ def batch_no_compute(binder, op: str, rows: np.ndarray, ctx: ExecContext) -> Tak
 
 
 def plain_f32(binder, rows: np.ndarray, *operands: np.ndarray) -> np.ndarray:
-    """Which nodes (`rows`) and their operand rows are all float32 and present, and the
-    node has a buffer to write: the nodes a batch kernel can run on plain views."""
+    """Which nodes (`rows`) and their operand rows are all float32, present and in a buffer:
+    the nodes a batch kernel can run on plain views.  (A tensor without a buffer has no
+    memory here; the per-node kernel reports it.)"""
     f32 = TYPE_BY_NAME["F32"].value
     ok = (binder.types[rows] == f32) & (binder.handles[rows] != 0)
     for operand in operands:
-        ok &= (operand >= 0) & (binder.types[operand] == f32)
+        ok &= (operand >= 0) & (binder.types[operand] == f32) & (binder.handles[operand] != 0)
     return ok
 
 

@@ -72,11 +72,11 @@ class StepKeys:
         self.own = np.concatenate([nodes[:, span] for span in layout.own], axis=1)
         self.memory = np.concatenate([records[:, span] for span in layout.memory], axis=1)
         self.sources = graph.link_rows[rows, :-1]
-        with np.errstate(over="ignore"):  # a used slot adds (its source's hash + 1) * the slot's weight
-            memory = np.einsum("ij,j->i", self.memory.astype(np.uint64), layout.memory_weights)
-            slots = np.where(self.sources >= 0, memory[self.sources] + np.uint64(1), np.uint64(0))
-            self.hashes = (np.einsum("ij,j->i", self.own.astype(np.uint64), layout.own_weights)
-                           + np.einsum("ij,j->i", slots, layout.slot_weights))
+        # uint64 array arithmetic wraps silently; a used slot adds (its source's hash + 1) * its weight
+        memory = np.einsum("ij,j->i", self.memory.astype(np.uint64), layout.memory_weights)
+        slots = np.where(self.sources >= 0, memory[self.sources] + np.uint64(1), np.uint64(0))
+        self.hashes = (np.einsum("ij,j->i", self.own.astype(np.uint64), layout.own_weights)
+                       + np.einsum("ij,j->i", slots, layout.slot_weights))
 
     @cached_property
     def _sorted(self) -> tuple[np.ndarray, np.ndarray]:

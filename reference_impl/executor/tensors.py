@@ -81,7 +81,7 @@ class TensorRef:
 
     def _offset(self) -> int:
         if self.buffer is None:
-            raise ExecutionError(f"{self.op} needs the memory of {self.name!r}, which has no buffer on this server")
+            raise ExecutionError(f"{self.name!r} has no buffer on this server: no memory to read or write")
         return self.data - self.buffer.base
 
     def view(self) -> np.ndarray:
