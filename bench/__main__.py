@@ -118,8 +118,7 @@ class BigGraph(Sampler):
             node = [g.add, g.mul, lambda a, b: g.scale(a, 0.999)][i % 3](node, y)
             nodes.append(node)
         self.graph, self.variants = g.graph(nodes), 0
-        for tensor, raw in g.uploads:
-            self.rpc.set_tensor(tensor, raw)
+        g.upload(self.rpc)
         self.timed(self.graph)
         if not np.isfinite(g.read(self.rpc, nodes[-1])).all():
             raise AssertionError("the 2000-node graph computed non-finite values")

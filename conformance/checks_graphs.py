@@ -35,9 +35,8 @@ for _case in CASES:
 def _add_graph(ctx: Context, rpc, values_a, values_b):
     buf = rpc.alloc_buffer(4096, ctx.device)
     g = GraphBuilder(rpc.profile, buf)
-    a, b = g.input(values_a), g.input(values_b)
-    out = g.add(a, b)
-    return g, a, b, out
+    a = g.input(values_a)
+    return g, a, g.add(a, g.input(values_b))
 
 
 @check("8.1", "a graph without nodes or tensors is computed (nothing to do)")
@@ -53,7 +52,7 @@ def empty_graph(ctx: Context) -> None:
 def recompute(ctx: Context) -> None:
     rpc = ctx.client()
     x, y = np.arange(8, dtype=np.float32), np.ones(8, dtype=np.float32)
-    g, a, b, out = _add_graph(ctx, rpc, x, y)
+    g, a, out = _add_graph(ctx, rpc, x, y)
     first = g.run(rpc, [out], device=ctx.device)[0]
     rpc.set_tensor(a, x * 10)
     rpc.graph_recompute(ctx.device)
@@ -65,7 +64,7 @@ def recompute(ctx: Context) -> None:
 @check("8.3", "a new GRAPH_COMPUTE replaces the stored graph", needs=(C.GRAPH_RECOMPUTE,))
 def recompute_latest(ctx: Context) -> None:
     rpc = ctx.client()
-    g, a, b, out = _add_graph(ctx, rpc, np.zeros(4, np.float32), np.ones(4, np.float32))
+    g, a, out = _add_graph(ctx, rpc, np.zeros(4, np.float32), np.ones(4, np.float32))
     g.run(rpc, [out], device=ctx.device)
     scaled = g.scale(a, 3.0)
     g.run(rpc, [scaled], device=ctx.device)
@@ -80,7 +79,7 @@ def compute_flag(ctx: Context) -> None:
     if not ctx.profile.ggml.compute_flag:
         ctx.skip(f"ggml {ctx.profile.ggml.release} computes every node (no COMPUTE flag)")
     rpc = ctx.client()
-    g, a, b, out = _add_graph(ctx, rpc, np.ones(4, np.float32), np.ones(4, np.float32))
+    g, a, out = _add_graph(ctx, rpc, np.ones(4, np.float32), np.ones(4, np.float32))
     rpc.set_tensor(out, np.full(4, -1, np.float32))
     out.flags = 0
     g.run(rpc, [], nodes=[out], device=ctx.device)

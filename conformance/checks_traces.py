@@ -9,19 +9,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from protocol.trace import decode_trace
-from reference_impl.replay import DIFFERS, passed, replay
+from protocol.trace import Trace, decode_trace
+from reference_impl.replay import DIFFERS, TOLERANCE, passed, replay
 
 from .core import Check, Context, register, require
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
-def _replays(path: Path):
+def _replays(trace: Trace):
     def run(ctx: Context) -> None:
-        results = replay(decode_trace(path.read_bytes()), ctx.endpoint, timeout=ctx.timeout * 6)
+        results = replay(trace, ctx.endpoint, timeout=ctx.timeout * 6)
         bad = [f"#{r.index} {r.command}: {r.detail}" for r in results if r.verdict == DIFFERS]
-        require(passed(results), "every reply as recorded (relocated; computed floats within 10%)",
+        require(passed(results), f"every reply as recorded (relocated; computed floats within {TOLERANCE:.0%})",
                 "; ".join(bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""))
 
     return run
@@ -31,4 +31,4 @@ for _path in sorted(FIXTURES.glob("*/*.ggmlrpc")):
     _trace = decode_trace(_path.read_bytes())
     _name = _path.relative_to(FIXTURES).with_suffix("")
     register(Check(f"trace.{_name}", "12", f"replays fixtures/{_name} ({_trace.header.get('note', 'recorded session')})",
-                   _replays(_path), kind="trace", protocols=(_trace.protocol,)))
+                   _replays(_trace), kind="trace", protocols=(_trace.protocol,)))

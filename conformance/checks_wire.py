@@ -167,12 +167,9 @@ def device_memory(ctx: Context) -> None:
 @check("5.5", "GET_ALLOC_SIZE is at least nbytes for every type")
 def alloc_size(ctx: Context) -> None:
     rpc = ctx.client()
-    for value in sorted(TYPES):
-        kind = ctx.profile.ggml.tensor_type(value)
-        if kind is None:
-            continue
+    for kind in filter(None, ctx.profile.ggml.types):
         ne = [kind.block_size * 4, 3, 2, 1]
-        tensor = make_tensor(ctx.profile.tensor, id=1, type=value, ne=ne,
+        tensor = make_tensor(ctx.profile.tensor, id=1, type=kind.value, ne=ne,
                              nb=contiguous_strides(kind.type_size, kind.block_size, ne), name=kind.name)
         size = rpc.get_alloc_size(tensor, device=ctx.device)
         expected = nbytes(kind, ne, tensor.nb)

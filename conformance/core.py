@@ -17,7 +17,7 @@ import pytest
 from protocol import Command
 from protocol.messages import device_fields
 from protocol.rules import MUST, SHOULD
-from protocol.trace import CLIENT, SERVER, Record, Trace, encode_trace
+from protocol.trace import CLIENT, SERVER, Trace, encode_trace, frame_records
 from protocol.versions import Profile
 from reference_impl.client import RPCClient
 
@@ -153,8 +153,7 @@ class Context:
         for name, exchange in self.exchanges:
             if not exchange.events:
                 continue
-            records = [Record(CLIENT if d == "sent" else SERVER, int(t * 1e6), data)
-                       for d, t, data in exchange.events]
+            records = frame_records([(CLIENT if d == "sent" else SERVER, t, data) for d, t, data in exchange.events])
             header = {"protocol": self.profile.name, "recorder": "conformance suite", "peer": self.endpoint,
                       "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "case": case_id,
                       "connection": name}

@@ -110,10 +110,9 @@ def _machine(ctx: Context):
             if number not in self.live or C.MEMSET_TENSOR not in ctx.profile.commands:
                 return
             start, length = self._region(data, number)
-            tensor = self._tensor(number, start, length)
             if length == 0:
                 return
-            self.rpc.memset_tensor(tensor, value, 0, length)
+            self.rpc.memset_tensor(self._tensor(number, start, length), value, 0, length)
             self.live[number][1][start:start + length] = bytes([value]) * length
 
         @rule(number=buffers)
@@ -122,10 +121,9 @@ def _machine(ctx: Context):
                 return
             self.rpc.free_buffer(self.live.pop(number)[0])
 
-        @invariant()
+        @invariant()  # (invariants run only after connect)
         def alive(self):
-            if hasattr(self, "rpc"):
-                require(self.rpc.alignment(ctx.device) > 0, "the connection serves", "it does not")
+            require(self.rpc.alignment(ctx.device) > 0, "the connection serves", "it does not")
 
     return Buffers
 

@@ -164,7 +164,6 @@ def _rope_mode_one(p) -> None:
     positions = p.tensor(64, id=0xB2, n=1, type=26, name="pos")  # I32 [1]
     _set(p, positions, struct.pack("<i", 3))
     x = p.tensor(0, id=0xA1, n=16, name="x", ne=[4, 4, 1, 1], nb=[4, 16, 64, 64])
-    x.ne = [4, 4, 1, 1]
     rope = p.tensor(128, id=0xC3, n=16, name="rope", ne=[4, 4, 1, 1], nb=[4, 16, 64, 64],
                     op=p.profile.ggml.op_value("ROPE"), src=[0xA1, 0xB2] + [0] * 8, op_params=[0, 4, 1] + [0] * 13)
     _graph(p, [x, positions, rope])

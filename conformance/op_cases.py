@@ -104,6 +104,23 @@ def binary(op: str, a_shape, b_shape, *, strided_a: bool = False):
     return build
 
 
+def elementwise_chain(g: GraphBuilder, rng):
+    """SUB -> MUL -> DIV (src1 a broadcast row) -> SCALE, and an ADD that writes over its
+    own src0 (ggml_add_inplace): each node reads what the one before it wrote."""
+    x, y = randn(rng, 4, 6), randn(rng, 4, 6)
+    row = (rng.uniform(0.5, 2.0, (1, 6)) * rng.choice([-1, 1], (1, 6))).astype(F32)
+    a, b, r = g.input(x), g.input(y), g.input(row)
+    diff = g.sub(a, b)
+    product = g.mul(diff, b)
+    chained = g.div(product, r)
+    scaled = g.scale(chained, -0.5)
+    summed = g.add(a, b)
+    in_place = g.new("F32", [6, 4], op="ADD", srcs=[summed, r], data=summed.data)
+    outputs = [diff, product, chained, scaled, summed, in_place]  # summed reads back as in_place overwrote it
+    return outputs, lambda: [as4d(v) for v in ((x - y), (x - y) * y, (x - y) * y / row, (x - y) * y / row * -0.5,
+                                               x + y + row, x + y + row)]
+
+
 UNARY_ORACLES = {
     "ABS": np.abs, "NEG": np.negative, "RELU": lambda x: np.maximum(x, 0), "TANH": np.tanh,
     "SIGMOID": lambda x: 1 / (1 + np.exp(-x)), "EXP": np.exp, "SILU": lambda x: x / (1 + np.exp(-x)),
@@ -386,6 +403,7 @@ CASES: tuple[OpCase, ...] = (
     OpCase("broadcast-row", "ADD", binary("ADD", (2, 4, 16), (1, 1, 16))),
     OpCase("repeat-tiles", "ADD", binary("ADD", (6, 8), (3, 8))),
     OpCase("strided-src0", "ADD", binary("ADD", (5, 7), (1, 7), strided_a=True)),
+    OpCase("chain-in-place", "ADD", elementwise_chain),
     OpCase("broadcast", "SUB", binary("SUB", (4, 6), (1, 6))),
     OpCase("broadcast-heads", "MUL", binary("MUL", (3, 4, 8), (1, 4, 8))),
     OpCase("same-shape", "DIV", binary("DIV", (4, 10), (4, 10))),

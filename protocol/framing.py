@@ -417,11 +417,11 @@ class ReplyParser(_FrameParser):
             partial = self._partial_frame()
             got = f" after {partial} bytes of it" if partial else ""
             raise PeerClosed(f"connection closed before the complete reply{got}: the server "
-                                      "rejected the request or failed", command=waiting.command.name,
-                                      section="2.5", offset=self._frame_start)
+                             "rejected the request or failed", command=waiting.command.name,
+                             section="2.5", offset=self._frame_start)
         if self._partial_frame():
             raise PeerClosed("connection closed in the middle of unexpected reply bytes",
-                                      section="2.3", offset=self._frame_start)
+                             section="2.3", offset=self._frame_start)
 
     def _on_size(self, chunk: memoryview) -> None:
         (size,) = _U64.unpack(chunk)

@@ -36,7 +36,7 @@ def params(*values) -> list[int]:
             out.append(struct.unpack("<i", struct.pack("<f", value))[0])
         else:
             out.append(int(value))
-    return out + [0] * (MAX_OP_PARAMS // 4 - len(out))
+    return out  # (new() pads to MAX_OP_PARAMS)
 
 
 class GraphBuilder:
@@ -221,10 +221,14 @@ class GraphBuilder:
         """Every tensor built so far, with `nodes` (in order) as the graph's nodes."""
         return Graph(np.array([n.id for n in nodes], dtype="<u8"), tensors_from_containers(self.profile, self.tensors))
 
-    def run(self, client, outputs, *, nodes=None, device: int = 0) -> list[np.ndarray]:
-        """Upload the inputs, compute, and read `outputs` back (as arrays of their type)."""
+    def upload(self, client) -> None:
+        """Send every input's values to the server."""
         for tensor, raw in self.uploads:
             client.set_tensor(tensor, raw)
+
+    def run(self, client, outputs, *, nodes=None, device: int = 0) -> list[np.ndarray]:
+        """Upload the inputs, compute, and read `outputs` back (as arrays of their type)."""
+        self.upload(client)
         client.graph_compute(self.graph(nodes if nodes is not None else outputs), device)
         return [self.read(client, t) for t in outputs]
 

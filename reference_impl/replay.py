@@ -15,14 +15,15 @@ import numpy as np
 
 from protocol import Command, message_spec
 from protocol.errors import ProtocolError
-from protocol.ggml import TYPES
+from protocol.ggml import ELEMENT_DTYPES
 from protocol.relocate import RelocationError, Relocator
 from protocol.trace import Trace
 
 from .client import RPCClient, ServerClosed
 
 OK, TOLERATED, INFORMATIONAL, DIFFERS = "ok", "within tolerance", "informational", "differs"
-FLOAT_TYPES = {"F32": np.float32, "F16": np.float16}
+FLOAT_TYPES = ("F32", "F16", "BF16")  # compared within a tolerance once a graph computed
+TOLERANCE = 0.1  # of the largest value: two correct backends round differently
 INFORMATIONAL_REPLIES = {Command.GET_DEVICE_MEMORY, Command.GET_ALIGNMENT, Command.GET_MAX_SIZE,
                          Command.DEVICE_COUNT, Command.SET_TENSOR_HASH}
 
@@ -36,8 +37,8 @@ class FrameResult:
 
 
 def _tolerance_compare(recorded: bytes, got: bytes, type_name: str, tolerance: float) -> tuple[bool, str]:
-    dtype = FLOAT_TYPES.get(type_name)
-    if dtype is None or len(recorded) % np.dtype(dtype).itemsize:
+    dtype = ELEMENT_DTYPES[type_name] if type_name in FLOAT_TYPES else None
+    if dtype is None or len(recorded) % dtype.itemsize:
         return False, "bytes differ"
     a = np.frombuffer(recorded, dtype).astype(np.float64)
     b = np.frombuffer(got, dtype).astype(np.float64)
@@ -79,7 +80,7 @@ def judge(command: Command, recorded, got, *, computed: bool, tensor_type: str |
     return DIFFERS, f"{dict(got.body)} (recorded {dict(recorded.body)})"
 
 
-def replay(trace: Trace, endpoint: str, *, timeout: float = 60.0, tolerance: float = 0.1) -> list[FrameResult]:
+def replay(trace: Trace, endpoint: str, *, timeout: float = 60.0, tolerance: float = TOLERANCE) -> list[FrameResult]:
     """Replay `trace` against `endpoint`; one FrameResult per recorded request."""
     session = trace.decoded()
     if session.profile is None:
@@ -120,10 +121,10 @@ def replay(trace: Trace, endpoint: str, *, timeout: float = 60.0, tolerance: flo
                 results.append(FrameResult(index, name, DIFFERS, "the recording has no reply here (the server closed)"))
                 break
             else:
-                kind = TYPES.get(request.body.tensor.type).name if request.command is Command.GET_TENSOR and \
-                    request.body.tensor.type in TYPES else None
-                verdict, detail = judge(request.command, recorded, got, computed=computed, tensor_type=kind,
-                                        tolerance=tolerance)
+                kind = profile.ggml.tensor_type(request.body.tensor.type) if request.command is Command.GET_TENSOR \
+                    else None
+                verdict, detail = judge(request.command, recorded, got, computed=computed,
+                                        tensor_type=kind.name if kind is not None else None, tolerance=tolerance)
                 results.append(FrameResult(index, name, verdict, detail))
                 relocator.learn(request, recorded, got)
             relocator.forget(request)

@@ -40,8 +40,7 @@ class ServerState:
     numerics: str = "float"
     weights: DequantCache = field(default_factory=DequantCache)
 
-    @property
-    def exec_context(self) -> ExecContext:
+    def new_exec_context(self) -> ExecContext:
         return ExecContext(self.profile.ggml, self.weights, self.numerics)
 
     def cached(self, value: int) -> bytes | None:
@@ -82,10 +81,10 @@ class Session:
         self.name = name
         self.buffers: dict[int, Buffer] = {}
         self.graphs: dict[int, StoredGraph] = {}
-        self.exec_context = state.exec_context  # one per connection: plans hand steps on to the next
+        self.exec_context = state.new_exec_context()  # one per connection: plans hand steps on to the next
         # Per command, looked up once: its rules and its handler (bound, so subclasses' overrides count).
         self._checks = {c: request_checks(c, message_spec(self.profile, c).request) for c in self.profile.commands}
-        self._handlers = {c: getattr(self, HANDLERS[c]) for c in self.profile.commands}
+        self._handlers = {c: getattr(self, c.name.lower()) for c in self.profile.commands}  # the method of its name
 
     # -- ServerView ---------------------------------------------------------------------------
 
@@ -264,28 +263,6 @@ KEEP_IN_CACHE = {
 }
 
 GRAPH_COMPUTE_REPLY = {"result": 0}  # 2.0.0 replies a ggml_status; later versions send nothing
-
-# Command -> the Session method that handles it (by name, so subclasses can override).
-HANDLERS = {
-    Command.HELLO: "hello",
-    Command.DEVICE_COUNT: "device_count",
-    Command.ALLOC_BUFFER: "alloc_buffer",
-    Command.GET_ALIGNMENT: "get_alignment",
-    Command.GET_MAX_SIZE: "get_max_size",
-    Command.GET_DEVICE_MEMORY: "get_device_memory",
-    Command.BUFFER_GET_BASE: "buffer_get_base",
-    Command.FREE_BUFFER: "free_buffer",
-    Command.BUFFER_CLEAR: "buffer_clear",
-    Command.SET_TENSOR: "set_tensor",
-    Command.SET_TENSOR_HASH: "set_tensor_hash",
-    Command.GET_TENSOR: "get_tensor",
-    Command.COPY_TENSOR: "copy_tensor",
-    Command.INIT_TENSOR: "init_tensor",
-    Command.GET_ALLOC_SIZE: "get_alloc_size",
-    Command.MEMSET_TENSOR: "memset_tensor",
-    Command.GRAPH_COMPUTE: "graph_compute",
-    Command.GRAPH_RECOMPUTE: "graph_recompute",
-}
 
 
 def describe(request: Request) -> str:

@@ -16,7 +16,7 @@ from protocol.errors import ProtocolError
 from protocol.trace import Trace, TraceError, decode_trace
 
 from .client import ServerClosed
-from .replay import DIFFERS, passed, replay
+from .replay import DIFFERS, TOLERANCE, passed, replay
 from .trace_show import decode, render
 
 
@@ -47,7 +47,7 @@ def show(args) -> int:
             session, rows = decode(trace)
             print(json.dumps({"file": path, "header": trace.header, "protocol": session.profile.name
                               if session.profile else None, "exchanges": rows,
-                              "error": str(session.error) if session.error else None}, indent=1, default=str))
+                              "error": str(session.error) if session.error else None}, indent=1))
         else:
             print(f"== {path}")
             print(render(trace, graphs=args.graphs))
@@ -90,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     replay_parser.add_argument("files", nargs="+", metavar="FILE", help="trace files or directories of them")
     replay_parser.add_argument("--target", required=True, metavar="HOST:PORT", help="server to replay against")
     replay_parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each reply")
-    replay_parser.add_argument("--tolerance", type=float, default=0.1,
-                               help="largest error for computed float data, relative to its largest value (0.1)")
+    replay_parser.add_argument("--tolerance", type=float, default=TOLERANCE,
+                               help="largest error for computed float data, relative to its largest value "
+                                    f"({TOLERANCE:g})")
     replay_parser.add_argument("-v", "--verbose", action="store_true", help="print every frame, not only differences")
     replay_parser.set_defaults(run=replay_command)
     args = parser.parse_args(argv)

@@ -20,24 +20,23 @@ def decode(trace: Trace) -> tuple[DecodedSession, list[dict]]:
     times = StreamClock((r.direction, r.time_us / 1e6, len(r.data)) for r in trace.records).time_of
     bases: dict[int, int] = {}
     rows = []
-    at = {CLIENT: 0, SERVER: 0}
+    sent = 0  # client bytes before this request, for its time
     for index, exchange in enumerate(session.exchanges, 1):
         request, reply = exchange.request, exchange.reply
-        row = {"index": index, "time": times(CLIENT, at[CLIENT]), "command": request.command.name,
+        row = {"index": index, "time": times(CLIENT, sent), "command": request.command.name,
                "request_bytes": request.frame_size, "request": _fields(request.body, session, bases)}
-        at[CLIENT] += request.frame_size
+        sent += request.frame_size
         if request.data is not None:
             row["request"]["data_bytes"] = len(request.data)
         if request.graph is not None:
             row["graph"] = _graph(request.graph, session, bases)
         if reply is not None:
-            at[SERVER] += reply.frame_size
             row["reply_bytes"] = reply.frame_size
             row["reply"] = {"data_bytes": len(reply.data)} if reply.data is not None else _fields(reply.body,
                                                                                                    session, bases)
             if request.command is Command.BUFFER_GET_BASE:
                 bases[request.body.remote_ptr] = reply.body.base_ptr
-        elif session.profile is not None:
+        else:  # (exchanges exist only once the session's profile is known)
             row["reply"] = None if not message_spec(session.profile, request.command).has_reply else "missing"
         if request.command is Command.FREE_BUFFER:
             bases.pop(request.body.remote_ptr, None)
@@ -46,14 +45,14 @@ def decode(trace: Trace) -> tuple[DecodedSession, list[dict]]:
 
 
 def _tensor(tensor, session, bases) -> dict:
-    kind = session.profile.ggml.tensor_type(tensor.type) if session.profile else None
+    kind = session.profile.ggml.tensor_type(tensor.type)
     out = {"name": decode_name(tensor.name), "type": kind.name if kind else tensor.type,
            "ne": list(tensor.ne), "nb": list(tensor.nb), "buffer": hex(tensor.buffer), "data": hex(tensor.data)}
     base = bases.get(tensor.buffer)
     if base is not None and tensor.data >= base:
         out["data"] = f"base+{tensor.data - base:#x}"
     if tensor.op:
-        out["op"] = session.profile.ggml.op_name(tensor.op) if session.profile else tensor.op
+        out["op"] = session.profile.ggml.op_name(tensor.op)
     return out
 
 

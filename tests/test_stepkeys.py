@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from protocol import RPC_TENSOR_DTYPE, Graph, profile_for
+from conftest import V70
+from protocol import RPC_TENSOR_DTYPE, Graph
 from reference_impl.executor.stepkeys import StepKeys, key_layout
 
-PROFILE = profile_for("7.0.0")
-DTYPE = RPC_TENSOR_DTYPE[PROFILE.tensor]
+DTYPE = RPC_TENSOR_DTYPE[V70.tensor]
 
 
 def chain(ids=(11, 12, 13, 14)) -> Graph:
@@ -22,7 +22,7 @@ def chain(ids=(11, 12, 13, 14)) -> Graph:
     tensors["ne"] = [8, 1, 1, 1]
     tensors["nb"] = [4, 32, 32, 32]
     tensors["data"] = [0x9000, 0x9020, 0x9040, 0x9060]
-    tensors["op"][2:] = [2, 6]
+    tensors["op"][2:] = [V70.ggml.op_value("ADD"), V70.ggml.op_value("MUL")]
     tensors["src"][2, :2] = [ids[0], ids[1]]
     tensors["src"][3, :2] = [ids[2], ids[1]]
     for row, name in enumerate((b"x", b"y", b"a", b"b")):
@@ -54,12 +54,12 @@ def test_renumbered_and_reordered_tensors_keep_their_steps():
 
 @pytest.mark.parametrize("row, field, value", [
     (3, "type", 1), (3, "buffer", 0x6000), (3, "ne", [4, 2, 1, 1]), (3, "nb", [4, 16, 32, 32]),
-    (3, "op", 7), (3, "op_params", [1] + [0] * 15), (3, "flags", 1), (3, "data", 0x90A0),
-    (3, "name", "c"),
-])
+    (3, "op", V70.ggml.op_value("SUB")), (3, "op_params", [1] + [0] * 15), (3, "flags", 1), (3, "data", 0x90A0),
+    (3, "name", b"c".ljust(64, b"\0")),
+], ids=lambda value: value if isinstance(value, str) else repr(value)[:20])
 def test_a_change_to_a_nodes_own_fields_rebuilds_it(row, field, value):
     after = chain()
-    after.tensors[row][field] = value.encode().ljust(64, b"\0") if field == "name" else value
+    after.tensors[row][field] = value
     assert keys(after).find_in(keys(chain())).tolist() == [0, -1]
 
 

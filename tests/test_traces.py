@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import CI_RELEASES, require_peer
+from protocol.session import decode_connection
 from protocol.trace import CLIENT, SERVER, Record, Trace, TraceError, decode_trace, encode_trace
 from reference_impl.client import RPCClient
 from reference_impl.replay import passed, replay
@@ -39,20 +40,27 @@ def sample() -> bytes:
     return encode_trace(Trace({"protocol": "3.6.1"}, [Record(CLIENT, 5, bytes(range(40))), Record(SERVER, 9, b"x")]))
 
 
-@pytest.mark.parametrize("damage,message", [
-    (lambda raw: raw[:10], "too short"),
-    (lambda raw: b"NOTATRACE" + raw[9:], "not a GGML RPC trace"),
-    (lambda raw: raw[:8] + b"\x09\x00" + raw[10:], "format version 9"),
-    (lambda raw: raw[:10] + (10**9).to_bytes(4, "little") + raw[14:], "runs past the end"),
-    (lambda raw: raw[:14] + b"{not json" + raw[23:], "header is not JSON"),
-    (lambda raw: raw.replace(b'"protocol": "3.6.1"', b'"protocol": 3006001'), "protocol must be a version string"),
-    (lambda raw: raw[:-4], "truncated"),
-    (lambda raw: raw[:-12] + bytes(12), "damaged"),
+def _records_start(raw: bytes) -> int:
+    """Where the record stream starts: after magic (8), format (2), header length (4), header."""
+    return 14 + int.from_bytes(raw[10:14], "little")
+
+
+@pytest.mark.parametrize("damage,message,where", [
+    (lambda raw: raw[:10], "too short", lambda raw: 0),
+    (lambda raw: b"NOTATRACE" + raw[9:], "not a GGML RPC trace", lambda raw: 0),
+    (lambda raw: raw[:8] + b"\x09\x00" + raw[10:], "format version 9", lambda raw: 8),
+    (lambda raw: raw[:10] + (10**9).to_bytes(4, "little") + raw[14:], "runs past the end", lambda raw: 10),
+    (lambda raw: raw[:14] + b"{not json" + raw[23:], "header is not JSON", lambda raw: 14),
+    (lambda raw: raw.replace(b'"protocol": "3.6.1"', b'"protocol": 3006001'), "protocol must be a version string",
+     lambda raw: 14),
+    (lambda raw: raw[:-4], "truncated", len),
+    (lambda raw: raw[:-12] + bytes(12), "damaged", _records_start),
 ])
-def test_damaged_traces_report_where(damage, message):
+def test_damaged_traces_report_where(damage, message, where):
+    damaged = damage(sample())
     with pytest.raises(TraceError, match=message) as info:
-        decode_trace(damage(sample()))
-    assert info.value.offset is not None
+        decode_trace(damaged)
+    assert info.value.offset == where(damaged)
 
 
 def test_record_length_lies_are_caught():
@@ -84,8 +92,9 @@ def test_fixtures_are_small_and_cover_both_versions():
 def test_show_decodes_every_fixture(path):
     trace = decode_trace(path.read_bytes())
     session, rows = decode(trace)
-    assert session.error is None and session.profile.name == trace.protocol and rows
-    json.dumps(rows, default=str)  # --json output is serialisable
+    assert session.error is None and rows
+    assert decode_connection(trace.stream(CLIENT), trace.stream(SERVER)).profile.name == trace.protocol  # by HELLO
+    json.dumps(rows)  # --json output is plain JSON
 
 
 def test_show_cli_prints_tensors_and_graphs():

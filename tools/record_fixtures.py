@@ -72,8 +72,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = write_tiny_llama(Path(tmp) / "tiny.gguf", n_layer=2)
         for release in RELEASES:
-            peer = ensure_built(peer_for(release))
             peer = peer_for(release)
+            ensure_built(peer)
             profile = profile_for(peer.protocol)
             record(release, "llama", lambda endpoint: run_llama(peer, model, rpc=endpoint, text=PROMPT, generate=4),
                    "llama.cpp, tiny 2-layer llama model, prompt and 4 greedy tokens")

@@ -94,6 +94,8 @@ class ClientSession:
         self.buffers: dict[str, int] = {}
         self.tensors: dict[str, int] = {}
         self.backends: dict[int, int] = {}
+        self._fill: tuple = (None, b"")  # (value, size) and its bytes, made once per shape
+        self._into: dict[int, ctypes.Array] = {}  # receive buffers by size, made once
 
     def _dev(self, step) -> tuple:
         return (step.get("device", 0),) if self.multi else ()
@@ -176,19 +178,25 @@ class ClientSession:
 
     def op_fill(self, step):
         key = (step.get("value", 0), step["size"])
-        if getattr(self, "_fill", (None,))[0] != key:  # made once, so repeated fills time only the transfer
+        if self._fill[0] != key:  # made once, so repeated fills time only the transfer
             self._fill = (key, bytes([key[0]]) * key[1])
         data = self._fill[1]
         self.g.ggml_backend_tensor_set(self.tensors[step["tensor"]], data, step.get("offset", 0), len(data))
 
+    def _received(self, step) -> ctypes.Array:
+        """GET_TENSOR into a buffer made once per size, so repeated reads time only the transfer."""
+        size = step["size"]
+        out = self._into.get(size)
+        if out is None:
+            out = self._into[size] = ctypes.create_string_buffer(size)
+        self.g.ggml_backend_tensor_get(self.tensors[step["tensor"]], out, step.get("offset", 0), size)
+        return out
+
     def op_read(self, step):
-        out = ctypes.create_string_buffer(step["size"])
-        self.g.ggml_backend_tensor_get(self.tensors[step["tensor"]], out, step.get("offset", 0), step["size"])
+        self._received(step)
 
     def op_get(self, step):
-        out = ctypes.create_string_buffer(step["size"])
-        self.g.ggml_backend_tensor_get(self.tensors[step["tensor"]], out, step.get("offset", 0), step["size"])
-        return out.raw.hex()
+        return self._received(step).raw.hex()
 
     def op_memset(self, step):
         self.g.ggml_backend_tensor_memset(self.tensors[step["tensor"]], step["value"], step.get("offset", 0),
