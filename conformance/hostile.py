@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from protocol import Command, build_request
+from protocol.ops import spec_for
 from protocol.rules import BY_KEY, Rule
 
 C = Command
@@ -165,13 +166,14 @@ def _rope_mode_one(p) -> None:
     _set(p, positions, struct.pack("<i", 3))
     x = p.tensor(0, id=0xA1, n=16, name="x", ne=[4, 4, 1, 1], nb=[4, 16, 64, 64])
     rope = p.tensor(128, id=0xC3, n=16, name="rope", ne=[4, 4, 1, 1], nb=[4, 16, 64, 64],
-                    op=p.profile.ggml.op_value("ROPE"), src=[0xA1, 0xB2] + [0] * 8, op_params=[0, 4, 1] + [0] * 13)
+                    op=p.profile.ggml.op_value("ROPE"), src=[0xA1, 0xB2] + [0] * 8,
+                    op_params=spec_for("ROPE").pack(n_dims=4, mode=1))
     _graph(p, [x, positions, rope])
 
 
 def _acc_past_the_end(p) -> None:
-    """ACC of a 4x4 window whose row stride (op_params[0]) walks far past the destination."""
-    tensors = _node(p, op=p.profile.ggml.op_value("ACC"), op_params=[4_000_000, 64, 64, 0, 0] + [0] * 11)
+    """ACC of a 4x4 window whose row stride (nb1) walks far past the destination."""
+    tensors = _node(p, op=p.profile.ggml.op_value("ACC"), op_params=spec_for("ACC").pack(nb1=4_000_000, nb2=64, nb3=64))
     tensors[1].update({"ne": [4, 4, 1, 1], "nb": [4, 16, 64, 64]})
     _graph(p, tensors)
 

@@ -14,29 +14,23 @@ the same graph to different servers; the conformance suite uses it for its op ca
 
 from __future__ import annotations
 
-import struct
-
 import numpy as np
 from construct import Container
 
 from protocol import Graph, make_tensor
 from protocol.ggml import ELEMENT_DTYPES, MAX_OP_PARAMS, MAX_SRC, TYPE_BY_NAME, TYPE_OF_DTYPE, nbytes
 from protocol.graph import tensors_from_containers
+from protocol.ops import spec_for
 from protocol.tensor import contiguous_strides
 from protocol.versions import Profile
 
 ROPE_NORMAL, ROPE_NEOX = 0, 2
 
 
-def params(*values) -> list[int]:
-    """op_params from Python ints and floats (floats as their float32 bit patterns)."""
-    out = []
-    for value in values:
-        if isinstance(value, float):
-            out.append(struct.unpack("<i", struct.pack("<f", value))[0])
-        else:
-            out.append(int(value))
-    return out  # (new() pads to MAX_OP_PARAMS)
+def params(op: str, sub: str | None = None, /, **values) -> list[int]:
+    """The op_params words of `op` (and sub-op `sub`) from named values, as the op catalogue
+    lays them out."""
+    return spec_for(op).pack(sub, **values)
 
 
 class GraphBuilder:
@@ -104,7 +98,8 @@ class GraphBuilder:
             if nb[i] == 0:
                 nb[i] = nb[i - 1] * ne[i - 1]
         return self.new(self.type_of(a), ne, op="VIEW", srcs=[a], nb=nb, data=a.data + offset, view_src=a,
-                        view_offs=offset, op_params=params(offset), name=name)
+                        view_offs=offset, op_params=params("VIEW", offset_lo=offset & 0xFFFFFFFF,
+                                                           offset_hi=offset >> 32), name=name)
 
     def permute(self, a: Container, *axes: int, name: str = "") -> Container:
         """ggml_permute: source dimension i becomes dimension axes[i]."""
@@ -112,7 +107,8 @@ class GraphBuilder:
         for i, axis in enumerate(axes):
             ne[axis], nb[axis] = a.ne[i], a.nb[i]
         return self.new(self.type_of(a), ne, op="PERMUTE", srcs=[a], nb=nb, data=a.data, view_src=a,
-                        op_params=params(*axes), name=name)
+                        op_params=params("PERMUTE", **{f"axis{i}": axis for i, axis in enumerate(axes)}),
+                        name=name)
 
     def transpose(self, a: Container, *, name: str = "") -> Container:
         return self.permute(a, 1, 0, 2, 3, name=name)
@@ -141,7 +137,7 @@ class GraphBuilder:
         return self.binary("DIV", a, b, **kw)
 
     def scale(self, a, s: float, bias: float = 0.0, **kw):
-        return self.unary_like("SCALE", a, params(float(s), float(bias)), **kw)
+        return self.unary_like("SCALE", a, params("SCALE", s=s, b=bias), **kw)
 
     def sqr(self, a, **kw):
         return self.unary_like("SQR", a, **kw)
@@ -150,19 +146,19 @@ class GraphBuilder:
         return self.unary_like("SQRT", a, **kw)
 
     def unary(self, a, kind: str, **kw):
-        return self.unary_like("UNARY", a, params(self.profile.ggml.unary_ops.index(kind)), **kw)
+        return self.unary_like("UNARY", a, params("UNARY", kind, op=self.profile.ggml.unary_ops.index(kind)), **kw)
 
-    def glu(self, a, kind: str, b=None, *, swapped: bool = False, extra=(), name: str = ""):
+    def glu(self, a, kind: str, b=None, *, swapped: bool = False, name: str = "", **extra):
         index = self.profile.ggml.glu_ops.index(kind)
         ne = list(a.ne) if b is not None else [a.ne[0] // 2] + list(a.ne[1:])
         return self.new(self.type_of(a), ne, op="GLU", srcs=[a, b] if b is not None else [a],
-                        op_params=params(index, int(swapped), *extra), name=name)
+                        op_params=params("GLU", kind, op=index, swapped=swapped, **extra), name=name)
 
     def norm(self, a, eps: float, **kw):
-        return self.unary_like("NORM", a, params(float(eps)), **kw)
+        return self.unary_like("NORM", a, params("NORM", eps=eps), **kw)
 
     def rms_norm(self, a, eps: float, **kw):
-        return self.unary_like("RMS_NORM", a, params(float(eps)), **kw)
+        return self.unary_like("RMS_NORM", a, params("RMS_NORM", eps=eps), **kw)
 
     def sum_rows(self, a, *, name: str = ""):
         return self.new(self.type_of(a), [1] + list(a.ne[1:]), op="SUM_ROWS", srcs=[a], name=name)
@@ -196,24 +192,26 @@ class GraphBuilder:
 
     def soft_max(self, a, mask=None, *, scale: float = 1.0, max_bias: float = 0.0, sinks=None, name: str = ""):
         srcs = [a, mask, sinks] if sinks is not None else [a, mask] if mask is not None else [a]
-        return self.new(self.type_of(a), a.ne, op="SOFT_MAX", srcs=srcs, op_params=params(float(scale),
-                        float(max_bias)), name=name)
+        return self.new(self.type_of(a), a.ne, op="SOFT_MAX", srcs=srcs,
+                        op_params=params("SOFT_MAX", scale=scale, max_bias=max_bias), name=name)
 
     def rope(self, a, positions, n_dims: int, mode: int = ROPE_NORMAL, *, n_ctx_orig: int = 0,
              freq_base: float = 10000.0, freq_scale: float = 1.0, ext_factor: float = 0.0, attn_factor: float = 1.0,
              beta_fast: float = 32.0, beta_slow: float = 1.0, freq_factors=None, name: str = ""):
         srcs = [a, positions] + ([freq_factors] if freq_factors is not None else [])
         return self.new(self.type_of(a), a.ne, op="ROPE", srcs=srcs, name=name, op_params=params(
-            0, n_dims, mode, 0, n_ctx_orig, float(freq_base), float(freq_scale), float(ext_factor),
-            float(attn_factor), float(beta_fast), float(beta_slow)))
+            "ROPE", n_dims=n_dims, mode=mode, n_ctx_orig=n_ctx_orig, freq_base=freq_base, freq_scale=freq_scale,
+            ext_factor=ext_factor, attn_factor=attn_factor, beta_fast=beta_fast, beta_slow=beta_slow))
 
     def flash_attn_ext(self, q, k, v, mask=None, *, scale: float, max_bias: float = 0.0, softcap: float = 0.0,
                        name: str = ""):
         return self.new("F32", [v.ne[0], q.ne[2], q.ne[1], q.ne[3]], op="FLASH_ATTN_EXT", srcs=[q, k, v, mask],
-                        op_params=params(float(scale), float(max_bias), float(softcap)), name=name)
+                        op_params=params("FLASH_ATTN_EXT", scale=scale, max_bias=max_bias, logit_softcap=softcap),
+                        name=name)
 
     def acc(self, a, b, nb1: int, nb2: int, nb3: int, offset: int, *, name: str = ""):
-        return self.unary_like("ACC", a, params(nb1, nb2, nb3, offset, 0), srcs=[a, b], name=name)
+        return self.unary_like("ACC", a, params("ACC", nb1=nb1, nb2=nb2, nb3=nb3, offset=offset), srcs=[a, b],
+                               name=name)
 
     # -- running -----------------------------------------------------------------------------
 

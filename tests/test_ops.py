@@ -95,7 +95,7 @@ def test_a_changed_graph_computes_what_it_now_says(reference_server, proto):
         rpc.graph_compute(g.graph([added, half]))
         np.testing.assert_array_equal(g.read(rpc, half).ravel(), (np.arange(8) + 2) * 0.5)
         # the same node in every field but its factor (same place, same name)
-        rescaled = g.new("F32", [8], op="SCALE", srcs=[added], op_params=params(3.0, 0.0), data=half.data,
+        rescaled = g.new("F32", [8], op="SCALE", srcs=[added], op_params=params("SCALE", s=3.0), data=half.data,
                          name="scaled")
         rpc.graph_compute(g.graph([added, rescaled]))
         np.testing.assert_array_equal(g.read(rpc, rescaled).ravel(), (np.arange(8) + 2) * 3.0)
@@ -115,7 +115,7 @@ def test_acc_into_a_gapped_destination_is_refused(reference_server, proto):
         g = GraphBuilder(rpc.profile, rpc.alloc_buffer(1 << 16))
         a = g.new("F32", [4, 2], nb=[4, 32, 64, 64])  # rows 32 bytes apart, 16 used
         b = g.input(np.ones((2, 4), np.float32))
-        node = g.new("F32", [4, 2], op="ACC", srcs=[a, b], op_params=[16, 64, 64, 0, 0], nb=[4, 32, 64, 64])
+        node = g.new("F32", [4, 2], op="ACC", srcs=[a, b], op_params=params("ACC", nb1=16, nb2=64, nb3=64), nb=[4, 32, 64, 64])
         g.upload(rpc)
         rpc.graph_compute(g.graph([node]))
         assert_closed_and_still_serving(rpc, server)

@@ -61,11 +61,33 @@ def find_built(peer: Peer) -> Path | None:
     return path if library(libs, "libggml-rpc").exists() else None
 
 
+def sdist(peer: Peer, *, log=print) -> Path:
+    """The peer's sdist from PyPI, kept in the cache (its vendored sources build the peer and
+    upstream's op test program)."""
+    folder = cache_root() / "sdists"
+    target = folder / f"llama_cpp_python-{peer.release}.tar.gz"
+    if target.exists():
+        return target
+    partial = folder / f"{target.name}.download"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    log(f"downloading the llama-cpp-python {peer.release} sdist from PyPI ...")
+    result = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+                             f"llama-cpp-python=={peer.release}", "-d", str(partial)], capture_output=True, text=True)
+    found = sorted(partial.glob("*.tar.gz"))
+    if result.returncode != 0 or not found:
+        raise PeerNotBuilt(f"downloading the llama-cpp-python {peer.release} sdist failed:\n{result.stderr[-2000:]}")
+    found[0].rename(target)
+    shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
 def ensure_built(peer: Peer, *, log=print) -> Path:
     """The peer's virtualenv, building it first if needed (a few minutes on 2 cores)."""
     found = find_built(peer)
     if found is not None:
         return found
+    archive = sdist(peer, log=log)
     final = venv_dir(peer)
     work = final.with_name(final.name + ".building")
     shutil.rmtree(work, ignore_errors=True)
@@ -78,7 +100,7 @@ def ensure_built(peer: Peer, *, log=print) -> Path:
     with open(logfile, "w") as out:
         result = subprocess.run(
             [str(work / "bin" / "python"), "-m", "pip", "install", "--no-cache-dir",
-             "--no-binary", "llama-cpp-python", f"llama-cpp-python=={peer.release}"],
+             "--no-binary", "llama-cpp-python", str(archive)],
             env=env, stdout=out, stderr=subprocess.STDOUT,
         )
     if result.returncode != 0:

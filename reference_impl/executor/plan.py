@@ -18,7 +18,7 @@ from protocol.graph import distinct
 
 from .binder import Binder
 from .errors import ExecutionError
-from .kernels import BATCHED, KERNELS, ExecContext, Step
+from .registry import BATCHED, KERNELS, ExecContext, Step
 from .stepkeys import StepKeys
 from .tensors import TensorRef
 
@@ -87,11 +87,11 @@ def build_steps(binder: Binder, rows: np.ndarray, todo: np.ndarray, steps: list,
 
 
 def _build(node: TensorRef, ctx: ExecContext, profile) -> Step | None:
-    build = KERNELS.get(node.op)
-    if build is None:
+    entry = KERNELS.get(node.op)
+    if entry is None:
         raise ExecutionError(f"op {node.op} (node {node.name!r}, type {node.kind.name}) is not supported by this "
                              f"server in protocol {profile.name}")
-    step = build(node, ctx)
+    step = entry.build(node, ctx)
     if step is not None and node.buffer is None:
-        raise ExecutionError(f"{node.op} node {node.name!r} has no buffer on this server to write to")
+        raise ExecutionError(f"{node.label} node {node.name!r} has no buffer on this server to write to")
     return step

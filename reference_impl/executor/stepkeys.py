@@ -22,8 +22,13 @@ from functools import cached_property, lru_cache
 
 import numpy as np
 
-NODE_KEY_FIELDS = ("type", "buffer", "ne", "nb", "op", "op_params", "flags", "data", "name")
-SOURCE_KEY_FIELDS = ("type", "buffer", "ne", "nb", "data")
+from .registry import key_fields
+
+# What decides a step: what any kernel reads of a node and of its sources (registry.py), and
+# the node's op and flags, which decide which kernel runs it and whether it runs at all.
+_NODE_READS, _SOURCE_READS = key_fields()
+NODE_KEY_FIELDS = tuple(sorted(_NODE_READS | {"op", "flags"}))
+SOURCE_KEY_FIELDS = tuple(sorted(_SOURCE_READS))
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,14 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 from gguf import quants
 from gguf.constants import GGMLQuantizationType
 
 from protocol.ggml import ELEMENT_DTYPES, TensorType
+from protocol.ops import spec_for
 from protocol.tensor import decode_name
 
 from ..device import Buffer
@@ -41,6 +43,17 @@ class TensorRef:
     raw_name: bytes
     _view: np.ndarray | None = field(default=None, repr=False)
     srcs: list["TensorRef | None"] = field(default_factory=list)
+    sub: str | None = None  # the UNARY / GLU sub-op, once a kernel has read it
+
+    @property
+    def label(self) -> str:
+        """The op as messages name it: "ADD", "GLU(SWIGLU)"."""
+        return f"{self.op}({self.sub})" if self.sub else self.op
+
+    def params(self) -> SimpleNamespace:
+        """The node's op_params by name, as the op catalogue lays them out (with those of its
+        sub-op once known)."""
+        return spec_for(self.op).read(self.op_params, self.sub)
 
     @property
     def name(self) -> str:
@@ -70,14 +83,8 @@ class TensorRef:
     def src(self, index: int) -> "TensorRef":
         found = self.srcs[index] if index < len(self.srcs) else None
         if found is None:
-            raise ExecutionError(f"{self.op} node {self.name!r} lacks src[{index}]")
+            raise ExecutionError(f"{self.label} node {self.name!r} lacks src[{index}]")
         return found
-
-    def param_i32(self, index: int) -> int:
-        return int(self.op_params[index])
-
-    def param_f32(self, index: int) -> float:
-        return float(self.op_params[index : index + 1].view(np.float32)[0])
 
     def _offset(self) -> int:
         if self.buffer is None:

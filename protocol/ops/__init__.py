@@ -1,0 +1,189 @@
+"""The ggml op catalogue: for every op a GRAPH_COMPUTE node can carry, its sources and their
+roles, its `op_params` layout, the types and result shape it accepts, and what it computes.
+
+`rpc_tensor.op_params` is 16 int32 words whose meaning depends on the op (and, for UNARY
+and GLU, on the sub-op named by word 0).  The layouts are declared here once, as data, and
+read by every consumer: the reference executor's kernels (`spec.read(words)`), the graph
+builder (`spec.pack(...)`), the hostile-input cases and fuzzers (each parameter's kind and
+range), and the SPEC.md generator (§8.5).  Nothing else indexes op_params by number.
+
+The families are one module each, as the executor's kernels are.  Which release first has
+an op comes from the release enum tables (protocol/ggml_tables.json), not from this file.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+
+from ..ggml import GGML_RELEASES, MAX_OP_PARAMS
+
+WORDS = MAX_OP_PARAMS // 4  # op_params is 16 int32 words
+KINDS = ("i32", "u32", "f32", "bool")  # plus the enum tables below, each an i32 index
+ENUMS = ("unary_op", "glu_op", "ggml_type")  # enums whose names come from the release tables
+
+
+@dataclass(frozen=True)
+class Param:
+    """One op_params word: its index, name, kind and meaning.  `kind` is "i32", "u32", "f32",
+    "bool" (an i32 that is 0 or 1), an enum of the release tables ("unary_op", "glu_op",
+    "ggml_type"), or "enum:NAME=0,NAME=1,..." for a small enum of ggml's own (sort order,
+    pooling op, scale mode).  `low`/`high` bound the values ggml accepts, where it asserts
+    them (None: no bound)."""
+
+    index: int
+    name: str
+    kind: str
+    meaning: str
+    low: float | None = None
+    high: float | None = None
+
+    def __post_init__(self) -> None:
+        assert 0 <= self.index < WORDS, self
+        assert self.kind in KINDS or self.kind in ENUMS or self.kind.startswith("enum:"), self.kind
+
+    @property
+    def choices(self) -> dict[str, int]:
+        """For "enum:..." kinds, name -> value."""
+        if not self.kind.startswith("enum:"):
+            return {}
+        return {name: int(value) for name, value in (item.split("=") for item in self.kind[5:].split(","))}
+
+    def decode(self, word: int) -> int | float | bool:
+        if self.kind == "f32":
+            return struct.unpack("<f", struct.pack("<i", word))[0]
+        if self.kind == "u32":
+            return word & 0xFFFFFFFF
+        if self.kind == "bool":
+            return word != 0
+        return word
+
+    def encode(self, value) -> int:
+        if self.kind == "f32":
+            return struct.unpack("<i", struct.pack("<f", float(value)))[0]
+        if isinstance(value, str):
+            found = self.choices.get(value)
+            if found is None:
+                raise ValueError(f"{self.name}: {value!r} is not one of {sorted(self.choices)}")
+            return found
+        value = int(value)
+        return value - (1 << 32) if self.kind == "u32" and value >= 1 << 31 else value
+
+
+@dataclass(frozen=True)
+class Source:
+    """One src[] slot: its role, what it holds, and whether a node may leave it empty."""
+
+    role: str
+    meaning: str
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class SubOp:
+    """A UNARY or GLU sub-op (named by op_params word 0): the extra words it reads and what it computes."""
+
+    name: str
+    semantics: str
+    params: tuple[Param, ...] = ()
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One ggml op."""
+
+    name: str
+    family: str  # the executor module that computes it (reference_impl/executor/ops/<family>.py)
+    sources: tuple[Source, ...]
+    params: tuple[Param, ...]
+    types: str  # which types the sources and the result may have
+    result: str  # the result's shape, in terms of the sources
+    semantics: str  # one line
+    sub_ops: tuple[SubOp, ...] = ()
+    computes: bool = True  # False: a view or no-op; the node's memory is its source's
+
+    def __post_init__(self) -> None:
+        indexes = [p.index for p in self.params]
+        assert len(indexes) == len(set(indexes)), f"{self.name}: two params share a word"
+        for sub in self.sub_ops:
+            clash = set(indexes) & {p.index for p in sub.params}
+            assert not clash, f"{self.name}({sub.name}) reuses words {clash}"
+
+    def sub_op(self, name: str) -> SubOp:
+        for sub in self.sub_ops:
+            if sub.name == name:
+                return sub
+        raise KeyError(f"{self.name} has no sub-op {name}")
+
+    def layout(self, sub: str | None = None) -> tuple[Param, ...]:
+        """The params of the op, with those of sub-op `sub` (UNARY, GLU) added."""
+        extra = self.sub_op(sub).params if sub is not None else ()
+        return tuple(sorted(self.params + extra, key=lambda p: p.index))
+
+    def read(self, words: np.ndarray, sub: str | None = None) -> SimpleNamespace:
+        """The named values of a node's op_params (16 int32 words)."""
+        values = words.tolist() if isinstance(words, np.ndarray) else list(words)
+        return SimpleNamespace(**{p.name: p.decode(values[p.index]) for p in self.layout(sub)})
+
+    def column(self, words: np.ndarray, name: str, sub: str | None = None) -> np.ndarray:
+        """One named param of many nodes at once (words: int32 array of shape (n, 16)), as
+        int32, or float32 for "f32" params (a view, no copy)."""
+        param = next((p for p in self.layout(sub) if p.name == name), None)
+        if param is None:
+            raise KeyError(f"{self.name} has no param {name!r}")
+        column = words[:, param.index : param.index + 1]
+        return (column.view(np.float32) if param.kind == "f32" else column)[:, 0]
+
+    def pack(self, sub: str | None = None, /, **values) -> list[int]:
+        """op_params words from named values (unnamed words are 0); the graph builder's side."""
+        words = [0] * WORDS
+        layout = {p.name: p for p in self.layout(sub)}
+        unknown = set(values) - set(layout)
+        if unknown:
+            raise KeyError(f"{self.name}{f'({sub})' if sub else ''} has no params {sorted(unknown)}")
+        for name, value in values.items():
+            words[layout[name].index] = layout[name].encode(value)
+        return words
+
+
+def _families():
+    from . import (attention, conv, copy, elementwise, matmul, norm, recurrent, reduce, rope, rows, training,
+                   unary, views)
+
+    return (views, copy, elementwise, unary, reduce, norm, matmul, rows, attention, rope, conv, recurrent, training)
+
+
+def _catalogue() -> dict[str, OpSpec]:
+    found: dict[str, OpSpec] = {}
+    for family in _families():
+        for spec in family.SPECS:
+            assert spec.name not in found, f"{spec.name} is declared twice"
+            found[spec.name] = spec
+    return found
+
+
+CATALOGUE: dict[str, OpSpec] = _catalogue()
+
+
+def spec_for(op: str) -> OpSpec:
+    found = CATALOGUE.get(op)
+    if found is None:
+        raise KeyError(f"op {op} is not in the op catalogue")
+    return found
+
+
+def since(op: str, sub: str | None = None) -> str | None:
+    """The first release (of those with a protocol version) whose ggml has `op` (and sub-op
+    `sub` of UNARY / GLU), or None if none has it."""
+    for release, tables in GGML_RELEASES.items():
+        if op not in tables.ops:
+            continue
+        if sub is None or sub in {"UNARY": tables.unary_ops, "GLU": tables.glu_ops}.get(op, ()):
+            return release
+    return None
+
+
+__all__ = ["CATALOGUE", "OpSpec", "Param", "Source", "SubOp", "WORDS", "since", "spec_for"]

@@ -1,0 +1,3 @@
+"""Convolution, pooling and image resampling."""
+
+SPECS = ()

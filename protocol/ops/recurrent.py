@@ -1,0 +1,3 @@
+"""Recurrent and linear-attention state updates (Mamba, RWKV, gated linear / delta attention)."""
+
+SPECS = ()

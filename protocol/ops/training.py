@@ -1,0 +1,3 @@
+"""Gradients, losses and optimizer steps."""
+
+SPECS = ()

@@ -1,0 +1,1 @@
+"""Recurrent and linear-attention state updates (Mamba, RWKV, gated linear / delta attention)."""
