@@ -434,8 +434,14 @@ RULES: tuple[Rule, ...] = (
          (C.GRAPH_RECOMPUTE,), _recompute_stored),
     Rule("8.3", "recompute.after-free", "GRAPH_RECOMPUTE after FREE_BUFFER of a buffer the graph uses is "
          "rejected", MUST, "behaviour", (C.FREE_BUFFER, C.GRAPH_RECOMPUTE), None, "GHSA-2phh-px2f-2qmx"),
-    Rule("8.4", "exec.rows-in-range", "GET_ROWS/SET_ROWS with a row index out of range is rejected", MUST,
-         "execution", (C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE), None, "llama.cpp #26825, #26912"),
+    Rule("8.4", "exec.rows-in-range", "GET_ROWS/SET_ROWS/GET_ROWS_BACK with a row index out of range is rejected",
+         MUST, "execution", (C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE), None, "llama.cpp #26825, #26912"),
+    Rule("8.4", "exec.expert-ids", "MUL_MAT_ID/ADD_ID with an expert id out of range is rejected", MUST,
+         "execution", (C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE), None, "mixture-of-experts ids (OOB read)"),
+    Rule("8.4", "exec.state-ids", "SSM_SCAN/SSM_CONV/recurrent state ids out of range are rejected", MUST,
+         "execution", (C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE), None, "llama.cpp #25765"),
+    Rule("8.4", "exec.op-params", "op_params outside what the op accepts (geometry, counts, offsets) are "
+         "rejected", MUST, "execution", (C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE), None, "llama.cpp #25704"),
     Rule("8.4", "exec.view-params", "ACC/SET with strides or offset outside the destination is rejected", MUST,
          "execution", (C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE), None, "llama.cpp #25764"),
     Rule("8.4", "exec.unsupported", "an op, type or parameter the server cannot run is rejected, not "

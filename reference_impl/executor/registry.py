@@ -101,13 +101,14 @@ class ExecContext:
 # -- checks every kernel uses ---------------------------------------------------------------------
 
 
-def require(condition: bool, node: TensorRef, message: str, *args) -> None:
-    """Raise ExecutionError naming the node unless `condition`; `message` is formatted with
-    `args` only then, since kernels are built for every node of every graph."""
+def require(condition: bool, node: TensorRef, message: str, *args, rule: str = "exec.unsupported") -> None:
+    """Raise ExecutionError naming the node (and the broken rule) unless `condition`;
+    `message` is formatted with `args` only then, since kernels are built for every node of
+    every graph."""
     if not condition:
         types = ", ".join(s.kind.name for s in node.srcs if s is not None)
         raise ExecutionError(f"{node.label} {node.name!r} ({node.kind.name} <- {types or 'no sources'}): "
-                             + message.format(*args))
+                             + message.format(*args), rule=rule)
 
 
 def readable(node: TensorRef, *tensors: TensorRef) -> None:

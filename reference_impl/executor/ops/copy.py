@@ -35,12 +35,13 @@ def build_acc(node: TensorRef, ctx: ExecContext) -> Step:
     p = node.params()
     nb1, nb2, nb3, offset = p.nb1, p.nb2, p.nb3, p.offset
     element = node.nb[0]
-    require(min(nb1, nb2, nb3, offset) >= 0, node, "negative stride or offset")
+    require(min(nb1, nb2, nb3, offset) >= 0, node, "negative stride or offset", rule="exec.view-params")
     require(offset % element == 0 and nb1 % element == 0 and nb2 % element == 0 and nb3 % element == 0, node,
             "window strides must be multiples of the element size")
     last = offset + (b.ne[0] - 1) * element + (b.ne[1] - 1) * nb1 + (b.ne[2] - 1) * nb2 + (b.ne[3] - 1) * nb3
     require(b.n_elements == 0 or last < node.n_elements * element, node,
-            "window (offset {}, strides {}/{}/{}) reaches past the destination", offset, nb1, nb2, nb3)
+            "window (offset {}, strides {}/{}/{}) reaches past the destination", offset, nb1, nb2, nb3,
+            rule="exec.view-params")
     accumulate = node.op == "ACC"
 
     def run():

@@ -12,7 +12,8 @@ from ..tensors import TensorRef, dequantize, quantize
 def _rows_in_range(node: TensorRef, index: np.ndarray, limit: int) -> None:
     if index.size and (index.min() < 0 or index.max() >= limit):
         bad = index[(index < 0) | (index >= limit)][0]
-        raise ExecutionError(f"{node.label} {node.name!r}: row index {int(bad)} outside [0, {limit}) [§8.4]")
+        raise ExecutionError(f"{node.label} {node.name!r}: row index {int(bad)} outside [0, {limit})",
+                             rule="exec.rows-in-range")
 
 
 @kernel("GET_ROWS")
