@@ -150,10 +150,11 @@ class OpSpec:
 
 
 def _families():
-    from . import (attention, conv, copy, elementwise, matmul, norm, recurrent, reduce, rope, rows, training,
-                   unary, views)
+    from . import (attention, conv, copy, elementwise, layout, matmul, norm, recurrent, reduce, rope, rows,
+                   training, unary, views)
 
-    return (views, copy, elementwise, unary, reduce, norm, matmul, rows, attention, rope, conv, recurrent, training)
+    return (views, copy, layout, elementwise, unary, reduce, norm, matmul, rows, attention, rope, conv, recurrent,
+            training)
 
 
 def _catalogue() -> dict[str, OpSpec]:
