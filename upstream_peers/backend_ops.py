@@ -58,6 +58,13 @@ REGISTER_RPC_DEVICE = """ggml_backend_load_all();
 
 # A finished case: "  OP(vars): OK|FAIL|not supported [...]", preceded on the same line by what
 # the comparison printed while it ran ("[OP] ERR = 0.5 > 1e-07 ", "[OP] NaN at index 3 ...").
+# Cases that test a fused graph have names of their own ("RMS_NORM_MUL_ADD", "SILU_MUL") and
+# run in test mode only, so `support` mode does not list them: their names are read from the
+# op_desc overrides of the program's source when it is compiled.
+FUSED_NAME = re.compile(r'op_desc\(ggml_tensor \* t\) override \{[^}]*?return "([A-Z][A-Z0-9_]*)";')
+FUSED_SUFFIX = re.compile(r'op_desc\(ggml_tensor \* t\) override \{[^}]*?ggml_unary_op_name\(op\)\) \+ "(_[A-Z0-9_]+)"')
+FUSED_LIST = "fused-ops.txt"
+
 CASE_LINE = re.compile(r"^(?P<said>.*?)  (?P<op>[A-Z][A-Z0-9_]*)\((?P<vars>[^()]*)\): (?P<rest>.*)$")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -103,6 +110,7 @@ def ensure_program(peer: Peer, *, log=print) -> Path:
             elif inner == SOURCE_MEMBER:
                 source = tar.extractfile(member).read().decode()
                 (work / f"{PROGRAM}.cpp").write_text(patched_source(source))
+                (work / FUSED_LIST).write_text("\n".join(fused_names(source, peer)) + "\n")
     if not (work / f"{PROGRAM}.cpp").exists():
         raise JudgeError(f"{archive} has no {SOURCE_MEMBER}")
     command = ["g++", "-O1", "-std=c++17", "-I", str(work / "include"), str(work / f"{PROGRAM}.cpp"),
@@ -114,6 +122,18 @@ def ensure_program(peer: Peer, *, log=print) -> Path:
     shutil.rmtree(final, ignore_errors=True)
     work.rename(final)
     return binary
+
+
+def fused_names(source: str, peer: Peer) -> list[str]:
+    """Names of the program's fused-graph cases (see FUSED_NAME); a name may turn out to have
+    no cases in test mode (it is then left out of the results)."""
+    from protocol.ggml import GGML_RELEASES
+    from protocol.versions import profile_for
+
+    unary = GGML_RELEASES[profile_for(peer.protocol).ggml_release].unary_ops
+    names = set(FUSED_NAME.findall(source))
+    names.update(op + suffix for suffix in FUSED_SUFFIX.findall(source) for op in unary)
+    return sorted(names)
 
 
 def _soname(libs: Path, stem: str) -> str:
@@ -169,12 +189,9 @@ class Judge:
             out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
             return subprocess.CompletedProcess(exc.cmd, returncode=None, stdout=out, stderr="timeout")
 
-    def ops(self) -> list[str]:
-        """Every op name the program has cases for, in its own order."""
-        return list(self.catalogue())
-
     def catalogue(self) -> dict[str, list[str]]:
-        """Per op name, the full names of its cases (from `support` mode, which runs nothing)."""
+        """Per op name, the full names of its cases in the program's order (from `support`
+        mode, which runs nothing), then the fused-graph names with no list (see FUSED_NAME)."""
         if self._catalogue is None:
             result = self._run(["support", "-b", DEVICE], timeout=300)
             if result.returncode != 0:
@@ -187,7 +204,8 @@ class Judge:
                     found.setdefault(match["op"], []).append(f"{match['op']}({match['vars']})")
             if not found:
                 raise JudgeError(f"{PROGRAM} listed no cases against {self.target}:\n{result.stdout[-2000:]}")
-            self._catalogue = found
+            fused = (self.binary.parent / FUSED_LIST).read_text().split()
+            self._catalogue = found | {name: [] for name in fused if name not in found}
         return self._catalogue
 
     def run_op(self, op: str, *, only: list[str] | None = None, restarts: int = 200) -> OpResult:
@@ -208,8 +226,10 @@ class Judge:
                 break
             done = {case.name for case in result.cases}
             remaining = [name for name in listed if name not in done]
-            if not remaining:
-                result.error = f"the program died ({_exit(run)}) after its last listed case: {_abort_message(run)}"
+            if not remaining:  # a fused-graph op (no case list) or past its last listed case
+                after = finished[-1].name if finished else "the start"
+                result.cases.append(CaseResult(f"{op}(the case after {after})", "refused", _abort_message(run)))
+                result.error = "the cases after a refusal are not listed by the program: not run"
                 break
             suspect = self._run(["test", "-b", DEVICE, "-o", remaining[0]], timeout=self.timeout)
             alone = parse_output(suspect.stdout)
@@ -338,8 +358,10 @@ def main(argv: list[str]) -> int:
         return 2
     results = []
     for i, op in enumerate(args.op or list(catalogue), 1):
-        only = sample(catalogue[op], args.sample) if args.sample else None
+        only = sample(catalogue[op], args.sample) if args.sample and catalogue[op] else None
         result = judge.run_op(op, only=only)
+        if not result.cases and not result.error:
+            continue  # a fused-graph name without cases in this program
         results.append(result)
         log(f"[{i}/{len(args.op or catalogue)}] {op}: {result.count('passed')}/{len(result.cases)} passed"
             f"{'' if result.ok else ' -- ' + (result.error or 'FAIL')} ({result.seconds:.1f}s)")
