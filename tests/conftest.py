@@ -7,7 +7,7 @@ import os
 import pytest
 
 from protocol import profile_for
-from tiny_model import write_tiny_llama
+from tiny_model import write_tiny_llama, write_tiny_mamba
 from upstream_peers import find_built, peer_for
 from upstream_peers.server import UpstreamServer
 
@@ -49,10 +49,13 @@ def upstream_server():
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
-    """Paths of tiny llama GGUFs: "2" (2 layers) and "30" (30 layers, graphs of ~1400 tensors)."""
+    """Paths of tiny GGUFs: llama "2" (2 layers) and "30" (30 layers, graphs of ~1400 tensors),
+    "moe" (llama with 4 experts, 2 used per token) and "mamba" (a recurrent state-space model)."""
     folder = tmp_path_factory.mktemp("models")
     return {"2": write_tiny_llama(folder / "tiny2.gguf", n_layer=2),
-            "30": write_tiny_llama(folder / "tiny30.gguf", n_layer=30)}
+            "30": write_tiny_llama(folder / "tiny30.gguf", n_layer=30),
+            "moe": write_tiny_llama(folder / "tiny-moe.gguf", n_layer=2, n_expert=4, n_expert_used=2),
+            "mamba": write_tiny_mamba(folder / "tiny-mamba.gguf", n_layer=2)}
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""A real llama.cpp client runs a (tiny) real model fully offloaded to our server.
+"""A real llama.cpp client runs a (tiny) real model fully offloaded to our server: a llama,
+a mixture of experts and a recurrent (Mamba) model.
 
 Teacher-forced: the same text goes through llama.cpp on its own CPU and through our server,
 and the logits of every position are compared.  ggml's CPU backend rounds activations to
@@ -37,26 +38,30 @@ def compare(local: dict, remote: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def local_runs(tiny_models):
-    """The local-CPU reference per client release and batch size (computed once)."""
+    """The local-CPU reference per model, client release and batch size (computed once)."""
     cache = {}
 
-    def get(release: str, n_batch: int) -> dict:
-        key = (release, n_batch)
+    def get(model: str, release: str, n_batch: int) -> dict:
+        key = (model, release, n_batch)
         if key not in cache:
-            cache[key] = run_llama(require_peer(release), tiny_models["2"], text=TEXT, n_batch=n_batch, generate=8)
+            cache[key] = run_llama(require_peer(release), tiny_models[model], text=TEXT, n_batch=n_batch, generate=8)
         return cache[key]
 
     return get
 
 
-@pytest.mark.parametrize("numerics", ["float", "ggml"])
+RUNS = [("2", "float"), ("2", "ggml"), ("moe", "float"), ("mamba", "float")]  # (model, numerics)
+
+
+@pytest.mark.parametrize("model,numerics", RUNS, ids=[f"{m}-{n}" for m, n in RUNS])
 @pytest.mark.parametrize("n_batch", [512, 1], ids=["batched-prompt", "one-token-decode"])
 @pytest.mark.parametrize("release", CI_RELEASES)
-def test_real_llama_client_on_our_server(release, n_batch, numerics, reference_server, tiny_models, local_runs):
+def test_real_llama_client_on_our_server(release, n_batch, model, numerics, reference_server, tiny_models,
+                                         local_runs):
     peer = require_peer(release)
     server = reference_server(profile_for(peer.protocol).name, memory=1 << 30, numerics=numerics)
-    remote = run_llama(peer, tiny_models["2"], rpc=server.endpoint, text=TEXT, n_batch=n_batch, generate=8)
-    result = compare(local_runs(release, n_batch), remote)
+    remote = run_llama(peer, tiny_models[model], rpc=server.endpoint, text=TEXT, n_batch=n_batch, generate=8)
+    result = compare(local_runs(model, release, n_batch), remote)
     assert result["confident"] >= result["positions"] // 3, result  # the comparison has teeth
     assert result["confident_agree"], result
     assert result["max_error"] <= TOLERANCE[numerics] * result["scale"], result

@@ -20,6 +20,7 @@ from construct import Array, Bytes, FormatField, Rebuild, Renamed, Struct
 from protocol.commands import Command
 from protocol.ggml import GGML_RELEASES, TYPES
 from protocol.messages import message_spec
+from protocol.ops import CATALOGUE, OpSpec, Param, since
 from protocol.rules import RULES
 from protocol.tensor import RPC_TENSOR
 from protocol.trace import PREAMBLE, RECORD_HEAD
@@ -222,6 +223,53 @@ def ops_block() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _since(op: str, sub: str | None = None) -> str:
+    first = since(op, sub)
+    oldest = next(iter(GGML_RELEASES))
+    return "–" if first is None else (f"≤ {first}" if first == oldest else first)
+
+
+def _param_rows(params: tuple[Param, ...]) -> list[str]:
+    rows = []
+    for p in params:
+        bounds = ""
+        if p.low is not None or p.high is not None:
+            bounds = f" ({'' if p.low is None else f'≥ {p.low:g}'}{', ' if None not in (p.low, p.high) else ''}"
+            bounds += f"{'' if p.high is None else f'≤ {p.high:g}'})"
+        kind = p.kind if not p.kind.startswith("enum:") else "i32: " + ", ".join(f"{v} {k}" for k, v in p.choices.items())
+        rows.append(f"| {p.index} | `{p.name}` | {kind} | {p.meaning}{bounds} |")
+    return rows
+
+
+def _op_entry(spec: OpSpec) -> list[str]:
+    semantics = spec.semantics[:1].upper() + spec.semantics[1:]
+    lines = [f"#### {spec.name}", "", f"{semantics}.  Since {_since(spec.name)}; family `{spec.family}`.", ""]
+    if spec.sources:
+        sources = "; ".join(f"src[{i}] `{s.role}`{' (optional)' if s.optional else ''}: {s.meaning}"
+                            for i, s in enumerate(spec.sources))
+        lines += [f"- Sources: {sources}."]
+    lines += [f"- Types: {spec.types}.", f"- Result: {spec.result}."]
+    if spec.params:
+        lines += ["", "| word | param | kind | meaning |", "|---:|---|---|---|", *_param_rows(spec.params)]
+    if spec.sub_ops:
+        lines += ["", f"| {spec.name.lower()} op | computes | extra params | since |", "|---|---|---|---|"]
+        for sub in spec.sub_ops:
+            extra = "; ".join(f"{p.index} `{p.name}` {p.kind}: {p.meaning}" for p in sub.params) or "–"
+            lines.append(f"| {sub.name} | {sub.semantics} | {extra} | {_since(spec.name, sub.name)} |")
+    return lines + [""]
+
+
+def op_reference_block() -> str:
+    """Every op of the catalogue, by family, then the enum ops a server refuses."""
+    lines = []
+    for spec in CATALOGUE.values():  # in family order
+        lines += _op_entry(spec)
+    known = sorted({op for r in GGML_RELEASES.values() for op in r.ops} - set(CATALOGUE))
+    lines.append("Ops of the enums that no server computes (a node with one of them is refused, §8.2 / §8.4): "
+                 + ", ".join(f"`{op}`" for op in known) + ".")
+    return "\n".join(lines) + "\n"
+
+
 def rules_block(section: str) -> str:
     chosen = [r for r in RULES if r.section == section]
     lines = ["| rule | level | on violation | regression for |", "|---|---|---|---|"]
@@ -267,6 +315,7 @@ def blocks() -> dict[str, str]:
         "rpc_tensor": rpc_tensor_block(),
         "types": types_block(),
         "ops": ops_block(),
+        "op-reference": op_reference_block(),
         "graph": graph_block(),
         "security": security_block(),
         "summary": summary_block(),

@@ -92,7 +92,7 @@ def ensure_program(peer: Peer, *, log=print) -> Path:
     (under a minute on 2 cores once the peer is built)."""
     final = program_dir(peer)
     binary = final / PROGRAM
-    if binary.exists():
+    if binary.exists() and (final / FUSED_LIST).exists():
         return binary
     libs = lib_dir(ensure_built(peer, log=log))
     archive = sdist(peer, log=log)

@@ -1,6 +1,7 @@
 """Build a real peer into the user cache: a virtualenv with llama-cpp-python compiled from
-its sdist with the RPC backend on.  A finished build is moved into place atomically, so an
-interrupted build never looks finished.
+its sdist with the RPC backend on, and upstream's op test program compiled against it
+(backend_ops.py).  A finished build is moved into place atomically, so an interrupted build
+never looks finished.
 
     python -m upstream_peers build 0.3.20 0.3.36     # or protocol versions: 3.6 7.0
 """
@@ -113,6 +114,7 @@ def ensure_built(peer: Peer, *, log=print) -> Path:
 
 
 def main(argv: list[str]) -> int:
+    from .backend_ops import JudgeError, ensure_program
     from .catalog import PEERS, peer_for
 
     if not argv or argv[0] in ("-h", "--help"):
@@ -123,8 +125,9 @@ def main(argv: list[str]) -> int:
         try:
             peer = peer_for(name)
             path = ensure_built(peer)
-        except (KeyError, PeerNotBuilt) as exc:
+            judge = ensure_program(peer)
+        except (KeyError, PeerNotBuilt, JudgeError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        print(f"{peer.release} (protocol {peer.protocol}): {path}")
+        print(f"{peer.release} (protocol {peer.protocol}): {path}; op test program: {judge}")
     return 0
