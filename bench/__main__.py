@@ -1,6 +1,6 @@
 """python -m bench: the reference server against the real upstream server, same client, same run.
 
-    python -m bench [--peer 0.3.36] [--skip-llama] [--repeat 5]
+    python -m bench [--peer 0.3.36] [--skip-llama] [--skip-backend-ops] [--backend-ops-sample N] [--repeat 5]
 
 Starts our server (in a process of its own) and the real upstream server speaking the same
 protocol version, measures both with the same client and prints each figure with the ratio
@@ -12,6 +12,8 @@ ours / upstream and the target it is held to:
   GRAPH_COMPUTE of a 2000-node graph               ratio of times     target <= 5
     (resent unchanged, as clients do per token, and never seen before)
   SmolLM2-135M decode with the real llama.cpp      ratio of tokens/s  target >= 0.25
+  upstream's test-backend-ops, every op and case  ratio of times     target <= 10
+    (--backend-ops-sample N: N cases per op instead of the full sweep, for a quick estimate)
   our client vs the upstream client, bulk upstream ratio of GB/s      (informational)
 """
 
@@ -35,6 +37,20 @@ from upstream_peers.server import UpstreamServer
 
 BULK = 64 << 20
 NODES = 2000
+
+
+def backend_ops_sweep(peer, endpoint: str, sample: int) -> float:
+    """Seconds for upstream's op test program to run every op (or `sample` cases of each)
+    against `endpoint`; a case that does not pass is reported, since its time means little."""
+    from upstream_peers.backend_ops import Judge, sample as spread
+
+    judge = Judge(peer, endpoint, log=lambda *a, **k: None)
+    started = time.perf_counter()
+    for op, cases in judge.catalogue().items():
+        result = judge.run_op(op, only=spread(cases, sample) if sample and cases else None)
+        if not result.ok:
+            print(f"  note: {op} does not pass every case against {endpoint}", file=sys.stderr)
+    return time.perf_counter() - started
 
 
 def start(module: str, *args: str) -> tuple[subprocess.Popen, str]:
@@ -180,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer", default="0.3.36", help="upstream release (protocol) to compare with")
     parser.add_argument("--repeat", type=int, default=5, help="samples per measurement, best kept (graphs: four times as many)")
     parser.add_argument("--skip-llama", action="store_true", help="skip the SmolLM2 decode measurement")
+    parser.add_argument("--skip-backend-ops", action="store_true",
+                        help="skip the test-backend-ops sweep (the longest measurement: tens of minutes)")
+    parser.add_argument("--backend-ops-sample", type=int, default=0, metavar="N",
+                        help="time N cases per op instead of every case")
     args = parser.parse_args(argv)
     peer = peer_for(args.peer)
     ensure_built(peer)
@@ -222,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
                     speeds.append(32 / float(result["seconds"]))
                 rows.append(line("SmolLM2-135M decode (real llama.cpp client)", speeds[0], speeds[1], "tokens/s",
                                  (AT_LEAST, 0.25)))
+            if not args.skip_backend_ops:
+                label = (f"test-backend-ops, {args.backend_ops_sample} cases per op" if args.backend_ops_sample
+                         else "test-backend-ops, every op and case")
+                times = [backend_ops_sweep(peer, endpoint, args.backend_ops_sample) for endpoint in (ours, theirs)]
+                rows.append(line(label, times[0], times[1], "s", (AT_MOST, 10)))
     finally:
         for proc in (ours_proc, still_proc, floor_proc):
             proc.terminate()

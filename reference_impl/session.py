@@ -43,14 +43,29 @@ class ServerState:
     def new_exec_context(self) -> ExecContext:
         return ExecContext(self.profile.ggml, self.weights, self.numerics)
 
+    def cached_size(self, value: int) -> int | None:
+        """The size of the cache entry named by hash `value`, or None when there is none."""
+        if self.cache_dir is None:
+            return None
+        try:
+            return (self.cache_dir / cache_name(value)).stat().st_size
+        except OSError:
+            return None
+
     def cached(self, value: int) -> bytes | None:
+        """The cached data named by hash `value`, or None when there is none or its bytes no
+        longer hash to its name (a truncated or damaged file is a miss, never a wrong hit)."""
         if self.cache_dir is None:
             return None
         path = self.cache_dir / cache_name(value)
         try:
-            return path.read_bytes()
+            data = path.read_bytes()
         except OSError:
             return None
+        if fnv1a64(data) != value:
+            log.warning("cache entry %s does not match its hash (%d bytes): ignored", path, len(data))
+            return None
+        return data
 
     def store(self, data) -> None:
         if self.cache_dir is None:
@@ -193,11 +208,14 @@ class Session:
         return None
 
     def set_tensor_hash(self, request):
-        data = self.state.cached(request.body.hash)
-        if data is None:
+        size = self.state.cached_size(request.body.hash)
+        if size is None:
             return {"result": 0}
-        self.check_sized(Command.SET_TENSOR_HASH, request.body, len(data))
-        buf, view = self.region(request.body.tensor, request.body.offset, len(data))
+        self.check_sized(Command.SET_TENSOR_HASH, request.body, size)  # before reading a byte of the file
+        data = self.state.cached(request.body.hash)
+        if data is None or len(data) != size:
+            return {"result": 0}
+        buf, view = self.region(request.body.tensor, request.body.offset, size)
         view[:] = data
         buf.touched()
         return {"result": 1}

@@ -193,6 +193,12 @@ def test_hash_cache(reference_server, tmp_path, proto):
         t = rpc.tensor_for(buf, 0, shape=(len(data),), type="I8")
         assert rpc.upload(t, data) is True  # hit: the server wrote it from its cache
         assert bytes(rpc.get_tensor(t)) == data.tobytes()
+    # a damaged entry (cut short, as by a crash while writing) is a miss, never a wrong hit
+    (tmp_path / name).write_bytes(data[: len(data) // 2].tobytes())
+    with RPCClient(server.endpoint) as rpc:
+        buf = rpc.alloc_buffer(len(data))
+        t = rpc.tensor_for(buf, 0, shape=(len(data),), type="I8")
+        assert rpc.set_tensor_hash(t, fnv1a64(data)) is False
 
 
 def run_cli_server(*args, log, timeout=30):

@@ -6,8 +6,9 @@ the standard library, numpy and llama_cpp:
     <peer venv>/bin/python -m upstream_peers.llama_run MODEL --out result.npz
         [--rpc HOST:PORT] [--text TEXT | --tokens 1,2,3] [--n-batch 512] [--generate N]
 
-With --rpc every layer is offloaded to that RPC server; without it the model runs on the
-local CPU.  The .npz holds `tokens`, `logits` (one row per position, teacher-forced),
+With --rpc every layer is offloaded to the RPC server (or, with a comma-separated list as
+llama.cpp's --rpc takes, split across the servers); without it the model runs on the local
+CPU.  The .npz holds `tokens`, `logits` (one row per position, teacher-forced),
 `generated` (greedy continuation) and its `text`, plus `seconds` spent generating.
 """
 
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--rpc", default=None, help="HOST:PORT of an RPC server to offload every layer to")
+    parser.add_argument("--rpc", default=None,
+                        help="HOST:PORT of an RPC server to offload every layer to (comma-separated: several)")
     parser.add_argument("--text", default="The quick brown fox jumps over the lazy dog.")
     parser.add_argument("--tokens", default=None, help="comma-separated token ids instead of --text")
     parser.add_argument("--n-batch", type=int, default=512)
@@ -67,8 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     ggml = _preload_ggml()
-    if args.rpc:
-        add_rpc_server(ggml, args.rpc)
+    for endpoint in args.rpc.split(",") if args.rpc else ():
+        add_rpc_server(ggml, endpoint)
     import llama_cpp
     import numpy as np
 
