@@ -270,6 +270,18 @@ class _FrameParser:
     # _check_clean_close() raises if the stream ended where it must not.
 
 
+def hello_shapes(profiles) -> dict[int, Profile]:
+    """HELLO request size -> the profile that answers it; one profile per HELLO family."""
+    found: dict[int, Profile] = {}
+    for profile in profiles:
+        size = message_spec(profile, Command.HELLO).request_size
+        if size in found and found[size] != profile:
+            raise ValueError(f"protocols {found[size].name} and {profile.name} share a HELLO of {size} bytes: "
+                             "a server can tell only the HELLO shapes apart")
+        found[size] = profile
+    return found
+
+
 class RequestParser(_FrameParser):
     """Server side: bytes from a client -> Request events.
 
@@ -277,16 +289,26 @@ class RequestParser(_FrameParser):
     bytes (checked before the size is read), exact sizes for fixed requests, and
     `max_payload` for SET_TENSOR / GRAPH_COMPUTE.  `bulk_sink` (see BulkSink) lets the server
     validate a SET_TENSOR head and receive the data straight into the tensor's memory.
+
+    HELLO carries no client version, only its shape (bare or with conn_caps), so a server may
+    serve one profile per shape: `profiles` lists them (at most one per HELLO family) and the
+    HELLO's size picks the connection's profile, which `profile` then holds.
     """
 
     def __init__(self, profile: Profile, *, max_payload: int = DEFAULT_MAX_PAYLOAD,
-                 bulk_sink: BulkSink | None = None, hello_done: bool = False) -> None:
+                 bulk_sink: BulkSink | None = None, hello_done: bool = False,
+                 profiles: tuple[Profile, ...] = ()) -> None:
         super().__init__(profile)
         self.max_payload = max_payload
         self.bulk_sink = bulk_sink
         self.hello_done = hello_done
-        self._specs = {int(c): message_spec(profile, c) for c in profile.commands}  # by command byte
+        self._by_hello = hello_shapes(profiles or (profile,))
+        self._use(profile)
         self._reset()
+
+    def _use(self, profile: Profile) -> None:
+        self.profile = profile
+        self._specs = {int(c): message_spec(profile, c) for c in profile.commands}  # by command byte
 
     def _reset(self) -> None:
         self._state = self._on_cmd
@@ -327,6 +349,9 @@ class RequestParser(_FrameParser):
 
     def _on_size(self, chunk: memoryview) -> None:
         (size,) = _U64.unpack(chunk)
+        if self._command is Command.HELLO and size in self._by_hello:  # the HELLO's shape picks the profile
+            self._use(self._by_hello[size])
+            self._spec = self._specs[Command.HELLO]
         spec = self._spec
         head = spec.request_size
         if spec.request_tail is None:

@@ -26,7 +26,6 @@ from pathlib import Path
 from protocol import (
     CLOSED,
     Command,
-    DEFAULT_MAX_PAYLOAD,
     NEED_DATA,
     NEWEST,
     PROFILES,
@@ -34,7 +33,7 @@ from protocol import (
     message_spec,
     profile_for,
 )
-from protocol.framing import reply_parts
+from protocol.framing import hello_shapes, reply_parts
 from protocol.messages import MessageSpec, specs
 from protocol.errors import RemoteProtocolError, UnsupportedVersion
 from protocol.versions import Profile
@@ -45,6 +44,7 @@ from .executor import ExecutionError
 from .session import ServerState, Session
 
 log = logging.getLogger("ggml_rpc.server")
+PAYLOAD_HEADROOM = 1 << 16  # above a device's memory: room for any request's fixed part
 
 
 class ReferenceServer(ThreadedTCPService):
@@ -53,22 +53,32 @@ class ReferenceServer(ThreadedTCPService):
     kind = "rpc"
     session_class = Session  # what serves one connection (tests substitute deliberately faulty ones)
 
-    def __init__(self, *, profile: Profile = NEWEST, host: str = "127.0.0.1", port: int = 0, devices: int = 1,
+    def __init__(self, *, profile: Profile | tuple[Profile, ...] = NEWEST, host: str = "127.0.0.1", port: int = 0,
+                 devices: int = 1,
                  memory: int | None = None, cache_dir: str | Path | None = None,
-                 max_payload: int = DEFAULT_MAX_PAYLOAD, max_connections: int = 64, verbose: bool = False,
+                 max_payload: int | None = None, max_connections: int = 64, verbose: bool = False,
                  numerics: str = "float", poll: float = DEFAULT_POLL) -> None:
         memory = memory if memory is not None else physical_memory()
         cache = Path(cache_dir) if cache_dir else None
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
-        self.state = ServerState(profile, make_devices(devices, memory), cache, verbose, numerics)
-        self.max_payload = max_payload
+        profiles = profile if isinstance(profile, tuple) else (profile,)
+        hello_shapes(profiles)  # at most one profile per HELLO shape
+        self.state = ServerState(profiles, make_devices(devices, memory), cache, verbose, numerics)
+        # Each weight tensor arrives in one SET_TENSOR (multi-GiB ones are normal), straight into
+        # its buffer: by default the limit is what a device could hold, plus a request's fixed part.
+        self.max_payload = max_payload if max_payload is not None else memory + PAYLOAD_HEADROOM
         self.poll = poll
         super().__init__((host, port), max_connections=max_connections)
 
     @property
     def profile(self) -> Profile:
+        """The (first) protocol served; see `profiles`."""
         return self.state.profile
+
+    @property
+    def profiles(self) -> tuple[Profile, ...]:
+        return self.state.profiles
 
     def handle(self, sock: socket.socket, name: str) -> None:
         session = self.session_class(self.state, name)
@@ -78,8 +88,9 @@ class ReferenceServer(ThreadedTCPService):
             log.info("[%s] closed by the client", name)
         except RemoteProtocolError as exc:
             if exc.command == "HELLO" and exc.field == "size":  # a client probing the other HELLO shape
-                log.info("[%s] closing: client sent a HELLO of %s bytes; protocol %s expects %d", name, exc.value,
-                         self.profile.name, message_spec(self.profile, Command.HELLO).request_size)
+                log.info("[%s] closing: client sent a HELLO of %s bytes; protocol %s expects %s", name, exc.value,
+                         "/".join(p.name for p in self.profiles),
+                         " or ".join(str(message_spec(p, Command.HELLO).request_size) for p in self.profiles))
             else:
                 log.warning("[%s] closing: %s", name, exc)
         except ExecutionError as exc:
@@ -93,8 +104,9 @@ class ReferenceServer(ThreadedTCPService):
 
     def _converse(self, sock: socket.socket, session: Session) -> None:
         profile = self.profile
-        replies = {c: spec for c, spec in specs(profile).items() if spec.has_reply}
-        parser = RequestParser(profile, max_payload=self.max_payload, bulk_sink=session.bulk_sink)
+        replies = _reply_specs(profile)
+        parser = RequestParser(profile, max_payload=self.max_payload, bulk_sink=session.bulk_sink,
+                               profiles=self.profiles)
         while True:
             event = parser.next_event()
             if event is NEED_DATA:
@@ -106,6 +118,10 @@ class ReferenceServer(ThreadedTCPService):
                 continue
             if event is CLOSED:
                 return
+            if parser.profile is not profile:  # the HELLO's shape chose another of the server's profiles
+                profile = parser.profile
+                session.use_profile(profile)
+                replies = _reply_specs(profile)
             result = session.handle(event)
             spec = replies.get(event.command)
             if spec is not None:
@@ -114,6 +130,10 @@ class ReferenceServer(ThreadedTCPService):
     def send_reply(self, sock: socket.socket, spec: MessageSpec, result) -> None:
         """Send a handler's result as the command's reply (body fields, or data for GET_TENSOR)."""
         send_all(sock, reply_parts(spec, result))
+
+
+def _reply_specs(profile: Profile) -> dict:
+    return {c: spec for c, spec in specs(profile).items() if spec.has_reply}
 
 
 # -- command line ------------------------------------------------------------------------------
@@ -171,11 +191,13 @@ def _microseconds(text: str) -> float:
     return value
 
 
-def _proto(text: str) -> Profile:
+def _proto(text: str) -> tuple[Profile, ...]:
     try:
-        return profile_for(text)
-    except UnsupportedVersion as exc:
+        profiles = tuple(profile_for(name.strip()) for name in text.split(","))
+        hello_shapes(profiles)
+    except (UnsupportedVersion, ValueError) as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    return profiles
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,9 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
                "Bind to 127.0.0.1 (the default) unless the network is trusted.")
     parser.add_argument("-H", "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     parser.add_argument("-p", "--port", type=_port, default=50052, help="port to bind, 0 for any (default: 50052)")
-    parser.add_argument("--proto", type=_proto, default=NEWEST, metavar="VERSION",
+    parser.add_argument("--proto", type=_proto, default=(NEWEST,), metavar="VERSION[,VERSION]",
                         help=f"protocol version to speak: {versions}; major.minor picks the newest patch "
-                             f"(default: {NEWEST.name})")
+                             f"(default: {NEWEST.name}).  Two versions of different HELLO shapes, e.g. "
+                             "3.6.1,7.0.0, serve both on one port: the client's HELLO picks (old and new "
+                             "llama.cpp builds share the server)")
     parser.add_argument("--devices", type=int, default=1, metavar="N", help="number of devices (default: 1)")
     parser.add_argument("--mem", type=parse_size, default=None, metavar="SIZE",
                         help="memory per device, e.g. 8G (default: the machine's physical memory)")
@@ -199,8 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="hash cache directory (SET_TENSOR_HASH); files named by FNV-1a 64, as upstream")
     cache.add_argument("-c", "--cache", action="store_true",
                        help=f"use upstream's default cache directory ({default_cache_dir()})")
-    parser.add_argument("--max-payload", type=parse_size, default=DEFAULT_MAX_PAYLOAD, metavar="SIZE",
-                        help="largest SET_TENSOR / GRAPH_COMPUTE payload accepted (default: 1G)")
+    parser.add_argument("--max-payload", type=parse_size, default=None, metavar="SIZE",
+                        help="largest SET_TENSOR / GRAPH_COMPUTE payload accepted (default: the memory of a "
+                             "device; clients send each weight tensor in one SET_TENSOR)")
     parser.add_argument("--max-connections", type=int, default=64, metavar="N",
                         help="connections served at once; more are closed (default: 64)")
     parser.add_argument("-t", "--threads", type=int, default=None, metavar="N",
@@ -235,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     device = server.state.devices[0]
-    print(f"ggml-rpc-server (reference) speaking protocol {server.profile.name}\n"
+    print(f"ggml-rpc-server (reference) speaking protocol {' and '.join(p.name for p in server.profiles)}\n"
           f"  endpoint    : {server.endpoint}\n"
           f"  devices     : {len(server.state.devices)} x NumPy CPU, {device.total // (1 << 20)} MiB each\n"
           f"  local cache : {cache_dir or 'n/a'}", flush=True)

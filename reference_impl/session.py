@@ -31,17 +31,22 @@ log = logging.getLogger("ggml_rpc.server")
 
 @dataclass
 class ServerState:
-    """What all connections share: the devices, the hash cache, the protocol spoken."""
+    """What all connections share: the devices, the hash cache, the protocols spoken (one
+    per HELLO shape; `profile` is the first, which answers connections before their HELLO)."""
 
-    profile: Profile
+    profiles: tuple[Profile, ...]
     devices: list[Device]
     cache_dir: Path | None = None
     verbose: bool = False
     numerics: str = "float"
     weights: DequantCache = field(default_factory=DequantCache)
 
-    def new_exec_context(self) -> ExecContext:
-        return ExecContext(self.profile.ggml, self.weights, self.numerics)
+    @property
+    def profile(self) -> Profile:
+        return self.profiles[0]
+
+    def new_exec_context(self, profile: Profile) -> ExecContext:
+        return ExecContext(profile.ggml, self.weights, self.numerics)
 
     def cached_size(self, value: int) -> int | None:
         """The size of the cache entry named by hash `value`, or None when there is none."""
@@ -92,14 +97,19 @@ class Session:
 
     def __init__(self, state: ServerState, name: str = "") -> None:
         self.state = state
-        self.profile = state.profile
         self.name = name
         self.buffers: dict[int, Buffer] = {}
         self.graphs: dict[int, StoredGraph] = {}
-        self.exec_context = state.new_exec_context()  # one per connection: plans hand steps on to the next
+        self.use_profile(state.profile)
+
+    def use_profile(self, profile: Profile) -> None:
+        """Speak `profile` on this connection (a server of several profiles learns which one
+        from the client's HELLO, before anything else happens on the connection)."""
+        self.profile = profile
+        self.exec_context = self.state.new_exec_context(profile)  # one per connection: plans hand steps on
         # Per command, looked up once: its rules and its handler (bound, so subclasses' overrides count).
-        self._checks = {c: request_checks(c, message_spec(self.profile, c).request) for c in self.profile.commands}
-        self._handlers = {c: getattr(self, c.name.lower()) for c in self.profile.commands}  # the method of its name
+        self._checks = {c: request_checks(c, message_spec(profile, c).request) for c in profile.commands}
+        self._handlers = {c: getattr(self, c.name.lower()) for c in profile.commands}  # the method of its name
 
     # -- ServerView ---------------------------------------------------------------------------
 

@@ -66,9 +66,11 @@ def reference_server():
 
     started = []
 
-    def start(proto: str = "7.0.0", **options) -> ReferenceServer:
+    def start(proto="7.0.0", **options) -> ReferenceServer:
+        """`proto`: a version, or a tuple of profiles (one per HELLO shape)."""
         options.setdefault("memory", 256 << 20)
-        server = ReferenceServer(profile=profile_for(proto), host="127.0.0.1", port=0, **options).start()
+        profile = proto if isinstance(proto, tuple) else profile_for(proto)
+        server = ReferenceServer(profile=profile, host="127.0.0.1", port=0, **options).start()
         started.append(server)
         return server
 

@@ -23,6 +23,7 @@ from protocol import (
     build_reply,
     build_request,
     make_tensor,
+    profile_for,
 )
 
 TENSOR = make_tensor("padding", id=1, buffer=5, ne=[4, 1, 1, 1], nb=[4, 16, 16, 16], data=64, name="t")
@@ -164,6 +165,27 @@ def test_hello_of_the_other_family_is_refused():
     error = expect_error(G.request(14, bytes(24)), "exactly 0 bytes", hello_done=False)
     assert (error.command, error.field, error.value) == ("HELLO", "size", 24)
     expect_error(G.request(14, b""), "exactly 24 bytes", profile=V70, hello_done=False)
+
+
+@pytest.mark.parametrize("profile", [V36, V70], ids=str)
+def test_a_server_of_both_hello_families_takes_the_hellos_profile(profile):
+    """HELLO has no version field, only a shape: each shape picks one of the server's profiles,
+    and the rest of the stream is parsed as that profile (byte by byte, too)."""
+    raw = session(profile)
+    parser = RequestParser(V70 if profile is V36 else V36, profiles=(V36, V70))
+    events = []
+    for byte in raw:
+        parser.receive_data(bytes([byte]))
+        events += drain(parser)
+    alone = RequestParser(profile)
+    alone.receive_data(raw)
+    assert events == drain(alone)
+    assert parser.profile is profile
+
+
+def test_profiles_that_share_a_hello_shape_cannot_share_a_server():
+    with pytest.raises(ValueError, match="share a HELLO"):
+        RequestParser(V36, profiles=(V36, profile_for("3.6.0")))
 
 
 def test_fixed_size_must_match_exactly_and_is_checked_before_the_payload():

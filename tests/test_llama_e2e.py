@@ -66,3 +66,19 @@ def test_real_llama_client_on_our_server(release, n_batch, model, numerics, refe
     assert result["confident_agree"], result
     assert result["max_error"] <= TOLERANCE[numerics] * result["scale"], result
     assert len(remote["generated"]) == 8
+
+
+def test_one_server_serves_old_and_new_clients_at_once(reference_server, tiny_models, local_runs):
+    """`--proto 3.6.1,7.0.0`: a bare HELLO is answered as 3.6.1 and a caps HELLO as 7.0.0 on
+    the same port, so llama.cpp builds of both families share one server, concurrently."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    peers = [require_peer(release) for release in CI_RELEASES]
+    server = reference_server((profile_for("3.6.1"), profile_for("7.0.0")), memory=1 << 30)
+    with ThreadPoolExecutor(len(peers)) as pool:
+        runs = list(pool.map(lambda peer: run_llama(peer, tiny_models["2"], rpc=server.endpoint, text=TEXT,
+                                                    n_batch=512, generate=8), peers))
+    for release, remote in zip(CI_RELEASES, runs, strict=True):
+        result = compare(local_runs("2", release, 512), remote)
+        assert result["confident_agree"], (release, result)
+        assert result["max_error"] <= TOLERANCE["float"] * result["scale"], (release, result)
