@@ -231,6 +231,11 @@ class _FrameParser:
                 raise
         return self._pending.popleft() if self._pending else NEED_DATA
 
+    @property
+    def in_frame(self) -> bool:
+        """Whether part of a frame has arrived and the rest is awaited."""
+        return self._partial_frame() > 0
+
     def _partial_frame(self) -> int:
         """Bytes of an unfinished frame received so far (0 at a frame boundary)."""
         partial = self._bulk.filled if self._bulk is not None else 0

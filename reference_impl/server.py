@@ -45,6 +45,7 @@ from .session import ServerState, Session
 
 log = logging.getLogger("ggml_rpc.server")
 PAYLOAD_HEADROOM = 1 << 16  # above a device's memory: room for any request's fixed part
+DEFAULT_FRAME_TIMEOUT = 60.0  # seconds a started frame may go without a byte (§2.5); 0/None: forever
 
 
 class ReferenceServer(ThreadedTCPService):
@@ -57,7 +58,8 @@ class ReferenceServer(ThreadedTCPService):
                  devices: int = 1,
                  memory: int | None = None, cache_dir: str | Path | None = None,
                  max_payload: int | None = None, max_connections: int = 64, verbose: bool = False,
-                 numerics: str = "float", poll: float = DEFAULT_POLL) -> None:
+                 numerics: str = "float", poll: float = DEFAULT_POLL,
+                 frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT) -> None:
         memory = memory if memory is not None else physical_memory()
         cache = Path(cache_dir) if cache_dir else None
         if cache is not None:
@@ -69,6 +71,7 @@ class ReferenceServer(ThreadedTCPService):
         # its buffer: by default the limit is what a device could hold, plus a request's fixed part.
         self.max_payload = max_payload if max_payload is not None else memory + PAYLOAD_HEADROOM
         self.poll = poll
+        self.frame_timeout = frame_timeout or None
         super().__init__((host, port), max_connections=max_connections)
 
     @property
@@ -107,10 +110,18 @@ class ReferenceServer(ThreadedTCPService):
         replies = _reply_specs(profile)
         parser = RequestParser(profile, max_payload=self.max_payload, bulk_sink=session.bulk_sink,
                                profiles=self.profiles)
+        stalled = False  # whether the socket's timeout is the frame timeout (set only mid-frame)
         while True:
             event = parser.next_event()
             if event is NEED_DATA:
-                received = receive_into(sock, parser.get_buffer(), self.poll)
+                if parser.in_frame != stalled:  # idle between frames for as long as the client likes
+                    stalled = parser.in_frame
+                    sock.settimeout(self.frame_timeout if stalled else None)
+                try:
+                    received = receive_into(sock, parser.get_buffer(), self.poll)
+                except TimeoutError:
+                    raise RemoteProtocolError(f"no byte of a started frame arrived for {self.frame_timeout:g} s",
+                                              section="2.5") from None
                 if received:
                     parser.buffer_updated(received)
                 else:
@@ -235,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "sleeping: faster small calls where waking a thread is slow (virtual machines), "
                              "at most that much CPU per request; 0 turns it off (default: "
                              f"{DEFAULT_POLL * 1e6:g})")
+    parser.add_argument("--frame-timeout", type=float, default=DEFAULT_FRAME_TIMEOUT, metavar="SECONDS",
+                        help="close a connection whose started request sends no byte for this long; idle "
+                             "connections between requests are never closed (default: "
+                             f"{DEFAULT_FRAME_TIMEOUT:g}; 0: never)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log one line per command (also: GGML_RPC_DEBUG=1)")
     return parser
@@ -255,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         server = ReferenceServer(profile=args.proto, host=args.host, port=args.port, devices=args.devices,
                                  memory=args.mem, cache_dir=cache_dir, max_payload=args.max_payload,
                                  max_connections=args.max_connections, verbose=verbose,
-                                 poll=args.poll_us / 1e6)
+                                 poll=args.poll_us / 1e6, frame_timeout=args.frame_timeout)
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@ import logging
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -290,3 +291,22 @@ def test_a_server_that_polls_or_sleeps_answers_alike(poll):
         for client_poll in (0.0, DEFAULT_POLL):
             with RPCClient(server.endpoint, poll=client_poll) as rpc:
                 assert [rpc.alignment() for _ in range(3)] == [32] * 3
+
+
+def test_a_stalled_frame_is_closed_but_an_idle_connection_is_kept(reference_server):
+    """§2.5: a started request that sends no byte for the frame timeout loses its connection
+    (it held a slot forever); a connection idle between requests is never closed (llama.cpp
+    keeps its connections idle for long periods)."""
+    server = reference_server("7.0.0", frame_timeout=0.3)
+    with RPCClient(server.endpoint) as idle:
+        idle.device_count()
+        stalled = socket.create_connection(server.address)
+        stalled.sendall(bytes([14]) + struct.pack("<Q", 24)[:5])  # a HELLO cut short in its size field
+        stalled.settimeout(10)
+        started = time.monotonic()
+        assert stalled.recv(1) == b""  # the server closed it
+        waited = time.monotonic() - started
+        stalled.close()
+        assert 0.25 <= waited < 5, waited
+        time.sleep(0.6)  # idle for twice the frame timeout: the behaviour under test, not a synchronisation
+        assert idle.device_count() == 1
