@@ -17,7 +17,8 @@ from protocol.messages import HASH_THRESHOLD, message_spec
 from protocol.tensor import contiguous_strides
 from reference_impl.client import ServerClosed, parse_endpoint
 
-from .core import SHOULD, Context, check, register, require, Check
+from .core import SHOULD, Check, Context, check, register, require
+from .probe import ANSWERED
 
 C = Command
 
@@ -37,12 +38,17 @@ def hello_answers_version(ctx: Context) -> None:
             f"{reported}, whose HELLO is {known.hello}")
 
 
-@check("3.1", "HELLO reply carries all-zero conn_caps over plain TCP", needs=(C.HELLO,))
+# A Linux RDMA client's caps {u32 qpn, u32 psn, u8 gid[16]}: a request to upgrade the transport
+RDMA_CAPS = struct.pack("<II", 0x0001E2F3, 0x00ABCDEF) + bytes.fromhex("fe800000000000000202c9fffe0a1b2c")
+
+
+@check("3.1", "HELLO with RDMA conn_caps is answered with all-zero caps and the connection stays on TCP",
+       needs=(C.HELLO,), rule="hello.caps-zero", advisory="CVE-2026-118375")
 def hello_caps_zero(ctx: Context) -> None:
     if ctx.profile.hello != "caps":
         ctx.skip(f"protocol {ctx.profile.name} has no conn_caps")
     probe = ctx.probe(handshake=False, buffer_size=0)
-    probe.send(C.HELLO, {"conn_caps": bytes(24)})
+    probe.send(C.HELLO, {"conn_caps": RDMA_CAPS})
     probe.sock.settimeout(ctx.timeout)
     raw = b""
     while len(raw) < 36:
@@ -51,7 +57,10 @@ def hello_caps_zero(ctx: Context) -> None:
             break
         raw += chunk
     require(len(raw) == 36, "a 28-byte HELLO reply", f"{len(raw)} bytes")
-    require(raw[8 + 4:] == bytes(24) and raw[8 + 3] == 0, "padding and conn_caps all zero", raw[8:].hex())
+    require(raw[8 + 4:] == bytes(24) and raw[8 + 3] == 0, "padding and conn_caps all zero (no RDMA: an echo of "
+            "the client's caps starts an RDMA handshake on the TCP stream)", raw[8:].hex())
+    verdict, _ = probe.outcome()  # a plain TCP request is served next
+    require(verdict == ANSWERED, "the connection serves the next request over TCP", verdict)
 
 
 # -- §2 framing -----------------------------------------------------------------------------------
@@ -164,7 +173,7 @@ def device_memory(ctx: Context) -> None:
     require(0 < total and free <= total, "0 < total and free <= total", f"free {free}, total {total}")
 
 
-@check("5.5", "GET_ALLOC_SIZE is at least nbytes for every type")
+@check("5.5", "GET_ALLOC_SIZE is at least nbytes for every type", rule="alloc_size.covers")
 def alloc_size(ctx: Context) -> None:
     rpc = ctx.client()
     for kind in filter(None, ctx.profile.ggml.types):
@@ -174,6 +183,27 @@ def alloc_size(ctx: Context) -> None:
         size = rpc.get_alloc_size(tensor, device=ctx.device)
         expected = nbytes(kind, ne, tensor.nb)
         require(size >= expected, f"{kind.name}: at least {expected}", str(size))
+
+
+@check("4.4", "INIT_TENSOR and GET_ALLOC_SIZE naming another server's buffer are served", rule="tensor.foreign",
+       advisory="multi-server clients")
+def foreign_handles(ctx: Context) -> None:
+    """A client split across servers names the other server's buffers here (3.6.1 in every
+    tensor, 7.0.0 in GET_ALLOC_SIZE sources); upstream treats them as buffer 0."""
+    rpc = ctx.client()
+    foreign = dict(buffer=0x7E57_0000_1000, data=0x7E57_0000_2000)  # never handed out on this connection
+    ne = [64, 4, 1, 1]
+    weight = make_tensor(ctx.profile.tensor, id=1, type=2, ne=ne, nb=contiguous_strides(18, 32, ne), name="w",
+                         **foreign)  # Q4_0
+    rpc.init_tensor(weight)
+    node = make_tensor(ctx.profile.tensor, id=3, type=0, ne=[4, 5, 1, 1], nb=[4, 16, 80, 80], name="mm",
+                       op=ctx.profile.ggml.op_value("MUL_MAT"), src=[1, 2] + [0] * 8, **foreign)
+    activations = make_tensor(ctx.profile.tensor, id=2, type=0, ne=[64, 5, 1, 1], nb=[4, 256, 1280, 1280],
+                              name="x", **foreign)
+    for tensor, srcs in ((weight, ()), (node, (weight, activations))):
+        size = rpc.get_alloc_size(tensor, srcs=srcs, device=ctx.device)
+        expected = nbytes(TYPES[tensor.type], tensor.ne, tensor.nb)
+        require(size >= expected, f"{tensor.name}: an answer of at least {expected}", str(size))
 
 
 # -- §6 buffers -------------------------------------------------------------------------------------

@@ -19,8 +19,7 @@ import os
 
 import pytest
 
-from . import checks_graphs, checks_negative, checks_traces, checks_wire, fuzz  # noqa: F401  (they register checks)
-from .core import CHECKS
+from .core import all_checks
 from .runner import Conformance, write_summary
 
 DEFAULT_TRACE_DIR = "conformance-traces"
@@ -71,7 +70,7 @@ def pytest_generate_tests(metafunc):
     if "check" not in metafunc.fixturenames:
         return
     run = metafunc.config.conformance
-    selected = [c for c in CHECKS if c.applies_to(run.profile)]
+    selected = [c for c in all_checks() if c.applies_to(run.profile)]
     metafunc.parametrize("check", selected, ids=[c.case_id for c in selected])
 
 

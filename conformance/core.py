@@ -38,6 +38,7 @@ class Check:
     advisory: str = ""
     kind: str = "semantics"  # "semantics", "negative", "security", "op", "fuzz", "trace"
     protocols: tuple[str, ...] = ()  # only for these exact versions (recorded traces); empty: any
+    rule: str = ""  # the protocol.rules key this check verifies, when it is one
 
     @property
     def case_id(self) -> str:
@@ -61,14 +62,21 @@ def register(item: Check) -> Check:
 
 
 def check(section: str, title: str, *, level: str = MUST, needs=(), destructive: bool = False, advisory: str = "",
-          kind: str = "semantics", key: str | None = None):
+          kind: str = "semantics", key: str | None = None, rule: str = ""):
     """Decorator: register a function as a check."""
     def wrap(function):
         register(Check(key or function.__name__, section, title, function, level, tuple(needs), destructive,
-                       advisory, kind))
+                       advisory, kind, rule=rule))
         return function
 
     return wrap
+
+
+def all_checks() -> list[Check]:
+    """Every check of the suite (importing the modules that register them)."""
+    from . import checks_graphs, checks_negative, checks_traces, checks_wire, fuzz  # noqa: F401
+
+    return CHECKS
 
 
 class CaseFailure(AssertionError):

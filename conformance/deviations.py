@@ -18,6 +18,14 @@ _ABORTS = {
     "rule.#25764": "llama.cpp #25764: ACC/SET window strides are not validated; the server aborts",
     "rule.upstream-asserts.past-end": "upstream asserts: a tensor past its buffer trips GGML_ASSERT; the server aborts",
     "rule.upstream-asserts.overflow": "upstream asserts: ne/nb overflowing nbytes trip GGML_ASSERT; the server aborts",
+    "rule.upstream-asserts.set-past-tensor": "upstream asserts: ggml_backend_tensor_set checks offset + size <= "
+                                             "nbytes with GGML_ASSERT; the server aborts",
+    "rule.upstream-asserts.get-past-tensor": "upstream asserts: ggml_backend_tensor_get checks offset + size <= "
+                                             "nbytes with GGML_ASSERT; the server aborts",
+    "rule.CVE-2026-137567": "CVE-2026-137567: COPY_TENSOR skips its size check for an empty destination and "
+                            "copies below the buffer's base; the server crashes",
+    "rule.set_tensor_hash.in-tensor": "upstream asserts: a cached file past the tensor's nbytes trips "
+                                      "ggml_backend_tensor_set's GGML_ASSERT; the server aborts",
     "rule.compute-failure.unknown-op": "compute failure: an unknown op aborts the CPU backend",
     "rule.#25288": "llama.cpp #25288: quantized ne[0] not a multiple of the block size; the server aborts",
     "rule.graph.blocks": "llama.cpp #25288: quantized ne[0] not a multiple of the block size; the server aborts",
@@ -29,7 +37,6 @@ _ABORTS = {
 
 # SHOULD-level behaviour upstream does not have (only with --strict).
 _SHOULDS = {
-    "rule.tensor.buffer": "upstream treats an unknown buffer handle as buffer 0 and accepts INIT_TENSOR (SPEC §4.4)",
     "rule.graph.trailing": "upstream ignores bytes after the tensor array (SPEC §8.1)",
     "rule.graph.acyclic": "upstream does not look for cycles in graphs (SPEC §8.2)",
     "concurrent_clients": "upstream serves one connection at a time (sequential accept loop, backlog 1)",

@@ -146,9 +146,10 @@ def _cycle(p) -> None:
     _graph(p, tensors)
 
 
-def _hash_hit(p, *, buffer: int | None = None, offset: int = 0) -> None:
+def _hash_hit(p, *, buffer: int | None = None, offset: int = 0, n: int | None = None) -> None:
     """SET_TENSOR_HASH of data the server's cache holds (stored by a SET_TENSOR above the
-    threshold first), aimed at a tensor without a buffer or past the buffer's end."""
+    threshold first), aimed at a tensor without a buffer, past the buffer's end, or (`n`)
+    at a tensor of n elements in a buffer big enough for the data."""
     from protocol.hashing import fnv1a64
     from protocol.messages import HASH_THRESHOLD
 
@@ -157,7 +158,10 @@ def _hash_hit(p, *, buffer: int | None = None, offset: int = 0) -> None:
     tensor = p.tensor(0, buffer=big.handle, data=big.base, n=len(data) // 4)
     p.rpc.set_tensor(tensor, data, cache=True)
     p.rpc.sync()
-    target = p.tensor(0) if buffer is None else p.tensor(0, buffer=buffer, data=0)
+    if n is not None:
+        target = p.tensor(0, buffer=big.handle, data=big.base, n=n)
+    else:
+        target = p.tensor(0) if buffer is None else p.tensor(0, buffer=buffer, data=0)
     p.send(C.SET_TENSOR_HASH, {"tensor": target, "offset": offset, "hash": fnv1a64(data)})
 
 
@@ -254,6 +258,16 @@ CASES: tuple[HostileCase, ...] = (
                 _acc_past_the_end, destructive=True),
     HostileCase("upstream-asserts.past-end", "tensor.bounds", "GET_TENSOR of a tensor running past its buffer",
                 "upstream asserts", lambda p: _get(p, p.tensor(p.buffer.size - 16, n=64), 0, 4), destructive=True),
+    HostileCase("upstream-asserts.set-past-tensor", "set_tensor.in-tensor",
+                "SET_TENSOR inside the buffer but past the tensor's nbytes", "upstream asserts",
+                lambda p: _set(p, p.tensor(0, n=4), bytes(64)), destructive=True),
+    HostileCase("upstream-asserts.get-past-tensor", "get_tensor.in-tensor",
+                "GET_TENSOR inside the buffer but past the tensor's nbytes", "upstream asserts",
+                lambda p: _get(p, p.tensor(0, n=4), 8, 64), destructive=True),
+    HostileCase("CVE-2026-137567", "tensor.bounds", "COPY_TENSOR into an empty tensor whose data lies below the "
+                "buffer's base", "CVE-2026-137567", lambda p: p.send(C.COPY_TENSOR, {
+                    "src": p.tensor(0, n=64), "dst": p.tensor(0, ne=[0, 1, 1, 1], data=p.buffer.base - 4096)}),
+                destructive=True),
     HostileCase("upstream-asserts.overflow", "tensor.bounds", "INIT_TENSOR whose ne/nb overflow nbytes",
                 "upstream asserts", lambda p: p.send(C.INIT_TENSOR, {"tensor": p.tensor(
                     0, ne=[2**32 - 1] * 4, nb=[2**32 - 1] * 4)}), destructive=True),
@@ -270,12 +284,12 @@ CASES += (
                 lambda p: p.send_raw(struct.pack("<BQ", C.SET_TENSOR, 100) + bytes(100))),
     HostileCase("hello.size", "hello.size", "HELLO shaped for the other version family", "protocol", _other_hello,
                 handshake=False),
-    HostileCase("tensor.buffer", "tensor.buffer", "INIT_TENSOR naming a buffer never handed out", "buffer tracking",
-                lambda p: p.send(C.INIT_TENSOR, {"tensor": p.tensor(0, buffer=p.buffer.handle ^ 0x40, data=0)})),
     HostileCase("set_tensor_hash.buffer", "set_tensor_hash.buffer", "SET_TENSOR_HASH hit on a tensor with buffer 0",
                 "null buffer (2025-07)", lambda p: _hash_hit(p, buffer=0), needs_cache=True),
     HostileCase("set_tensor_hash.region", "set_tensor_hash.region", "SET_TENSOR_HASH hit that does not fit",
                 "CVE-2024-42479", lambda p: _hash_hit(p, offset=p.buffer.size - 64), needs_cache=True),
+    HostileCase("set_tensor_hash.in-tensor", "set_tensor_hash.in-tensor", "SET_TENSOR_HASH hit past the tensor's "
+                "nbytes", "upstream asserts", lambda p: _hash_hit(p, n=4), needs_cache=True, destructive=True),
     HostileCase("memset_tensor.buffer", "memset_tensor.buffer", "MEMSET_TENSOR on a tensor with buffer 0",
                 "null buffer (2025-07)", lambda p: p.send(C.MEMSET_TENSOR, {"tensor": p.tensor(0, buffer=0, data=0),
                                                                             "offset": 0, "size": 4, "value": 1}),

@@ -127,12 +127,6 @@ def _tensor_blocks(view: ServerView, tensor) -> Violation | None:
     return None
 
 
-def _tensor_buffer(view: ServerView, tensor) -> Violation | None:
-    if tensor.buffer and view.buffer(tensor.buffer) is None:
-        return Violation("buffer", tensor.buffer, "not a buffer allocated on this connection")
-    return None
-
-
 def _tensor_bounds(view: ServerView, tensor) -> Violation | None:
     buf = view.buffer(tensor.buffer) if tensor.buffer else None
     kind = view.profile.ggml.tensor_type(tensor.type)
@@ -161,6 +155,26 @@ def _sized_buffer(view: ServerView, body, size: int) -> Violation | None:
 
 def _sized_region(view: ServerView, body, size: int) -> Violation | None:
     return _region(view, body.tensor, body.offset, size, "data size")
+
+
+def _in_tensor(view: ServerView, tensor, offset: int, size: int, what: str) -> Violation | None:
+    """[offset, offset+size) must lie inside the tensor's nbytes (ggml_backend_tensor_set/get
+    assert it; upstream servers abort)."""
+    kind = view.profile.ggml.tensor_type(tensor.type)
+    if kind is None:
+        return None
+    total = nbytes(kind, tensor.ne, tensor.nb)
+    if offset > total or size > total - offset:
+        return Violation(what, size, f"[offset {offset}, +{size}) runs past the tensor's {total} bytes")
+    return None
+
+
+def _sized_in_tensor(view: ServerView, body, size: int) -> Violation | None:
+    return _in_tensor(view, body.tensor, body.offset, size, "data size")
+
+
+def _get_in_tensor(view: ServerView, body) -> Violation | None:
+    return _in_tensor(view, body.tensor, body.offset, body.size, "size")
 
 
 def _copy_buffers(view: ServerView, body) -> Violation | None:
@@ -367,18 +381,24 @@ RULES: tuple[Rule, ...] = (
     Rule("3.1", "hello.once", "second HELLO closes the connection", MUST, "framing", (C.HELLO,)),
     Rule("3.1", "hello.size", "HELLO with the other version family's size closes the connection", MUST,
          "framing", (C.HELLO,)),
+    Rule("3.1", "hello.caps-zero", "a server without RDMA accepts any client conn_caps, answers all-zero caps and "
+         "stays on TCP", MUST, "behaviour", (C.HELLO,), None, "CVE-2026-118375"),
     # §4.4 every rpc_tensor
     Rule("4.4", "tensor.type", "tensor type unknown to the version or removed is rejected", MUST, "tensor",
          _TENSOR_COMMANDS, _tensor_type, "CVE-2024-42477, type 4/5 division by zero (2026-03)"),
     Rule("4.4", "tensor.blocks", "quantized tensor whose ne[0] is not a multiple of the block size is rejected",
          MUST, "tensor", _TENSOR_COMMANDS, _tensor_blocks, "llama.cpp #25288"),
-    Rule("4.4", "tensor.bounds", "tensor whose data+nbytes runs past its buffer is rejected", MUST, "tensor",
-         _TENSOR_COMMANDS, _tensor_bounds, "upstream asserts (abort)"),
-    Rule("4.4", "tensor.buffer", "tensor naming a buffer the server never handed out is rejected", SHOULD,
-         "tensor", _TENSOR_COMMANDS, _tensor_buffer, "buffer tracking (2024-05)"),
+    Rule("4.4", "tensor.bounds", "tensor whose data lies before its buffer's base or whose data+nbytes runs "
+         "past its end is rejected", MUST, "tensor", _TENSOR_COMMANDS, _tensor_bounds,
+         "upstream asserts (abort), CVE-2026-137567"),
+    Rule("4.4", "tensor.foreign", "INIT_TENSOR and GET_ALLOC_SIZE naming a buffer of another server are served "
+         "as if the buffer were 0", MUST, "behaviour", (C.INIT_TENSOR, C.GET_ALLOC_SIZE), None,
+         "multi-server clients"),
     # §5 devices
     Rule("5", "device.index", "device index not below DEVICE_COUNT is rejected", MUST, "request",
          _DEVICE_COMMANDS, _device),
+    Rule("5.5", "alloc_size.covers", "GET_ALLOC_SIZE answers at least the tensor's nbytes", MUST, "behaviour",
+         (C.GET_ALLOC_SIZE,), None, "3.6.1 clients allocate the answer as is"),
     # §6 buffers
     Rule("6", "buffer.handle", "remote_ptr the server never handed out is rejected", MUST, "request",
          (C.BUFFER_GET_BASE, C.FREE_BUFFER, C.BUFFER_CLEAR), _live_handle, "buffer tracking (2024-05)"),
@@ -387,14 +407,20 @@ RULES: tuple[Rule, ...] = (
          (C.SET_TENSOR,), _needs_buffer("tensor"), "null buffer (2025-07)"),
     Rule("7.1", "set_tensor.region", "SET_TENSOR data outside the buffer is rejected", MUST, "sized",
          (C.SET_TENSOR,), _sized_region, "CVE-2024-42479"),
+    Rule("7.1", "set_tensor.in-tensor", "SET_TENSOR data past the tensor's nbytes is rejected", MUST, "sized",
+         (C.SET_TENSOR,), _sized_in_tensor, "upstream asserts (abort)"),
     Rule("7.2", "get_tensor.buffer", "GET_TENSOR on a tensor without a live buffer is rejected", MUST, "request",
          (C.GET_TENSOR,), _needs_buffer("tensor"), "null buffer (2025-07)"),
     Rule("7.2", "get_tensor.region", "GET_TENSOR region outside the buffer is rejected", MUST, "request",
          (C.GET_TENSOR,), _get_tensor_region, "CVE-2024-42478"),
+    Rule("7.2", "get_tensor.in-tensor", "GET_TENSOR region past the tensor's nbytes is rejected", MUST, "request",
+         (C.GET_TENSOR,), _get_in_tensor, "upstream asserts (abort)"),
     Rule("7.3", "set_tensor_hash.buffer", "SET_TENSOR_HASH on a tensor without a live buffer is rejected "
          "when the hash is cached", MUST, "sized", (C.SET_TENSOR_HASH,), _sized_buffer, "null buffer (2025-07)"),
     Rule("7.3", "set_tensor_hash.region", "SET_TENSOR_HASH whose cached data does not fit is rejected", MUST,
          "sized", (C.SET_TENSOR_HASH,), _sized_region, "CVE-2024-42479"),
+    Rule("7.3", "set_tensor_hash.in-tensor", "SET_TENSOR_HASH whose cached data runs past the tensor's nbytes is "
+         "rejected", MUST, "sized", (C.SET_TENSOR_HASH,), _sized_in_tensor, "upstream asserts (abort)"),
     Rule("7.4", "copy_tensor.buffers", "COPY_TENSOR with src or dst outside a live buffer is rejected", MUST,
          "request", (C.COPY_TENSOR,), _copy_buffers, "null buffer (2025-07)"),
     Rule("7.4", "copy_tensor.fits", "COPY_TENSOR whose src does not fit after dst.data is rejected", MUST,
