@@ -82,3 +82,31 @@ def test_one_server_serves_old_and_new_clients_at_once(reference_server, tiny_mo
         result = compare(local_runs("2", release, 512), remote)
         assert result["confident_agree"], (release, result)
         assert result["max_error"] <= TOLERANCE["float"] * result["scale"], (release, result)
+
+
+@pytest.mark.parametrize("release", CI_RELEASES)
+def test_a_model_split_across_two_servers(release, reference_server, tiny_models, local_runs):
+    """llama.cpp's --rpc with two endpoints splits the layers between them; a client then
+    names one server's buffers to the other (3.6.1 everywhere, 7.0.0 in GET_ALLOC_SIZE
+    sources), which a server must serve as upstream does (SPEC §4.1, rule tensor.foreign)."""
+    from collections import Counter
+
+    from reference_impl.session import Session
+
+    graphs = Counter()
+
+    class Counting(Session):
+        def graph_compute(self, request):
+            graphs[id(self.state)] += 1
+            return super().graph_compute(request)
+
+    peer = require_peer(release)
+    servers = [reference_server(profile_for(peer.protocol).name, memory=1 << 30) for _ in range(2)]
+    for server in servers:
+        server.session_class = Counting
+    remote = run_llama(peer, tiny_models["2"], rpc=",".join(s.endpoint for s in servers), text=TEXT, n_batch=512,
+                       generate=8)
+    assert all(graphs[id(s.state)] > 0 for s in servers), "both servers computed part of the model"
+    result = compare(local_runs("2", release, 512), remote)
+    assert result["confident_agree"], result
+    assert result["max_error"] <= TOLERANCE["float"] * result["scale"], result
