@@ -76,6 +76,7 @@ class Rule:
     commands: tuple[Command, ...]
     check: Callable | None = None
     advisory: str = ""
+    serves: bool = False  # the rule obliges the server to serve what it describes (not to close)
 
     @property
     def case_id(self) -> str:
@@ -382,7 +383,8 @@ RULES: tuple[Rule, ...] = (
     Rule("3.1", "hello.size", "HELLO with the other version family's size closes the connection", MUST,
          "framing", (C.HELLO,)),
     Rule("3.1", "hello.caps-zero", "a server without RDMA accepts any client conn_caps, answers all-zero caps and "
-         "stays on TCP", MUST, "behaviour", (C.HELLO,), None, "CVE-2026-118375"),
+         "stays on TCP", MUST, "behaviour", (C.HELLO,), None, "CVE-2026-118375",
+         serves=True),
     # §4.4 every rpc_tensor
     Rule("4.4", "tensor.type", "tensor type unknown to the version or removed is rejected", MUST, "tensor",
          _TENSOR_COMMANDS, _tensor_type, "CVE-2024-42477, type 4/5 division by zero (2026-03)"),
@@ -393,12 +395,13 @@ RULES: tuple[Rule, ...] = (
          "upstream asserts (abort), CVE-2026-137567"),
     Rule("4.4", "tensor.foreign", "INIT_TENSOR and GET_ALLOC_SIZE naming a buffer of another server are served "
          "as if the buffer were 0", MUST, "behaviour", (C.INIT_TENSOR, C.GET_ALLOC_SIZE), None,
-         "multi-server clients"),
+         "multi-server clients", serves=True),
     # §5 devices
     Rule("5", "device.index", "device index not below DEVICE_COUNT is rejected", MUST, "request",
          _DEVICE_COMMANDS, _device),
     Rule("5.5", "alloc_size.covers", "GET_ALLOC_SIZE answers at least the tensor's nbytes", MUST, "behaviour",
-         (C.GET_ALLOC_SIZE,), None, "3.6.1 clients allocate the answer as is"),
+         (C.GET_ALLOC_SIZE,), None, "3.6.1 clients allocate the answer as is",
+         serves=True),
     # §6 buffers
     Rule("6", "buffer.handle", "remote_ptr the server never handed out is rejected", MUST, "request",
          (C.BUFFER_GET_BASE, C.FREE_BUFFER, C.BUFFER_CLEAR), _live_handle, "buffer tracking (2024-05)"),

@@ -272,9 +272,10 @@ def op_reference_block() -> str:
 
 def rules_block(section: str) -> str:
     chosen = [r for r in RULES if r.section == section]
-    lines = ["| rule | level | on violation | regression for |", "|---|---|---|---|"]
+    lines = ["| rule | level | the server | regression for |", "|---|---|---|---|"]
     for rule in chosen:
-        lines.append(f"| `{rule.key}`: {rule.title} | {rule.level} | close the connection | {rule.advisory or '–'} |")
+        answer = "serves the request" if rule.serves else "closes the connection"
+        lines.append(f"| `{rule.key}`: {rule.title} | {rule.level} | {answer} | {rule.advisory or '–'} |")
     return "\n".join(lines) + "\n"
 
 
