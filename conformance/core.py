@@ -39,6 +39,11 @@ class Check:
     kind: str = "semantics"  # "semantics", "negative", "security", "op", "fuzz", "trace"
     protocols: tuple[str, ...] = ()  # only for these exact versions (recorded traces); empty: any
     rule: str = ""  # the protocol.rules key this check verifies, when it is one
+    harmless_from: tuple[int, int, int] | None = None  # a destructive case that upstream survives from this version
+
+    def destroys(self, profile: Profile) -> bool:
+        """Whether the case can kill a vulnerable server of `profile`'s version."""
+        return self.destructive and (self.harmless_from is None or profile.version < self.harmless_from)
 
     @property
     def case_id(self) -> str:

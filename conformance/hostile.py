@@ -32,6 +32,7 @@ class HostileCase:
     handshake: bool = True  # False: the case starts on a raw connection, before HELLO
     section: str = ""  # for survival cases; rule cases take their rule's section
     needs_cache: bool = False  # only meaningful against a server known to have a hash cache
+    harmless_from: tuple[int, int, int] | None = None  # destructive only for versions before this one
 
     @property
     def level(self) -> str:
@@ -243,8 +244,8 @@ CASES: tuple[HostileCase, ...] = (
     HostileCase("CVE-2026-34159", "graph.null-buffer-data", "graph node with buffer 0 and a chosen data address",
                 "CVE-2026-34159 (GHSA-j8rj-fmpv-wcxw)", lambda p: _graph(p, _node(p, buffer=0, data=0x4141_4141_0000))),
     HostileCase("GHSA-2phh-px2f-2qmx", "recompute.after-free", "GRAPH_RECOMPUTE after freeing the graph's buffer",
-                "GHSA-2phh-px2f-2qmx", _graph_then_free_then_recompute, destructive=True,
-                needs=(C.GRAPH_RECOMPUTE,)),
+                "GHSA-2phh-px2f-2qmx", _graph_then_free_then_recompute, destructive=True, harmless_from=(7, 0, 0),
+                needs=(C.GRAPH_RECOMPUTE,)),  # 7.0.0 discards the graph on FREE_BUFFER and closes
     HostileCase("#25299", "graph.node-nonzero", "graph with node id 0 and no tensors", "llama.cpp #25299",
                 lambda p: p.send(C.GRAPH_COMPUTE, p.device_body(), graph=p.graph([], [0])), destructive=True),
     HostileCase("#25289", "graph.no-custom", "graph node with op CUSTOM", "llama.cpp #25289",

@@ -124,7 +124,7 @@ def run_case(check, run: Conformance, request) -> None:
     config = request.config
     if check.level == SHOULD and not config.getoption("strict"):  # pytest's own --strict
         pytest.skip("SHOULD-level case: run with --strict")
-    if check.destructive and not config.getoption("--destructive"):
+    if check.destroys(run.profile) and not config.getoption("--destructive"):
         pytest.skip("can kill a vulnerable server: run with --destructive (and --restart-cmd)")
     if check.kind == "fuzz" and config.getoption("--fuzz-examples") <= 0:
         pytest.skip("fuzzing disabled (--fuzz-examples 0)")

@@ -119,6 +119,26 @@ class NoBoundsCheck(Session):
         return inside.ljust(request.body.size, b"\0")
 
 
+class EchoesCaps(Session):
+    """Answers the client's conn_caps back (an RDMA client would start a handshake on TCP)."""
+
+    def hello(self, request):
+        reply = super().hello(request)
+        if "conn_caps" in request.body:
+            reply["conn_caps"] = bytes(request.body.conn_caps)
+        return reply
+
+
+class KeepsGraphAfterFree(Session):
+    """FREE_BUFFER leaves the stored graph, so GRAPH_RECOMPUTE runs on freed memory."""
+
+    def free_buffer(self, request):
+        graphs = dict(self.graphs)
+        result = super().free_buffer(request)
+        self.graphs.update(graphs)
+        return result
+
+
 class CorruptData(Session):
     def get_tensor(self, request):
         data = bytearray(super().get_tensor(request))
@@ -160,7 +180,10 @@ def serve_faulty(server_class=ReferenceServer, session_class=Session) -> Referen
     (ReferenceServer, CorruptData, "§7.2"),
     (WrongReplySize, Session, "§5.2"),
     (ReplyToOneWay, Session, "§7.1"),
-], ids=["wrong-version", "missing-bounds-check", "data-corruption", "wrong-reply-size", "reply-to-one-way"])
+    (ReferenceServer, EchoesCaps, "§3.1"),
+    (ReferenceServer, KeepsGraphAfterFree, "§8.3"),
+], ids=["wrong-version", "missing-bounds-check", "data-corruption", "wrong-reply-size", "reply-to-one-way",
+        "echoes-caps", "recompute-after-free"])
 def test_the_suite_catches_a_broken_server(tmp_path, server_class, session_class, section):
     server = serve_faulty(server_class, session_class)
     try:
