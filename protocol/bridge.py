@@ -1,0 +1,316 @@
+"""Translation between two protocol versions, for a bridge between an upstream client of one
+version and a server of another (sans-IO: bytes in, bytes out).
+
+Everything that differs between two versions is already data: the profile columns (HELLO
+shape, device fields, SET_TENSOR variant, which replies exist, rpc_tensor's last field) and
+each release's ggml enums (op numbers, unary and GLU sub-ops, type count, the COMPUTE
+flag).  `Translation` turns those tables into lookup arrays once per pair of versions, and
+`BridgeConnection` applies them to one client connection's requests and the server's
+replies.  It holds no version knowledge of its own: adding a version adds a profile row and
+a release table, nothing here.
+
+What one side lacks is emulated from what the other has:
+- DEVICE_COUNT towards a single-device server: answered 1;
+- GRAPH_RECOMPUTE towards a server without it: the stored graph is sent again;
+- MEMSET_TENSOR towards a server without it: SET_TENSOR of `size` copies of the byte;
+- replies one side has and the other lacks (empty acks, the 2.0.0 graph status): answered
+  locally, or read from the server and dropped;
+- a graph of a release that marks nodes to compute (COMPUTE flag) for one that computes
+  every node: only the marked nodes are sent, and the other way round every node is marked;
+- rpc_tensor's `use_count` (5.1.0+, used by the server to decide fusions) is counted from
+  the graph's links when the client's version has only padding there.
+An op, sub-op or type without a counterpart on the other side is refused (Untranslatable),
+never mistranslated.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+from construct import Container
+
+from .commands import Command
+from .errors import LocalProtocolError
+from .framing import Reply, Request, encode_reply, encode_request
+from .graph import Graph
+from .messages import HASH_THRESHOLD, device_fields, message_spec
+from .tensor import RPC_TENSOR_DTYPE, make_tensor
+from .versions import Profile
+
+C = Command
+_SUB_OPS = {"UNARY": "unary_ops", "GLU": "glu_ops"}  # ops whose op_params[0] names a sub-op
+
+
+class Untranslatable(LocalProtocolError):
+    """A request has no counterpart in the server's version (an op, sub-op, type or device
+    it lacks).  The bridge closes the client's connection with this message."""
+
+
+def _name_map(source: tuple[str, ...], target: tuple[str, ...]) -> np.ndarray:
+    """source value -> target value of the same name (-1: the target lacks it)."""
+    where = {name: i for i, name in enumerate(target)}
+    return np.array([where.get(name, -1) for name in source], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Translation:
+    """The lookup tables between a client's profile and a server's."""
+
+    client: Profile
+    server: Profile
+
+    def __post_init__(self) -> None:
+        c, s = self.client.ggml, self.server.ggml
+        object.__setattr__(self, "ops", _name_map(c.ops, s.ops))
+        object.__setattr__(self, "sub_ops", {op: _name_map(getattr(c, field), getattr(s, field))
+                                             for op, field in _SUB_OPS.items() if op in c.ops})
+        # type numbers are stable across releases; a type must be valid in both
+        valid = np.array([c.tensor_type(v) is not None and s.tensor_type(v) is not None
+                          for v in range(max(c.type_count, s.type_count))])
+        object.__setattr__(self, "types_ok", valid)
+
+    # -- single tensors ---------------------------------------------------------------------------
+
+    def tensor(self, tensor: Container) -> Container:
+        """An rpc_tensor of the client's layout and enums, in the server's."""
+        c, s = self.client.ggml, self.server.ggml
+        fields = {k: v for k, v in tensor.items() if not k.startswith("_") and k not in ("padding", "use_count")}
+        if tensor.type >= len(self.types_ok) or not self.types_ok[tensor.type]:
+            raise Untranslatable(f"tensor {_name(tensor)!r} has type {tensor.type}, which ggml {s.release} "
+                                 f"(protocol {self.server.name}) does not have", field="type", value=tensor.type)
+        fields["op"] = self._op(tensor.op, tensor)
+        name = c.op_name(tensor.op)
+        if name in self.sub_ops and tensor.op_params[0] >= 0:
+            params = list(tensor.op_params)
+            params[0] = self._sub_op(name, params[0], tensor)
+            fields["op_params"] = params
+        fields["flags"] = self._flags(np.array([tensor.flags]), np.array([tensor.op != 0]))[0]
+        return make_tensor(self.server.tensor, **fields)
+
+    def _op(self, value: int, tensor) -> int:
+        if not 0 <= value < len(self.ops) or self.ops[value] < 0:
+            raise Untranslatable(f"op {self.client.ggml.op_name(value) or value} of tensor {_name(tensor)!r} does "
+                                 f"not exist in ggml {self.server.ggml.release} (protocol {self.server.name})",
+                                 field="op", value=value)
+        return int(self.ops[value])
+
+    def _sub_op(self, op: str, value: int, tensor) -> int:
+        table = self.sub_ops[op]
+        if not 0 <= value < len(table) or table[value] < 0:
+            names = getattr(self.client.ggml, _SUB_OPS[op])
+            shown = names[value] if 0 <= value < len(names) else value
+            raise Untranslatable(f"{op} op {shown} of tensor {_name(tensor)!r} does not exist in ggml "
+                                 f"{self.server.ggml.release} (protocol {self.server.name})", field="op_params[0]",
+                                 value=value)
+        return int(table[value])
+
+    def _flags(self, flags: np.ndarray, computed: np.ndarray) -> np.ndarray:
+        """Tensor flags: the COMPUTE bit exists in one release and not the other."""
+        mine, theirs = self.client.ggml.compute_flag, self.server.ggml.compute_flag
+        if mine and not theirs:
+            return flags & ~mine
+        if theirs and not mine:
+            return np.where(computed, flags | theirs, flags)
+        return flags
+
+    # -- graphs -----------------------------------------------------------------------------------
+
+    def graph(self, graph: Graph) -> Graph:
+        """A graph of the client's layout and enums, in the server's (whole arrays at once)."""
+        c, s = self.client.ggml, self.server.ggml
+        source = graph.tensors
+        out = np.zeros(len(source), dtype=RPC_TENSOR_DTYPE[self.server.tensor])
+        for name in source.dtype.names:
+            if name in out.dtype.names and name not in ("padding", "use_count"):
+                out[name] = source[name]
+        types = source["type"]
+        bad = (types >= len(self.types_ok)) | ~self.types_ok[np.minimum(types, len(self.types_ok) - 1)]
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise Untranslatable(f"tensor {_name(source[row])!r} has type {int(types[row])}, which ggml {s.release} "
+                                 f"does not have", field="type", value=int(types[row]))
+        ops = source["op"].astype(np.int64)
+        unknown = (ops >= len(self.ops)) | (self.ops[np.minimum(ops, len(self.ops) - 1)] < 0)
+        if unknown.any():
+            row = int(np.flatnonzero(unknown)[0])
+            self._op(int(ops[row]), source[row])  # raises, naming the op
+        out["op"] = self.ops[ops]
+        for op, table in self.sub_ops.items():
+            rows = np.flatnonzero(ops == c.op_value(op))
+            for row in rows.tolist():
+                out["op_params"][row, 0] = self._sub_op(op, int(source["op_params"][row, 0]), source[row])
+        nodes = graph.nodes
+        node_rows = graph.node_rows
+        is_node = np.zeros(len(source), bool)
+        is_node[node_rows[node_rows >= 0]] = True
+        if c.compute_flag and not s.compute_flag:  # the server computes every node it is sent
+            marked = (source["flags"][np.maximum(node_rows, 0)] & c.compute_flag) != 0
+            nodes = nodes[(node_rows < 0) | marked]
+        out["flags"] = self._flags(source["flags"], is_node & (ops != 0))
+        if "use_count" in out.dtype.names:
+            if "use_count" in source.dtype.names:
+                out["use_count"] = source["use_count"]
+            else:  # what ggml counts when it builds a graph: how many src[] slots name the tensor
+                links = graph.link_rows[:, :-1]
+                out["use_count"] = np.bincount(links[links >= 0], minlength=len(source))
+        return Graph(np.ascontiguousarray(nodes), out)
+
+
+def _name(tensor) -> str:
+    raw = bytes(tensor["name"])
+    return raw.split(b"\0", 1)[0].decode("utf-8", errors="replace")
+
+
+# -- one connection ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ToServer:
+    """Bytes for the server; `reply` is the command whose server reply is due (None: none),
+    with the GET_TENSOR size, and whether that reply goes back to the client."""
+
+    parts: list
+    reply: Command | None = None
+    size: int | None = None
+    relay: bool = True
+
+
+class BridgeConnection:
+    """One client connection through the bridge.
+
+    `request(req)` takes a request parsed in the client's profile and returns the ToServer
+    messages to send; `server_reply(reply)` takes a reply parsed in the server's profile.
+    Bytes for the client come out of `to_client()` in the order the client expects its
+    replies: answers made here wait behind replies still due from the server.
+    """
+
+    def __init__(self, translation: Translation) -> None:
+        self.t = translation
+        self.client, self.server = translation.client, translation.server
+        self._queue: deque[list] = deque()  # per reply the client awaits: [parts or None]
+        self._relays: deque = deque()  # per server reply due: its slot in _queue, or None to drop
+        self._graphs: dict[int, Graph] = {}  # per device: the last graph, in the server's layout
+
+    # -- client -> server ----------------------------------------------------------------------------
+
+    def request(self, req: Request) -> list[ToServer]:
+        handler = getattr(self, f"_on_{req.command.name.lower()}", None)
+        return handler(req) if handler is not None else self._forward(req.command, self._body(req))
+
+    def _forward(self, command: Command, body, *, data=None, graph=None) -> list[ToServer]:
+        """Send `command` to the server and route its reply, or answer the client here when
+        only the client's version has a reply."""
+        ours, theirs = message_spec(self.client, command), message_spec(self.server, command)
+        out = ToServer(encode_request(self.server, command, body, data=data, graph=graph))
+        if theirs.has_reply:
+            out.reply, out.size = command, body.get("size") if theirs.reply_tail == "data" else None
+            out.relay = ours.has_reply
+            self._relays.append(self._slot() if ours.has_reply else None)
+        elif ours.has_reply:
+            self._answer(command, self._local_reply(command))
+        return [out]
+
+    def _local_reply(self, command: Command) -> dict:
+        """The reply the client's version has and the server's lacks: an empty ack, or the
+        2.0.0 graph status (success: the server computes one-way and closes on failure)."""
+        return {"result": 0} if command is C.GRAPH_COMPUTE else {}
+
+    def _body(self, req: Request, command: Command | None = None, data_size: int = 0) -> dict:
+        """The request's fixed fields in the server's variant of `command` (default: the
+        request's own): device fields, SET_TENSOR's cache flag, GET_ALLOC_SIZE's sources,
+        every rpc_tensor translated."""
+        command = command or req.command
+        body = {k: v for k, v in req.body.items() if not k.startswith("_")}
+        device = body.pop("device", 0)
+        if device and self.server.devices == "single":
+            raise Untranslatable(f"device {device} does not exist on a single-device server "
+                                 f"(protocol {self.server.name})", command=req.command.name, field="device",
+                                 value=device)
+        spec = message_spec(self.server, command).request
+        if _has_field(spec, "device"):
+            body["device"] = device
+        for key in ("tensor", "src", "dst"):
+            if key in body:
+                body[key] = self.t.tensor(body[key])
+        if _has_field(spec, "srcs"):
+            srcs = [self.t.tensor(s) for s in body.get("srcs", ())]
+            body["srcs"] = srcs + [make_tensor(self.server.tensor, ne=[0, 0, 0, 0])] * (10 - len(srcs))
+        if _has_field(spec, "cache_flag") and "cache_flag" not in body:
+            body["cache_flag"] = int(data_size > HASH_THRESHOLD)  # plain-SET_TENSOR servers cached above it
+        return {k: v for k, v in body.items() if _has_field(spec, k)}
+
+    def _on_hello(self, req: Request) -> list[ToServer]:
+        major, minor, patch = self.client.version
+        reply = {"major": major, "minor": minor, "patch": patch}
+        if self.client.hello == "caps":
+            reply.update(padding=0, conn_caps=bytes(24))  # the bridge speaks TCP only
+        self._answer(C.HELLO, reply)
+        return []
+
+    def _on_device_count(self, req: Request) -> list[ToServer]:
+        if C.DEVICE_COUNT in self.server.commands:
+            return self._forward(C.DEVICE_COUNT, {})
+        self._answer(C.DEVICE_COUNT, {"device_count": 1})
+        return []
+
+    def _on_set_tensor(self, req: Request) -> list[ToServer]:
+        return self._forward(C.SET_TENSOR, self._body(req, data_size=len(req.data)), data=req.data)
+
+    def _on_graph_compute(self, req: Request) -> list[ToServer]:
+        body = self._body(req)
+        graph = self.t.graph(req.graph)
+        self._graphs[req.body.get("device", 0)] = graph
+        return self._forward(C.GRAPH_COMPUTE, body, graph=graph)
+
+    def _on_graph_recompute(self, req: Request) -> list[ToServer]:
+        if C.GRAPH_RECOMPUTE in self.server.commands:
+            return self._forward(C.GRAPH_RECOMPUTE, self._body(req))
+        graph = self._graphs.get(req.body.device)
+        if graph is None:  # let the server see a request it must refuse: nothing to compute again
+            raise Untranslatable(f"GRAPH_RECOMPUTE on device {req.body.device} before any GRAPH_COMPUTE",
+                                 command="GRAPH_RECOMPUTE")
+        return self._forward(C.GRAPH_COMPUTE, device_fields(self.server, req.body.device), graph=graph)
+
+    def _on_memset_tensor(self, req: Request) -> list[ToServer]:
+        if C.MEMSET_TENSOR in self.server.commands:
+            return self._forward(C.MEMSET_TENSOR, self._body(req))
+        data = bytes([req.body.value]) * req.body.size
+        sent = self._forward(C.SET_TENSOR, self._body(req, C.SET_TENSOR), data=data)
+        if message_spec(self.client, C.MEMSET_TENSOR).has_reply:
+            self._answer(C.MEMSET_TENSOR, {})
+        return sent
+
+    # -- server -> client ----------------------------------------------------------------------------
+
+    def server_reply(self, reply: Reply) -> None:
+        """A reply from the server, in the order the requests were sent."""
+        slot = self._relays.popleft()
+        if slot is None:
+            return  # a reply the client's version does not have
+        body = {k: v for k, v in reply.body.items() if not k.startswith("_")}
+        slot[0] = encode_reply(self.client, reply.command, body, data=reply.data)
+
+    def _slot(self) -> list:
+        slot: list = [None]
+        self._queue.append(slot)
+        return slot
+
+    def _answer(self, command: Command, body: dict) -> None:
+        self._slot()[0] = encode_reply(self.client, command, body)
+
+    def to_client(self) -> list:
+        """The buffers now due to the client, in order."""
+        out = []
+        while self._queue and self._queue[0][0] is not None:
+            out += self._queue.popleft()[0]
+        return out
+
+    @property
+    def awaiting_server(self) -> int:
+        return len(self._relays)
+
+
+def _has_field(schema, name: str) -> bool:
+    return any(sub.name == name for sub in schema.subcons)

@@ -1,0 +1,144 @@
+"""The version bridge: llama.cpp clients of one protocol version use a server of another.
+
+    ggml-rpc-proxy --bridge --listen 127.0.0.1:50053 --upstream 10.0.0.5:50052 [--client-proto 3.6.1,7.0.0]
+
+Each client connection gets a connection to the upstream server, whose version is learned
+from its HELLO; the client's version is the one of `--client-proto` that has its HELLO's
+shape (one per shape; default the newest of each: 3.6.1 and 7.0.0).  Requests are parsed in
+the client's profile, translated by protocol.bridge and sent on in the server's; replies
+come back the same way.  A request waits for its server reply before the next request is
+read (upstream clients keep at most one reply outstanding).  With `--record DIR` both sides
+of every connection are written as trace files (`NNNN-client.ggmlrpc` in the client's
+version, `NNNN-server.ggmlrpc` in the server's).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+from protocol import CLOSED, NEED_DATA, ReplyParser, RequestParser
+from protocol.bridge import BridgeConnection, Translation, Untranslatable
+from protocol.errors import ProtocolError
+from protocol.framing import hello_shapes
+from protocol.trace import encode_trace
+
+from .client import RPCClient, ServerClosed
+from .netio import ThreadedTCPService, receive_into, send_all
+from .proxy import CLIENT_TO_SERVER as UP, SERVER_TO_CLIENT as DOWN, RecordedConnection, to_trace
+
+log = logging.getLogger("ggml_rpc.bridge")
+
+
+class Tap(RecordedConnection):
+    """The bytes of one side of a bridged connection, for its trace file."""
+
+    def add(self, direction: str, data) -> None:
+        self.chunks.append((direction, time.monotonic() - self.t0, bytes(data)))
+
+
+class BridgeServer(ThreadedTCPService):
+    kind = "bridge"
+
+    def __init__(self, upstream: tuple[str, int], client_profiles, listen: tuple[str, int] = ("127.0.0.1", 0), *,
+                 record=None, max_payload: int = 1 << 40, max_connections: int = 64) -> None:
+        self.upstream = upstream
+        self.client_profiles = tuple(client_profiles)
+        hello_shapes(self.client_profiles)  # one per HELLO shape
+        self.record = record  # a folder for trace files, or None
+        self.max_payload = max_payload
+        self._translations: dict = {}
+        super().__init__(listen, max_connections=max_connections)
+
+    def translation(self, client, server) -> Translation:
+        key = (client.version, server.version)
+        if key not in self._translations:
+            self._translations[key] = Translation(client, server)
+        return self._translations[key]
+
+    def handle(self, sock: socket.socket, name: str) -> None:
+        taps = (Tap(0, name), Tap(0, name)) if self.record is not None else None
+        try:
+            upstream = RPCClient(self.upstream, tap=None if taps is None else _server_tap(taps[1]))
+        except (OSError, ProtocolError, ServerClosed) as exc:
+            log.warning("[%s] cannot reach the upstream server %s:%d: %s", name, *self.upstream, exc)
+            return
+        try:
+            self._relay(sock, upstream, name, taps)
+        except Untranslatable as exc:
+            log.warning("[%s] closing: no counterpart in the server's version: %s", name, exc)
+        except ProtocolError as exc:
+            log.warning("[%s] closing: %s", name, exc)
+        except OSError as exc:
+            log.info("[%s] connection lost: %s", name, exc)
+        except Exception:  # a bug costs one connection, never the bridge
+            log.exception("[%s] internal error, closing the connection", name)
+        finally:
+            upstream.close()
+            if taps is not None:
+                self._write_traces(name, taps, upstream)
+
+    def _relay(self, sock: socket.socket, upstream: RPCClient, name: str, taps) -> None:
+        server = upstream.profile
+        requests = RequestParser(self.client_profiles[0], profiles=self.client_profiles,
+                                 max_payload=self.max_payload)
+        replies = ReplyParser(server)
+        bridge: BridgeConnection | None = None
+        while True:
+            event = requests.next_event()
+            if event is NEED_DATA:
+                view = requests.get_buffer()
+                received = receive_into(sock, view)
+                if taps is not None and received:
+                    taps[0].add(UP, view[:received])
+                if received:
+                    requests.buffer_updated(received)
+                else:
+                    requests.receive_eof()
+                continue
+            if event is CLOSED:
+                return
+            if bridge is None:  # the HELLO: it tells the client's version
+                bridge = BridgeConnection(self.translation(requests.profile, server))
+                log.info("[%s] client %s <-> server %s", name, requests.profile.name, server.name)
+            for message in bridge.request(event):
+                send_all(upstream.sock, message.parts)
+                if taps is not None:
+                    taps[1].add(UP, b"".join(bytes(p) for p in message.parts))
+                if message.reply is not None:
+                    replies.expect(message.reply, size=message.size)
+                    bridge.server_reply(_next_reply(upstream.sock, replies, taps))
+            due = bridge.to_client()
+            if due:
+                send_all(sock, due)
+                if taps is not None:
+                    taps[0].add(DOWN, b"".join(bytes(p) for p in due))
+
+    def _write_traces(self, name: str, taps, upstream: RPCClient) -> None:
+        number = int(name.split(" ", 1)[0].lstrip("#"))
+        for side, tap in (("client", taps[0]), ("server", taps[1])):
+            if tap.chunks:
+                trace = to_trace(tap, "%s:%d" % self.upstream)
+                trace.header.update(recorder="ggml-rpc-proxy --bridge", side=side)
+                (self.record / f"{number:04d}-{side}.ggmlrpc").write_bytes(encode_trace(trace))
+
+
+def _server_tap(tap: Tap):
+    """The upstream RPCClient's tap (its HELLO) feeding the server-side trace."""
+    return lambda direction, data: tap.add(UP if direction == "sent" else DOWN, data)
+
+
+def _next_reply(sock: socket.socket, replies: ReplyParser, taps):
+    while True:
+        event = replies.next_event()
+        if event is not NEED_DATA and event is not CLOSED:
+            return event
+        view = replies.get_buffer()
+        received = receive_into(sock, view)
+        if taps is not None and received:
+            taps[1].add(DOWN, view[:received])
+        if received:
+            replies.buffer_updated(received)
+        else:
+            replies.receive_eof()
