@@ -29,12 +29,12 @@ def as_ggml_reads(node: TensorRef, tensor: TensorRef, *, flat: bool = False) -> 
     ne, nb = tensor.ne, tensor.nb
     if flat:
         shape, strides = (ne[1] * ne[2] * ne[3], ne[0]), (nb[1], size)
-        usual = nb[0] == size and nb[2] == ne[1] * nb[1] and nb[3] == ne[2] * nb[2]
     else:
         shape, strides = tensor.shape, (nb[3], nb[2], nb[1], size)
-        usual = nb[0] == size
-    if usual or 0 in shape:
-        return tensor.view().reshape(shape)
+        if nb[0] == size:
+            return tensor.view()
+    if 0 in shape:
+        return np.zeros(shape, tensor.dtype)  # nothing to read or write
     start = tensor.data - tensor.buffer.base
     end = start + size * shape[-1] + sum((n - 1) * s for n, s in zip(shape[:-1], strides[:-1], strict=True))
     require(0 <= start and end <= min(tensor.buffer.size, len(tensor.buffer.memory)), node,
@@ -164,6 +164,7 @@ def _sort_rows(node: TensorRef) -> tuple[np.ndarray, np.ndarray]:
     _types(node, "I32", node)
     require(node.ne[1:] == src.ne[1:], node, "result rows must match the source's")
     require(src.ne[0] <= 2**31 - 1, node, "rows longer than INT32_MAX")
+    _dense_rows(node, node)
     return as_ggml_reads(node, src, flat=True), as_ggml_reads(node, node, flat=True)
 
 
