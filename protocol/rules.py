@@ -337,10 +337,13 @@ def topological_order(graph) -> np.ndarray | None:
 
     Links to ids that are absent are ignored here (a separate rule rejects them).  Real
     clients serialize every tensor after its sources, so the array order itself is checked
-    first, vectorised; the general sort runs only for graphs in some other order.
+    first, vectorised; the general sort runs only for graphs in some other order.  A tensor
+    naming itself is no cycle: ggml_cast sets its result's src[1] to the result (a CPY into
+    itself), so every graph with a cast holds such a link.
     """
     n = graph.n_tensors
     targets = graph.link_rows
+    targets = np.where(targets == np.arange(n)[:, None], -1, targets)
     if not (targets >= np.arange(n)[:, None]).any():
         return np.arange(n, dtype=np.int64)
     indegree = np.zeros(n, dtype=np.int64)
