@@ -1,0 +1,131 @@
+"""The version bridge: table-driven translation between two protocol versions (sans-IO),
+and the real llama.cpp clients of 3.6.1 and 7.0.0 running a model through it on the real
+server of the other version."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+import golden as G
+from conftest import CI_RELEASES, V36, V70, require_peer
+from protocol import Command, Graph, RequestParser, make_tensor, profile_for
+from protocol.bridge import BridgeConnection, Translation, Untranslatable
+from protocol.framing import NEED_DATA, ReplyParser
+from protocol.graph import tensors_from_containers
+from protocol.tensor import RPC_TENSOR_DTYPE
+from reference_impl.graphs import params
+from upstream_peers.llama_run import run_llama
+from upstream_peers.server import UpstreamServer
+
+V20 = profile_for("2.0.0")
+TEXT = "The quick brown fox jumps over the lazy dog. In the end, the dog and the fox are friends."
+
+
+def graph_of(profile, *tensors, nodes):
+    return Graph(np.array(nodes, dtype="<u8"), tensors_from_containers(profile, tensors))
+
+
+def test_op_and_sub_op_numbers_follow_their_names():
+    # 3.6.1 numbers FLASH_ATTN_EXT 73, UNARY 86 (GELU = 8), GLU 95; 7.0.0: 74, 91, 100 (SPEC §4.5)
+    unary = make_tensor("padding", id=2, op=86, op_params=[8] + [0] * 15, src=[1] + [0] * 9, flags=16, name="gelu")
+    leaf = make_tensor("padding", id=1, name="x")
+    out = Translation(V36, V70).graph(graph_of(V36, leaf, unary, nodes=[2]))
+    assert out.tensors.dtype == RPC_TENSOR_DTYPE["use_count"]
+    assert out.tensors["op"].tolist() == [0, 91]
+    assert V70.ggml.unary_ops[out.tensors["op_params"][1, 0]] == "GELU"
+    assert out.tensors["use_count"].tolist() == [1, 0]  # x is read by one node
+    back = Translation(V70, V36).graph(out)
+    assert back.tensors["op"].tolist() == [0, 86] and back.tensors["op_params"][1, 0] == 8
+
+
+def test_an_op_without_a_counterpart_is_refused_by_name():
+    node = make_tensor("use_count", id=1, op=V70.ggml.op_value("LIGHTNING_INDEXER"), flags=16, name="idx")
+    with pytest.raises(Untranslatable, match="op LIGHTNING_INDEXER .* does not exist in ggml 3.6.1"):
+        Translation(V70, V36).graph(graph_of(V70, node, nodes=[1]))
+    with pytest.raises(Untranslatable, match="GLU op SWIGLU_CLAMP"):
+        glu = make_tensor("use_count", id=1, op=V70.ggml.op_value("GLU"),
+                          op_params=params("GLU", "SWIGLU_CLAMP", op=V70.ggml.glu_ops.index("SWIGLU_CLAMP")))
+        Translation(V70, V36).graph(graph_of(V70, glu, nodes=[1]))
+
+
+def test_the_compute_flag_exists_on_one_side_only():
+    """3.6.1 computes only nodes marked COMPUTE (16); 2.0.0 computes every node it is sent."""
+    add = V36.ggml.op_value("ADD")
+    marked = make_tensor("padding", id=1, op=add, flags=16, name="marked")
+    skipped = make_tensor("padding", id=2, op=add, flags=0, name="skipped")
+    down = Translation(V36, V20).graph(graph_of(V36, marked, skipped, nodes=[1, 2]))
+    assert down.nodes.tolist() == [1] and down.tensors["flags"].tolist() == [0, 0]
+    up = Translation(V20, V36).graph(graph_of(V20, make_tensor("padding", id=1, op=V20.ggml.op_value("ADD")),
+                                              nodes=[1]))
+    assert up.tensors["flags"].tolist() == [16]
+
+
+def feed(connection: BridgeConnection, profile, raw: bytes):
+    parser = RequestParser(profile)
+    parser.receive_data(raw)
+    sent = []
+    while (event := parser.next_event()) is not NEED_DATA:
+        sent += connection.request(event)
+    return sent
+
+
+def test_replies_only_one_side_has_are_made_or_dropped_in_order():
+    # a 3.6.1 client's FREE_BUFFER expects an empty ack; a 7.0.0 server sends none: answered here
+    bridge = BridgeConnection(Translation(V36, V70))
+    sent = feed(bridge, V36, G.request(14, b"") + G.request(Command.FREE_BUFFER, struct.pack("<Q", 0x10)))
+    assert [m.reply for m in sent] == [None]
+    assert b"".join(bytes(p) for p in bridge.to_client()) == G.reply(bytes([3, 6, 1])) + G.reply(b"")
+    # a 7.0.0 client's FREE_BUFFER expects nothing; a 3.6.1 server acks: the ack is read and dropped,
+    # and a later reply is relayed behind it
+    bridge = BridgeConnection(Translation(V70, V36))
+    sent = feed(bridge, V70, G.request(14, bytes(24)) + G.request(Command.FREE_BUFFER, struct.pack("<Q", 0x10))
+                + G.request(Command.GET_ALIGNMENT, struct.pack("<I", 0)))
+    assert [(m.reply, m.relay) for m in sent] == [(Command.FREE_BUFFER, False), (Command.GET_ALIGNMENT, True)]
+    replies = ReplyParser(V36)
+    replies.expect(Command.FREE_BUFFER)
+    replies.expect(Command.GET_ALIGNMENT)
+    replies.receive_data(G.reply(b"") + G.reply(struct.pack("<Q", 32)))
+    for _ in range(2):
+        bridge.server_reply(replies.next_event())
+    hello = bytes([7, 0, 0, 0]) + bytes(24)
+    assert b"".join(bytes(p) for p in bridge.to_client()) == G.reply(hello) + G.reply(struct.pack("<Q", 32))
+
+
+def test_commands_the_server_lacks_are_emulated():
+    bridge = BridgeConnection(Translation(V70, V36))
+    tensor = G.tensor(id=1, type=24, buffer=0x10, ne=(8, 1, 1, 1), nb=(1, 8, 8, 8), data=0x1000)  # I8 [8]
+    raw = G.request(14, bytes(24)) + G.request(Command.MEMSET_TENSOR, tensor + struct.pack("<QQB", 2, 4, 0xAB))
+    sent = feed(bridge, V70, raw)
+    parser = RequestParser(V36, hello_done=True)
+    parser.receive_data(b"".join(bytes(p) for p in sent[0].parts))
+    emulated = parser.next_event()
+    assert emulated.command is Command.SET_TENSOR and bytes(emulated.data) == b"\xab" * 4
+    assert emulated.body.offset == 2 and emulated.body.tensor.type == 24
+
+
+PAIRS = [("0.3.20", "0.3.36"), ("0.3.36", "0.3.20")]  # (client release, server release)
+
+
+@pytest.mark.upstream
+@pytest.mark.parametrize("client,server", PAIRS, ids=[f"{c}-client-to-{s}-server" for c, s in PAIRS])
+def test_real_clients_use_a_real_server_of_another_version(client, server, tiny_models, upstream_server, tmp_path):
+    """The tiny model through the bridge gives the logits llama.cpp computes on its own CPU
+    (the server computes with the same ggml), and both sides are recorded."""
+    from reference_impl.bridge import BridgeServer
+    from reference_impl.client import parse_endpoint
+
+    client_peer, server_peer = require_peer(client), require_peer(server)
+    target = upstream_server(server)
+    bridge = BridgeServer(parse_endpoint(target.endpoint), (V36, V70), record=tmp_path).start()
+    try:
+        remote = run_llama(client_peer, tiny_models["2"], rpc=bridge.endpoint, text=TEXT, generate=8)
+    finally:
+        bridge.shutdown()
+    local = run_llama(client_peer, tiny_models["2"], text=TEXT, generate=8)
+    assert np.array_equal(remote["generated"], local["generated"])
+    assert np.abs(remote["logits"] - local["logits"]).max() <= 1e-3 * np.abs(local["logits"]).max()
+    sides = {path.name.rsplit("-", 1)[-1] for path in tmp_path.glob("*.ggmlrpc")}
+    assert sides == {"client.ggmlrpc", "server.ggmlrpc"}
