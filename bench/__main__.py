@@ -15,6 +15,8 @@ ours / upstream and the target it is held to:
   upstream's test-backend-ops, every op and case  ratio of times     target <= 10
     (--backend-ops-sample N: N cases per op instead of the full sweep, for a quick estimate)
   our client vs the upstream client, bulk upstream ratio of GB/s      (informational)
+  the version bridge's overhead (a client of the other HELLO family through
+    ggml-rpc-proxy --bridge vs straight to the upstream server): round trip and bulk
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import time
 import numpy as np
 
 from protocol import Graph, profile_for
+from protocol.versions import HELLO_PROBES
 from reference_impl.client import RPCClient
 from reference_impl.graphs import GraphBuilder
 from upstream_peers import ensure_built, peer_for
@@ -53,12 +56,15 @@ def backend_ops_sweep(peer, endpoint: str, sample: int) -> float:
     return time.perf_counter() - started
 
 
-def start(module: str, *args: str) -> tuple[subprocess.Popen, str]:
-    """Run `python -m module args` and wait for the endpoint line it prints."""
-    proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True)
-    for line in proc.stdout:
-        match = re.search(r"endpoint\s*:\s*(\S+)", line)
+def start(module: str, *args: str, pattern: str = r"endpoint\s*:\s*(\S+)", stderr: bool = False
+          ) -> tuple[subprocess.Popen, str]:
+    """Run `python -m module args` and wait for the endpoint line it prints (on stdout, or
+    on stderr with `stderr`)."""
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], text=True,
+                            stdout=subprocess.DEVNULL if stderr else subprocess.PIPE,
+                            stderr=subprocess.PIPE if stderr else subprocess.DEVNULL)
+    for line in proc.stderr if stderr else proc.stdout:
+        match = re.search(pattern, line)
         if match:
             return proc, match.group(1)
     raise RuntimeError(f"{module} did not start")
@@ -166,6 +172,19 @@ def compare(kind: type[Sampler], ours: str, theirs: str, profile, repeat: int, b
     return [(better(s[i] for s in samples[0]), better(s[i] for s in samples[1])) for i in range(len(samples[0][0]))]
 
 
+def one_after_the_other(kind: type[Sampler], sides: list[tuple[str, object]], repeat: int, better=min) -> list[tuple]:
+    """As compare, for endpoints that cannot be connected at once (the upstream server serves
+    one connection at a time, and a bridge holds one to it): each side's samples in turn."""
+    samples = []
+    for endpoint, profile in sides:
+        sampler = kind(endpoint, profile)
+        try:
+            samples.append([sampler.sample() for _ in range(repeat)])
+        finally:
+            sampler.close()
+    return [tuple(better(s[i] for s in side) for side in samples) for i in range(len(samples[0][0]))]
+
+
 def upstream_client_bulk(peer, endpoint: str, repeat: int) -> tuple[float, float]:
     steps = [{"op": "alloc", "name": "b", "size": BULK},
              {"op": "tensor", "name": "t", "buffer": "b", "type": "I8", "ne": [BULK], "offset": 0}]
@@ -227,6 +246,21 @@ def main(argv: list[str] | None = None) -> int:
             for label, (a, b) in zip(("graph resent", "new graph"), compare(BigGraph, ours, theirs, profile,
                                                                              4 * args.repeat)):
                 rows.append(line(f"GRAPH_COMPUTE {NODES} nodes, {label}", a, b, "ms", (AT_MOST, 5)))
+            # the bridge: a client of the other HELLO family through ggml-rpc-proxy --bridge
+            other = next(p for p in HELLO_PROBES if p.hello != profile.hello)
+            bridge_proc, bridge = start("reference_impl.proxy", "--bridge", "--listen", "127.0.0.1:0", "--upstream",
+                                        theirs, "--client-proto", other.name, stderr=True,
+                                        pattern=r"--bridge: (\S+)")
+            try:
+                sides = [(bridge, other), (theirs, profile)]
+                [(a, b)] = one_after_the_other(SmallCalls, sides, args.repeat)
+                rows.append(line(f"bridge {other.name} -> {profile.name}: small-call round trip", a, b, "us"))
+                (set_a, set_b2), (get_a, get_b2) = one_after_the_other(Bulk, sides, args.repeat, better=max)
+                rows.append(line(f"bridge {other.name} -> {profile.name}: SET_TENSOR 64 MiB", set_a, set_b2, "GB/s"))
+                rows.append(line(f"bridge {other.name} -> {profile.name}: GET_TENSOR 64 MiB", get_a, get_b2, "GB/s"))
+            finally:
+                bridge_proc.terminate()
+                bridge_proc.wait(timeout=30)
             up_set, up_get = upstream_client_bulk(peer, theirs, args.repeat)
             rows.append(line("our client SET_TENSOR vs upstream client", set_b, up_set, "GB/s"))
             rows.append(line("our client GET_TENSOR vs upstream client", get_b, up_get, "GB/s"))

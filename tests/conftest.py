@@ -7,7 +7,7 @@ import os
 import pytest
 
 from protocol import profile_for
-from tiny_model import write_tiny_llama, write_tiny_mamba
+from upstream_peers.models import write_tiny_llama, write_tiny_mamba
 from upstream_peers import find_built, peer_for
 from upstream_peers.server import UpstreamServer
 

@@ -25,7 +25,7 @@ from client_steps import session_steps  # noqa: E402
 from protocol import profile_for  # noqa: E402
 from protocol.trace import encode_trace  # noqa: E402
 from reference_impl.proxy import RecordingProxy, to_trace  # noqa: E402
-from tiny_model import write_tiny_llama  # noqa: E402
+from upstream_peers.models import write_tiny_llama  # noqa: E402
 from upstream_peers import ensure_built, peer_for  # noqa: E402
 from upstream_peers.client import run_client  # noqa: E402
 from upstream_peers.llama_run import run_llama  # noqa: E402
