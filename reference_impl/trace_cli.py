@@ -3,6 +3,8 @@
     ggml-rpc-trace show FILE [--json] [--graphs]       decode every frame with the protocol schemas
     ggml-rpc-trace replay FILE... --target HOST:PORT   replay the client side, relocated, and judge
                                                        the replies (exit 1 if any differ)
+    ggml-rpc-trace import CAPTURE --out DIR [--port P] one trace per connection of a pcap/pcapng capture
+    ggml-rpc-trace export TRACE --pcap OUT             a trace as a capture (for Wireshark)
 """
 
 from __future__ import annotations
@@ -76,6 +78,32 @@ def replay_command(args) -> int:
     return 1 if failures else 0
 
 
+def import_command(args) -> int:
+    from .capture import import_capture
+
+    try:
+        results = import_capture(Path(args.capture), args.port, Path(args.out), log=print)
+    except (OSError, ValueError) as exc:
+        print(f"error: {args.capture}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        return 1
+    written = sum(r.trace is not None for r in results)
+    print(f"{written} of {len(results)} connection(s) to port {args.port} written to {args.out}")
+    return 0 if written else 1
+
+
+def export_command(args) -> int:
+    from .capture import export_capture
+
+    trace = load(args.trace)
+    try:
+        count = export_capture(trace, Path(args.pcap))
+    except OSError as exc:
+        print(f"error: cannot write {args.pcap}: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(f"{args.pcap}: {count} packets")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ggml-rpc-trace", description="Decode and replay GGML RPC trace files.",
                                      epilog="Trace files are written by ggml-rpc-proxy --record and by the conformance "
@@ -95,6 +123,16 @@ def main(argv: list[str] | None = None) -> int:
                                     f"({TOLERANCE:g})")
     replay_parser.add_argument("-v", "--verbose", action="store_true", help="print every frame, not only differences")
     replay_parser.set_defaults(run=replay_command)
+    import_parser = commands.add_parser("import", help="one trace per connection of a pcap/pcapng capture (tcpdump, "
+                                                       "Wireshark)")
+    import_parser.add_argument("capture", metavar="CAPTURE", help="a .pcap or .pcapng file")
+    import_parser.add_argument("--port", type=int, default=50052, help="the server's port (default 50052)")
+    import_parser.add_argument("--out", required=True, metavar="DIR", help="folder for the trace files")
+    import_parser.set_defaults(run=import_command)
+    export_parser = commands.add_parser("export", help="write a trace as a pcap capture")
+    export_parser.add_argument("trace", metavar="TRACE", help="a trace file")
+    export_parser.add_argument("--pcap", required=True, metavar="OUT", help="the capture to write")
+    export_parser.set_defaults(run=export_command)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
