@@ -1,9 +1,10 @@
 """Gradients, losses and optimizer steps: SILU_BACK, RMS_NORM_BACK, SOFT_MAX_BACK,
 CROSS_ENTROPY_LOSS(_BACK), OPT_STEP_ADAMW, OPT_STEP_SGD, FLASH_ATTN_BACK.
 
-Row sums that ggml accumulates in double (ggml_float) are summed in float64 here; the rest
-is float32 in ggml's order.  The optimizer steps update their parameter tensors (and AdamW
-its moments) in place, as ggml's CPU does: the node is a view of the parameters.
+Row sums that ggml accumulates in double (ggml_float) are summed in float64 here (without a
+float64 copy: sum(dtype=...)); dot products ggml takes with ggml_vec_dot_f32 are float.  The
+optimizer steps update their parameter tensors (and AdamW its moments) in place, as ggml's
+CPU does: the node is a view of the parameters.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ def build_rms_norm_back(node: TensorRef, ctx: ExecContext) -> Step:
 
     def run():
         xs, grads = x.read(), dz.read()
-        sum_xx = (xs * xs).astype(np.float64).sum(axis=-1, keepdims=True).astype(F32)
-        sum_xdz = (xs * grads).astype(np.float64).sum(axis=-1, keepdims=True)
+        sum_xx = (xs * xs).sum(axis=-1, keepdims=True, dtype=np.float64).astype(F32)
+        sum_xdz = (xs * grads).sum(axis=-1, keepdims=True, dtype=np.float64)
         rrms = F32(1) / np.sqrt(sum_xx / n + eps)
         scale_x = (-sum_xdz).astype(F32) / (sum_xx + eps * n)
         node.write((grads + xs * scale_x) * rrms)
@@ -75,7 +76,7 @@ def build_soft_max_back(node: TensorRef, ctx: ExecContext) -> Step:
 
     def run():
         grads, probs = dy.read(), y.read()
-        dot = (probs * grads).astype(np.float64).sum(axis=-1, keepdims=True).astype(F32)
+        dot = np.einsum("...i,...i->...", probs, grads)[..., None]  # float, as ggml_vec_dot_f32
         node.write((grads - dot) * probs * scale)
 
     return run
@@ -84,7 +85,7 @@ def build_soft_max_back(node: TensorRef, ctx: ExecContext) -> Step:
 def _softmax_rows(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(logits - row max, sum of their exp in float64), per row."""
     shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted, np.exp(shifted).astype(np.float64).sum(axis=-1, keepdims=True)
+    return shifted, np.exp(shifted).sum(axis=-1, keepdims=True, dtype=np.float64)
 
 
 @kernel("CROSS_ENTROPY_LOSS")
@@ -100,8 +101,8 @@ def build_cross_entropy_loss(node: TensorRef, ctx: ExecContext) -> Step:
     def run():
         shifted, total = _softmax_rows(logits.read())
         log_probs = shifted - np.log(total.astype(F32))
-        per_row = (log_probs * labels.read()).astype(np.float64).sum(axis=-1).astype(F32)
-        node.write(F32(per_row.astype(np.float64).sum()) * factor)
+        per_row = (log_probs * labels.read()).sum(axis=-1, dtype=np.float64).astype(F32)
+        node.write(F32(per_row.sum(dtype=np.float64)) * factor)
 
     return run
 
@@ -217,9 +218,9 @@ def build_flash_attn_back(node: TensorRef, ctx: ExecContext) -> Step:
         if hidden is not None:
             scores[..., hidden] = -np.inf
         exp = np.exp(scores - scores.max(axis=-1, keepdims=True))
-        probs = exp * (1.0 / exp.astype(np.float64).sum(axis=-1, keepdims=True)).astype(F32)
+        probs = exp * (1.0 / exp.sum(axis=-1, keepdims=True, dtype=np.float64)).astype(F32)
         d_probs = np.matmul(grads, values)
-        dot = (probs * d_probs).astype(np.float64).sum(axis=-1, keepdims=True).astype(F32)
+        dot = np.einsum("...i,...i->...", probs, d_probs)[..., None]  # float, as ggml_vec_dot_f32
         d_scores = (d_probs - dot) * probs * scale
         out[...] = 0
         grad_q[...] = np.matmul(d_scores, keys)
