@@ -109,6 +109,18 @@ def unflatten(array: np.ndarray, axis: int, sizes: tuple[int, ...]) -> np.ndarra
                                            array.strides[:axis] + tuple(strides) + array.strides[axis + 1 :])
 
 
+@dataclass(frozen=True)
+class Block:
+    """Output rows [lo, hi) of a Windows: the fancy index that gathers them, the per-axis
+    masks of taps inside the input (None: all inside), and the gathered shape."""
+
+    lo: int
+    hi: int
+    index: tuple | None  # None: the input is empty along some axis, every tap is padding
+    inside: tuple | None
+    shape: tuple[int, ...]
+
+
 class Windows:
     """The kernel windows of an image x of shape (B, C, S_0, ..., S_n-1), gathered block by
     block of the first output axis as (B, O_0 block, O_1, ..., C, K_0, ..., K_n-1): the layout
@@ -118,31 +130,36 @@ class Windows:
         n, dims = len(axes), 2 * len(axes) + 1
         per_row = batch * channels * math.prod(a.out for a in axes[1:]) * math.prod(a.k for a in axes)
         channel = np.arange(channels).reshape([1] * n + [channels] + [1] * n)
-        empty = any(a.size == 0 for a in axes)  # every tap outside: nothing to index
+        empty = any(a.size == 0 for a in axes)
+
+        def placed(a: int, at: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+            shape = [1] * dims
+            shape[a], shape[n + 1 + a] = at.shape
+            return at.reshape(shape), None if ok.all() else ok.reshape(shape)
+
+        rest = [placed(a, *axis.taps()) for a, axis in enumerate(axes) if a > 0]
         self.blocks = []
         for lo, hi in blocks(node, axes[0].out, per_row, what):
-            shape = (batch, hi - lo, *(a.out for a in axes[1:]), channels, *(a.k for a in axes))
-            index, inside = [channel], np.ones([1] * dims, bool)
-            for a, axis in enumerate(axes):
-                at, ok = axis.taps(lo, hi) if a == 0 else axis.taps()
-                shape_a = [1] * dims
-                shape_a[a], shape_a[n + 1 + a] = at.shape
-                index.append(at.reshape(shape_a))
-                inside = inside & ok.reshape(shape_a)
-            self.blocks.append((lo, hi, None if empty else (slice(None), *index),
-                                shape if empty else None if inside.all() else ~inside))
+            first = placed(0, *axes[0].taps(lo, hi))
+            masks = tuple(m for _, m in (first, *rest) if m is not None)
+            self.blocks.append(Block(lo, hi, None if empty else (slice(None), channel, first[0], *(i for i, _ in rest)),
+                                     masks or None,
+                                     (batch, hi - lo, *(a.out for a in axes[1:]), channels, *(a.k for a in axes))))
 
     def __iter__(self):
         return iter(self.blocks)
 
     @staticmethod
-    def gather(x: np.ndarray, block) -> np.ndarray:
-        _, _, index, outside = block
-        if index is None:
-            return np.zeros(outside, x.dtype)
-        values = x[index]
-        if outside is not None:
-            np.copyto(values, 0, where=outside)
+    def gather(x: np.ndarray, block: Block) -> np.ndarray:
+        """The block's windows of x, zeros where a tap falls into the padding."""
+        if block.index is None:
+            return np.zeros(block.shape, x.dtype)
+        values = x[block.index]
+        if block.inside is not None:
+            inside = block.inside[0]
+            for mask in block.inside[1:]:
+                inside = inside & mask
+            np.copyto(values, 0, where=~inside)
         return values
 
 
@@ -226,13 +243,14 @@ def build_im2col(node: TensorRef, ctx: ExecContext) -> Step:
     row = ic * axes[0].k * axes[1].k
     require(node.ne[0] == row, node, "result rows hold {} values, not IC * KH * KW = {}", node.ne[0], row)
     windows = Windows(node, axes, n, ic, "im2col")
-    oh, ow, iw = axes[0].out, axes[1].out, axes[1].size
+    ow = axes[1].out
 
     def run():
-        x = image_values(image, ctx).reshape(n, ic, -1, iw)
+        x = image_values(image, ctx)  # (N, IC, IH, IW); 1-D: (1, N, IC, IW)
+        x = x if p.is_2d else x[0][:, :, None, :]
         dst = node.view() if p.is_2d else node.view()[0][:, None]  # (N, OH, OW, row)
         for block in windows:
-            lo, hi = block[:2]
+            lo, hi = block.lo, block.hi
             dst[:, lo:hi] = Windows.gather(x, block).reshape(n, hi - lo, ow, row)
 
     return run
@@ -268,7 +286,7 @@ def build_im2col_3d(node: TensorRef, ctx: ExecContext) -> Step | None:
         x = image_values(image, ctx)[: n * ic].reshape(shape)
         dst = unflatten(node.view(), 0, (n, od))  # (N, OD, OH, OW, row)
         for block in windows:
-            lo, hi = block[:2]
+            lo, hi = block.lo, block.hi
             dst[:, lo:hi] = Windows.gather(x, block).reshape(n, hi - lo, oh, ow, row)
 
     return run
@@ -290,15 +308,12 @@ def build_im2col_back(node: TensorRef, ctx: ExecContext) -> Step:
     row = ic * axes[0].k * axes[1].k
     expected = (row, axes[1].out, axes[0].out, n) if p.is_2d else (row, axes[1].out, n, 1)
     require(grad.ne == expected, node, "gradient shape {} is not the im2col shape {}", grad.ne, expected)
-    kh, kw = axes[0].k, axes[1].k
-    rows = blocks(node, axes[0].out, n * axes[1].out * row, "im2col_back")
+    shape = (n, axes[0].out, axes[1].out, ic, axes[0].k, axes[1].k)
 
     def run():
-        g = grad.read(ctx.cache).reshape(n, axes[0].out, axes[1].out, ic, kh, kw)
-        cols = g.transpose(0, 3, 1, 2, 4, 5)  # (N, IC, OH, OW, KH, KW)
+        cols = grad.read(ctx.cache).reshape(shape).transpose(0, 3, 1, 2, 4, 5)  # (N, IC, OH, OW, KH, KW)
         out = np.zeros((n, ic, axes[0].size, axes[1].size), F32)
-        for lo, hi in rows:
-            scatter(out, cols[:, :, lo:hi], axes, lo)
+        scatter(out, cols, axes)
         node.write(out.reshape(node.shape))
 
     return run
@@ -369,7 +384,7 @@ def build_conv_2d(node: TensorRef, ctx: ExecContext) -> Step:
         x = _rounded(image.read(ctx.cache), kern)
         dst = node.view()
         for block in windows:
-            lo, hi = block[:2]
+            lo, hi = block.lo, block.hi
             product = Windows.gather(x, block).reshape(n * (hi - lo) * ow, row) @ weights
             dst[:, :, lo:hi] = product.reshape(n, hi - lo, ow, oc).transpose(0, 3, 1, 2)
 
@@ -405,7 +420,7 @@ def build_conv_3d(node: TensorRef, ctx: ExecContext) -> Step:
         x = _rounded(image.read(ctx.cache), kern).reshape(shape)
         dst = unflatten(node.view(), 0, (n, oc))  # (N, OC, OD, OH, OW)
         for block in windows:
-            lo, hi = block[:2]
+            lo, hi = block.lo, block.hi
             product = Windows.gather(x, block).reshape(n * (hi - lo) * oh * ow, row) @ weights
             dst[:, :, lo:hi] = product.reshape(n, hi - lo, oh, ow, oc).transpose(0, 4, 1, 2, 3)
 
@@ -436,7 +451,7 @@ def build_conv_2d_dw(node: TensorRef, ctx: ExecContext) -> Step:
         x = image.read(ctx.cache)
         dst = node.view()
         for block in windows:
-            lo, hi = block[:2]
+            lo, hi = block.lo, block.hi
             values = Windows.gather(x, block).reshape(n, hi - lo, ow, c, taps)
             dst[:, :, lo:hi] = (values * weights).sum(axis=-1).transpose(0, 3, 1, 2)
 
