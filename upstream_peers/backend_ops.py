@@ -60,10 +60,10 @@ REGISTER_RPC_DEVICE = """ggml_backend_load_all();
 # the comparison printed while it ran ("[OP] ERR = 0.5 > 1e-07 ", "[OP] NaN at index 3 ...").
 # Cases that test a fused graph have names of their own ("RMS_NORM_MUL_ADD", "SILU_MUL") and
 # run in test mode only, so `support` mode does not list them: their names are read from the
-# op_desc overrides of the program's source when it is compiled.
-FUSED_NAME = re.compile(r'op_desc\(ggml_tensor \* t\) override \{[^}]*?return "([A-Z][A-Z0-9_]*)";')
+# op_desc overrides of the program's source (kept beside the compiled program).
+FUSED_BODY = re.compile(r'op_desc\(ggml_tensor \* t\) override \{([^}]*)\}')
+FUSED_NAME = re.compile(r'"([A-Z][A-Z0-9_]*)"')  # every name an override can return ("A" or cond ? "B" : "C")
 FUSED_SUFFIX = re.compile(r'op_desc\(ggml_tensor \* t\) override \{[^}]*?ggml_unary_op_name\(op\)\) \+ "(_[A-Z0-9_]+)"')
-FUSED_LIST = "fused-ops.txt"
 
 CASE_LINE = re.compile(r"^(?P<said>.*?)  (?P<op>[A-Z][A-Z0-9_]*)\((?P<vars>[^()]*)\): (?P<rest>.*)$")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -92,7 +92,7 @@ def ensure_program(peer: Peer, *, log=print) -> Path:
     (under a minute on 2 cores once the peer is built)."""
     final = program_dir(peer)
     binary = final / PROGRAM
-    if binary.exists() and (final / FUSED_LIST).exists():
+    if binary.exists():
         return binary
     libs = lib_dir(ensure_built(peer, log=log))
     archive = sdist(peer, log=log)
@@ -110,7 +110,6 @@ def ensure_program(peer: Peer, *, log=print) -> Path:
             elif inner == SOURCE_MEMBER:
                 source = tar.extractfile(member).read().decode()
                 (work / f"{PROGRAM}.cpp").write_text(patched_source(source))
-                (work / FUSED_LIST).write_text("\n".join(fused_names(source, peer)) + "\n")
     if not (work / f"{PROGRAM}.cpp").exists():
         raise JudgeError(f"{archive} has no {SOURCE_MEMBER}")
     command = ["g++", "-O1", "-std=c++17", "-I", str(work / "include"), str(work / f"{PROGRAM}.cpp"),
@@ -131,9 +130,9 @@ def fused_names(source: str, peer: Peer) -> list[str]:
     from protocol.versions import profile_for
 
     unary = GGML_RELEASES[profile_for(peer.protocol).ggml_release].unary_ops
-    names = set(FUSED_NAME.findall(source))
+    names = {name for body in FUSED_BODY.findall(source) if "return" in body for name in FUSED_NAME.findall(body)}
     names.update(op + suffix for suffix in FUSED_SUFFIX.findall(source) for op in unary)
-    return sorted(names)
+    return sorted(names - {suffix for suffix in FUSED_SUFFIX.findall(source)})
 
 
 def _soname(libs: Path, stem: str) -> str:
@@ -204,7 +203,7 @@ class Judge:
                     found.setdefault(match["op"], []).append(f"{match['op']}({match['vars']})")
             if not found:
                 raise JudgeError(f"{PROGRAM} listed no cases against {self.target}:\n{result.stdout[-2000:]}")
-            fused = (self.binary.parent / FUSED_LIST).read_text().split()
+            fused = fused_names((self.binary.parent / f"{PROGRAM}.cpp").read_text(), self.peer)
             self._catalogue = found | {name: [] for name in fused if name not in found}
         return self._catalogue
 
