@@ -19,6 +19,7 @@ from conformance.hostile import CASES, SURVIVAL_CASES
 from conformance.probe import ANSWERED, CLOSED, Probe
 from protocol import PROFILES, Command, profile_for
 from protocol.hashing import fnv1a64
+from protocol.ops import spec_for
 from reference_impl.client import RPCClient, ServerClosed
 from reference_impl.netio import DEFAULT_POLL
 from reference_impl.server import ReferenceServer, build_parser
@@ -155,16 +156,16 @@ def test_rejections_name_the_rule(reference_server, caplog):
     assert "GET_TENSOR" in message and "size=64" in message and "[§7.2]" in message and "outside" in message
 
 
-def test_unsupported_op_names_op_type_and_version(reference_server, caplog):
+def test_a_refused_node_is_named_with_its_op_types_and_rule(reference_server, caplog):
     server = reference_server("3.6")
     with caplog.at_level(logging.WARNING, logger="ggml_rpc.server"):
         probe = Probe(server.endpoint, timeout=5)
-        tensors = [probe.tensor(0, id=1), probe.tensor(64, id=2, op=probe.profile.ggml.op_value("TIMESTEP_EMBEDDING"),
-                                                        src=[1] + [0] * 9)]
+        tensors = [probe.tensor(0, id=1), probe.tensor(64, id=2, name="steps", op=probe.profile.ggml.op_value(
+            "TIMESTEP_EMBEDDING"), src=[1] + [0] * 9, op_params=spec_for("TIMESTEP_EMBEDDING").pack(dim=1000))]
         probe.send(Command.GRAPH_COMPUTE, {"device": 0}, graph=probe.graph(tensors, [2]))
         assert probe.outcome()[0] == CLOSED
     message = next(r.getMessage() for r in caplog.records if "closing" in r.getMessage())
-    assert "TIMESTEP_EMBEDDING" in message and "F32" in message and "3.6.1" in message
+    assert "TIMESTEP_EMBEDDING 'steps' (F32 <- F32)" in message and "exec.op-params §8.4" in message, message
 
 
 def test_verbose_logs_one_line_per_command(reference_server, caplog):
