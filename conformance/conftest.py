@@ -38,6 +38,8 @@ def pytest_addoption(parser):
                     help="shell command that restarts the target after a case killed it")
     group.addoption("--fuzz-examples", type=int, default=25, metavar="N",
                     help="hypothesis examples per fuzz case (default 25, 0 disables)")
+    group.addoption("--fuzz-seconds", type=float, default=0, metavar="SECONDS",
+                    help="run the hostile fuzzer for this long instead of --fuzz-examples examples")
     group.addoption("--target-has-cache", action="store_true",
                     help="the target runs with a hash cache directory (enables the cache-hit cases)")
     group.addoption("--case-timeout", type=float, default=10.0, metavar="SECONDS",

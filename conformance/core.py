@@ -79,7 +79,7 @@ def check(section: str, title: str, *, level: str = MUST, needs=(), destructive:
 
 def all_checks() -> list[Check]:
     """Every check of the suite (importing the modules that register them)."""
-    from . import checks_graphs, checks_negative, checks_traces, checks_wire, fuzz  # noqa: F401
+    from . import checks_graphs, checks_negative, checks_traces, checks_wire, fuzz, hostile_fuzz  # noqa: F401
 
     return CHECKS
 
@@ -92,7 +92,7 @@ class Context:
     """One case's view of the target."""
 
     def __init__(self, endpoint: str, profile: Profile, *, device: int = 0, timeout: float = 10.0,
-                 cache: bool = False, fuzz_examples: int = 25, live_fuzz: bool = True) -> None:
+                 cache: bool = False, fuzz_examples: int = 25, live_fuzz: bool = True, run=None) -> None:
         self.endpoint = endpoint
         self.profile = profile
         self.device = device
@@ -100,6 +100,7 @@ class Context:
         self.cache = cache  # the target is known to have a hash cache directory
         self.fuzz_examples = fuzz_examples
         self.live_fuzz = live_fuzz  # generate without shrinking (external targets)
+        self.run = run  # the run (runner.Conformance): liveness, restarts, fuzzing campaign, trace folder
         self.exchanges: list[tuple[str, Exchange]] = []
         self._open: list = []
 
@@ -126,6 +127,9 @@ class Context:
 
     def device_body(self) -> dict:
         return device_fields(self.profile, self.device)
+
+    def fail(self, message: str) -> None:
+        raise CaseFailure(message)
 
     def skip(self, reason: str) -> None:
         """End the case as skipped: what it checks does not exist on this target."""
@@ -160,10 +164,11 @@ class Context:
                 parts.append(f"{name}:\n{exchange.hexdump(limit)}")
         return "\n".join(parts)
 
-    def traces(self, case_id: str) -> list[bytes]:
-        """Every connection of this case as a trace file (replayable with ggml-rpc-trace)."""
+    def traces(self, case_id: str, exchanges=None) -> list[bytes]:
+        """Every connection of this case (or `exchanges`) as a trace file (replayable with
+        ggml-rpc-trace)."""
         out = []
-        for name, exchange in self.exchanges:
+        for name, exchange in self.exchanges if exchanges is None else exchanges:
             if not exchange.events:
                 continue
             records = frame_records([(CLIENT if d == "sent" else SERVER, t, data) for d, t, data in exchange.events])

@@ -73,10 +73,25 @@ class Conformance:
             self.cache = True
         self.profile, self.reported, self.version_problem = negotiate(self.endpoint, forced, self.timeout)
         self.device = option("--device")
+        self.fuzz_seconds = option("--fuzz-seconds")
+        from .hostile_fuzz import Campaign
+
+        self.campaign = Campaign()
 
     def context(self) -> Context:
         return Context(self.endpoint, self.profile, device=self.device, timeout=self.timeout, cache=self.cache,
-                       fuzz_examples=self.config.getoption("--fuzz-examples"), live_fuzz=self.started is None)
+                       fuzz_examples=self.config.getoption("--fuzz-examples"), live_fuzz=self.started is None,
+                       run=self)
+
+    def save_exchange(self, ctx: Context, stem: str, exchange) -> list[str]:
+        """One connection's exchange as a trace file in the trace folder; its path."""
+        self.trace_dir.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for index, raw in enumerate(ctx.traces(stem, [(stem, exchange)])):
+            path = self.trace_dir / f"{stem}-{index + 1}.ggmlrpc"
+            path.write_bytes(raw)
+            paths.append(str(path))
+        return paths
 
     def alive(self, patience: float = 15.0) -> bool:
         """A new client is served within `patience` seconds.  A serial server (listen
@@ -124,7 +139,7 @@ def run_case(check, run: Conformance, request) -> None:
     config = request.config
     if check.level == SHOULD and not config.getoption("strict"):  # pytest's own --strict
         pytest.skip("SHOULD-level case: run with --strict")
-    if check.destroys(run.profile) and not config.getoption("--destructive"):
+    if check.destroys(run.profile) and not config.getoption("--destructive") and run.started is None:
         pytest.skip("can kill a vulnerable server: run with --destructive (and --restart-cmd)")
     if check.kind == "fuzz" and config.getoption("--fuzz-examples") <= 0:
         pytest.skip("fuzzing disabled (--fuzz-examples 0)")
