@@ -24,6 +24,7 @@ from protocol.ops import spec_for
 from protocol.tensor import decode_name
 
 from ..device import Buffer
+from . import quants as block_types
 from .errors import ExecutionError
 
 QUANTIZABLE = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"}  # types gguf can also write (CPY / SET_ROWS targets)
@@ -143,9 +144,10 @@ def quantize(kind: TensorType, values: np.ndarray) -> np.ndarray:
 
 
 def dequantize(kind: TensorType, rows: np.ndarray) -> np.ndarray:
+    """Rows of `kind` blocks (..., bytes per row) -> float32 values (..., elements per row)."""
     try:
-        return quants.dequantize(np.ascontiguousarray(rows), GGMLQuantizationType(kind.value)).astype(np.float32)
-    except (NotImplementedError, ValueError):  # gguf has no dequantizer for this type
+        return block_types.dequantize(kind.name, kind.block_size, kind.type_size, rows)
+    except KeyError:
         raise ExecutionError(f"cannot read {kind.name} tensors (no dequantizer)") from None
 
 
