@@ -160,10 +160,13 @@ def _nearest_int(x: np.ndarray) -> np.ndarray:
 
 
 def _seq_sum(terms: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
-    """`float s = start (0); for i: s += terms[..., i]` along the last axis, in float32."""
-    total = np.zeros(terms.shape[:-1], dtype=F32) if start is None else np.array(start, dtype=F32)
-    for i in range(terms.shape[-1]):
-        total = total + terms[..., i]
+    """`float s = start (0); for i: s += terms[i]` along the FIRST axis, in float32 (the fitting
+    code below keeps arrays element-major, (elements, blocks, ...), so each step adds one
+    contiguous slab)."""
+    terms = np.ascontiguousarray(terms, dtype=F32)
+    total = np.zeros(terms.shape[1:], dtype=F32) if start is None else np.array(start, dtype=F32)
+    for row in terms:
+        total += row
     return total
 
 
@@ -196,10 +199,10 @@ def _c_max_scan(x: np.ndarray) -> np.ndarray:
 
 
 def _scan(x: np.ndarray, better) -> np.ndarray:
-    """`m = x[0]; for i >= 1: if (better(x[i], m)) m = x[i];` along the last axis."""
-    m = x[..., 0].copy()
-    for i in range(1, x.shape[-1]):
-        m = np.where(better(x[..., i], m), x[..., i], m)
+    """`m = x[0]; for i >= 1: if (better(x[i], m)) m = x[i];` along the first axis."""
+    m = x[0].copy()
+    for row in x[1:]:
+        m = np.where(better(row, m), row, m)
     return m
 
 
@@ -236,7 +239,7 @@ def _pack_crumbs(codes: np.ndarray, group: int) -> np.ndarray:
 
 def _encode_q1_0(x: np.ndarray) -> np.ndarray:
     """d = (sum of |x|, in order) / 128; bit j set when x_j >= 0."""
-    d = _seq_sum(np.abs(x)) / F32(128)
+    d = _seq_sum(np.abs(x).T) / F32(128)
     bits = np.packbits(x >= 0, axis=-1, bitorder="little")
     return np.concatenate([_f16_bytes(d), bits], axis=-1)
 
@@ -459,10 +462,11 @@ def _fit_min_scale(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta:
     nstep + 1 stretched grids, each solving least squares for scale and min, keeping a try
     only if its weighted error is smaller.  The tries run in order (each starts from the min
     the previous kept), with every sum accumulated element by element in float32."""
+    x, w = np.ascontiguousarray(x.T), np.ascontiguousarray(w.T)  # element-major: (n, m)
     lo = _scan(x, np.less)
     hi = _scan(x, np.greater)
-    sum_w = _seq_sum(w[:, 1:], w[:, 0])
-    sum_x = _seq_sum((w * x)[:, 1:], w[:, 0] * x[:, 0])
+    sum_w = _seq_sum(w[1:], w[0])
+    sum_x = _seq_sum((w * x)[1:], w[0] * x[0])
     lo = np.where(lo > 0, F32(0), lo).astype(F32)
     flat = hi == lo
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -471,17 +475,17 @@ def _fit_min_scale(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta:
         scale = (F32(1) / iscale).astype(F32)
 
         def error_of(s, m, codes):
-            diff = (s[:, None] * codes + m[:, None]) - x
+            diff = (s * codes + m) - x
             diff = np.abs(diff) if use_mad else diff * diff
             return _seq_sum(w * diff)
 
-        codes = np.clip(_nearest_int(iscale[:, None] * (x - lo[:, None])), 0, nmax).astype(F32)
+        codes = np.clip(_nearest_int(iscale * (x - lo)), 0, nmax).astype(F32)
         best = error_of(scale, lo, codes)
         for step in range(nstep + 1):
             iscale = ((F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / (hi - lo)).astype(F32)
-            trial = np.clip(_nearest_int(iscale[:, None] * (x - lo[:, None])), 0, nmax).astype(F32)
+            trial = np.clip(_nearest_int(iscale * (x - lo)), 0, nmax).astype(F32)
             wl = w * trial
-            sums = _seq_sum(np.stack([wl, wl * trial, wl * x]))
+            sums = _seq_sum(np.stack([wl, wl * trial, wl * x], axis=1))
             sum_l, sum_l2, sum_xl = sums[0], sums[1], sums[2]
             det = sum_w * sum_l2 - sum_l * sum_l
             solvable = det > 0
@@ -493,13 +497,13 @@ def _fit_min_scale(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta:
             this_scale = np.where(clipped, sum_xl / sum_l2, this_scale).astype(F32)
             error = error_of(this_scale, this_min, trial)
             take = solvable & (error < best) & ~flat
-            codes = np.where(take[:, None], trial, codes)
+            codes = np.where(take, trial, codes)
             best = np.where(take, error, best)
             scale = np.where(take, this_scale, scale)
             lo = np.where(take, this_min, lo)
-    codes = np.where(flat[:, None], F32(0), codes)
+    codes = np.where(flat, F32(0), codes)
     scale = np.where(flat, F32(0), scale).astype(F32)
-    return scale, (-lo).astype(F32), codes.astype(np.int64)
+    return scale, (-lo).astype(F32), codes.T.astype(np.int64)
 
 
 def _fit_signed_rmse(x: np.ndarray, nmax: int):
@@ -509,26 +513,27 @@ def _fit_signed_rmse(x: np.ndarray, nmax: int):
     amax, peak = _first_abs_max(x)
     tiny = amax < _GROUP_MAX_EPS
     peak = np.where(tiny, F32(1), peak).astype(F32)
+    x = np.ascontiguousarray(x.T)  # element-major: (n, m)
     w = x * x
     tries = [0] + [k for k in range(-9, 10) if k != 0]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         iscales = np.stack([(F32(-nmax) / peak)] + [(-(F32(nmax) + F32(0.1) * F32(k)) / peak) for k in tries[1:]],
                            axis=1).astype(F32)  # (m, 19)
-        levels = np.clip(_nearest_int(iscales[..., None] * x[:, None, :]), -nmax, nmax - 1).astype(F32)  # (m, 19, n)
-        wl = w[:, None, :] * levels
-        sumlx = _seq_sum((w * x)[:, None, :] * levels)
+        levels = np.clip(_nearest_int(iscales * x[..., None]), -nmax, nmax - 1).astype(F32)  # (n, m, 19)
+        wl = w[..., None] * levels
+        sumlx = _seq_sum((w * x)[..., None] * levels)
         suml2 = _seq_sum(wl * levels)
         scale = np.where(suml2[:, 0] != 0, sumlx[:, 0] / np.where(suml2[:, 0] != 0, suml2[:, 0], F32(1)),
                          F32(0)).astype(F32)
         best = (scale * sumlx[:, 0]).astype(F32)
-        chosen = levels[:, 0]
+        chosen = levels[..., 0]
         for t in range(1, len(tries)):
             take = (suml2[:, t] > 0) & (sumlx[:, t] * sumlx[:, t] > best * suml2[:, t])
             new_scale = (sumlx[:, t] / np.where(take, suml2[:, t], F32(1))).astype(F32)
-            chosen = np.where(take[:, None], levels[:, t], chosen)
+            chosen = np.where(take, levels[..., t], chosen)
             scale = np.where(take, new_scale, scale)
             best = np.where(take, new_scale * sumlx[:, t], best).astype(F32)
-    codes = np.where(tiny[:, None], 0, chosen.astype(np.int64) + nmax)
+    codes = np.where(tiny[:, None], 0, chosen.T.astype(np.int64) + nmax)
     return np.where(tiny, F32(0), scale).astype(F32), codes
 
 
@@ -540,30 +545,31 @@ def _fit_q3(x: np.ndarray, nmax: int = 4):
     amax, peak = _first_abs_max(x)
     tiny = amax < _GROUP_MAX_EPS
     peak = np.where(tiny, F32(1), peak).astype(F32)
+    x = np.ascontiguousarray(x.T)  # element-major: (n, m)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         iscale = (F32(-nmax) / peak).astype(F32)
-        levels = np.clip(_nearest_int(iscale[:, None] * x), -nmax, nmax - 1)
+        levels = np.clip(_nearest_int(iscale * x), -nmax, nmax - 1)
         w = x * x
         wx = w * x
         lf = levels.astype(F32)
         sumlx = _seq_sum(wx * lf)
         suml2 = _seq_sum(w * lf * lf)
         for _ in range(5):  # a pass that changes nothing leaves everything as it was: no early exit needed
-            for i in range(x.shape[1]):
-                li = levels[:, i].astype(F32)
-                slx = sumlx - wx[:, i] * li
-                sl2 = suml2 - w[:, i] * li * li
+            for i in range(x.shape[0]):
+                li = levels[i].astype(F32)
+                slx = sumlx - wx[i] * li
+                sl2 = suml2 - w[i] * li * li
                 positive = slx > 0
-                new = np.clip(_nearest_int(x[:, i] * sl2 / np.where(positive, slx, F32(1))), -nmax, nmax - 1)
+                new = np.clip(_nearest_int(x[i] * sl2 / np.where(positive, slx, F32(1))), -nmax, nmax - 1)
                 newf = new.astype(F32)
-                slx = slx + wx[:, i] * newf
-                sl2 = sl2 + w[:, i] * newf * newf
-                take = positive & (new != levels[:, i]) & (sl2 > 0) & (slx * slx * suml2 > sumlx * sumlx * sl2)
-                levels[:, i] = np.where(take, new, levels[:, i])
+                slx = slx + wx[i] * newf
+                sl2 = sl2 + w[i] * newf * newf
+                take = positive & (new != levels[i]) & (sl2 > 0) & (slx * slx * suml2 > sumlx * sumlx * sl2)
+                levels[i] = np.where(take, new, levels[i])
                 sumlx = np.where(take, slx, sumlx).astype(F32)
                 suml2 = np.where(take, sl2, suml2).astype(F32)
         scale = np.where(suml2 > 0, sumlx / np.where(suml2 > 0, suml2, F32(1)), F32(0)).astype(F32)
-    return np.where(tiny, F32(0), scale).astype(F32), np.where(tiny[:, None], 0, levels + nmax)
+    return np.where(tiny, F32(0), scale).astype(F32), np.where(tiny[:, None], 0, levels.T + nmax)
 
 
 def _super_scales(values: np.ndarray, top: float) -> tuple[np.ndarray, np.ndarray]:
@@ -642,7 +648,7 @@ def _k_min_scale(x: np.ndarray, nmax: int, rmin: float, nstep: int):
     then 6-bit scales and mins against the super-block's largest, and the final codes."""
     n = len(x)
     sub = x.reshape(n * 8, 32)
-    av = np.sqrt(_seq_sum(sub * sub) / F32(32)).astype(F32)
+    av = np.sqrt(_seq_sum((sub * sub).T) / F32(32)).astype(F32)
     scales, mins, codes = _fit_min_scale(sub, av[:, None] + np.abs(sub), nmax, rmin, 0.1, nstep, False)
     scales, mins, codes = scales.reshape(n, 8), mins.reshape(n, 8), codes.reshape(n, 8, 32)
     max_scale, inv_scale = _super_scales(scales, 63)
@@ -717,15 +723,16 @@ def _iq4_fit(x: np.ndarray, ntry: int):
     amax, peak = _first_abs_max(x)
     live = ~(amax < _GROUP_MAX_EPS)
     peak = np.where(live, peak, F32(1)).astype(F32)
+    x = np.ascontiguousarray(x.T)  # element-major: (n, m)
     w = x * x
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         d0 = (-peak / _IQ4[0] if ntry > 0 else peak / _IQ4[0]).astype(F32)
         ids = [(F32(1) / d0).astype(F32)] + [(F32(t + int(_IQ4[0])) / peak).astype(F32) for t in range(-ntry, ntry + 1)]
         ids = np.stack(ids, axis=1)  # (m, tries)
-        codes = _iq4_index(ids[..., None] * x[:, None, :])
+        codes = _iq4_index(ids * x[..., None])  # (n, m, tries)
         q = _IQ4[codes]
-        wq = w[:, None, :] * q
-        sums = _seq_sum(np.stack([wq * x[:, None, :], wq * q]))
+        wq = w[..., None] * q
+        sums = _seq_sum(np.stack([wq * x[..., None], wq * q], axis=1))  # (2, m, tries)
         sumqx, sumq2 = sums[0], sums[1]
         d = np.where(sumq2[:, 0] > 0, sumqx[:, 0] / np.where(sumq2[:, 0] > 0, sumq2[:, 0], F32(1)), F32(0)).astype(F32)
         best = (d * sumqx[:, 0]).astype(F32)
@@ -734,7 +741,7 @@ def _iq4_fit(x: np.ndarray, ntry: int):
             new_d = (sumqx[:, t] / np.where(take, sumq2[:, t], F32(1))).astype(F32)
             d = np.where(take, new_d, d)
             best = np.where(take, new_d * sumqx[:, t], best).astype(F32)
-    return np.where(live, d, F32(0)).astype(F32), codes[:, 0], live
+    return np.where(live, d, F32(0)).astype(F32), codes[..., 0].T, live
 
 
 def _iq4_pack(codes: np.ndarray) -> np.ndarray:

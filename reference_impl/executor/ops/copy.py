@@ -20,9 +20,12 @@ from ..tensors import TensorRef
 
 
 def _whole_blocks(node: TensorRef, *tensors: TensorRef) -> None:
+    """Rows of whole blocks, back to back (nb0 = the block's size, as ggml lays them out)."""
     for t in tensors:
         require(t.ne[0] % t.kind.block_size == 0, node, "{} rows of {} elements are not whole {} blocks",
                 t.name, t.ne[0], t.kind.name)
+        require(not t.quantized or t.nb[0] == t.kind.type_size, node, "{} blocks are not back to back (nb0={})",
+                t.name, t.nb[0])
 
 
 def _decodable(node: TensorRef, t: TensorRef) -> None:

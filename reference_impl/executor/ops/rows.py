@@ -49,7 +49,8 @@ def build_get_rows(node: TensorRef, ctx: ExecContext) -> Step:
     require(data.ne[2] == index.ne[1] and data.ne[3] == index.ne[2] and index.ne[3] == 1, node,
             "src0 dims 2, 3 must match src1 dims 1, 2")
     require(node.ne == (data.ne[0], index.ne[0], index.ne[1], index.ne[2]), node, "result shape")
-    require(data.ne[0] % data.kind.block_size == 0, node, "rows are not whole {} blocks", data.kind.name)
+    require(data.ne[0] % data.kind.block_size == 0 and (not data.quantized or data.nb[0] == data.kind.type_size),
+            node, "rows are not whole {} blocks back to back", data.kind.name)
     if node.n_elements == 0:
         return None
     grid3 = np.arange(index.ne[2])[:, None, None]
@@ -81,7 +82,8 @@ def build_set_rows(node: TensorRef, ctx: ExecContext) -> Step:
             "rows of src0 must match the destination")
     require(index.ne[0] == src.ne[1] and index.ne[1] > 0 and index.ne[2] > 0 and src.ne[2] % index.ne[1] == 0
             and src.ne[3] % index.ne[2] == 0 and index.ne[3] == 1, node, "src1 must index every row of src0")
-    require(node.ne[0] % node.kind.block_size == 0, node, "rows are not whole {} blocks", node.kind.name)
+    require(node.ne[0] % node.kind.block_size == 0 and (not node.quantized or node.nb[0] == node.kind.type_size),
+            node, "rows are not whole {} blocks back to back", node.kind.name)
     readable(node, src, index, node)
     if src.n_elements == 0:
         return None
