@@ -5,11 +5,16 @@ A block type stores `block_size` values in `type_size` bytes.  A decoder maps bl
 array (n, type_size) of uint8, to values (n, block_size) of float32; an encoder maps values
 (n, block_size) to blocks.  Every function works on all blocks at once.
 
-`gguf`'s decoders serve the types whose results equal ggml's; the types it lacks (Q1_0,
-Q2_0) are decoded here from the block layouts of ggml-common.h.  The encoders follow ggml's
-reference quantizers (ggml-quants.c) to the bit: same scale formula, same float32 operation
-order, same rounding (C's roundf rounds half away from zero, casts truncate toward zero,
-`nearest_int` rounds half to even).
+`gguf`'s decoders serve the types whose results equal ggml's dequantize_row_* bit for bit;
+the types it lacks (Q1_0, Q2_0) are decoded here from the block layouts of ggml-common.h.
+The encoders give the bytes ggml's CPU backend writes (its `from_float`): ggml's reference
+quantizers (quantize_row_*_ref in ggml-quants.c) with the same scale formulas, the same
+float32 operation order and the same conversions (roundf rounds half away from zero, casts
+truncate, `nearest_int` rounds half to even), except Q8_0, which ggml-cpu writes with its
+SIMD routine on x86 and ARM (scale 127/amax, half to even; the reference quantizer is
+REFERENCE_ENCODERS["Q8_0"]).  One known difference: an IQ4_NL block whose values are all
+below 1e-15 in magnitude leaves its codes unset in ggml (stale stack memory); they are 0
+here, and both read back as zeros.
 """
 
 from __future__ import annotations
@@ -32,11 +37,6 @@ Encoder = Callable[[np.ndarray], np.ndarray]
 def _half(blocks: np.ndarray, start: int) -> np.ndarray:
     """The F16 at byte `start` of every block, as float32 of shape (n, 1)."""
     return np.ascontiguousarray(blocks[:, start:start + 2]).view(np.float16).astype(F32)
-
-
-def _nibbles_split(qs: np.ndarray) -> np.ndarray:
-    """Bytes (n, k) whose low nibbles hold elements 0..k-1 and high nibbles k..2k-1 -> (n, 2k)."""
-    return np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
 
 
 # -- decoders --------------------------------------------------------------------------------------
