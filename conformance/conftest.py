@@ -38,6 +38,9 @@ def pytest_addoption(parser):
                     help="shell command that restarts the target after a case killed it")
     group.addoption("--fuzz-examples", type=int, default=25, metavar="N",
                     help="hypothesis examples per fuzz case (default 25, 0 disables)")
+    group.addoption("--oracle", default=None, metavar="HOST:PORT",
+                    help="differential fuzzing computes random graphs on the target and on this server (default: "
+                         "a reference server started here when the target is another server)")
     group.addoption("--fuzz-seconds", type=float, default=0, metavar="SECONDS",
                     help="run the hostile fuzzer for this long instead of --fuzz-examples examples")
     group.addoption("--target-has-cache", action="store_true",

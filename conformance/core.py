@@ -79,7 +79,8 @@ def check(section: str, title: str, *, level: str = MUST, needs=(), destructive:
 
 def all_checks() -> list[Check]:
     """Every check of the suite (importing the modules that register them)."""
-    from . import checks_graphs, checks_negative, checks_traces, checks_wire, fuzz, hostile_fuzz  # noqa: F401
+    from . import (checks_graphs, checks_negative, checks_traces, checks_wire, diff_fuzz, fuzz,  # noqa: F401
+                   hostile_fuzz)
 
     return CHECKS
 

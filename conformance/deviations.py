@@ -31,6 +31,8 @@ _ABORTS = {
     "rule.graph.blocks": "llama.cpp #25288: quantized ne[0] not a multiple of the block size; the server aborts",
     "rule.graph.bounds": "upstream asserts: a graph tensor past its buffer trips GGML_ASSERT; the server aborts",
     "rule.exec.unsupported": "compute failure: an unsupported ROPE mode aborts the CPU backend",
+    "hostile_fuzz": "the hostile fuzzer finds the aborts above (and more) on its own: each is listed with its "
+                    "rule and trace",
     "rule.exec.no-memory": "compute failure: a source with buffer 0 reaches the CPU backend as a NULL data "
                            "pointer; the server crashes (SIGSEGV)",
 }

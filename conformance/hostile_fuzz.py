@@ -97,8 +97,14 @@ class Finding:
     trace: str = ""
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        return self.kind, self.what.split(" ", 1)[0], self.rule
+    def key(self) -> tuple[str, str]:
+        """The class of the finding: what the server did and the rule it broke; for requests no
+        rule covers, what the request was."""
+        return self.kind, self.rule if self.rule in BY_KEY else self.what.split(" ", 1)[0]
+
+    @property
+    def slug(self) -> str:
+        return "-".join("".join(ch if ch.isalnum() or ch in "._" else "-" for ch in part) for part in self.key)
 
 
 class FindingError(AssertionError):
@@ -412,7 +418,7 @@ def _example(ctx: Context, run, campaign: Campaign, draw_attack) -> Finding | No
     campaign.examples += 1
     finding = judge(ctx, run, attack, rule, verdict, canary)
     if finding is not None:
-        finding.trace = ", ".join(run.save_exchange(ctx, f"fuzz-{'-'.join(finding.key)}", probe.exchange))
+        finding.trace = ", ".join(run.save_exchange(ctx, f"fuzz-{finding.slug}", probe.exchange))
         campaign.findings.setdefault(finding.key, finding)
     if finding is not None and finding.kind == "killed the server" and not run.restart():
         raise StopCampaign("the server died and could not be restarted (--restart-cmd)")
@@ -454,7 +460,6 @@ def hostile_fuzz(ctx: Context) -> None:
                 campaign.findings[error.finding.key] = error.finding
         if unexpected:
             raise unexpected[0]
-    print(f"hostile fuzzing: {campaign.examples} examples, {len(campaign.findings)} distinct findings")
     if campaign.findings:
         lines = [f"{f.kind}: {f.what} -- rule {f.rule}: {f.detail}\n    trace: {f.trace or '(not saved)'}"
                  for f in campaign.findings.values()]

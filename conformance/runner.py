@@ -74,6 +74,8 @@ class Conformance:
         self.profile, self.reported, self.version_problem = negotiate(self.endpoint, forced, self.timeout)
         self.device = option("--device")
         self.fuzz_seconds = option("--fuzz-seconds")
+        self.oracle = option("--oracle")
+        self._oracle_server = None
         from .hostile_fuzz import Campaign
 
         self.campaign = Campaign()
@@ -82,6 +84,19 @@ class Conformance:
         return Context(self.endpoint, self.profile, device=self.device, timeout=self.timeout, cache=self.cache,
                        fuzz_examples=self.config.getoption("--fuzz-examples"), live_fuzz=self.started is None,
                        run=self)
+
+    def oracle_endpoint(self) -> str | None:
+        """Where differential fuzzing computes the same graphs: --oracle, else a reference
+        server started here (when the target is another server), else None."""
+        if self.oracle:
+            return self.oracle
+        if self.started is not None:
+            return None
+        if self._oracle_server is None:
+            from reference_impl.server import ReferenceServer
+
+            self._oracle_server = ReferenceServer(profile=self.profile, memory=1 << 30).start()
+        return self._oracle_server.endpoint
 
     def save_exchange(self, ctx: Context, stem: str, exchange) -> list[str]:
         """One connection's exchange as a trace file in the trace folder; its path."""
@@ -124,8 +139,9 @@ class Conformance:
         return False
 
     def close(self) -> None:
-        if self.started is not None:
-            self.started.shutdown()
+        for server in (self.started, self._oracle_server):
+            if server is not None:
+                server.shutdown()
         for process in self._restarted:
             try:
                 os.killpg(process.pid, 15)
@@ -201,3 +217,8 @@ def write_summary(terminalreporter, run: Conformance) -> None:
         write("cases that killed the server:")
         for case in run.killers:
             write(f"  {case}")
+    findings = run.campaign.findings.values()
+    if run.campaign.examples:
+        write(f"hostile fuzzing: {run.campaign.examples} examples, {len(findings)} distinct finding(s)")
+        for finding in findings:
+            write(f"  {finding.kind} [{finding.rule}]: {finding.what}\n    trace: {finding.trace or '(not saved)'}")

@@ -215,6 +215,12 @@ class GraphBuilder:
 
     # -- running -----------------------------------------------------------------------------
 
+    def ops(self) -> list[Container]:
+        """Every tensor built so far that computes something (not a leaf or a view), in
+        the order built: the nodes of a graph that computes all of them."""
+        quiet = {self.profile.ggml.op_value(name) for name in ("NONE", "VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE")}
+        return [t for t in self.tensors if t.op not in quiet]
+
     def graph(self, nodes) -> Graph:
         """Every tensor built so far, with `nodes` (in order) as the graph's nodes."""
         return Graph(np.array([n.id for n in nodes], dtype="<u8"), tensors_from_containers(self.profile, self.tensors))
