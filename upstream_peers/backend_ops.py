@@ -117,7 +117,8 @@ def ensure_program(peer: Peer, *, log=print) -> Path:
                f"-l:{_soname(libs, 'libggml-base')}", f"-Wl,-rpath,{libs}", "-lpthread"]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
-        raise JudgeError(f"compiling {PROGRAM} failed:\n{result.stderr[-4000:]}")
+        shutil.rmtree(work, ignore_errors=True)
+        raise JudgeError(f"compiling {PROGRAM} of {peer.release} failed:\n{result.stderr[-4000:]}")
     shutil.rmtree(final, ignore_errors=True)
     work.rename(final)
     return binary
