@@ -20,6 +20,7 @@ import os
 import pytest
 
 from .core import all_checks
+from .report import record, write_reports
 from .runner import Conformance, write_summary
 
 DEFAULT_TRACE_DIR = "conformance-traces"
@@ -47,6 +48,10 @@ def pytest_addoption(parser):
                     help="the target runs with a hash cache directory (enables the cache-hit cases)")
     group.addoption("--case-timeout", type=float, default=10.0, metavar="SECONDS",
                     help="how long a case waits for any reply (default 10)")
+    group.addoption("--conformance-json", default=None, metavar="FILE",
+                    help="write a JSON report (per case: id, section, level, verdict, duration, reason, traces)")
+    group.addoption("--conformance-html", default=None, metavar="FILE",
+                    help="write a self-contained HTML report (sections x verdicts, every case expandable)")
     group.addoption("--trace-dir", default=DEFAULT_TRACE_DIR, metavar="DIR",
                     help=f"where failing exchanges are saved as trace files (default {DEFAULT_TRACE_DIR})")
 
@@ -92,14 +97,15 @@ def pytest_runtest_makereport(item, call):
     run = getattr(item.config, "conformance", None)
     if check is None or run is None or not (report.when == "call" or report.skipped):
         return
-    if hasattr(report, "wasxfail"):
-        status = "xfailed" if report.skipped else "xpassed"
-    else:
-        status = report.outcome
-    run.results[check.section.split(".")[0]][status] += 1
+    case = record(check, report, run.case_traces.get(check.key, []))
+    run.records.append(case)
+    run.results[check.section.split(".")[0]][case.verdict] += 1
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     run = getattr(config, "conformance", None)
     if run is not None:
         write_summary(terminalreporter, run)
+        for path in write_reports(run, run.records, config.getoption("--conformance-json"),
+                                  config.getoption("--conformance-html")):
+            terminalreporter.write_line(f"report written: {path}")

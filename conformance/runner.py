@@ -18,6 +18,7 @@ from protocol.versions import HELLO_PROBES, NEWEST, profile_for
 from reference_impl.client import RPCClient, ServerClosed
 
 from .core import CaseFailure, Context
+from .report import SECTION_NAMES
 from .deviations import known_deviation
 
 
@@ -57,6 +58,8 @@ class Conformance:
         self._restarted: list[subprocess.Popen] = []
         self.killers: list[str] = []
         self.results: dict[str, Counter] = defaultdict(Counter)
+        self.records: list = []  # report.CaseRecord per case run
+        self.case_traces: dict[str, list[str]] = {}  # check key -> trace files of its failure
         forced = profile_for(option("--proto")) if option("--proto") else None
         target = option("--target")
         if target:
@@ -181,7 +184,7 @@ def run_case(check, run: Conformance, request) -> None:
                "; no --restart-cmd: later cases will fail")
         failure = (failure + "\n" if failure else "") + "the server stopped serving during this case" + how
     if failure:
-        saved = save_traces(run, check, ctx)
+        saved = run.case_traces[check.key] = save_traces(run, check, ctx)
         pytest.fail(f"{check.case_id}\n{failure}\n\nexchange:\n{ctx.hexdump()}\n\n"
                     f"trace files: {', '.join(saved) or 'none'}", pytrace=False)
 
@@ -195,10 +198,6 @@ def save_traces(run: Conformance, check, ctx: Context) -> list[str]:
         path.write_bytes(raw)
         paths.append(str(path))
     return paths
-
-
-SECTION_NAMES = {"2": "Framing", "3": "Handshake and versioning", "4": "rpc_tensor", "5": "Device queries",
-                 "6": "Buffers", "7": "Tensors", "8": "Graphs", "9": "Hash cache", "12": "Recorded traces"}
 
 
 def write_summary(terminalreporter, run: Conformance) -> None:
