@@ -21,7 +21,8 @@ def _replays(trace: Trace):
     def run(ctx: Context) -> None:
         results = replay(trace, ctx.endpoint, timeout=ctx.timeout * 6)
         bad = [f"#{r.index} {r.command}: {r.detail}" for r in results if r.verdict == DIFFERS]
-        require(passed(results), f"every reply as recorded (relocated; computed floats within {TOLERANCE:.0%})",
+        require(passed(results), "every reply as recorded (relocated; computed floats within " + ", ".join(
+                    f"{k} {v:.0%}" for k, v in TOLERANCE.items()) + " of each tensor's largest value)",
                 "; ".join(bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""))
 
     return run

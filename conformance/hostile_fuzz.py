@@ -321,19 +321,21 @@ def attacks(draw, session: Session):
 
 
 def expected_rule(attack: Attack, view: LiveView) -> str | None:
-    """The MUST rule the last request breaks, as the rules table sees it (None: none)."""
+    """The first MUST rule the attack's requests break, as the rules table sees them (None:
+    none; SHOULD rules are left to the server)."""
     for command, body, data, graph in attack.steps:
-        broken = request_checks(command, message_spec(view.profile, command).request).first_violation(
-            view, Container(body), graph)
-        if broken is None and data is not None:
-            broken = sized_violation(view, command, Container(body), len(data))
-        if command is C.FREE_BUFFER and broken is None:
+        checks = request_checks(command, message_spec(view.profile, command).request)
+        broken = [rule for rule, _ in checks.violations(view, Container(body), graph)]
+        if data is not None and not broken:
+            found = sized_violation(view, command, Container(body), len(data))
+            broken = [found[0]] if found else []
+        must = [rule for rule in broken if rule.level == MUST]
+        if must:
+            return must[0].key
+        if command is C.FREE_BUFFER:
             view.buffers.pop(body["remote_ptr"], None)
-            continue
-        if command is C.GRAPH_COMPUTE and broken is None:
+        elif command is C.GRAPH_COMPUTE:
             view.stored = True
-        if broken is not None:
-            return broken[0].key if broken[0].level == MUST else None
     return attack.hint if attack.hint in BY_KEY else None
 
 

@@ -545,23 +545,26 @@ class RequestChecks:
 
     def first_violation(self, view: ServerView, body, graph=None) -> tuple[Rule, Violation] | None:
         """The first rule a request breaks (tensor rules, then request rules, then graph rules)."""
+        return next(self.violations(view, body, graph), None)
+
+    def violations(self, view: ServerView, body, graph=None):
+        """Every (rule, violation) a request breaks, in the order a server checks them."""
         if self.tensor:
             for path, tensor in iter_tensors(self.schema, body):
                 for rule in self.tensor:
                     found = rule.check(view, tensor)
                     if found is not None:
-                        return rule, Violation(f"{path}.{found.field}", found.value, found.detail)
+                        yield rule, Violation(f"{path}.{found.field}", found.value, found.detail)
         for rule in self.request:
             found = rule.check(view, body)
             if found is not None:
-                return rule, found
+                yield rule, found
         if graph is not None:
             valid = graph_validity(view, graph)
             for rule in self.graph:
                 found = rule.check(view, graph, valid)
                 if found is not None:
-                    return rule, found
-        return None
+                    yield rule, found
 
 
 @lru_cache(maxsize=None)

@@ -61,7 +61,8 @@ def replay_command(args) -> int:
     for path in expand(args.files):
         trace = load(path)
         try:
-            results = replay(trace, args.target, timeout=args.timeout, tolerance=args.tolerance)
+            tolerance = None if args.tolerance is None else dict.fromkeys(TOLERANCE, args.tolerance)
+            results = replay(trace, args.target, timeout=args.timeout, tolerance=tolerance)
         except (ProtocolError, ServerClosed, OSError, TimeoutError) as exc:
             print(f"{path}: cannot replay: {exc}")
             failures += 1
@@ -118,9 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     replay_parser.add_argument("files", nargs="+", metavar="FILE", help="trace files or directories of them")
     replay_parser.add_argument("--target", required=True, metavar="HOST:PORT", help="server to replay against")
     replay_parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each reply")
-    replay_parser.add_argument("--tolerance", type=float, default=TOLERANCE,
-                               help="largest error for computed float data, relative to its largest value "
-                                    f"({TOLERANCE:g})")
+    replay_parser.add_argument("--tolerance", type=float, default=None,
+                               help="largest error for data a graph computed, relative to the tensor's largest "
+                                    "value (default per type: " + ", ".join(f"{k} {v:g}" for k, v in TOLERANCE.items())
+                                    + "); other data must be identical")
     replay_parser.add_argument("-v", "--verbose", action="store_true", help="print every frame, not only differences")
     replay_parser.set_defaults(run=replay_command)
     import_parser = commands.add_parser("import", help="one trace per connection of a pcap/pcapng capture (tcpdump, "

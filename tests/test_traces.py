@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from conftest import CI_RELEASES, require_peer
 from protocol.session import decode_connection
-from protocol.trace import CLIENT, SERVER, Record, Trace, TraceError, decode_trace, encode_trace
+from protocol import profile_for
+from protocol.trace import CLIENT, SERVER, Record, Trace, TraceError, decode_trace, encode_trace, frame_records
 from reference_impl.client import RPCClient
 from reference_impl.replay import passed, replay
 from reference_impl.trace_show import decode
@@ -108,11 +109,14 @@ def test_show_cli_prints_tensors_and_graphs():
 @pytest.mark.parametrize("proto", ["3.6.1", "7.0.0"])
 def test_fixtures_replay_green_against_the_reference_server(reference_server, proto):
     server = reference_server(proto, memory=1 << 30)
+    replayed = 0
     for path in FIXTURES:
         trace = decode_trace(path.read_bytes())
         if trace.protocol == proto:
             results = replay(trace, server.endpoint)
             assert passed(results), (path, [r for r in results if r.verdict == "differs"])
+            replayed += 1
+    assert replayed >= 10  # every fixture of this version: llama, graphs, tensors, buffers, queries
 
 
 @pytest.mark.upstream
@@ -165,6 +169,55 @@ def test_proxy_records_and_a_trace_replays_against_another_server(tmp_path, refe
     assert trace.header["recorder"] == "ggml-rpc-proxy" and trace.protocol == "7.0.0"
     results = replay(trace, upstream_server("0.3.36").endpoint)
     assert passed(results) and any(r.command == "GET_TENSOR" and r.verdict == "ok" for r in results)
+
+
+def test_replay_compares_exactly_what_no_graph_computed(reference_server):
+    """After a graph ran, the data it wrote may differ within a tolerance; data it did not
+    write (an uploaded input) must still come back exactly."""
+    from reference_impl.graphs import GraphBuilder
+
+    server = reference_server("7.0.0")
+    chunks = []
+    with RPCClient(server.endpoint, tap=lambda d, data: chunks.append((CLIENT if d == "sent" else SERVER,
+                                                                        len(chunks) * 1e-3, bytes(data)))) as rpc:
+        g = GraphBuilder(rpc.profile, rpc.alloc_buffer(1 << 12))
+        x = g.input(np.linspace(1, 2, 64, dtype=np.float32), name="x")
+        y = g.scale(x, 3.0, name="y")
+        g.run(rpc, [x, y])
+    trace = Trace({"protocol": "7.0.0"}, frame_records(chunks))
+    replies = [r for r in trace.records if r.direction == SERVER and len(r.data) == 8 + 256]
+    assert len(replies) == 2  # the reads of x, then y
+
+    def replay_with(which: int) -> list:
+        copy = Trace(trace.header, [Record(r.direction, r.time_us, r.data) for r in trace.records])
+        target = next(r for r in copy.records if r.data == replies[which].data)
+        values = np.frombuffer(target.data, np.float32, offset=8).copy()
+        values[5] *= np.float32(1.001)  # 0.1% off in one value
+        target.data = target.data[:8] + values.tobytes()
+        return replay(copy, server.endpoint)
+
+    assert any(r.verdict == "differs" and r.command == "GET_TENSOR" for r in replay_with(0))  # x: exact
+    assert passed(replay_with(1))  # y: computed, within tolerance
+
+
+def test_replay_reports_a_server_that_died(tmp_path):
+    """A trace whose last request killed a server: its replay ends by saying the server died."""
+    from reference_impl.server import ReferenceServer
+    from reference_impl.session import Session
+
+    class Dies(Session):
+        def graph_compute(self, request):
+            server.request_stop()
+            server.shutdown()  # the process "dies" while computing
+            raise OSError("gone")
+
+    traces = [decode_trace(p.read_bytes()) for p in FIXTURES if "graph-7.0.0" in str(p)]
+    trace = next(t for t in traces if any(e.request.command.name == "GRAPH_COMPUTE" for e in t.decoded().exchanges))
+    server = ReferenceServer(profile=profile_for("7.0.0"), memory=1 << 26)
+    server.session_class = Dies
+    server.start()
+    results = replay(trace, server.endpoint, timeout=5)
+    assert results[-1].command == "(server)" and results[-1].verdict == "differs" and "died" in results[-1].detail
 
 
 def test_replay_reports_a_server_that_answers_differently(reference_server, tmp_path):
