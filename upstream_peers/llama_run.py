@@ -37,21 +37,29 @@ def _preload_ggml() -> ctypes.CDLL:
 
 
 def add_rpc_server(ggml: ctypes.CDLL, endpoint: str) -> None:
+    """Register an RPC server as llama.cpp's --rpc does: through the RPC backend's
+    `ggml_backend_rpc_add_server` (a registry per server, 3.x and later), or on 2.0.0 its
+    `ggml_backend_rpc_add_device` (one device)."""
     ggml.ggml_backend_reg_by_name.restype = ctypes.c_void_p
     ggml.ggml_backend_reg_by_name.argtypes = [ctypes.c_char_p]
     ggml.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
     ggml.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    ggml.ggml_backend_register.restype = None
-    ggml.ggml_backend_register.argtypes = [ctypes.c_void_p]
     rpc_reg = ggml.ggml_backend_reg_by_name(b"RPC")
     if not rpc_reg:
         raise SystemExit("this llama.cpp build has no RPC backend")
-    address = ggml.ggml_backend_reg_get_proc_address(rpc_reg, b"ggml_backend_rpc_add_server")
-    add_server = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_char_p)(address)
-    server_reg = add_server(endpoint.encode())
-    if not server_reg:
+    for function, register in ((b"ggml_backend_rpc_add_server", ggml.ggml_backend_register),
+                               (b"ggml_backend_rpc_add_device", ggml.ggml_backend_device_register)):
+        address = ggml.ggml_backend_reg_get_proc_address(rpc_reg, function)
+        if address:
+            break
+    else:
+        raise SystemExit("this llama.cpp build's RPC backend cannot add servers")
+    register.restype = None
+    register.argtypes = [ctypes.c_void_p]
+    added = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_char_p)(address)(endpoint.encode())
+    if not added:
         raise SystemExit(f"cannot reach RPC server {endpoint}")
-    ggml.ggml_backend_register(server_reg)
+    register(added)
 
 
 def main(argv: list[str] | None = None) -> None:
