@@ -19,6 +19,7 @@ from ..tensors import TensorRef
 
 F32 = np.float32
 BLOCK_BUDGET = 1 << 23  # scores (float32) computed per block of queries: 32 MiB
+ITEM_LIMIT = 1 << 28  # ... and at most this many for a single query: 1 GiB
 PREC_DEFAULT, PREC_F32 = 0, 10
 
 
@@ -38,6 +39,13 @@ def _blocks(total: int, per_item: int):
     """Slices of range(total) whose items cost `per_item` elements each, within BLOCK_BUDGET."""
     step = max(1, BLOCK_BUDGET // max(1, per_item))
     return [slice(start, min(total, start + step)) for start in range(0, total, step)]
+
+
+def _bounded(node: TensorRef, per_item: int, what: str) -> None:
+    """Refuse what would need more than ITEM_LIMIT float32 intermediates per query (or
+    token): the sizes of two sources multiplied, which a hostile graph can make huge."""
+    require(per_item <= ITEM_LIMIT, node, "{} would take {} values (limit {})", what, per_item, ITEM_LIMIT,
+            rule="exec.op-params")
 
 
 def _whole_blocks(node: TensorRef, *tensors: TensorRef) -> None:
@@ -146,19 +154,17 @@ def build_flash_attn(node: TensorRef, ctx: ExecContext) -> Step:
     # ggml converts each query row to K's dot-product type before q.k (F16 for F16 keys, Q8
     # blocks for quantized ones); with "ggml" numerics the queries round the same way
     rounding = ROUNDING.get(k.kind.name) if ctx.numerics == "ggml" else None
-    rk2, rk3, rv2, rv3 = n_head // kv_heads, ne3 // k.ne[3], n_head // v_heads, ne3 // v.ne[3]
+    rk2, rv2, k3, v3 = n_head // kv_heads, n_head // v_heads, k.ne[3], v.ne[3]
+    rk3, rv3 = ne3 // k3, ne3 // v3
+    _bounded(node, ne3 * n_head * n_kv, "scores of one query")
     blocks = _blocks(n_q, ne3 * n_head * n_kv)
 
     def run():
         queries = q.read(ctx.cache)  # (ne3, heads, n_q, d_k)
-        keys = k.read(ctx.cache)[:, :, :n_kv]  # (k3, kv_heads, n_kv, d_k)
-        values = v.read(ctx.cache)[:, :, :n_kv]  # (v3, v_heads, n_kv, d_v)
-        if rk3 > 1:
-            keys = np.repeat(keys, rk3, axis=0)
-        if rv3 > 1:
-            values = np.repeat(values, rv3, axis=0)
-        keys_t = keys.swapaxes(-1, -2)[:, :, None]  # (ne3, kv_heads, 1, d_k, n_kv)
-        values = values[:, :, None]  # (ne3, v_heads, 1, n_kv, d_v)
+        # q head h of batch i3 reads k head h / rk2 of k batch i3 / rk3: grouping the query
+        # heads and batches lets matmul broadcast K and V instead of copying them
+        keys_t = k.read(ctx.cache)[:, None, :, :n_kv].swapaxes(-1, -2)  # (k3, 1, kv_heads, d_k, n_kv)
+        values = v.read(ctx.cache)[:, None, :, :n_kv]  # (v3, 1, v_heads, n_kv, d_v)
         masks = mask.read()[:, :, :, :n_kv] if mask is not None else None
         sink = sinks.read()[0, 0, 0, :n_head][None, :, None, None] if sinks is not None else None
         out = np.empty((ne3, n_head, n_q, d_v), dtype=F32)
@@ -167,7 +173,7 @@ def build_flash_attn(node: TensorRef, ctx: ExecContext) -> Step:
             qb = queries[:, :, rows]
             if rounding is not None:
                 qb = rounding(qb)
-            qb = qb.reshape(ne3, kv_heads, rk2, n, d_k)
+            qb = qb.reshape(k3, rk3, kv_heads, rk2 * n, d_k)
             s = np.matmul(qb, keys_t).reshape(ne3, n_head, n, n_kv)
             s *= scale
             if softcap != 0:
@@ -180,11 +186,11 @@ def build_flash_attn(node: TensorRef, ctx: ExecContext) -> Step:
                 top = np.maximum(top, sink)
             top[np.isneginf(top)] = 0  # every key masked: weights 0, result 0 (as ggml's S == 0)
             s -= top
-            weights = np.exp(s, out=s)
-            total = weights.sum(axis=-1, keepdims=True)
+            weights = np.exp(s, out=s).reshape(v3, rv3, v_heads, rv2 * n, n_kv)
+            total = s.sum(axis=-1, keepdims=True)
             if sink is not None:
                 total += np.exp(sink - top)
-            mixed = np.matmul(weights.reshape(ne3, v_heads, rv2, n, n_kv), values).reshape(ne3, n_head, n, d_v)
+            mixed = np.matmul(weights, values).reshape(ne3, n_head, n, d_v)
             with np.errstate(divide="ignore"):
                 out[:, :, rows] = mixed * np.where(total == 0, F32(0), F32(1) / total)
         node.write(out.transpose(0, 2, 1, 3))  # permute(0, 2, 1, 3): dst[i3][query][head]
@@ -214,6 +220,7 @@ def build_lightning_indexer(node: TensorRef, ctx: ExecContext) -> Step:
             mask.ne, n_kv, n_tok, n_stream)
     require(node.kind.name == "F32" and node.ne == (n_kv, n_tok, 1, n_stream), node,
             "result must be F32 [{}, {}, 1, {}]", n_kv, n_tok, n_stream)
+    _bounded(node, n_stream * n_head * n_kv, "scores of one token")
     blocks = _blocks(n_tok, n_stream * n_head * n_kv)
 
     def run():
