@@ -29,14 +29,14 @@ import time
 
 import numpy as np
 
-from protocol import Graph, profile_for
-from protocol.versions import HELLO_PROBES
-from reference_impl.client import RPCClient
-from reference_impl.graphs import GraphBuilder
-from upstream_peers import ensure_built, peer_for
-from upstream_peers.client import run_client
-from upstream_peers.llama_run import run_llama
-from upstream_peers.server import UpstreamServer
+from ggml_rpc_spec.protocol import Graph, profile_for
+from ggml_rpc_spec.protocol.versions import HELLO_PROBES
+from ggml_rpc_spec.reference_impl.client import RPCClient
+from ggml_rpc_spec.reference_impl.graphs import GraphBuilder
+from ggml_rpc_spec.upstream_peers import ensure_built, peer_for
+from ggml_rpc_spec.upstream_peers.client import run_client
+from ggml_rpc_spec.upstream_peers.llama_run import run_llama
+from ggml_rpc_spec.upstream_peers.server import UpstreamServer
 
 BULK = 64 << 20
 NODES = 2000
@@ -45,7 +45,7 @@ NODES = 2000
 def backend_ops_sweep(peer, endpoint: str, sample: int) -> float:
     """Seconds for upstream's op test program to run every op (or `sample` cases of each)
     against `endpoint`; a case that does not pass is reported, since its time means little."""
-    from upstream_peers.backend_ops import Judge, sample as spread
+    from ggml_rpc_spec.upstream_peers.backend_ops import Judge, sample as spread
 
     judge = Judge(peer, endpoint, log=lambda *a, **k: None)
     started = time.perf_counter()
@@ -223,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     peer = peer_for(args.peer)
     ensure_built(peer)
     profile = profile_for(peer.protocol)
-    ours_proc, ours = start("reference_impl.server", "--port", "0", "--proto", profile.name, "--mem", "8G")
-    still_proc, still = start("reference_impl.server", "--port", "0", "--proto", profile.name, "--mem", "1G",
+    ours_proc, ours = start("ggml_rpc_spec.reference_impl.server", "--port", "0", "--proto", profile.name, "--mem", "8G")
+    still_proc, still = start("ggml_rpc_spec.reference_impl.server", "--port", "0", "--proto", profile.name, "--mem", "1G",
                               "--poll-us", "0")
     floor_proc, floor = start("bench.floor", "--proto", profile.name)
     rows = []
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(line(f"GRAPH_COMPUTE {NODES} nodes, {label}", a, b, "ms", (AT_MOST, 5)))
             # the bridge: a client of the other HELLO family through ggml-rpc-proxy --bridge
             other = next(p for p in HELLO_PROBES if p.hello != profile.hello)
-            bridge_proc, bridge = start("reference_impl.proxy", "--bridge", "--listen", "127.0.0.1:0", "--upstream",
+            bridge_proc, bridge = start("ggml_rpc_spec.reference_impl.proxy", "--bridge", "--listen", "127.0.0.1:0", "--upstream",
                                         theirs, "--client-proto", other.name, stderr=True,
                                         pattern=r"--bridge: (\S+)")
             try:
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(line("our client SET_TENSOR vs upstream client", set_b, up_set, "GB/s"))
             rows.append(line("our client GET_TENSOR vs upstream client", get_b, up_get, "GB/s"))
             if not args.skip_llama:
-                from upstream_peers.models import smollm2
+                from ggml_rpc_spec.upstream_peers.models import smollm2
 
                 from bench.smollm2 import PARAGRAPH
 

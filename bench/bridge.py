@@ -18,18 +18,18 @@ from pathlib import Path
 
 import numpy as np
 
-from protocol import profile_for
-from reference_impl.bridge import BridgeServer
-from reference_impl.client import parse_endpoint
-from upstream_peers import PEERS, find_built, peer_for
-from upstream_peers.llama_run import run_llama
-from upstream_peers.server import UpstreamServer
+from ggml_rpc_spec.protocol import profile_for
+from ggml_rpc_spec.reference_impl.bridge import BridgeServer
+from ggml_rpc_spec.reference_impl.client import parse_endpoint
+from ggml_rpc_spec.upstream_peers import PEERS, find_built, peer_for
+from ggml_rpc_spec.upstream_peers.llama_run import run_llama
+from ggml_rpc_spec.upstream_peers.server import UpstreamServer
 
 TEXT = "The quick brown fox jumps over the lazy dog. In the end, the dog and the fox are friends."
 
 
 def model_path(name: str, folder: Path) -> Path:
-    from upstream_peers.models import smollm2, write_tiny_llama, write_tiny_mamba
+    from ggml_rpc_spec.upstream_peers.models import smollm2, write_tiny_llama, write_tiny_mamba
 
     if name == "smollm2":
         return smollm2()
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     peers = [peer_for(p) for p in args.peers.split(",")] if args.peers else [p for p in PEERS if find_built(p)]
     missing = [p.release for p in peers if find_built(p) is None]
     if missing:
-        print(f"error: not built: {', '.join(missing)} (python -m upstream_peers build ...)", file=sys.stderr)
+        print(f"error: not built: {', '.join(missing)} (ggml-rpc-peers build ...)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as folder:
         model = model_path(args.model, Path(folder))

@@ -13,8 +13,8 @@ import argparse
 import socket
 import sys
 
-from protocol import Command, build_reply, build_request, message_spec, profile_for
-from protocol.messages import CONN_CAPS_SIZE
+from ggml_rpc_spec.protocol import Command, build_reply, build_request, message_spec, profile_for
+from ggml_rpc_spec.protocol.messages import CONN_CAPS_SIZE
 
 
 def serve(profile, listener: socket.socket) -> None:

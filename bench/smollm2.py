@@ -24,12 +24,12 @@ import sys
 
 import numpy as np
 
-from protocol import profile_for
-from reference_impl.server import ReferenceServer
-from upstream_peers import ensure_built, peer_for
-from upstream_peers.llama_run import run_llama
-from upstream_peers.models import smollm2
-from upstream_peers.server import UpstreamServer
+from ggml_rpc_spec.protocol import profile_for
+from ggml_rpc_spec.reference_impl.server import ReferenceServer
+from ggml_rpc_spec.upstream_peers import ensure_built, peer_for
+from ggml_rpc_spec.upstream_peers.llama_run import run_llama
+from ggml_rpc_spec.upstream_peers.models import smollm2
+from ggml_rpc_spec.upstream_peers.server import UpstreamServer
 
 PARAGRAPH = (
     "The history of the old harbour town begins in the early middle ages, when a handful of fishing families "

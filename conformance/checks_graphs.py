@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from protocol import RPC_TENSOR_DTYPE, Command, Graph
-from reference_impl.graphs import GraphBuilder
+from ggml_rpc_spec.protocol import RPC_TENSOR_DTYPE, Command, Graph
+from ggml_rpc_spec.reference_impl.graphs import GraphBuilder
 
 from .core import SHOULD, Check, Context, check, register, require
 from .op_cases import CASES

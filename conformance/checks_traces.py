@@ -7,14 +7,24 @@ reply (exact, structural, or within a tolerance for computed floats).
 
 from __future__ import annotations
 
-from pathlib import Path
+from importlib.resources import files
 
-from protocol.trace import Trace, decode_trace
-from reference_impl.replay import DIFFERS, TOLERANCE, passed, replay
+from ggml_rpc_spec.protocol.trace import Trace, decode_trace
+from ggml_rpc_spec.reference_impl.replay import DIFFERS, TOLERANCE, passed, replay
 
 from .core import Check, Context, register, require
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = "ggml_rpc_spec.fixtures"  # shipped as package data
+
+
+def fixtures() -> list[tuple[str, bytes]]:
+    """(folder/name, bytes) of every fixture trace, in order, wherever the package is installed."""
+    found = []
+    for folder in files(FIXTURES).iterdir():
+        if folder.is_dir():
+            found += [(f"{folder.name}/{entry.name[:-len('.ggmlrpc')]}", entry.read_bytes())
+                      for entry in folder.iterdir() if entry.name.endswith(".ggmlrpc")]
+    return sorted(found)
 
 
 def _replays(trace: Trace):
@@ -28,8 +38,7 @@ def _replays(trace: Trace):
     return run
 
 
-for _path in sorted(FIXTURES.glob("*/*.ggmlrpc")):
-    _trace = decode_trace(_path.read_bytes())
-    _name = _path.relative_to(FIXTURES).with_suffix("")
+for _name, _raw in fixtures():
+    _trace = decode_trace(_raw)
     register(Check(f"trace.{_name}", "12", f"replays fixtures/{_name} ({_trace.header.get('note', 'recorded session')})",
                    _replays(_trace), kind="trace", protocols=(_trace.protocol,)))

@@ -9,13 +9,13 @@ import time
 
 import numpy as np
 
-from protocol import Command, make_tensor, profile_for
-from protocol.errors import UnsupportedVersion
-from protocol.ggml import TYPES, nbytes
-from protocol.hashing import fnv1a64
-from protocol.messages import HASH_THRESHOLD, message_spec
-from protocol.tensor import contiguous_strides
-from reference_impl.client import ServerClosed, parse_endpoint
+from ggml_rpc_spec.protocol import Command, make_tensor, profile_for
+from ggml_rpc_spec.protocol.errors import UnsupportedVersion
+from ggml_rpc_spec.protocol.ggml import TYPES, nbytes
+from ggml_rpc_spec.protocol.hashing import fnv1a64
+from ggml_rpc_spec.protocol.messages import HASH_THRESHOLD, message_spec
+from ggml_rpc_spec.protocol.tensor import contiguous_strides
+from ggml_rpc_spec.reference_impl.client import ServerClosed, parse_endpoint
 
 from .core import SHOULD, Check, Context, check, register, require
 from .probe import ANSWERED

@@ -14,12 +14,12 @@ from typing import Callable
 
 import pytest
 
-from protocol import Command
-from protocol.messages import device_fields
-from protocol.rules import MUST, SHOULD
-from protocol.trace import CLIENT, SERVER, Trace, encode_trace, frame_records
-from protocol.versions import Profile
-from reference_impl.client import RPCClient
+from ggml_rpc_spec.protocol import Command
+from ggml_rpc_spec.protocol.messages import device_fields
+from ggml_rpc_spec.protocol.rules import MUST, SHOULD
+from ggml_rpc_spec.protocol.trace import CLIENT, SERVER, Trace, encode_trace, frame_records
+from ggml_rpc_spec.protocol.versions import Profile
+from ggml_rpc_spec.reference_impl.client import RPCClient
 
 from .probe import ANSWERED, CLOSED, SILENT, Exchange, Probe
 

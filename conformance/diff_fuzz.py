@@ -20,7 +20,7 @@ import numpy as np
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from reference_impl.graphs import ROPE_NEOX, ROPE_NORMAL, GraphBuilder
+from ggml_rpc_spec.reference_impl.graphs import ROPE_NEOX, ROPE_NORMAL, GraphBuilder
 
 from .core import Context, check
 
@@ -176,7 +176,7 @@ def nmse(got: np.ndarray, want: np.ndarray) -> float:
 def compute(ctx: Context, endpoint: str, recipe: Recipe):
     """Build the recipe on a fresh connection to `endpoint` and compute it: (results, bounds,
     the exchange)."""
-    from reference_impl.client import RPCClient
+    from ggml_rpc_spec.reference_impl.client import RPCClient
 
     from .probe import Exchange
 

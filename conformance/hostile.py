@@ -13,9 +13,9 @@ import struct
 from dataclasses import dataclass
 from typing import Callable
 
-from protocol import Command, build_request
-from protocol.ops import spec_for
-from protocol.rules import BY_KEY, Rule
+from ggml_rpc_spec.protocol import Command, build_request
+from ggml_rpc_spec.protocol.ops import spec_for
+from ggml_rpc_spec.protocol.rules import BY_KEY, Rule
 
 C = Command
 
@@ -151,8 +151,8 @@ def _hash_hit(p, *, buffer: int | None = None, offset: int = 0, n: int | None = 
     """SET_TENSOR_HASH of data the server's cache holds (stored by a SET_TENSOR above the
     threshold first), aimed at a tensor without a buffer, past the buffer's end, or (`n`)
     at a tensor of n elements in a buffer big enough for the data."""
-    from protocol.hashing import fnv1a64
-    from protocol.messages import HASH_THRESHOLD
+    from ggml_rpc_spec.protocol.hashing import fnv1a64
+    from ggml_rpc_spec.protocol.messages import HASH_THRESHOLD
 
     data = bytes(range(256)) * ((HASH_THRESHOLD // 256) + 1)
     big = p.rpc.alloc_buffer(len(data))

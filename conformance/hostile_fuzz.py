@@ -38,14 +38,14 @@ from construct import Container
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from protocol import Command, Graph, encode_request, make_tensor, message_spec
-from protocol.framing import NEED_DATA, ReplyParser
-from protocol.ggml import TYPES
-from protocol.graph import tensors_from_containers
-from protocol.messages import device_fields
-from protocol.ops import CATALOGUE, Param
-from protocol.rules import BY_KEY, MUST, BufferInfo, request_checks, sized_violation
-from protocol.tensor import contiguous_strides
+from ggml_rpc_spec.protocol import Command, Graph, encode_request, make_tensor, message_spec
+from ggml_rpc_spec.protocol.framing import NEED_DATA, ReplyParser
+from ggml_rpc_spec.protocol.ggml import TYPES
+from ggml_rpc_spec.protocol.graph import tensors_from_containers
+from ggml_rpc_spec.protocol.messages import device_fields
+from ggml_rpc_spec.protocol.ops import CATALOGUE, Param
+from ggml_rpc_spec.protocol.rules import BY_KEY, MUST, BufferInfo, request_checks, sized_violation
+from ggml_rpc_spec.protocol.tensor import contiguous_strides
 
 from .core import Context, check
 from .probe import ANSWERED, CLOSED, SILENT

@@ -19,7 +19,7 @@ import numpy as np
 from gguf import quants
 from gguf.constants import GGMLQuantizationType
 
-from reference_impl.graphs import ROPE_NEOX, ROPE_NORMAL, GraphBuilder
+from ggml_rpc_spec.reference_impl.graphs import ROPE_NEOX, ROPE_NORMAL, GraphBuilder
 
 F32 = np.float32
 

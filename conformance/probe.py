@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from construct import Container
 
-from protocol import Command, Graph, build_request, make_tensor
-from protocol.graph import tensors_from_containers
-from protocol.messages import device_fields
-from protocol.versions import Profile
-from reference_impl.client import RemoteBuffer, RPCClient
+from ggml_rpc_spec.protocol import Command, Graph, build_request, make_tensor
+from ggml_rpc_spec.protocol.graph import tensors_from_containers
+from ggml_rpc_spec.protocol.messages import device_fields
+from ggml_rpc_spec.protocol.versions import Profile
+from ggml_rpc_spec.reference_impl.client import RemoteBuffer, RPCClient
 
 CLOSED, ANSWERED, SILENT = "closed", "answered", "silent"
 
@@ -59,7 +59,7 @@ class Probe:
             self.sock = self.rpc.sock
             self.buffer: RemoteBuffer | None = self.rpc.alloc_buffer(buffer_size) if buffer_size else None
         else:
-            from reference_impl.client import parse_endpoint
+            from ggml_rpc_spec.reference_impl.client import parse_endpoint
 
             self.rpc = None
             self.profile = profile

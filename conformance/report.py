@@ -40,7 +40,7 @@ class CaseRecord:
 
 def requirement_of(check) -> str:
     """What the case checks, in SPEC.md's words where a rule states it."""
-    from protocol.rules import BY_KEY
+    from ggml_rpc_spec.protocol.rules import BY_KEY
 
     from .hostile import CASES
 
@@ -54,8 +54,8 @@ def requirement_of(check) -> str:
 
 def decoded(paths: list[str]) -> str:
     """The frames of trace files, as `ggml-rpc-trace show` prints them."""
-    from protocol.trace import decode_trace
-    from reference_impl.trace_show import render
+    from ggml_rpc_spec.protocol.trace import decode_trace
+    from ggml_rpc_spec.reference_impl.trace_show import render
 
     parts = []
     for path in paths:

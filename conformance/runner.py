@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from protocol.errors import ProtocolError, RemoteProtocolError, UnsupportedVersion
-from protocol.rules import SHOULD
-from protocol.versions import HELLO_PROBES, NEWEST, profile_for
-from reference_impl.client import RPCClient, ServerClosed
+from ggml_rpc_spec.protocol.errors import ProtocolError, RemoteProtocolError, UnsupportedVersion
+from ggml_rpc_spec.protocol.rules import SHOULD
+from ggml_rpc_spec.protocol.versions import HELLO_PROBES, NEWEST, profile_for
+from ggml_rpc_spec.reference_impl.client import RPCClient, ServerClosed
 
 from .core import CaseFailure, Context
 from .report import SECTION_NAMES
@@ -66,7 +66,7 @@ class Conformance:
             self.endpoint = target
             self.kind = "external"
         else:
-            from reference_impl.server import ReferenceServer
+            from ggml_rpc_spec.reference_impl.server import ReferenceServer
 
             self._tmp = tempfile.TemporaryDirectory(prefix="conformance-cache-")
             self.started = ReferenceServer(profile=forced or NEWEST, devices=2, memory=1 << 30,
@@ -96,7 +96,7 @@ class Conformance:
         if self.started is not None:
             return None
         if self._oracle_server is None:
-            from reference_impl.server import ReferenceServer
+            from ggml_rpc_spec.reference_impl.server import ReferenceServer
 
             self._oracle_server = ReferenceServer(profile=self.profile, memory=1 << 30).start()
         return self._oracle_server.endpoint
@@ -156,8 +156,11 @@ class Conformance:
 
 def run_case(check, run: Conformance, request) -> None:
     config = request.config
-    if check.level == SHOULD and not config.getoption("strict"):  # pytest's own --strict
-        pytest.skip("SHOULD-level case: run with --strict")
+    if not check.applies_to(run.profile):
+        pytest.skip(f"protocol {run.profile.name} lacks {', '.join(c.name for c in check.needs)}"
+                    if check.needs else f"only for protocol {', '.join(check.protocols)}")
+    if check.level == SHOULD and config.getoption("--level") != "should":
+        pytest.skip("SHOULD-level case: run with --level should")
     if check.destroys(run.profile) and not config.getoption("--destructive") and run.started is None:
         pytest.skip("can kill a vulnerable server: run with --destructive (and --restart-cmd)")
     if check.kind == "fuzz" and config.getoption("--fuzz-examples") <= 0:
@@ -205,7 +208,10 @@ def write_summary(terminalreporter, run: Conformance) -> None:
         return
     write = terminalreporter.write_line
     terminalreporter.section("conformance summary per SPEC.md section")
-    write(f"target {run.endpoint} ({run.kind}), protocol {run.profile.name}")
+    forced = " (forced by --proto)" if run.config.getoption("--proto") and run.kind == "external" else ""
+    write(f"target {run.endpoint} ({run.kind}): reports protocol {run.reported}, spoken {run.profile.name}{forced}")
+    write(f"levels: MUST{' + SHOULD' if run.config.getoption('--level') == 'should' else ''}; destructive cases "
+          f"{'included' if run.config.getoption('--destructive') or run.started else 'skipped (--destructive)'}")
     columns = ("passed", "failed", "xfailed", "xpassed", "skipped")
     write(f"{'section':32s}" + "".join(f"{c:>9s}" for c in columns))
     for section in sorted(run.results, key=lambda s: int(s)):

@@ -1,6 +1,6 @@
 """Every registered case, parametrized with its SPEC.md section in the id."""
 
-from conformance.runner import run_case
+from ggml_rpc_spec.conformance.runner import run_case
 
 
 def test_case(check, conformance, request):

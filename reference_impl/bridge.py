@@ -18,11 +18,11 @@ import logging
 import socket
 import time
 
-from protocol import CLOSED, NEED_DATA, ReplyParser, RequestParser
-from protocol.bridge import BridgeConnection, Translation, Untranslatable
-from protocol.errors import ProtocolError
-from protocol.framing import hello_shapes
-from protocol.trace import encode_trace
+from ggml_rpc_spec.protocol import CLOSED, NEED_DATA, ReplyParser, RequestParser
+from ggml_rpc_spec.protocol.bridge import BridgeConnection, Translation, Untranslatable
+from ggml_rpc_spec.protocol.errors import ProtocolError
+from ggml_rpc_spec.protocol.framing import hello_shapes
+from ggml_rpc_spec.protocol.trace import encode_trace
 
 from .client import RPCClient, ServerClosed
 from .netio import ThreadedTCPService, receive_into, send_all

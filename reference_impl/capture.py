@@ -27,8 +27,8 @@ from pathlib import Path
 
 import dpkt
 
-from protocol.session import decode_connection
-from protocol.trace import CLIENT, SERVER, Trace, frame_records
+from ggml_rpc_spec.protocol.session import decode_connection
+from ggml_rpc_spec.protocol.trace import CLIENT, SERVER, Trace, frame_records
 
 HELLO = 14
 MAX_STREAM = 1 << 36  # a sequence-number jump beyond this is a different connection (or garbage)
@@ -248,7 +248,7 @@ def _chunks(data: bytes, times, direction: int, t0: float) -> list[tuple[int, fl
 
 def import_capture(path: Path, port: int, out: Path, *, log=print) -> list[Imported]:
     """Write one trace per connection of the capture into `out`; what went into each."""
-    from protocol.trace import encode_trace
+    from ggml_rpc_spec.protocol.trace import encode_trace
 
     out.mkdir(parents=True, exist_ok=True)
     results = []

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from protocol.errors import ProtocolError
+from ggml_rpc_spec.protocol.errors import ProtocolError
 
 from .client import RPCClient, ServerClosed
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from construct import Container
 
-from protocol import (
+from ggml_rpc_spec.protocol import (
     CLOSED,
     NEED_DATA,
     NEWEST,
@@ -33,12 +33,12 @@ from protocol import (
     message_spec,
     profile_for,
 )
-from protocol.errors import LocalProtocolError, PeerClosed, ProtocolError, RemoteProtocolError, UnsupportedVersion
-from protocol.ggml import ELEMENT_DTYPES, TYPE_BY_NAME, TYPE_OF_DTYPE, TensorType, nbytes
-from protocol.hashing import fnv1a64
-from protocol.messages import CONN_CAPS_SIZE, HASH_THRESHOLD, device_fields
-from protocol.tensor import contiguous_strides
-from protocol.versions import HELLO_PROBES, Profile
+from ggml_rpc_spec.protocol.errors import LocalProtocolError, PeerClosed, ProtocolError, RemoteProtocolError, UnsupportedVersion
+from ggml_rpc_spec.protocol.ggml import ELEMENT_DTYPES, TYPE_BY_NAME, TYPE_OF_DTYPE, TensorType, nbytes
+from ggml_rpc_spec.protocol.hashing import fnv1a64
+from ggml_rpc_spec.protocol.messages import CONN_CAPS_SIZE, HASH_THRESHOLD, device_fields
+from ggml_rpc_spec.protocol.tensor import contiguous_strides
+from ggml_rpc_spec.protocol.versions import HELLO_PROBES, Profile
 
 from .netio import DEFAULT_POLL, receive_into, send_all
 

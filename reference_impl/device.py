@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from protocol.rules import BufferInfo
+from ggml_rpc_spec.protocol.rules import BufferInfo
 
 ALIGNMENT = 32
 MAX_SIZE = 2**64 - 1  # like upstream's CPU device: one buffer may take all memory

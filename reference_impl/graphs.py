@@ -17,12 +17,12 @@ from __future__ import annotations
 import numpy as np
 from construct import Container
 
-from protocol import Graph, make_tensor
-from protocol.ggml import ELEMENT_DTYPES, MAX_OP_PARAMS, MAX_SRC, TYPE_BY_NAME, TYPE_OF_DTYPE, nbytes
-from protocol.graph import tensors_from_containers
-from protocol.ops import spec_for
-from protocol.tensor import contiguous_strides
-from protocol.versions import Profile
+from ggml_rpc_spec.protocol import Graph, make_tensor
+from ggml_rpc_spec.protocol.ggml import ELEMENT_DTYPES, MAX_OP_PARAMS, MAX_SRC, TYPE_BY_NAME, TYPE_OF_DTYPE, nbytes
+from ggml_rpc_spec.protocol.graph import tensors_from_containers
+from ggml_rpc_spec.protocol.ops import spec_for
+from ggml_rpc_spec.protocol.tensor import contiguous_strides
+from ggml_rpc_spec.protocol.versions import Profile
 
 ROPE_NORMAL, ROPE_NEOX = 0, 2
 

@@ -14,8 +14,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from protocol.session import decode_connection
-from protocol.trace import CLIENT, SERVER, Trace, encode_trace, frame_records
+from ggml_rpc_spec.protocol.session import decode_connection
+from ggml_rpc_spec.protocol.trace import CLIENT, SERVER, Trace, encode_trace, frame_records
 
 from .netio import ThreadedTCPService
 
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .client import parse_endpoint
 
-    from protocol.versions import HELLO_PROBES
+    from ggml_rpc_spec.protocol.versions import HELLO_PROBES
 
     parser = argparse.ArgumentParser(prog="ggml-rpc-proxy",
                                      description="Transparent recording proxy for GGML RPC: forwards every byte "
@@ -201,8 +201,8 @@ def _run_bridge(args, listen, upstream, folder, parser) -> int:
     import signal
     import sys
 
-    from protocol.framing import hello_shapes
-    from protocol.versions import HELLO_PROBES, UnsupportedVersion, profile_for
+    from ggml_rpc_spec.protocol.framing import hello_shapes
+    from ggml_rpc_spec.protocol.versions import HELLO_PROBES, UnsupportedVersion, profile_for
 
     from .bridge import BridgeServer
 

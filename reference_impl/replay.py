@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protocol import Command, message_spec
-from protocol.errors import ProtocolError
-from protocol.ggml import ELEMENT_DTYPES, nbytes_array
-from protocol.ops import CATALOGUE
-from protocol.relocate import RelocationError, Relocator
-from protocol.trace import Trace
+from ggml_rpc_spec.protocol import Command, message_spec
+from ggml_rpc_spec.protocol.errors import ProtocolError
+from ggml_rpc_spec.protocol.ggml import ELEMENT_DTYPES, nbytes_array
+from ggml_rpc_spec.protocol.ops import CATALOGUE
+from ggml_rpc_spec.protocol.relocate import RelocationError, Relocator
+from ggml_rpc_spec.protocol.trace import Trace
 
 from .client import RPCClient, ServerClosed
 

@@ -23,7 +23,7 @@ import socket
 import sys
 from pathlib import Path
 
-from protocol import (
+from ggml_rpc_spec.protocol import (
     CLOSED,
     Command,
     NEED_DATA,
@@ -33,10 +33,10 @@ from protocol import (
     message_spec,
     profile_for,
 )
-from protocol.framing import hello_shapes, reply_parts
-from protocol.messages import MessageSpec, specs
-from protocol.errors import RemoteProtocolError, UnsupportedVersion
-from protocol.versions import Profile
+from ggml_rpc_spec.protocol.framing import hello_shapes, reply_parts
+from ggml_rpc_spec.protocol.messages import MessageSpec, specs
+from ggml_rpc_spec.protocol.errors import RemoteProtocolError, UnsupportedVersion
+from ggml_rpc_spec.protocol.versions import Profile
 
 from .device import make_devices
 from .netio import DEFAULT_POLL, ThreadedTCPService, receive_into, send_all

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 from construct import Container
 
-from protocol import Command, Graph, Request, message_spec
-from protocol.ggml import nbytes
-from protocol.hashing import cache_name, fnv1a64
-from protocol.messages import CONN_CAPS_SIZE, HASH_THRESHOLD
-from protocol.rules import BufferInfo, as_error, request_checks, sized_violation
-from protocol.versions import Profile
+from ggml_rpc_spec.protocol import Command, Graph, Request, message_spec
+from ggml_rpc_spec.protocol.ggml import nbytes
+from ggml_rpc_spec.protocol.hashing import cache_name, fnv1a64
+from ggml_rpc_spec.protocol.messages import CONN_CAPS_SIZE, HASH_THRESHOLD
+from ggml_rpc_spec.protocol.rules import BufferInfo, as_error, request_checks, sized_violation
+from ggml_rpc_spec.protocol.versions import Profile
 
 from .device import Buffer, Device
 from .executor import DequantCache, ExecContext, GraphPlan, plan_graph

@@ -14,8 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from protocol.errors import ProtocolError
-from protocol.trace import Trace, TraceError, decode_trace
+from ggml_rpc_spec.protocol.errors import ProtocolError
+from ggml_rpc_spec.protocol.trace import Trace, TraceError, decode_trace
 
 from .client import ServerClosed
 from .replay import DIFFERS, TOLERANCE, passed, replay

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from protocol import Command, decode_name, message_spec
-from protocol.session import DecodedSession
-from protocol.trace import CLIENT, SERVER, StreamClock, Trace
+from ggml_rpc_spec.protocol import Command, decode_name, message_spec
+from ggml_rpc_spec.protocol.session import DecodedSession
+from ggml_rpc_spec.protocol.trace import CLIENT, SERVER, StreamClock, Trace
 
 
 def decode(trace: Trace) -> tuple[DecodedSession, list[dict]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from protocol import Command
+from ggml_rpc_spec.protocol import Command
 
 X = np.arange(32, dtype=np.float32)  # x: F32 [8, 4] at offset 0
 Y = X[::-1].copy()  # y: F32 [8, 4] at offset 256

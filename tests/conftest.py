@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from protocol import profile_for
-from upstream_peers.models import write_tiny_llama, write_tiny_mamba
-from upstream_peers import find_built, peer_for
-from upstream_peers.server import UpstreamServer
+from ggml_rpc_spec.protocol import profile_for
+from ggml_rpc_spec.upstream_peers.models import write_tiny_llama, write_tiny_mamba
+from ggml_rpc_spec.upstream_peers import find_built, peer_for
+from ggml_rpc_spec.upstream_peers.server import UpstreamServer
 
 REQUIRE_PEERS = os.environ.get("GGML_RPC_REQUIRE_PEERS") == "1"
 CI_RELEASES = ("0.3.20", "0.3.36")  # protocol 3.6.1 and 7.0.0
@@ -21,7 +21,7 @@ def require_peer(release: str):
     peer = peer_for(release)
     if find_built(peer) is None:
         message = (f"upstream peer {release} (protocol {peer.protocol}) is not built; "
-                   f"run: python -m upstream_peers build {release}")
+                   f"run: ggml-rpc-peers build {release}")
         if REQUIRE_PEERS:
             pytest.fail(message)
         pytest.skip(message)
@@ -62,7 +62,7 @@ def tiny_models(tmp_path_factory):
 def reference_server():
     """reference_server(proto="3.6", **options) -> a started in-process ReferenceServer on
     127.0.0.1 and a free port; every server started is shut down after the test."""
-    from reference_impl.server import ReferenceServer
+    from ggml_rpc_spec.reference_impl.server import ReferenceServer
 
     started = []
 

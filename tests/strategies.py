@@ -6,7 +6,7 @@ import numpy as np
 from construct import Array, Bytes, Container, FormatField, Renamed, Struct
 from hypothesis import strategies as st
 
-from protocol import RPC_TENSOR_DTYPE, Graph
+from ggml_rpc_spec.protocol import RPC_TENSOR_DTYPE, Graph
 
 _RANGES = {"Q": (0, 2**64 - 1), "L": (0, 2**32 - 1), "l": (-(2**31), 2**31 - 1), "B": (0, 255)}
 

@@ -1,9 +1,9 @@
 """Upstream's own op test program judges our GRAPH_COMPUTE arithmetic, op by op.
 
-`test-backend-ops` of each CI peer (built by `python -m upstream_peers build`) runs a sample of
+`test-backend-ops` of each CI peer (built by `ggml-rpc-peers build`) runs a sample of
 every op's cases against the reference server and compares each result with ggml's CPU
 backend within the program's own error bounds; every case must pass (no wrong result, no
-refusal).  The full sweep is a command (README): `python -m upstream_peers backend-ops
+refusal).  The full sweep is a command (README): `ggml-rpc-peers backend-ops
 --target HOST:PORT`.
 
 While the sample runs, every kernel builds and runs on recording tensors, so the same sweep
@@ -18,10 +18,10 @@ from collections import defaultdict
 import pytest
 
 from conftest import CI_RELEASES, require_peer
-from reference_impl.executor import plan as plan_module
-from reference_impl.executor.registry import KERNELS
-from reference_impl.executor.tensors import TensorRef
-from upstream_peers.backend_ops import Judge, table
+from ggml_rpc_spec.reference_impl.executor import plan as plan_module
+from ggml_rpc_spec.reference_impl.executor.registry import KERNELS
+from ggml_rpc_spec.reference_impl.executor.tensors import TensorRef
+from ggml_rpc_spec.upstream_peers.backend_ops import Judge, table
 
 pytestmark = pytest.mark.upstream
 
@@ -83,7 +83,7 @@ def test_every_op_passes_upstreams_op_tests(release, reference_server, recording
 
 
 def _spread(cases: list[str]) -> list[str]:
-    from upstream_peers.backend_ops import sample
+    from ggml_rpc_spec.upstream_peers.backend_ops import sample
 
     return sample(cases, SAMPLE)
 

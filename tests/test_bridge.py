@@ -11,14 +11,14 @@ import pytest
 
 import golden as G
 from conftest import CI_RELEASES, V36, V70, require_peer
-from protocol import Command, Graph, RequestParser, make_tensor, profile_for
-from protocol.bridge import BridgeConnection, Translation, Untranslatable
-from protocol.framing import NEED_DATA, ReplyParser
-from protocol.graph import tensors_from_containers
-from protocol.tensor import RPC_TENSOR_DTYPE
-from reference_impl.graphs import params
-from upstream_peers.llama_run import run_llama
-from upstream_peers.server import UpstreamServer
+from ggml_rpc_spec.protocol import Command, Graph, RequestParser, make_tensor, profile_for
+from ggml_rpc_spec.protocol.bridge import BridgeConnection, Translation, Untranslatable
+from ggml_rpc_spec.protocol.framing import NEED_DATA, ReplyParser
+from ggml_rpc_spec.protocol.graph import tensors_from_containers
+from ggml_rpc_spec.protocol.tensor import RPC_TENSOR_DTYPE
+from ggml_rpc_spec.reference_impl.graphs import params
+from ggml_rpc_spec.upstream_peers.llama_run import run_llama
+from ggml_rpc_spec.upstream_peers.server import UpstreamServer
 
 V20 = profile_for("2.0.0")
 TEXT = "The quick brown fox jumps over the lazy dog. In the end, the dog and the fox are friends."
@@ -114,8 +114,8 @@ PAIRS = [("0.3.20", "0.3.36"), ("0.3.36", "0.3.20")]  # (client release, server 
 def test_real_clients_use_a_real_server_of_another_version(client, server, tiny_models, upstream_server, tmp_path):
     """The tiny model through the bridge gives the logits llama.cpp computes on its own CPU
     (the server computes with the same ggml), and both sides are recorded."""
-    from reference_impl.bridge import BridgeServer
-    from reference_impl.client import parse_endpoint
+    from ggml_rpc_spec.reference_impl.bridge import BridgeServer
+    from ggml_rpc_spec.reference_impl.client import parse_endpoint
 
     client_peer, server_peer = require_peer(client), require_peer(server)
     target = upstream_server(server)

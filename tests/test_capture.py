@@ -17,8 +17,8 @@ import dpkt
 import pytest
 
 from conftest import CI_RELEASES, REQUIRE_PEERS, require_peer
-from protocol.trace import decode_trace, encode_trace
-from reference_impl.capture import export_capture, import_capture
+from ggml_rpc_spec.protocol.trace import decode_trace, encode_trace
+from ggml_rpc_spec.reference_impl.capture import export_capture, import_capture
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = sorted((ROOT / "fixtures").glob("*/*.ggmlrpc"))
@@ -103,7 +103,7 @@ def test_bytes_the_capture_did_not_keep_are_named_by_frame(tmp_path):
 
 def test_import_errors_are_one_line(tmp_path):
     (tmp_path / "junk.pcap").write_bytes(b"not a capture at all")
-    result = subprocess.run([sys.executable, "-m", "reference_impl.trace_cli", "import", str(tmp_path / "junk.pcap"),
+    result = subprocess.run([sys.executable, "-m", "ggml_rpc_spec.reference_impl.trace_cli", "import", str(tmp_path / "junk.pcap"),
                              "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 1 and "Traceback" not in result.stderr and "junk.pcap" in result.stderr
 
@@ -144,9 +144,9 @@ def test_a_real_session_captured_imports_as_the_proxy_recorded_it(release, tmp_p
     while tcpdump captures the proxy's side: the imported capture equals the proxy's traces,
     replays green against the reference server, and tshark with the generated dissector
     decodes every frame with its command and no error."""
-    from reference_impl.client import parse_endpoint
-    from reference_impl.proxy import RecordingProxy, to_trace
-    from upstream_peers.llama_run import run_llama
+    from ggml_rpc_spec.reference_impl.client import parse_endpoint
+    from ggml_rpc_spec.reference_impl.proxy import RecordingProxy, to_trace
+    from ggml_rpc_spec.upstream_peers.llama_run import run_llama
 
     tshark = require_tool("tshark")
     peer = require_peer(release)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import golden as G
 from conftest import V36, V70
-from protocol import (
+from ggml_rpc_spec.protocol import (
     CLOSED,
     NEED_DATA,
     Command,
@@ -36,8 +36,8 @@ def session(profile=V36) -> bytes:
     if profile.set_tensor == "cache_flag":
         set_body["cache_flag"] = 0
     hello = {"conn_caps": bytes(24)} if profile.hello == "caps" else None
-    from protocol import Graph
-    from protocol.graph import tensors_from_containers
+    from ggml_rpc_spec.protocol import Graph
+    from ggml_rpc_spec.protocol.graph import tensors_from_containers
 
     graph = Graph(np.array([1], dtype="<u8"), tensors_from_containers(profile, [tensor]))
     return b"".join([

@@ -9,7 +9,7 @@ import pytest
 
 import golden as G
 from conftest import V36, V70
-from protocol import (
+from ggml_rpc_spec.protocol import (
     Command,
     Graph,
     ReplyParser,
@@ -18,7 +18,7 @@ from protocol import (
     build_request,
     make_tensor,
 )
-from protocol.graph import tensors_from_containers
+from ggml_rpc_spec.protocol.graph import tensors_from_containers
 
 
 TENSOR_FIELDS = dict(id=0x7F00_5566_0000, type=8, buffer=0x55AA_0000_1000, ne=[64, 2, 1, 1], nb=[34, 68, 136, 136],
@@ -147,7 +147,7 @@ def test_reply_bytes_and_parse(profile, row):
 @pytest.mark.parametrize("profile,command", [(p, r[0]) for p, r in ALL if r[5] is None],
                          ids=[i for i, (p, r) in zip(IDS, ALL) if r[5] is None])
 def test_one_way_commands_have_no_reply(profile, command):
-    from protocol import LocalProtocolError
+    from ggml_rpc_spec.protocol import LocalProtocolError
 
     with pytest.raises(LocalProtocolError, match="one-way"):
         build_reply(profile, command)

@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import RPC_TENSOR_DTYPE, Graph, decode_graph, encode_graph, profile_for
-from protocol.graph import graph_tail_schema, id_rows
+from ggml_rpc_spec.protocol import RPC_TENSOR_DTYPE, Graph, decode_graph, encode_graph, profile_for
+from ggml_rpc_spec.protocol.graph import graph_tail_schema, id_rows
 from conftest import V36, V70
 from strategies import graphs
 

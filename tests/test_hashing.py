@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from protocol.hashing import fnv1a64, fnv1a64_reference
+from ggml_rpc_spec.protocol.hashing import fnv1a64, fnv1a64_reference
 
 
 def test_known_vectors():

@@ -5,7 +5,7 @@ CI runs protocol 3.6.1 and 7.0.0.  Every built peer of real-peers.md (2.0.0, 3.6
 
     GGML_RPC_INTEROP=all pytest tests/test_interop.py
 
-(build them first: python -m upstream_peers build 0.3.16 0.3.20 0.3.25 0.3.35 0.3.36).
+(build them first: ggml-rpc-peers build 0.3.16 0.3.20 0.3.25 0.3.35 0.3.36).
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ import pytest
 
 from client_steps import X, labelled, session_steps
 from conftest import CI_RELEASES, require_peer
-from protocol import Command, profile_for
-from protocol.ggml import TYPES, nbytes
-from protocol.hashing import fnv1a64
-from protocol.tensor import contiguous_strides
-from reference_impl.client import RPCClient
-from upstream_peers.catalog import PEERS
-from upstream_peers.client import run_client
-from upstream_peers.server import UpstreamServer
+from ggml_rpc_spec.protocol import Command, profile_for
+from ggml_rpc_spec.protocol.ggml import TYPES, nbytes
+from ggml_rpc_spec.protocol.hashing import fnv1a64
+from ggml_rpc_spec.protocol.tensor import contiguous_strides
+from ggml_rpc_spec.reference_impl.client import RPCClient
+from ggml_rpc_spec.upstream_peers.catalog import PEERS
+from ggml_rpc_spec.upstream_peers.client import run_client
+from ggml_rpc_spec.upstream_peers.server import UpstreamServer
 
 pytestmark = pytest.mark.upstream
 

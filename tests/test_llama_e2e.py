@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import CI_RELEASES, require_peer
-from protocol import profile_for
-from upstream_peers.llama_run import run_llama
+from ggml_rpc_spec.protocol import profile_for
+from ggml_rpc_spec.upstream_peers.llama_run import run_llama
 
 pytestmark = pytest.mark.upstream
 
@@ -91,7 +91,7 @@ def test_a_model_split_across_two_servers(release, reference_server, tiny_models
     sources), which a server must serve as upstream does (SPEC §4.1, rule tensor.foreign)."""
     from collections import Counter
 
-    from reference_impl.session import Session
+    from ggml_rpc_spec.reference_impl.session import Session
 
     graphs = Counter()
 

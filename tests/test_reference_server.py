@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conformance.hostile import CASES, SURVIVAL_CASES
-from conformance.probe import ANSWERED, CLOSED, Probe
-from protocol import PROFILES, Command, profile_for
-from protocol.hashing import fnv1a64
-from protocol.ops import spec_for
-from reference_impl.client import RPCClient, ServerClosed
-from reference_impl.netio import DEFAULT_POLL
-from reference_impl.server import ReferenceServer, build_parser
+from ggml_rpc_spec.conformance.hostile import CASES, SURVIVAL_CASES
+from ggml_rpc_spec.conformance.probe import ANSWERED, CLOSED, Probe
+from ggml_rpc_spec.protocol import PROFILES, Command, profile_for
+from ggml_rpc_spec.protocol.hashing import fnv1a64
+from ggml_rpc_spec.protocol.ops import spec_for
+from ggml_rpc_spec.reference_impl.client import RPCClient, ServerClosed
+from ggml_rpc_spec.reference_impl.netio import DEFAULT_POLL
+from ggml_rpc_spec.reference_impl.server import ReferenceServer, build_parser
 
 MAIN = ["3.6.1", "7.0.0"]
 
@@ -205,7 +205,7 @@ def test_hash_cache(reference_server, tmp_path, proto):
 
 def run_cli_server(*args, log, timeout=30):
     """The console script in a child process logging to `log`; returns (process, endpoint)."""
-    proc = subprocess.Popen([sys.executable, "-m", "reference_impl.server", "--port", "0", *args],
+    proc = subprocess.Popen([sys.executable, "-m", "ggml_rpc_spec.reference_impl.server", "--port", "0", *args],
                             stdout=subprocess.PIPE, stderr=log, text=True)
     deadline = time.monotonic() + timeout
     for line in proc.stdout:
@@ -260,19 +260,19 @@ def test_memory_does_not_grow_over_1000_connections(tmp_path):
 
 
 def test_non_loopback_bind_warns():
-    from reference_impl.server import exposure_warning
+    from ggml_rpc_spec.reference_impl.server import exposure_warning
 
     assert exposure_warning("127.0.0.1") is None and exposure_warning("localhost") is None
     assert "Never expose" in exposure_warning("0.0.0.0")
 
 
 def test_cli_help_and_bad_arguments():
-    out = subprocess.run([sys.executable, "-m", "reference_impl.server", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "ggml_rpc_spec.reference_impl.server", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--proto" in out.stdout and "--cache-dir" in out.stdout and "--mem" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "reference_impl.server", "--proto", "6.1"], capture_output=True,
+    bad = subprocess.run([sys.executable, "-m", "ggml_rpc_spec.reference_impl.server", "--proto", "6.1"], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "no supported version 6.1.x; supported: 2.0.0" in bad.stderr
-    bad = subprocess.run([sys.executable, "-m", "reference_impl.server", "--mem", "lots"], capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", "ggml_rpc_spec.reference_impl.server", "--mem", "lots"], capture_output=True, text=True)
     assert bad.returncode == 2 and "not a size" in bad.stderr
 
 

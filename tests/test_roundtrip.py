@@ -8,9 +8,9 @@ from construct import ConstructError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import PROFILES, Command, ReplyParser, RequestParser, build_reply, build_request, message_spec
-from protocol.errors import LocalProtocolError
-from protocol.framing import _codec, build_fixed
+from ggml_rpc_spec.protocol import PROFILES, Command, ReplyParser, RequestParser, build_reply, build_request, message_spec
+from ggml_rpc_spec.protocol.errors import LocalProtocolError
+from ggml_rpc_spec.protocol.framing import _codec, build_fixed
 from strategies import for_schema, graphs
 
 PAIRS = [(p, c) for p in PROFILES for c in p.commands]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from protocol.rules import RULES
+from ggml_rpc_spec.protocol.rules import RULES
 from tools.generate_spec import SPEC, render
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import V70
-from protocol import RPC_TENSOR_DTYPE, Graph
-from reference_impl.executor.stepkeys import StepKeys, key_layout
+from ggml_rpc_spec.protocol import RPC_TENSOR_DTYPE, Graph
+from ggml_rpc_spec.reference_impl.executor.stepkeys import StepKeys, key_layout
 
 DTYPE = RPC_TENSOR_DTYPE[V70.tensor]
 

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import golden as G
-from protocol import RPC_TENSOR, RPC_TENSOR_DTYPE, RPC_TENSOR_SIZE, TYPES, decode_name, encode_name, nbytes
-from protocol.ggml import GGML_RELEASES, NBYTES_OVERFLOW, nbytes_array
+from ggml_rpc_spec.protocol import RPC_TENSOR, RPC_TENSOR_DTYPE, RPC_TENSOR_SIZE, TYPES, decode_name, encode_name, nbytes
+from ggml_rpc_spec.protocol.ggml import GGML_RELEASES, NBYTES_OVERFLOW, nbytes_array
 from strategies import for_schema
 
 

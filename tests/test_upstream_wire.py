@@ -11,12 +11,12 @@ import pytest
 
 from client_steps import X, Y, labelled, session_steps
 from conftest import CI_RELEASES, require_peer
-from protocol import Command, decode_name, make_tensor, profile_for
-from protocol.graph import decode_graph
-from protocol.session import decode_connection
-from reference_impl.proxy import RecordingProxy
-from upstream_peers.client import run_client
-from upstream_peers.llama_run import run_llama
+from ggml_rpc_spec.protocol import Command, decode_name, make_tensor, profile_for
+from ggml_rpc_spec.protocol.graph import decode_graph
+from ggml_rpc_spec.protocol.session import decode_connection
+from ggml_rpc_spec.reference_impl.proxy import RecordingProxy
+from ggml_rpc_spec.upstream_peers.client import run_client
+from ggml_rpc_spec.upstream_peers.llama_run import run_llama
 from wire import Wire
 
 pytestmark = pytest.mark.upstream

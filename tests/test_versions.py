@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocol import PROFILES, Command, UnsupportedVersion, message_spec, parse_version, profile_for
+from ggml_rpc_spec.protocol import PROFILES, Command, UnsupportedVersion, message_spec, parse_version, profile_for
 
 
 def test_lookup():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 
-from protocol import NEED_DATA, ReplyParser, encode_request, message_spec
+from ggml_rpc_spec.protocol import NEED_DATA, ReplyParser, encode_request, message_spec
 
 
 class Wire:

@@ -21,12 +21,12 @@ from construct import Array, Bytes, FormatField, Rebuild, Renamed, Struct
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from protocol.commands import Command  # noqa: E402
-from protocol.ggml import GGML_RELEASES, TYPES  # noqa: E402
-from protocol.messages import message_spec  # noqa: E402
-from protocol.rules import BY_KEY  # noqa: E402
-from protocol.tensor import RPC_TENSOR, RPC_TENSOR_SIZE  # noqa: E402
-from protocol.versions import PROFILES  # noqa: E402
+from ggml_rpc_spec.protocol.commands import Command  # noqa: E402
+from ggml_rpc_spec.protocol.ggml import GGML_RELEASES, TYPES  # noqa: E402
+from ggml_rpc_spec.protocol.messages import message_spec  # noqa: E402
+from ggml_rpc_spec.protocol.rules import BY_KEY  # noqa: E402
+from ggml_rpc_spec.protocol.tensor import RPC_TENSOR, RPC_TENSOR_SIZE  # noqa: E402
+from ggml_rpc_spec.protocol.versions import PROFILES  # noqa: E402
 
 TEMPLATE = ROOT / "tools" / "dissector.lua.in"
 OUTPUT = ROOT / "wireshark" / "ggml_rpc.lua"

@@ -17,14 +17,14 @@ from pathlib import Path
 
 from construct import Array, Bytes, FormatField, Rebuild, Renamed, Struct
 
-from protocol.commands import Command
-from protocol.ggml import GGML_RELEASES, TYPES
-from protocol.messages import message_spec
-from protocol.ops import CATALOGUE, OpSpec, Param, since
-from protocol.rules import RULES
-from protocol.tensor import RPC_TENSOR
-from protocol.trace import PREAMBLE, RECORD_HEAD
-from protocol.versions import PROFILES, Profile
+from ggml_rpc_spec.protocol.commands import Command
+from ggml_rpc_spec.protocol.ggml import GGML_RELEASES, TYPES
+from ggml_rpc_spec.protocol.messages import message_spec
+from ggml_rpc_spec.protocol.ops import CATALOGUE, OpSpec, Param, since
+from ggml_rpc_spec.protocol.rules import RULES
+from ggml_rpc_spec.protocol.tensor import RPC_TENSOR
+from ggml_rpc_spec.protocol.trace import PREAMBLE, RECORD_HEAD
+from ggml_rpc_spec.protocol.versions import PROFILES, Profile
 
 SPEC = Path(__file__).resolve().parent.parent / "SPEC.md"
 BLOCK = re.compile(r"(<!-- BEGIN GENERATED (\S+) -->\n)(.*?)(<!-- END GENERATED \2 -->)", re.S)
@@ -151,7 +151,7 @@ def rpc_tensor_block() -> str:
 
 
 def graph_block() -> str:
-    from protocol.graph import graph_tail_schema
+    from ggml_rpc_spec.protocol.graph import graph_tail_schema
 
     lines = ["| field | type | bytes | meaning |", "|---|---|---:|---|"]
     meaning = {"n_nodes": "number of node ids", "nodes": "ids of the tensors to compute, in order",

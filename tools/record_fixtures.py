@@ -22,14 +22,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from client_steps import session_steps  # noqa: E402
-from protocol import profile_for  # noqa: E402
-from protocol.trace import encode_trace  # noqa: E402
-from reference_impl.proxy import RecordingProxy, to_trace  # noqa: E402
-from upstream_peers.models import write_tiny_llama  # noqa: E402
-from upstream_peers import ensure_built, peer_for  # noqa: E402
-from upstream_peers.client import run_client  # noqa: E402
-from upstream_peers.llama_run import run_llama  # noqa: E402
-from upstream_peers.server import UpstreamServer  # noqa: E402
+from ggml_rpc_spec.protocol import profile_for  # noqa: E402
+from ggml_rpc_spec.protocol.trace import encode_trace  # noqa: E402
+from ggml_rpc_spec.reference_impl.proxy import RecordingProxy, to_trace  # noqa: E402
+from ggml_rpc_spec.upstream_peers.models import write_tiny_llama  # noqa: E402
+from ggml_rpc_spec.upstream_peers import ensure_built, peer_for  # noqa: E402
+from ggml_rpc_spec.upstream_peers.client import run_client  # noqa: E402
+from ggml_rpc_spec.upstream_peers.llama_run import run_llama  # noqa: E402
+from ggml_rpc_spec.upstream_peers.server import UpstreamServer  # noqa: E402
 
 FIXTURES = ROOT / "fixtures"
 RELEASES = ("0.3.20", "0.3.36")

@@ -1,6 +1,7 @@
-"""python -m upstream_peers build PEER...              build real peers (release or protocol version)
-python -m upstream_peers backend-ops --target H:P   judge a server with upstream's test-backend-ops
-                                                    (--help for its options)"""
+"""ggml-rpc-peers build PEER...            build real peers (release or protocol version)
+ggml-rpc-peers backend-ops --target H:P  judge a server with upstream's test-backend-ops
+                                         (--help for its options)
+(also: python -m ggml_rpc_spec.upstream_peers ...)"""
 
 import sys
 

@@ -1,6 +1,6 @@
 """Upstream's own op test program, `test-backend-ops`, as the judge of GRAPH_COMPUTE.
 
-    python -m upstream_peers backend-ops --target HOST:PORT [--op OP ...] [--peer 0.3.36]
+    ggml-rpc-peers backend-ops --target HOST:PORT [--op OP ...] [--peer 0.3.36]
                                          [--sample N] [--json FILE] [--timeout SECONDS]
 
 `test-backend-ops` (vendored in each llama-cpp-python sdist) builds thousands of small
@@ -127,8 +127,8 @@ def ensure_program(peer: Peer, *, log=print) -> Path:
 def fused_names(source: str, peer: Peer) -> list[str]:
     """Names of the program's fused-graph cases (see FUSED_NAME); a name may turn out to have
     no cases in test mode (it is then left out of the results)."""
-    from protocol.ggml import GGML_RELEASES
-    from protocol.versions import profile_for
+    from ggml_rpc_spec.protocol.ggml import GGML_RELEASES
+    from ggml_rpc_spec.protocol.versions import profile_for
 
     unary = GGML_RELEASES[profile_for(peer.protocol).ggml_release].unary_ops
     names = {name for body in FUSED_BODY.findall(source) if "return" in body for name in FUSED_NAME.findall(body)}
@@ -325,7 +325,7 @@ def report(results: list[OpResult], peer: Peer, target: str) -> dict:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m upstream_peers backend-ops",
+        prog="ggml-rpc-peers backend-ops",
         description="Run upstream's test-backend-ops against a GGML RPC server, one process per op, and "
                     "print a per-op table.  Against the real upstream server every case passes (the baseline).")
     parser.add_argument("--target", required=True, help="HOST:PORT of the RPC server to judge")

@@ -3,7 +3,7 @@ its sdist with the RPC backend on, and upstream's op test program compiled again
 (backend_ops.py).  A finished build is moved into place atomically, so an interrupted build
 never looks finished.
 
-    python -m upstream_peers build 0.3.20 0.3.36     # or protocol versions: 3.6 7.0
+    ggml-rpc-peers build 0.3.20 0.3.36     # or protocol versions: 3.6 7.0
 """
 
 from __future__ import annotations

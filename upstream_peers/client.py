@@ -262,7 +262,7 @@ def run_client(peer: Peer | str, endpoint: str, steps: list[dict], *, timeout: f
     peer = peer_for(peer) if isinstance(peer, str) else peer
     root = Path(__file__).resolve().parent.parent
     job = json.dumps({"peer": peer.release, "endpoint": endpoint, "steps": steps})
-    proc = subprocess.run([sys.executable, "-c", "from upstream_peers.client import _child_main; _child_main()"],
+    proc = subprocess.run([sys.executable, "-c", "from ggml_rpc_spec.upstream_peers.client import _child_main; _child_main()"],
                           input=job, capture_output=True, text=True, timeout=timeout, cwd=root)
     results = []
     for line in proc.stdout.splitlines():

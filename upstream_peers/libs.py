@@ -40,7 +40,7 @@ def load(peer: Peer, *, with_llama: bool = False) -> PeerLibs:
     venv_path = find_built(peer)
     if venv_path is None:
         raise PeerNotBuilt(f"upstream peer {peer.release} (protocol {peer.protocol}) is not built; "
-                           f"run: python -m upstream_peers build {peer.release}")
+                           f"run: ggml-rpc-peers build {peer.release}")
     libs = lib_dir(venv_path)
 
     def open_lib(stem: str) -> ctypes.CDLL:

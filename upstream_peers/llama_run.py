@@ -3,7 +3,7 @@
 Runs inside the peer's own virtualenv (which has llama_cpp), so it imports nothing outside
 the standard library, numpy and llama_cpp:
 
-    <peer venv>/bin/python -m upstream_peers.llama_run MODEL --out result.npz
+    <peer venv>/bin/python .../upstream_peers/llama_run.py MODEL --out result.npz
         [--rpc HOST:PORT] [--text TEXT | --tokens 1,2,3] [--n-batch 512] [--generate N]
 
 With --rpc every layer is offloaded to the RPC server (or, with a comma-separated list as
@@ -126,10 +126,10 @@ def run_llama(peer, model, *, rpc: str | None = None, text: str | None = None, t
     venv = find_built(peer)
     if venv is None:
         raise RuntimeError(f"peer {peer.release} is not built")
-    root = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.npz"
-        cmd = [str(venv / "bin" / "python"), "-m", "upstream_peers.llama_run", str(model), "--out", str(out),
+        # this file runs as a script in the peer's own Python (which has llama_cpp, not this project)
+        cmd = [str(venv / "bin" / "python"), str(Path(__file__).resolve()), str(model), "--out", str(out),
                "--n-batch", str(n_batch), "--n-ctx", str(n_ctx), "--generate", str(generate)]
         if rpc:
             cmd += ["--rpc", rpc]
@@ -137,8 +137,7 @@ def run_llama(peer, model, *, rpc: str | None = None, text: str | None = None, t
             cmd += ["--tokens", ",".join(str(int(t)) for t in tokens)]
         elif text is not None:
             cmd += ["--text", text]
-        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=timeout,
-                              env=dict(os.environ, PYTHONPATH=str(root)))
+        proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0 or not out.exists():
             raise RuntimeError(f"llama.cpp {peer.release} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
         with np.load(out) as data:

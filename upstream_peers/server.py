@@ -1,6 +1,6 @@
 """Run the real upstream RPC server of a built peer, in a process of its own.
 
-    python -m upstream_peers.server --peer 0.3.36 [--host 127.0.0.1] [--port 0] [--cache DIR]
+    python -m ggml_rpc_spec.upstream_peers.server --peer 0.3.36 [--host 127.0.0.1] [--port 0] [--cache DIR]
 
 The upstream server serves forever and aborts the whole process on some hostile inputs,
 so it always runs in a child process.  `UpstreamServer` starts it on port 0 and learns the
@@ -92,16 +92,14 @@ class UpstreamServer:
         return f"{host}:{port}"
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "upstream_peers.server", "--peer", self.peer.release,
+        cmd = [sys.executable, "-m", "ggml_rpc_spec.upstream_peers.server", "--peer", self.peer.release,
                "--host", self.host, "--port", "0", "--devices", str(self.devices)]
         if self.cache_dir:
             cmd += ["--cache", self.cache_dir]
         return cmd
 
     def start(self) -> "UpstreamServer":
-        root = Path(__file__).resolve().parent.parent
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
-        self.process = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.process = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

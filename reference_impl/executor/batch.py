@@ -8,7 +8,7 @@ from functools import partial
 
 import numpy as np
 
-from protocol.ggml import TYPE_BY_NAME
+from ggml_rpc_spec.protocol.ggml import TYPE_BY_NAME
 
 from .registry import Taken
 

@@ -12,8 +12,8 @@ from functools import cached_property
 
 import numpy as np
 
-from protocol.ggml import ELEMENT_DTYPES
-from protocol.graph import distinct
+from ggml_rpc_spec.protocol.ggml import ELEMENT_DTYPES
+from ggml_rpc_spec.protocol.graph import distinct
 
 from .tensors import TensorRef, strided_view
 

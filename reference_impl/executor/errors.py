@@ -11,7 +11,7 @@ class ExecutionError(Exception):
         self.rule = rule
 
     def __str__(self) -> str:
-        from protocol.rules import BY_KEY
+        from ggml_rpc_spec.protocol.rules import BY_KEY
 
         found = BY_KEY.get(self.rule)
         where = f" [{self.rule} §{found.section}]" if found else ""

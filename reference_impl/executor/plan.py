@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protocol.graph import distinct
+from ggml_rpc_spec.protocol.graph import distinct
 
 from .binder import Binder
 from .errors import ExecutionError

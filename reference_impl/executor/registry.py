@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from protocol.ggml import GgmlTables
+from ggml_rpc_spec.protocol.ggml import GgmlTables
 
 from .errors import ExecutionError
 from .tensors import ELEMENT_DTYPES, DequantCache, TensorRef

@@ -17,9 +17,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from protocol.ggml import ELEMENT_DTYPES, TensorType
-from protocol.ops import spec_for
-from protocol.tensor import decode_name
+from ggml_rpc_spec.protocol.ggml import ELEMENT_DTYPES, TensorType
+from ggml_rpc_spec.protocol.ops import spec_for
+from ggml_rpc_spec.protocol.tensor import decode_name
 
 from ..device import Buffer
 from . import quants as block_types

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from protocol.ggml import ELEMENT_DTYPES
-from protocol.tensor import contiguous_strides
+from ggml_rpc_spec.protocol.ggml import ELEMENT_DTYPES
+from ggml_rpc_spec.protocol.tensor import contiguous_strides
 
 from .. import quants
 from ..registry import ExecContext, Step, kernel, readable, require

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from protocol.ops import spec_for
+from ggml_rpc_spec.protocol.ops import spec_for
 
 from ..batch import plain_f32, ufunc_steps
 from ..errors import ExecutionError

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from protocol.ggml import ELEMENT_DTYPES
+from ggml_rpc_spec.protocol.ggml import ELEMENT_DTYPES
 
 from .. import quants
 from ..errors import ExecutionError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from protocol.ops import CATALOGUE
+from ggml_rpc_spec.protocol.ops import CATALOGUE
 
 from ..registry import ExecContext, Taken, batch_kernel, kernel
 from ..tensors import TensorRef

@@ -1,16 +1,25 @@
-"""The conformance suite as a pytest plugin: `pytest conformance --target HOST:PORT`.
+"""The conformance suite as a pytest plugin (entry point `pytest11`), idle unless selected:
 
-Options (also `pytest conformance --help`):
-  --target HOST:PORT   server under test (or $GGML_RPC_TARGET); without one the suite
-                       starts the reference server on a free port
-  --proto VERSION      speak this version instead of the one HELLO reports
-  --device N           device index to use for device-specific cases
-  --strict             (pytest's own flag) also run SHOULD-level cases
-  --destructive        also run cases known to kill vulnerable servers
-  --restart-cmd CMD    shell command that restarts the target after it died
-  --fuzz-examples N    hypothesis examples per fuzz case (0 disables them)
-  --target-has-cache   the target runs with a hash cache directory
-  --trace-dir DIR      where failing exchanges are saved as trace files
+    pytest --pyargs ggml_rpc_spec.conformance --target HOST:PORT [options]
+    ggml-rpc-conformance HOST:PORT [options]                  # the same, from any directory
+
+Options (also `pytest --help`, group "GGML RPC conformance"):
+  --target HOST:PORT      server under test (or $GGML_RPC_TARGET); without one the suite
+                          starts the reference server on a free port
+  --proto VERSION         speak this version instead of the one HELLO reports
+  --device N              device index to use for device-specific cases
+  --level must|should     MUST cases only (default), or SHOULD cases too
+  --destructive           also run cases known to kill vulnerable servers
+  --restart-cmd CMD       shell command that restarts the target after it died
+  --fuzz-examples N       hypothesis examples per fuzz case (0 disables them)
+  --fuzz-seconds S        run the hostile fuzzer for S seconds instead
+  --oracle HOST:PORT      the server differential fuzzing compares the target with
+  --target-has-cache      the target runs with a hash cache directory
+  --trace-dir DIR         where failing exchanges are saved as trace files
+  --conformance-json F    a JSON report; --conformance-html F: a self-contained HTML report
+
+Nothing connects before a case runs: `--help` and `--collect-only` never touch the target,
+and a session that collects no conformance case is left alone.
 """
 
 from __future__ import annotations
@@ -24,26 +33,32 @@ from .report import record, write_reports
 from .runner import Conformance, write_summary
 
 DEFAULT_TRACE_DIR = "conformance-traces"
+LEVELS = ("must", "should")
+_RUN = pytest.StashKey["Conformance"]()
+_ESCAPING = "disable_test_id_escaping_and_forfeit_all_rights_to_community_support"
 
 
 def pytest_addoption(parser):
-    group = parser.getgroup("ggml-rpc conformance", "GGML RPC conformance suite")
+    group = parser.getgroup("ggml-rpc conformance", "GGML RPC conformance suite (pytest --pyargs "
+                                                    "ggml_rpc_spec.conformance)")
     group.addoption("--target", default=os.environ.get("GGML_RPC_TARGET"), metavar="HOST:PORT",
                     help="server under test (default: $GGML_RPC_TARGET, else a reference server started here)")
     group.addoption("--proto", default=None, metavar="VERSION",
                     help="speak this protocol version instead of the one the server's HELLO reports")
     group.addoption("--device", type=int, default=0, metavar="N", help="device index for device-specific cases")
+    group.addoption("--level", choices=LEVELS, default="must",
+                    help="must: MUST-level cases only (default); should: SHOULD-level cases too")
     group.addoption("--destructive", action="store_true",
                     help="also run cases that kill vulnerable servers (pair with --restart-cmd)")
     group.addoption("--restart-cmd", default=None, metavar="CMD",
                     help="shell command that restarts the target after a case killed it")
     group.addoption("--fuzz-examples", type=int, default=25, metavar="N",
                     help="hypothesis examples per fuzz case (default 25, 0 disables)")
+    group.addoption("--fuzz-seconds", type=float, default=0, metavar="SECONDS",
+                    help="run the hostile fuzzer for this long instead of --fuzz-examples examples")
     group.addoption("--oracle", default=None, metavar="HOST:PORT",
                     help="differential fuzzing computes random graphs on the target and on this server (default: "
                          "a reference server started here when the target is another server)")
-    group.addoption("--fuzz-seconds", type=float, default=0, metavar="SECONDS",
-                    help="run the hostile fuzzer for this long instead of --fuzz-examples examples")
     group.addoption("--target-has-cache", action="store_true",
                     help="the target runs with a hash cache directory (enables the cache-hit cases)")
     group.addoption("--case-timeout", type=float, default=10.0, metavar="SECONDS",
@@ -56,37 +71,40 @@ def pytest_addoption(parser):
                     help=f"where failing exchanges are saved as trace files (default {DEFAULT_TRACE_DIR})")
 
 
-def pytest_configure(config):
-    config.conformance = Conformance(config)
+def run_of(config) -> Conformance:
+    """The run's target and bookkeeping, made when the first case needs it."""
+    run = config.stash.get(_RUN, None)
+    if run is None:
+        run = config.stash[_RUN] = Conformance(config)
+    return run
 
 
 def pytest_unconfigure(config):
-    if hasattr(config, "conformance"):
-        config.conformance.close()
-
-
-def pytest_report_header(config):
-    run = getattr(config, "conformance", None)
-    if run is None:
-        return None
-    forced = " (forced by --proto)" if config.getoption("--proto") and run.kind == "external" else ""
-    return [f"conformance target: {run.endpoint} ({run.kind})",
-            f"protocol: server reports {run.reported}; speaking {run.profile.name}{forced}",
-            f"levels: MUST{' + SHOULD (--strict)' if config.getoption('strict') else ''}; destructive cases "
-            f"{'included' if config.getoption('--destructive') else 'skipped (--destructive)'}"]
+    run = config.stash.get(_RUN, None)
+    if run is not None:
+        run.close()
 
 
 def pytest_generate_tests(metafunc):
     if "check" not in metafunc.fixturenames:
         return
-    run = metafunc.config.conformance
-    selected = [c for c in all_checks() if c.applies_to(run.profile)]
-    metafunc.parametrize("check", selected, ids=[c.case_id for c in selected])
+    checks = all_checks()
+    # case ids cite SPEC sections ("§7.2 ..."): shown as written, for these ids only
+    cache = metafunc.config._inicache
+    before = cache.get(_ESCAPING, None)
+    cache[_ESCAPING] = True
+    try:
+        metafunc.parametrize("check", checks, ids=[c.case_id for c in checks])
+    finally:
+        if before is None:
+            cache.pop(_ESCAPING, None)
+        else:
+            cache[_ESCAPING] = before
 
 
 @pytest.fixture
 def conformance(request):
-    return request.config.conformance
+    return run_of(request.config)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -94,7 +112,7 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     check = getattr(getattr(item, "callspec", None), "params", {}).get("check")
-    run = getattr(item.config, "conformance", None)
+    run = item.config.stash.get(_RUN, None)
     if check is None or run is None or not (report.when == "call" or report.skipped):
         return
     case = record(check, report, run.case_traces.get(check.key, []))
@@ -103,7 +121,7 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    run = getattr(config, "conformance", None)
+    run = config.stash.get(_RUN, None)
     if run is not None:
         write_summary(terminalreporter, run)
         for path in write_reports(run, run.records, config.getoption("--conformance-json"),
