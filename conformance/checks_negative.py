@@ -34,7 +34,7 @@ def _serves(case):
 for _case in CASES:
     register(Check(f"rule.{_case.key}", _case.spec_rule.section, f"{_case.title} closes the connection", _closes(_case),
                    level=_case.level, needs=_case.needs, destructive=_case.destructive, advisory=_case.advisory,
-                   harmless_from=_case.harmless_from,
+                   harmless_from=_case.harmless_from, ops=_case.ops, since=_case.since, rule=_case.rule,
                    kind="security" if _case.advisory not in ("protocol",) else "negative"))
 
 for _case in SURVIVAL_CASES:

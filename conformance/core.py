@@ -18,12 +18,24 @@ from ggml_rpc_spec.protocol import Command
 from ggml_rpc_spec.protocol.messages import device_fields
 from ggml_rpc_spec.protocol.rules import MUST, SHOULD
 from ggml_rpc_spec.protocol.trace import CLIENT, SERVER, Trace, encode_trace, frame_records
-from ggml_rpc_spec.protocol.versions import Profile
+from ggml_rpc_spec.protocol.versions import Profile, parse_version
 from ggml_rpc_spec.reference_impl.client import RPCClient
 
 from .probe import ANSWERED, CLOSED, SILENT, Exchange, Probe
 
 __all__ = ["CHECKS", "CaseFailure", "Check", "Context", "MUST", "SHOULD", "check", "require"]
+
+
+def missing_from(profile: Profile, *, needs=(), ops=(), since: str | None = None, protocols=()) -> str:
+    """Why a case needing commands `needs`, graph ops `ops`, protocol `since` or later (or
+    one of `protocols`) cannot run on `profile`'s version ("" when it can)."""
+    if protocols and profile.name not in protocols:
+        return f"only for protocol {', '.join(protocols)}"
+    if since is not None and profile.version < parse_version(since):
+        return f"only from protocol {since} on"
+    missing = [c.name for c in needs if c not in profile.commands]
+    missing += [f"op {op}" for op in ops if op not in profile.ggml.ops]
+    return f"protocol {profile.name} lacks {', '.join(missing)}" if missing else ""
 
 
 @dataclass(frozen=True)
@@ -40,6 +52,8 @@ class Check:
     protocols: tuple[str, ...] = ()  # only for these exact versions (recorded traces); empty: any
     rule: str = ""  # the protocol.rules key this check verifies, when it is one
     harmless_from: tuple[int, int, int] | None = None  # a destructive case that upstream survives from this version
+    ops: tuple[str, ...] = ()  # graph ops the check needs in the version's op table
+    since: str | None = None  # the first protocol version the check applies to
 
     def destroys(self, profile: Profile) -> bool:
         """Whether the case can kill a vulnerable server of `profile`'s version."""
@@ -51,9 +65,11 @@ class Check:
         return f"§{self.section} {self.title}{tag}"
 
     def applies_to(self, profile: Profile) -> bool:
-        if self.protocols and profile.name not in self.protocols:
-            return False
-        return all(command in profile.commands for command in self.needs)
+        return not self.missing_from(profile)
+
+    def missing_from(self, profile: Profile) -> str:
+        """Why the check cannot run on `profile`'s version ("" when it can)."""
+        return missing_from(profile, needs=self.needs, ops=self.ops, since=self.since, protocols=self.protocols)
 
 
 CHECKS: list[Check] = []

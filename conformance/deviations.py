@@ -15,6 +15,13 @@ _ABORTS = {
     "rule.#25289": "llama.cpp #25289: CUSTOM/MAP_CUSTOM ops are not rejected; the server aborts",
     "rule.#26825": "llama.cpp #26825: GET_ROWS indices are checked by GGML_ASSERT; the server aborts",
     "rule.#26912": "llama.cpp #26912: SET_ROWS indices are checked by GGML_ASSERT; the server aborts",
+    "rule.#25765": "llama.cpp #25765: SSM_SCAN state ids are not checked; the server reads far outside the "
+                   "state tensor and crashes",
+    "rule.moe-ids.add-id": "mixture-of-experts ids: ADD_ID checks expert ids with GGML_ASSERT; the server aborts",
+    "rule.moe-ids.mul-mat-id": "mixture-of-experts ids: MUL_MAT_ID checks expert ids with assert() only in debug "
+                               "builds; a release server reads outside the weights and crashes",
+    "rule.get-rows-back.rows": "llama.cpp #26825: GET_ROWS_BACK row indices are checked by GGML_ASSERT; the server "
+                               "aborts",
     "rule.#25764": "llama.cpp #25764: ACC/SET window strides are not validated; the server aborts",
     "rule.upstream-asserts.past-end": "upstream asserts: a tensor past its buffer trips GGML_ASSERT; the server aborts",
     "rule.upstream-asserts.overflow": "upstream asserts: ne/nb overflowing nbytes trip GGML_ASSERT; the server aborts",
@@ -46,8 +53,14 @@ _SHOULDS = {
     "memory_accounting": "upstream's CPU device reports the host's physical memory, not its allocations",
 }
 
+# Requests a vulnerable server answers after corrupting its own memory (it keeps running).
+_CORRUPTS = {
+    "rule.#25704": "llama.cpp #25704: GATED_DELTA_NET's snapshot count is not checked against its result; the "
+                   "server writes the states past it and answers",
+}
+
 DEVIATIONS: dict[str, dict[str, str]] = {
-    "7.0.0": {**_ABORTS, **_SHOULDS},
+    "7.0.0": {**_ABORTS, **_CORRUPTS, **_SHOULDS},
     "3.6.1": {**_ABORTS, **_SHOULDS,
               "rule.GHSA-2phh-px2f-2qmx": "GHSA-2phh-px2f-2qmx: GRAPH_RECOMPUTE after FREE_BUFFER uses freed memory"},
 }

@@ -13,9 +13,13 @@ import struct
 from dataclasses import dataclass
 from typing import Callable
 
+from construct import Container
+
 from ggml_rpc_spec.protocol import Command, build_request
 from ggml_rpc_spec.protocol.ops import spec_for
 from ggml_rpc_spec.protocol.rules import BY_KEY, Rule
+
+from .core import missing_from
 
 C = Command
 
@@ -33,6 +37,8 @@ class HostileCase:
     section: str = ""  # for survival cases; rule cases take their rule's section
     needs_cache: bool = False  # only meaningful against a server known to have a hash cache
     harmless_from: tuple[int, int, int] | None = None  # destructive only for versions before this one
+    ops: tuple[str, ...] = ()  # graph ops the case needs in the version's op table
+    since: str | None = None  # the first protocol version the case applies to
 
     @property
     def level(self) -> str:
@@ -48,7 +54,7 @@ class HostileCase:
         return f"§{section} {self.title} [{self.advisory}]"
 
     def applies_to(self, profile) -> bool:
-        return all(c in profile.commands for c in self.needs)
+        return not missing_from(profile, needs=self.needs, ops=self.ops, since=self.since)
 
 
 def _set(p, tensor, data: bytes, offset: int = 0) -> None:
@@ -183,6 +189,35 @@ def _acc_past_the_end(p) -> None:
     _graph(p, tensors)
 
 
+def _dense(p, offset: int, ne: list[int], *, id: int, name: str, type: int = 0, **fields) -> Container:
+    """A contiguous tensor of 4-byte elements (F32, or I32 with type=26) [ne] at buffer.base + offset."""
+    ne = list(ne) + [1] * (4 - len(ne))
+    nb = [4, 4 * ne[0], 4 * ne[0] * ne[1], 4 * ne[0] * ne[1] * ne[2]]
+    return p.tensor(offset, id=id, name=name, type=type, ne=ne, nb=nb, **fields)
+
+
+def _op_with_ids(p, op: str, sources: list[list[int]], ids: list[int], out: list[int], **fields) -> None:
+    """A graph node `op` over F32 sources of shapes `sources` then an I32 tensor holding `ids`
+    (set before the graph runs), with result shape `out`; tensors lie 256 bytes apart."""
+    tensors = [_dense(p, 256 * i, ne, id=0xA0 + i, name=f"src{i}") for i, ne in enumerate(sources)]
+    index = _dense(p, 256 * len(sources), [len(ids)], id=0xB0, name="ids", type=26)
+    _set(p, index, struct.pack(f"<{len(ids)}i", *ids))
+    src = [t.id for t in tensors] + [index.id]
+    node = _dense(p, 256 * (len(sources) + 1), out, id=0xC0, name="out", op=p.profile.ggml.op_value(op),
+                  src=src + [0] * (10 - len(src)), **fields)
+    _graph(p, [*tensors, index, node])
+
+
+def _gated_delta_net_past_the_result(p) -> None:
+    """GATED_DELTA_NET (S_v = 2, one head, token and sequence) whose snapshot count K = 4096
+    places states far past a result sized for one."""
+    tensors = [_dense(p, 256 * i, ne, id=0xA0 + i, name=name) for i, (name, ne) in enumerate(
+        [("q", [2]), ("k", [2]), ("v", [2]), ("g", [1]), ("beta", [1]), ("state", [2, 2])])]
+    node = _dense(p, 256 * len(tensors), [2, 3], id=0xC0, name="out", op=p.profile.ggml.op_value("GATED_DELTA_NET"),
+                  src=[t.id for t in tensors] + [0] * 4, op_params=spec_for("GATED_DELTA_NET").pack(K=4096))
+    _graph(p, [*tensors, node])
+
+
 CASES: tuple[HostileCase, ...] = (
     # protocol abuse
     HostileCase("protocol.hello-not-first", "hello.first", "first command other than HELLO", "protocol",
@@ -255,6 +290,22 @@ CASES: tuple[HostileCase, ...] = (
                 lambda p: _rows(p, "GET_ROWS", 1_000_000), destructive=True),
     HostileCase("#26912", "exec.rows-in-range", "SET_ROWS with a row index out of range", "llama.cpp #26912",
                 lambda p: _rows(p, "SET_ROWS", -1_000_000), destructive=True),
+    HostileCase("#25765", "exec.state-ids", "SSM_SCAN starting a sequence from state 1000000 of 1",
+                "llama.cpp #25765", lambda p: _op_with_ids(
+                    p, "SSM_SCAN", [[4, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1], [1, 1], [4, 1, 1, 1], [4, 1, 1, 1]],
+                    [1_000_000], [5], op_params=spec_for("SSM_SCAN").pack(K=1)), destructive=True),
+    HostileCase("#25704", "exec.op-params", "GATED_DELTA_NET with a snapshot count past its result",
+                "llama.cpp #25704", _gated_delta_net_past_the_result, destructive=True, ops=("GATED_DELTA_NET",),
+                since=spec_for("GATED_DELTA_NET").param("K").since),
+    HostileCase("moe-ids.add-id", "exec.expert-ids", "ADD_ID choosing expert 1000000 of 2",
+                "mixture-of-experts ids", lambda p: _op_with_ids(p, "ADD_ID", [[4, 2], [4, 2]], [1_000_000, 0],
+                                                                [4, 2]), destructive=True, ops=("ADD_ID",)),
+    HostileCase("moe-ids.mul-mat-id", "exec.expert-ids", "MUL_MAT_ID choosing expert -1000000 of 2",
+                "mixture-of-experts ids", lambda p: _op_with_ids(p, "MUL_MAT_ID", [[4, 2, 2], [4, 1, 1]],
+                                                                [-1_000_000], [2, 1, 1]), destructive=True),
+    HostileCase("get-rows-back.rows", "exec.rows-in-range", "GET_ROWS_BACK scattering into row 1000000 of 2",
+                "llama.cpp #26825", lambda p: _op_with_ids(p, "GET_ROWS_BACK", [[4, 1]], [1_000_000], [4, 2]),
+                destructive=True),
     HostileCase("#25764", "exec.view-params", "ACC with strides past the destination", "llama.cpp #25764",
                 _acc_past_the_end, destructive=True),
     HostileCase("upstream-asserts.past-end", "tensor.bounds", "GET_TENSOR of a tensor running past its buffer",

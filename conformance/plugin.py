@@ -75,7 +75,10 @@ def run_of(config) -> Conformance:
     """The run's target and bookkeeping, made when the first case needs it."""
     run = config.stash.get(_RUN, None)
     if run is None:
-        run = config.stash[_RUN] = Conformance(config)
+        try:
+            run = config.stash[_RUN] = Conformance(config)
+        except pytest.UsageError as exc:  # no target to test: the whole run stops, with the reason
+            pytest.exit(f"error: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
     return run
 
 

@@ -42,10 +42,7 @@ def requirement_of(check) -> str:
     """What the case checks, in SPEC.md's words where a rule states it."""
     from ggml_rpc_spec.protocol.rules import BY_KEY
 
-    from .hostile import CASES
-
-    key = check.rule or next((c.rule for c in CASES if f"rule.{c.key}" == check.key), None)
-    rule = BY_KEY.get(key) if key else None
+    rule = BY_KEY.get(check.rule) if check.rule else None
     if rule is not None:
         answer = "the server serves the request" if rule.serves else "the server closes the connection"
         return f"§{rule.section} {rule.level} `{rule.key}`: {rule.title} ({answer})"

@@ -156,9 +156,9 @@ class Conformance:
 
 def run_case(check, run: Conformance, request) -> None:
     config = request.config
-    if not check.applies_to(run.profile):
-        pytest.skip(f"protocol {run.profile.name} lacks {', '.join(c.name for c in check.needs)}"
-                    if check.needs else f"only for protocol {', '.join(check.protocols)}")
+    missing = check.missing_from(run.profile)
+    if missing:
+        pytest.skip(missing)
     if check.level == SHOULD and config.getoption("--level") != "should":
         pytest.skip("SHOULD-level case: run with --level should")
     if check.destroys(run.profile) and not config.getoption("--destructive") and run.started is None:

@@ -61,7 +61,7 @@ def test_reference_server_passes_every_case(tmp_path, proto):
     assert result["code"] == 0 and not failing(result), result["output"][-3000:]
     assert sum(o == "passed" for o in result["outcomes"].values()) > 150
     assert "conformance summary per SPEC.md section" in result["output"]
-    assert f"(reference server started by the suite), protocol {proto}" in result["output"]
+    assert f"(reference server started by the suite): reports protocol {proto}, spoken {proto}\n" in result["output"]
 
 
 @pytest.mark.upstream
@@ -215,11 +215,13 @@ def test_every_rule_has_a_case():
 
 
 def test_security_cases_cover_every_advisory():
+    from ggml_rpc_spec.conformance.core import all_checks
     from ggml_rpc_spec.conformance.hostile import CASES, SURVIVAL_CASES
 
-    advisories = " ".join(c.advisory for c in CASES + SURVIVAL_CASES)
+    advisories = " ".join([c.advisory for c in CASES + SURVIVAL_CASES] + [c.advisory for c in all_checks()])
     for advisory in ("buffer tracking", "CVE-2024-42477", "CVE-2024-42478", "CVE-2024-42479", "graph context overflow",
                      "PR 1103", "input validation", "null buffer", "division by zero", "CVE-2026-34159",
                      "MEMSET_TENSOR bounds", "GHSA-2phh-px2f-2qmx", "#25299", "#25289", "#26825", "#26912",
-                     "#25764", "upstream asserts", "compute failure", "#25288"):
+                     "#25764", "upstream asserts", "compute failure", "#25288", "#25765", "#25704",
+                     "CVE-2026-137567", "CVE-2026-118375"):
         assert advisory in advisories, advisory

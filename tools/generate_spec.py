@@ -236,6 +236,8 @@ def _param_rows(params: tuple[Param, ...]) -> list[str]:
         if p.low is not None or p.high is not None:
             bounds = f" ({'' if p.low is None else f'≥ {p.low:g}'}{', ' if None not in (p.low, p.high) else ''}"
             bounds += f"{'' if p.high is None else f'≤ {p.high:g}'})"
+        if p.since is not None:
+            bounds += f"; read from {p.since} on"
         kind = p.kind if not p.kind.startswith("enum:") else "i32: " + ", ".join(f"{v} {k}" for k, v in p.choices.items())
         rows.append(f"| {p.index} | `{p.name}` | {kind} | {p.meaning}{bounds} |")
     return rows

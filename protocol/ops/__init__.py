@@ -32,7 +32,8 @@ class Param:
     "bool" (an i32 that is 0 or 1), an enum of the release tables ("unary_op", "glu_op",
     "ggml_type"), or "enum:NAME=0,NAME=1,..." for a small enum of ggml's own (sort order,
     pooling op, scale mode).  `low`/`high` bound the values ggml accepts, where it asserts
-    them (None: no bound)."""
+    them (None: no bound).  `since` is the first protocol version whose ggml reads the word;
+    older ones ignore it, whatever it holds (None: every version reads it)."""
 
     index: int
     name: str
@@ -40,6 +41,7 @@ class Param:
     meaning: str
     low: float | None = None
     high: float | None = None
+    since: str | None = None
 
     def __post_init__(self) -> None:
         assert 0 <= self.index < WORDS, self
@@ -51,6 +53,12 @@ class Param:
         if not self.kind.startswith("enum:"):
             return {}
         return {name: int(value) for name, value in (item.split("=") for item in self.kind[5:].split(","))}
+
+    def read_by(self, version: str) -> bool:
+        """Whether the ggml of protocol `version` reads this word."""
+        from ggml_rpc_spec.protocol.versions import parse_version
+
+        return self.since is None or parse_version(version) >= parse_version(self.since)
 
     def decode(self, word: int) -> int | float | bool:
         if self.kind == "f32":
@@ -123,6 +131,12 @@ class OpSpec:
         extra = self.sub_op(sub).params if sub is not None else ()
         return tuple(sorted(self.params + extra, key=lambda p: p.index))
 
+    def param(self, name: str, sub: str | None = None) -> Param:
+        param = next((p for p in self.layout(sub) if p.name == name), None)
+        if param is None:
+            raise KeyError(f"{self.name} has no param {name!r}")
+        return param
+
     def read(self, words: np.ndarray, sub: str | None = None) -> SimpleNamespace:
         """The named values of a node's op_params (16 int32 words)."""
         values = words.tolist() if isinstance(words, np.ndarray) else list(words)
@@ -131,9 +145,7 @@ class OpSpec:
     def column(self, words: np.ndarray, name: str, sub: str | None = None) -> np.ndarray:
         """One named param of many nodes at once (words: int32 array of shape (n, 16)), as
         int32, or float32 for "f32" params (a view, no copy)."""
-        param = next((p for p in self.layout(sub) if p.name == name), None)
-        if param is None:
-            raise KeyError(f"{self.name} has no param {name!r}")
+        param = self.param(name, sub)
         column = words[:, param.index : param.index + 1]
         return (column.view(np.float32) if param.kind == "f32" else column)[:, 0]
 

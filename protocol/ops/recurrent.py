@@ -3,15 +3,19 @@
 Every op here returns one F32 tensor holding the per-token outputs followed by the new
 states, and runs a recurrence over the tokens of each sequence.  The state ids of SSM_SCAN
 are read from a tensor: each MUST name one of the states of `s` (exec.state-ids).  The
-snapshot count K of SSM_SCAN and GATED_DELTA_NET places the states in the result: the
-result MUST be exactly as large as K says (exec.op-params).  Releases before snapshots
-(protocol 3.6.1's ggml among them) do not set that word: 0 there means one state.
+snapshot count K of SSM_SCAN (from 5.0.0) and GATED_DELTA_NET (from 4.0.2) places the
+states in the result: K MUST be at least 1 and the result exactly as large as K says
+(exec.op-params).  Older releases ignore that word and keep one state.
 """
 
 from . import OpSpec, Param, Source
 
-_K = Param(0, "K", "i32", "state snapshots kept in the result: the last K states, most recent first (newer "
-           "ggml; older releases leave the word 0, which means 1)", 0)
+
+
+def _snapshots(since: str) -> Param:
+    return Param(0, "K", "i32", "state snapshots kept in the result: the last K states, most recent first "
+                 "(older releases ignore the word and keep one)", 1, since=since)
+
 _STATE_OPS = "F32 throughout, result F32"
 
 SPECS = (
@@ -27,7 +31,7 @@ SPECS = (
             Source("B", "input projection [d_state, n_group, n_t, n_s]"),
             Source("C", "output projection [d_state, n_group, n_t, n_s]"),
             Source("ids", "I32 [n_s]: the state each sequence starts from, each in [0, n_states)")),
-           (_K,), "F32, ids I32", "F32 [n_elements(x) + K * d_state * head_dim * n_head * n_s]",
+           (_snapshots("5.0.0"),), "F32, ids I32", "F32 [n_elements(x) + K * d_state * head_dim * n_head * n_s]",
            "per token, state = state * exp(softplus(dt) * A) + B * x * softplus(dt) and y = state . C; the "
            "result is y [head_dim, n_head, n_t, n_s] then the final state per sequence, then (K > 1) the states "
            "1 .. K-1 tokens back"),
@@ -56,7 +60,7 @@ SPECS = (
             Source("k", "keys [S_k, H_k, T, n_k]"), Source("v", "values [S_v, H, T, n_seqs]"),
             Source("g", "log gates [1 or S_v, H, T, n_seqs]"), Source("beta", "write strengths [1, H, T, n_seqs]"),
             Source("state", "the initial states [S_v, S_v, H, n_seqs]")),
-           (_K,), "F32", "[S_v * H, T * n_seqs + K * S_v * n_seqs]",
+           (_snapshots("4.0.2"),), "F32", "[S_v * H, T * n_seqs + K * S_v * n_seqs]",
            "per head, S = S * exp(g) (per row of keys when g has S_v values); delta = (v - S^T k) * beta; "
            "S += k (x) delta; out = S^T q / sqrt(S_v); the result is out [S_v, H, T, n_seqs], then the final "
            "state per head and sequence, then (K > 1) the states 1 .. K-1 tokens back"),

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ggml_rpc_spec.protocol.ops import spec_for
+
 from ..errors import ExecutionError
 from ..registry import ExecContext, Step, kernel, readable, require
 from ..tensors import TensorRef
@@ -41,11 +43,13 @@ def _ggml_order(tensor: TensorRef) -> np.ndarray:
     return tensor.view().reshape(-1)
 
 
-def _snapshot_count(node: TensorRef) -> int:
-    """K of SSM_SCAN / GATED_DELTA_NET: 0 (releases before snapshots never set it) means 1."""
+def _snapshot_count(node: TensorRef, ctx: ExecContext) -> int:
+    """K of SSM_SCAN / GATED_DELTA_NET; releases older than the word keep one state."""
+    if not spec_for(node.op).param("K").read_by(ctx.ggml.release):
+        return 1
     k = node.params().K
-    require(k >= 0, node, "snapshot count K = {} is negative", k, rule="exec.op-params")
-    return max(k, 1)
+    require(k >= 1, node, "snapshot count K = {} is not >= 1", k, rule="exec.op-params")
+    return k
 
 
 def _softplus(x: np.ndarray) -> np.ndarray:
@@ -95,7 +99,7 @@ def build_ssm_scan(node: TensorRef, ctx: ExecContext) -> Step:
             "B {} and C {} must be [d_state, n_group, n_t, n_s]", b.ne, c.ne)
     require(n_group >= 1 and n_head % n_group == 0, node, "{} groups do not divide {} heads", n_group, n_head)
     require(ids.ne == (n_seqs, 1, 1, 1), node, "ids {} must hold one state id per sequence", ids.ne)
-    snapshots = _snapshot_count(node)
+    snapshots = _snapshot_count(node, ctx)
     y_size, state_size = x.n_elements, d_state * head_dim * n_head * n_seqs
     require(node.n_elements == y_size + snapshots * state_size, node,
             "K = {} states of {} values after {} outputs do not fit the result of {}",
@@ -243,7 +247,7 @@ def build_gated_delta_net(node: TensorRef, ctx: ExecContext) -> Step:
     state_size = size * size * n_head * n_seqs
     require(state.n_elements == state_size, node, "state holds {} values, not S_v*S_v*H*n_seqs = {}",
             state.n_elements, state_size)
-    snapshots = _snapshot_count(node)
+    snapshots = _snapshot_count(node, ctx)
     out_size = size * n_head * n_tokens * n_seqs
     require(node.n_elements == out_size + snapshots * state_size, node,
             "K = {} states of {} values after {} outputs do not fit the result of {}",
