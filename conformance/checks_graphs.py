@@ -18,7 +18,7 @@ def _run_case(ctx: Context, case, device: int | None = None) -> None:
     if case.op not in ctx.profile.ggml.ops:
         ctx.skip(f"ggml {ctx.profile.ggml.release} has no op {case.op}")
     results, expected = case.run(ctx.client(), ctx.device if device is None else device)
-    for index, (got, want) in enumerate(zip(results, expected)):
+    for index, (got, want) in enumerate(zip(results, expected, strict=True)):
         scale = max(1.0, float(np.abs(want).max()))
         bad = ~np.isclose(got, want, rtol=case.rtol, atol=case.atol * scale)
         if bad.any():

@@ -6,6 +6,7 @@ import socket
 import struct
 import threading
 import time
+from itertools import pairwise
 
 import numpy as np
 
@@ -245,7 +246,7 @@ def bases(ctx: Context) -> None:
         require(buf.base != 0 and buf.base % alignment == 0, f"a non-zero multiple of {alignment}", hex(buf.base))
         require(rpc.buffer_base(buf.handle) == buf.base, "the same base when asked again", "a different one")
     spans = sorted((b.base, b.base + b.size) for b in buffers)
-    require(all(end <= start for (_, end), (start, _) in zip(spans, spans[1:])), "disjoint buffers", str(spans))
+    require(all(end <= start for (_, end), (start, _) in pairwise(spans)), "disjoint buffers", str(spans))
 
 
 @check("6.3", "a freed handle is no longer valid", kind="negative")

@@ -1,7 +1,7 @@
 """The conformance suite's building blocks: checks as data, and what a check runs against.
 
 A Check is one case: the SPEC section it verifies, a title, the level (MUST cases always
-run; SHOULD cases with --strict), and a function taking a Context.  The Context opens
+run; SHOULD cases with --level should), and a function taking a Context.  The Context opens
 fresh connections to the target (each check starts clean) and keeps every byte that went
 over them, so a failure report can show the exchange and save it as a trace file.
 """

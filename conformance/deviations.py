@@ -1,6 +1,6 @@
 """Known deviations of the real upstream servers, by the protocol version they report.
 
-Measured by running the suite (with --strict --destructive --restart-cmd) against the
+Measured by running the suite (with --level should --destructive --restart-cmd) against the
 upstream servers built from llama-cpp-python 0.3.20 (3.6.1) and 0.3.36 (7.0.0).  The suite
 still runs these cases and reports them as expected failures naming the advisory or issue
 (never as silent skips); a server of that version that does better shows up as "xpassed".
@@ -44,7 +44,7 @@ _ABORTS = {
                            "pointer; the server crashes (SIGSEGV)",
 }
 
-# SHOULD-level behaviour upstream does not have (only with --strict).
+# SHOULD-level behaviour upstream does not have (only with --level should).
 _SHOULDS = {
     "rule.graph.trailing": "upstream ignores bytes after the tensor array (SPEC §8.1)",
     "rule.graph.acyclic": "upstream does not look for cycles in graphs (SPEC §8.2)",

@@ -39,7 +39,7 @@ class OpCase:
         g = GraphBuilder(rpc.profile, rpc.alloc_buffer(1 << 20, device))
         outputs, oracle = self.build(g, np.random.default_rng(seed))
         results = [r.astype(np.float64) for r in g.run(rpc, outputs, device=device)]
-        return results, [np.asarray(want, np.float64).reshape(got.shape) for got, want in zip(results, oracle())]
+        return results, [np.asarray(want, np.float64).reshape(got.shape) for got, want in zip(results, oracle(), strict=True)]
 
 
 def as4d(x: np.ndarray) -> np.ndarray:
@@ -98,7 +98,7 @@ def binary(op: str, a_shape, b_shape, *, strided_a: bool = False):
             ta = g.input(a)
         out = g.binary(op, ta, g.input(b))
         a_values = as4d(a)
-        reps = [x // y for x, y in zip(a_values.shape, as4d(b).shape)]
+        reps = [x // y for x, y in zip(a_values.shape, as4d(b).shape, strict=True)]
         return [out], lambda: [functions[op](a_values, np.tile(as4d(b), reps))]
 
     return build

@@ -53,4 +53,4 @@ def session_steps(profile, *, graph: bool = True) -> list[dict]:
 
 
 def labelled(steps: list[dict], results: list) -> dict:
-    return {step["label"]: result for step, result in zip(steps, results) if "label" in step}
+    return {step["label"]: result for step, result in zip(steps, results, strict=True) if "label" in step}

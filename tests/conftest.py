@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -26,6 +27,17 @@ def require_peer(release: str):
             pytest.fail(message)
         pytest.skip(message)
     return peer
+
+
+def require_tool(name: str) -> str:
+    """The path of an installed program, or skip (fail when GGML_RPC_REQUIRE_PEERS=1)."""
+    found = shutil.which(name)
+    if found is None:
+        message = f"{name} is not installed (Debian: apt-get install {name})"
+        if REQUIRE_PEERS:
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
 
 
 @pytest.fixture(scope="session")

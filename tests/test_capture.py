@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 import dpkt
 import pytest
 
-from conftest import CI_RELEASES, REQUIRE_PEERS, require_peer
+from conftest import CI_RELEASES, require_peer, require_tool
 from ggml_rpc_spec.protocol.trace import decode_trace, encode_trace
 from ggml_rpc_spec.reference_impl.capture import export_capture, import_capture
 
@@ -109,16 +108,6 @@ def test_import_errors_are_one_line(tmp_path):
 
 
 # -- the real tools ------------------------------------------------------------------------------------
-
-
-def require_tool(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        message = f"{name} is not installed (Debian: apt-get install {name})"
-        if REQUIRE_PEERS:
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
 
 
 class Capture:

@@ -3,6 +3,8 @@ the real upstream ones with their documented deviations) and catches broken ones
 
 from __future__ import annotations
 
+import html
+import json
 import re
 import socket
 import subprocess
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CI_RELEASES, require_peer
+from conftest import CI_RELEASES, require_peer, require_tool
 from ggml_rpc_spec.protocol import PROFILES, Command, profile_for
 from ggml_rpc_spec.reference_impl.netio import send_all
 from ggml_rpc_spec.reference_impl.server import ReferenceServer
@@ -195,6 +197,38 @@ def test_the_suite_catches_a_broken_server(tmp_path, server_class, session_class
     assert result["code"] == 1 and any(case.startswith(section + " ") for case in failed), (failed, result["output"][-2000:])
     traces = list((tmp_path / "traces").glob("*.ggmlrpc"))
     assert traces, "the failing exchanges are saved as trace files"
+
+
+def test_reports_show_a_broken_servers_failing_case_in_a_browser(tmp_path):
+    """The JSON report names the failing case with its traces; the HTML report, rendered by a
+    real browser, shows that case opened, with its requirement and the decoded exchange."""
+    chromium = require_tool("chromium")
+    server = serve_faulty(ReferenceServer, NoBoundsCheck)
+    try:
+        result = run_suite(tmp_path, "--target", server.endpoint, "--fuzz-examples", "0",
+                           "--conformance-json", "report.json", "--conformance-html", "report.html")
+    finally:
+        server.shutdown()
+    assert result["code"] == 1, result["output"][-2000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    failed = [case for case in report["cases"] if case["verdict"] == "failed"]
+    assert failed and all(case["id"] in failing(result) for case in failed)
+    bounds = next(case for case in failed if case["id"].startswith("§7.2 GET_TENSOR reading past the buffer"))
+    assert bounds["traces"] and all((tmp_path / trace).exists() for trace in bounds["traces"])
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                          (tmp_path / "report.html").as_uri()], capture_output=True, text=True, timeout=120).stdout
+    shown = re.search(r'<details class="case failed" id="([^"]*)" open="">(.*?)</details>', dom, re.S)
+    assert shown, dom[:2000]
+    rendered = html.unescape(shown[2])
+    assert html.unescape(shown[1]) == failed[0]["id"]
+    assert "Requirement:" in rendered and "the server closes the connection" in rendered
+    rows = dict(re.findall(r"<tr><td>(§\d+)[^<]*</td>((?:<td[^>]*>\d+</td>)+)</tr>", dom))
+    assert re.findall(r">(\d+)<", rows["§7"])[1] != "0", rows  # the matrix counts §7's failures
+    block = re.search(r'<details class="case failed" id="' + re.escape(html.escape(bounds["id"])) + r'".*?</details>',
+                      dom, re.S)
+    assert block, "every failing case has its own block"
+    shown = html.unescape(block[0])  # the failure and the decoded request that was answered
+    assert "actual:   the server answered" in shown and "GET_TENSOR" in shown and "offset=4088 size=64" in shown
 
 
 def test_every_rule_has_a_case():

@@ -1,4 +1,6 @@
-"""Every request and reply of 3.6.1 and 7.0.0 against hand-packed golden bytes (tests/golden.py)."""
+"""Every request and reply of every protocol version against hand-packed golden bytes
+(tests/golden.py): each value of each profile column (HELLO shape, device fields, rpc_tensor
+tail, SET_TENSOR shape, GRAPH_COMPUTE reply, acks) meets its own bytes."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import pytest
 import golden as G
 from conftest import V36, V70
 from ggml_rpc_spec.protocol import (
+    PROFILES,
     Command,
     Graph,
     ReplyParser,
@@ -58,13 +61,21 @@ def cases(p):
     srcs_body = [schema_tensor(p, id=0x11)] + [make_tensor(p.tensor) for _ in range(9)]
     for s in srcs_body[1:]:
         s.ne = [1, 1, 1, 1]
+    multi = p.devices == "multi"
+
+    def device(n: int) -> tuple[dict | None, dict, bytes]:
+        """A request of only a device field: body, extra and bytes (empty on single-device versions)."""
+        return ({"device": n}, {}, struct.pack("<I", n)) if multi else (None, {}, b"")
+
+    def with_device(n: int, body: dict) -> dict:
+        return {"device": n, **body} if multi else body
+
     rows = [
         (Command.HELLO, hello_body, {}, hello_req, hello_reply_body, hello_reply),
-        (Command.ALLOC_BUFFER, {"device": 1, "size": 1 << 33}, {}, struct.pack("<IQ", 1, 1 << 33),
+        (Command.ALLOC_BUFFER, with_device(1, {"size": 1 << 33}), {}, device(1)[2] + struct.pack("<Q", 1 << 33),
          {"remote_ptr": 0x55AA_0000_1000, "remote_size": 1 << 33}, struct.pack("<QQ", 0x55AA_0000_1000, 1 << 33)),
-        (Command.GET_ALIGNMENT, {"device": 0}, {}, struct.pack("<I", 0), {"alignment": 32}, struct.pack("<Q", 32)),
-        (Command.GET_MAX_SIZE, {"device": 0}, {}, struct.pack("<I", 0), {"max_size": 2**64 - 1},
-         struct.pack("<Q", 2**64 - 1)),
+        (Command.GET_ALIGNMENT, *device(0), {"alignment": 32}, struct.pack("<Q", 32)),
+        (Command.GET_MAX_SIZE, *device(0), {"max_size": 2**64 - 1}, struct.pack("<Q", 2**64 - 1)),
         (Command.BUFFER_GET_BASE, {"remote_ptr": 7}, {}, struct.pack("<Q", 7), {"base_ptr": 0x7000_0000},
          struct.pack("<Q", 0x7000_0000)),
         (Command.FREE_BUFFER, {"remote_ptr": 7}, {}, struct.pack("<Q", 7), {}, ack),
@@ -76,34 +87,43 @@ def cases(p):
          t + struct.pack("<QQ", 4, 40), {}, data),
         (Command.COPY_TENSOR, {"src": schema_tensor(p), "dst": schema_tensor(p, data=0x55AA_0000_3000)}, {},
          t + golden_tensor(p, data=0x55AA_0000_3000), {"result": 1}, b"\x01"),
-        (Command.GET_DEVICE_MEMORY, {"device": 0}, {}, struct.pack("<I", 0),
-         {"free_mem": 1 << 30, "total_mem": 1 << 31}, struct.pack("<QQ", 1 << 30, 1 << 31)),
+        (Command.GET_DEVICE_MEMORY, *device(0), {"free_mem": 1 << 30, "total_mem": 1 << 31},
+         struct.pack("<QQ", 1 << 30, 1 << 31)),
         (Command.INIT_TENSOR, {"tensor": schema_tensor(p)}, {}, t, {}, ack),
-        (Command.GET_ALLOC_SIZE, {"device": 0, "tensor": schema_tensor(p), "srcs": srcs_body}, {},
-         struct.pack("<I", 0) + t + b"".join(srcs), {"alloc_size": 4352}, struct.pack("<Q", 4352)),
-        (Command.DEVICE_COUNT, None, {}, b"", {"device_count": 2}, struct.pack("<I", 2)),
-        (Command.GRAPH_RECOMPUTE, {"device": 1}, {}, struct.pack("<I", 1), None, None),
     ]
+    if multi:  # the tensor, then its 10 sources (empty ones have ne = 1)
+        rows.append((Command.GET_ALLOC_SIZE, {"device": 0, "tensor": schema_tensor(p), "srcs": srcs_body}, {},
+                     struct.pack("<I", 0) + t + b"".join(srcs), {"alloc_size": 4352}, struct.pack("<Q", 4352)))
+    else:
+        rows.append((Command.GET_ALLOC_SIZE, {"tensor": schema_tensor(p)}, {}, t, {"alloc_size": 4352},
+                     struct.pack("<Q", 4352)))
+    if Command.DEVICE_COUNT in p.commands:
+        rows.append((Command.DEVICE_COUNT, None, {}, b"", {"device_count": 2}, struct.pack("<I", 2)))
+    if Command.GRAPH_RECOMPUTE in p.commands:
+        rows.append((Command.GRAPH_RECOMPUTE, {"device": 1}, {}, struct.pack("<I", 1), None, None))
     nodes_body = [schema_tensor(p, id=0x11, src=[0] * 10, view_src=0),
                   schema_tensor(p, id=0x22, src=[0x11] + [0] * 9, view_src=0)]
     graph = Graph(np.array([0x22], dtype="<u8"), tensors_from_containers(p, nodes_body))
     golden_tensors = [golden_tensor(p, id=0x11, src=(0,) * 10, view_src=0),
                       golden_tensor(p, id=0x22, src=(0x11,) + (0,) * 9, view_src=0)]
-    rows.append((Command.GRAPH_COMPUTE, {"device": 0}, {"graph": graph},
-                 G.graph_payload(0, [0x22], golden_tensors), None, None))
+    status = ({"result": 0}, b"\x00") if p.graph_reply == "status" else (None, None)  # GGML_STATUS_SUCCESS
+    rows.append((Command.GRAPH_COMPUTE, device(0)[0] or {}, {"graph": graph},
+                 G.graph_payload(0 if multi else None, [0x22], golden_tensors), *status))
     if Command.MEMSET_TENSOR in p.commands:
         rows.append((Command.MEMSET_TENSOR, {"tensor": schema_tensor(p), "offset": 8, "size": 16, "value": 0xFF}, {},
                      t + struct.pack("<QQB", 8, 16, 0xFF), {}, ack))
     return rows
 
 
-ALL = [(p, row) for p in (V36, V70) for row in cases(p)]
+ALL = [(p, row) for p in PROFILES for row in cases(p)]
 IDS = [f"{p.name}-{row[0].name}" for p, row in ALL]
 
 
 def test_every_command_has_a_golden_case():
-    for p in (V36, V70):
-        assert {row[0] for row in cases(p)} == set(p.commands)
+    for p in PROFILES:
+        assert sorted(row[0] for row in cases(p)) == sorted(p.commands)
+
+
 
 
 @pytest.mark.parametrize("profile,row", ALL, ids=IDS)
@@ -127,7 +147,7 @@ def test_request_parse(profile, row):
 
 
 @pytest.mark.parametrize("profile,row", [(p, r) for p, r in ALL if r[5] is not None],
-                         ids=[i for i, (p, r) in zip(IDS, ALL) if r[5] is not None])
+                         ids=[i for i, (p, r) in zip(IDS, ALL, strict=True) if r[5] is not None])
 def test_reply_bytes_and_parse(profile, row):
     command, request_body, _, _, body, payload = row
     is_data = command is Command.GET_TENSOR
@@ -145,7 +165,7 @@ def test_reply_bytes_and_parse(profile, row):
 
 
 @pytest.mark.parametrize("profile,command", [(p, r[0]) for p, r in ALL if r[5] is None],
-                         ids=[i for i, (p, r) in zip(IDS, ALL) if r[5] is None])
+                         ids=[i for i, (p, r) in zip(IDS, ALL, strict=True) if r[5] is None])
 def test_one_way_commands_have_no_reply(profile, command):
     from ggml_rpc_spec.protocol import LocalProtocolError
 

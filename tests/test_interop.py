@@ -111,7 +111,7 @@ def test_real_client_against_our_server(release, reference_server, upstream_serv
     steps = session_steps(profile, graph=False)
     got = run_client(peer, ours.endpoint, steps)
     real = run_client(peer, upstream_server(release).endpoint, steps)
-    for step, mine, theirs in zip(steps, got, real):
+    for step, mine, theirs in zip(steps, got, real, strict=True):
         if step["op"] == "memory":
             assert mine == [1 << 30, 1 << 30] and 0 < theirs[0] <= theirs[1]
         elif step["op"] in ("alloc", "tensor"):

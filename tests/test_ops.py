@@ -35,7 +35,7 @@ def assert_closed_and_still_serving(rpc, server):
 def test_op_against_oracle(reference_server, proto, case):
     server = reference_server(proto)
     results, expected = run_case(case, server.endpoint, server.profile)
-    for got, want in zip(results, expected):
+    for got, want in zip(results, expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=case.rtol, atol=case.atol)
 
 
@@ -48,7 +48,7 @@ def test_op_matches_upstream(release, case, reference_server, upstream_server):
     theirs = upstream_server(release)
     mine, expected = run_case(case, ours.endpoint, profile)
     real, _ = run_case(case, theirs.endpoint, profile)
-    for got, reference, want in zip(mine, real, expected):
+    for got, reference, want in zip(mine, real, expected, strict=True):
         scale = max(1.0, float(np.abs(want).max()))
         np.testing.assert_allclose(reference, want, rtol=case.rtol, atol=case.atol * scale,
                                    err_msg="the real server disagrees with the oracle")
@@ -141,7 +141,7 @@ def test_batched_elementwise_nodes_follow_strided_layouts_and_leave_the_rest(ref
         outputs = [packed, strided, biased, scaled_view]
         got = g.run(rpc, outputs, nodes=[packed, at, bt, strided, biased, scaled_view])
         want = [x - y, (x + y).T, (x - y) * 2 + 1, x.T * 3]
-        for value, expected in zip(got, want):
+        for value, expected in zip(got, want, strict=True):
             np.testing.assert_allclose(value.reshape(expected.shape), expected, rtol=1e-6)
 
 

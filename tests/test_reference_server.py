@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -72,12 +73,12 @@ def test_addresses_look_like_pointers(reference_server):
         buffers = [rpc.alloc_buffer(size) for size in (1, 100, 4096, 1 << 20)]
         handles = [b.handle for b in buffers]
         bases = [b.base for b in buffers]
-        assert all(h and b for h, b in zip(handles, bases))
+        assert all(h and b for h, b in zip(handles, bases, strict=True))
         assert len(set(handles)) == len(handles) and len(set(bases)) == len(bases)
         assert all(b % rpc.alignment() == 0 for b in bases)
         assert [rpc.buffer_base(h) for h in handles] == bases  # stable
         spans = sorted((b.base, b.base + b.size) for b in buffers)
-        assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))  # no overlap
+        assert all(end <= start for (_, end), (start, _) in pairwise(spans))  # no overlap
         t = rpc.tensor_for(buffers[3], 4096, np.ones(4, np.float32))
         rpc.set_tensor(t, np.ones(4, np.float32))
         assert t.data == bases[3] + 4096 and np.array_equal(rpc.read_array(t), np.ones(4))

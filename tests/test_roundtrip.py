@@ -63,7 +63,7 @@ def test_request_bytes_roundtrip(profile, command, data):
 
 
 @pytest.mark.parametrize("profile,command", [(p, c) for p, c in PAIRS if message_spec(p, c).has_reply],
-                         ids=[i for i, (p, c) in zip(IDS, PAIRS) if message_spec(p, c).has_reply])
+                         ids=[i for i, (p, c) in zip(IDS, PAIRS, strict=True) if message_spec(p, c).has_reply])
 @settings(max_examples=12, deadline=None)
 @given(data=st.data())
 def test_reply_roundtrip(profile, command, data):

@@ -27,7 +27,7 @@ def test_construct_and_numpy_give_identical_bytes(variant, data):
     raw = b"".join(RPC_TENSOR[variant].build(t) for t in tensors)
     array = np.frombuffer(raw, dtype=RPC_TENSOR_DTYPE[variant])
     assert array.tobytes() == raw
-    for t, row in zip(tensors, array):
+    for t, row in zip(tensors, array, strict=True):
         assert int(row["id"]) == t.id and int(row["data"]) == t.data
         assert row["ne"].tolist() == t.ne and row["op_params"].tolist() == t.op_params
         assert row["src"].tolist() == t.src and row["name"].tobytes() == t.name

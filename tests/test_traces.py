@@ -83,10 +83,10 @@ def test_show_cli_errors_without_traceback(tmp_path):
     assert re.search(r"error: .*broken\.ggmlrpc: record stream is truncated .*at byte \d+", out.stderr)
 
 
-def test_fixtures_are_small_and_cover_both_versions():
+def test_fixtures_are_small_and_cover_every_version_with_a_real_peer():
     assert sum(p.stat().st_size for p in (ROOT / "fixtures").rglob("*") if p.is_file()) < 10_000_000
     versions = {decode_trace(p.read_bytes()).protocol for p in FIXTURES}
-    assert {"3.6.1", "7.0.0"} <= versions
+    assert {"2.0.0", "3.6.1", "4.0.2", "5.0.0", "7.0.0"} <= versions
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: str(p.relative_to(ROOT / "fixtures")))
@@ -106,7 +106,7 @@ def test_show_cli_prints_tensors_and_graphs():
     assert re.search(r"SET_TENSOR .*@base\+0x", out)
 
 
-@pytest.mark.parametrize("proto", ["3.6.1", "7.0.0"])
+@pytest.mark.parametrize("proto", ["2.0.0", "3.6.1", "4.0.2", "5.0.0", "7.0.0"])
 def test_fixtures_replay_green_against_the_reference_server(reference_server, proto):
     server = reference_server(proto, memory=1 << 30)
     replayed = 0

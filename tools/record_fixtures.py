@@ -1,9 +1,10 @@
 """Re-record fixtures/: real upstream client <-> real upstream server sessions, as traces.
 
-    python tools/record_fixtures.py            # all fixtures (builds the peers if needed)
+    python tools/record_fixtures.py                  # all fixtures (builds the peers if needed)
+    python tools/record_fixtures.py 0.3.16 0.3.35   # only those peers' fixtures
 
-For each CI peer (llama-cpp-python 0.3.20 speaking 3.6.1, 0.3.36 speaking 7.0.0) it starts
-the real server behind the recording proxy and records:
+For each peer (llama-cpp-python 0.3.16, 0.3.20, 0.3.34, 0.3.35 and 0.3.36, speaking 2.0.0,
+3.6.1, 4.0.2, 5.0.0 and 7.0.0) it starts the real server behind the recording proxy and records:
   - llama-<version>/: llama.cpp running a tiny llama model (written with `gguf`, random
     weights, 2 layers) fully offloaded, a short prompt and 4 generated tokens;
   - <group>-<version>/: short per-command sessions of the real client (libggml-rpc through
@@ -32,7 +33,7 @@ from ggml_rpc_spec.upstream_peers.llama_run import run_llama  # noqa: E402
 from ggml_rpc_spec.upstream_peers.server import UpstreamServer  # noqa: E402
 
 FIXTURES = ROOT / "fixtures"
-RELEASES = ("0.3.20", "0.3.36")
+RELEASES = ("0.3.16", "0.3.20", "0.3.34", "0.3.35", "0.3.36")
 PROMPT = "The quick brown fox"
 
 
@@ -68,10 +69,15 @@ def record(release: str, name: str, drive, note: str) -> None:
     print(f"{folder.relative_to(ROOT)}: {len(proxy.connections)} connection(s)")
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    releases = argv or list(RELEASES)
+    unknown = sorted(set(releases) - set(RELEASES))
+    if unknown:
+        print(f"error: no peer {', '.join(unknown)}; choose from {', '.join(RELEASES)}", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory() as tmp:
         model = write_tiny_llama(Path(tmp) / "tiny.gguf", n_layer=2)
-        for release in RELEASES:
+        for release in releases:
             peer = peer_for(release)
             ensure_built(peer)
             profile = profile_for(peer.protocol)
@@ -86,4 +92,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
