@@ -17,6 +17,8 @@ _ABORTS = {
     "rule.#26912": "llama.cpp #26912: SET_ROWS indices are checked by GGML_ASSERT; the server aborts",
     "rule.#25765": "llama.cpp #25765: SSM_SCAN state ids are not checked; the server reads far outside the "
                    "state tensor and crashes",
+    "rule.conv-geometry.transpose-stride": "conv geometry: CONV_TRANSPOSE_2D's stride is not checked against its "
+                                           "result; the server writes far past it and crashes",
     "rule.moe-ids.add-id": "mixture-of-experts ids: ADD_ID checks expert ids with GGML_ASSERT; the server aborts",
     "rule.moe-ids.mul-mat-id": "mixture-of-experts ids: MUL_MAT_ID checks expert ids with assert() only in debug "
                                "builds; a release server reads outside the weights and crashes",

@@ -297,6 +297,12 @@ CASES: tuple[HostileCase, ...] = (
     HostileCase("#25704", "exec.op-params", "GATED_DELTA_NET with a snapshot count past its result",
                 "llama.cpp #25704", _gated_delta_net_past_the_result, destructive=True, ops=("GATED_DELTA_NET",),
                 since=spec_for("GATED_DELTA_NET").param("K").since),
+    HostileCase("conv-geometry.transpose-stride", "exec.op-params", "CONV_TRANSPOSE_2D with a stride of 100000 "
+                "into a result sized for stride 1", "conv geometry (OOB write)", lambda p: _graph(p, [
+                    _dense(p, 0, [1, 1, 1, 1], id=0xA0, name="kernel"), _dense(p, 256, [2, 2, 1, 1], id=0xA1, name="x"),
+                    _dense(p, 512, [2, 2, 1, 1], id=0xC0, name="out", op=p.profile.ggml.op_value("CONV_TRANSPOSE_2D"),
+                           src=[0xA0, 0xA1] + [0] * 8, op_params=spec_for("CONV_TRANSPOSE_2D").pack(stride=100_000))]),
+                destructive=True),
     HostileCase("moe-ids.add-id", "exec.expert-ids", "ADD_ID choosing expert 1000000 of 2",
                 "mixture-of-experts ids", lambda p: _op_with_ids(p, "ADD_ID", [[4, 2], [4, 2]], [1_000_000, 0],
                                                                 [4, 2]), destructive=True, ops=("ADD_ID",)),
