@@ -70,7 +70,7 @@ def _bf16(values: np.ndarray) -> np.ndarray:
     return values.astype(ml_dtypes.bfloat16).astype(np.float32)
 
 
-_LEGACY = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "MXFP4")
+_LEGACY = ("Q1_0", "Q2_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "MXFP4", "NVFP4")  # vec_dot_type Q8_0 / Q8_1
 _K = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M",
       "IQ4_XS", "TQ1_0", "TQ2_0")
 

@@ -4,8 +4,8 @@ A ggml tensor is `data` plus four sizes `ne` and four byte strides `nb`; element
 (i0, i1, i2, i3) lives at data + i0*nb0 + i1*nb1 + i2*nb2 + i3*nb3.  That is precisely a
 strided NumPy array of shape (ne3, ne2, ne1, ne0) and strides (nb3, nb2, nb1, nb0) over the
 buffer's bytes, so views, permutations and transposes cost nothing and writes land where
-ggml would put them.  Quantized types are rows of blocks; they are read through `gguf`'s
-dequantizers (with a cache for weights) and written through its quantizers.
+ggml would put them.  Quantized types are rows of blocks, read and written by quants.py
+(decoded values cached for weights).
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import numpy as np
-from gguf import quants
-from gguf.constants import GGMLQuantizationType
 
 from protocol.ggml import ELEMENT_DTYPES, TensorType
 from protocol.ops import spec_for
@@ -27,7 +25,7 @@ from ..device import Buffer
 from . import quants as block_types
 from .errors import ExecutionError
 
-QUANTIZABLE = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"}  # types gguf can also write (CPY / SET_ROWS targets)
+QUANTIZABLE = frozenset(block_types.ENCODERS)  # the block types ggml's CPU writes (CPY / SET_ROWS targets)
 
 
 @dataclass(eq=False, slots=True)
@@ -110,6 +108,20 @@ class TensorRef:
         return np.ndarray((self.ne[3], self.ne[2], self.ne[1], per_row), dtype=np.uint8, buffer=self.buffer.memory,
                           offset=self._offset(), strides=(self.nb[3], self.nb[2], self.nb[1], 1))
 
+    def blocks(self) -> np.ndarray:
+        """The storage units (blocks of a quantized type, else elements) as opaque bytes, shape
+        (ne3, ne2, ne1, ne0 / block size), strides nb: a same-type copy moves these and never
+        converts.  The caller has checked that ne0 is a whole number of blocks."""
+        return strided_view(self.buffer.memory if self.buffer else None, np.dtype(f"V{self.kind.type_size}"),
+                            self._offset(), (self.ne[3], self.ne[2], self.ne[1], self.ne[0] // self.kind.block_size),
+                            (self.nb[3], self.nb[2], self.nb[1], self.nb[0]))
+
+    def window(self, offset: int, shape, strides) -> np.ndarray:
+        """A writable strided view of elements of this tensor's type starting `offset` bytes into
+        it (ACC / SET windows).  The caller has checked that the window stays inside the tensor."""
+        return strided_view(self.buffer.memory if self.buffer else None, self.dtype, self._offset() + offset,
+                            shape, strides)
+
     def read(self, cache: "DequantCache | None" = None) -> np.ndarray:
         """The values as float32, shape (ne3, ne2, ne1, ne0) (a view when already float32)."""
         if not self.quantized:
@@ -137,10 +149,10 @@ def strided_view(memory, dtype: np.dtype, offset: int, shape, strides) -> np.nda
 
 
 def quantize(kind: TensorType, values: np.ndarray) -> np.ndarray:
-    """float rows -> the bytes of `kind` blocks (gguf's reference quantizers)."""
+    """float rows -> the bytes of `kind` blocks, as ggml's CPU backend writes them (quants.py)."""
     if kind.name not in QUANTIZABLE:
         raise ExecutionError(f"cannot write {kind.name} tensors")
-    return quants.quantize(np.ascontiguousarray(values, dtype=np.float32), GGMLQuantizationType(kind.value))
+    return block_types.quantize(kind.name, kind.block_size, values)
 
 
 def dequantize(kind: TensorType, rows: np.ndarray) -> np.ndarray:
