@@ -10,16 +10,14 @@ along every column, so it follows ggml's float32 operation order exactly.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..errors import ExecutionError
 from ..numerics import ROUNDING, WITH_MINS, block_mins, q8_1_sum_correction
 from ..registry import ExecContext, Step, float_like, kernel, readable, require
-from ..tensors import TensorRef, dequantize
-
-# Experts whose dequantized values exceed this are dequantized one used expert at a time,
-# without caching (a 128-expert Q4_K tensor is 4 GiB as float32).
-WHOLE_EXPERTS_BUDGET = 512 << 20
+from ..tensors import TensorRef
 
 
 def _activation_rounding(ctx: ExecContext, weights: TensorRef):
@@ -115,16 +113,17 @@ def build_mul_mat_id(node: TensorRef, ctx: ExecContext) -> Step | None:
     n_rows, k = experts.ne[1], experts.ne[0]
     # the row of b each (token, slot) pair multiplies, pairs in ids order (token-major)
     source = (np.arange(n_tokens)[:, None] * shared + np.arange(n_used)[None, :] % shared).reshape(-1)
-    whole = experts.quantized and n_experts * n_rows * k * 4 <= WHOLE_EXPERTS_BUDGET
     rounding, with_sums = _activation_rounding(ctx, experts)
+    matrices: dict[int, TensorRef] = {}  # expert -> its matrix as a tensor of its own, made on first use
 
-    def expert(e: int) -> np.ndarray:
-        """Expert e's weights as float32 (N, K)."""
-        if whole:
-            return experts.read(ctx.cache)[0, e]
-        if experts.quantized:
-            return dequantize(experts.kind, experts.row_bytes()[0, e])
-        return experts.view()[0, e].astype(np.float32, copy=False)
+    def matrix(e: int) -> TensorRef:
+        """Expert e's [K, N] matrix: dequantized (and cached) alone, so only the experts the
+        ids pick are ever decoded (1024 experts of which a token uses 10, say)."""
+        found = matrices.get(e)
+        if found is None:
+            found = matrices[e] = replace(experts, data=experts.data + e * experts.nb[2], ne=(k, n_rows, 1, 1),
+                                          _view=None)
+        return found
 
     def run():
         chosen = ids.view()[0, 0]  # (T, U) int32
@@ -142,9 +141,9 @@ def build_mul_mat_id(node: TensorRef, ctx: ExecContext) -> Step | None:
         grouped = np.empty((len(order), n_rows), np.float32)
         for e in np.flatnonzero(counts).tolist():
             lo, hi = int(ends[e] - counts[e]), int(ends[e])
-            np.matmul(inputs[lo:hi], expert(e).T, out=grouped[lo:hi])
+            np.matmul(inputs[lo:hi], matrix(e).read(ctx.cache)[0, 0].T, out=grouped[lo:hi])
             if corrections is not None:
-                grouped[lo:hi] += corrections[lo:hi] @ block_mins(experts.kind, experts.row_bytes()[0, e]).T
+                grouped[lo:hi] += corrections[lo:hi] @ ctx.cache.get(matrix(e), block_mins)[0, 0].T
         result = np.empty_like(grouped)
         result[order] = grouped
         node.view()[0] = result.reshape(n_tokens, n_used, n_rows)
