@@ -32,6 +32,7 @@ class OpCase:
     rtol: float = 1e-5
     atol: float = 1e-5
     section: str = "8.4"
+    since: str | None = None  # the first protocol version whose ggml computes the case
 
     def run(self, rpc, device: int = 0, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Build the case on a fresh buffer of `rpc`, compute it and read the outputs back:
@@ -440,7 +441,7 @@ CASES: tuple[OpCase, ...] = (
            rtol=1e-4, atol=1e-4),
     *(OpCase(t.lower(), "GET_ROWS", get_rows(t), rtol=1e-3, atol=1e-3) for t in ("F32", "F16", "Q8_0", "Q4_1", "Q4_K")),
     OpCase("f32-i64", "SET_ROWS", set_rows("F32", np.int64)),
-    OpCase("f16-i32", "SET_ROWS", set_rows("F16", np.int32), rtol=1e-3, atol=1e-3),
+    OpCase("f16-i32", "SET_ROWS", set_rows("F16", np.int32), rtol=1e-3, atol=1e-3, since="3.6.0"),  # I32 rows
     OpCase("transposed-v-cache", "SET_ROWS", set_rows_transposed_cache(), rtol=1e-3, atol=1e-3),
     OpCase("plain", "SOFT_MAX", soft_max(), rtol=1e-5, atol=1e-6),
     OpCase("f32-mask-scale", "SOFT_MAX", soft_max(mask="F32", scale=0.3), rtol=1e-5, atol=1e-6),
