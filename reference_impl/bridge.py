@@ -88,14 +88,7 @@ class BridgeServer(ThreadedTCPService):
         while True:
             event = requests.next_event()
             if event is NEED_DATA:
-                view = requests.get_buffer()
-                received = receive_into(sock, view)
-                if taps is not None and received:
-                    taps[0].add(UP, view[:received])
-                if received:
-                    requests.buffer_updated(received)
-                else:
-                    requests.receive_eof()
+                _receive(sock, requests, taps and taps[0], UP)
                 continue
             if event is CLOSED:
                 return
@@ -134,11 +127,16 @@ def _next_reply(sock: socket.socket, replies: ReplyParser, taps):
         event = replies.next_event()
         if event is not NEED_DATA and event is not CLOSED:
             return event
-        view = replies.get_buffer()
-        received = receive_into(sock, view)
-        if taps is not None and received:
-            taps[1].add(DOWN, view[:received])
-        if received:
-            replies.buffer_updated(received)
-        else:
-            replies.receive_eof()
+        _receive(sock, replies, taps and taps[1], DOWN)
+
+
+def _receive(sock: socket.socket, parser, tap: Tap | None, direction) -> None:
+    """One recv straight into the parser's buffer (recorded on `tap`); EOF when the peer closed."""
+    view = parser.get_buffer()
+    received = receive_into(sock, view)
+    if received:
+        if tap is not None:
+            tap.add(direction, view[:received])
+        parser.buffer_updated(received)
+    else:
+        parser.receive_eof()

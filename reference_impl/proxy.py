@@ -132,7 +132,6 @@ def _human(size: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import signal
     import sys
     from pathlib import Path
 
@@ -183,22 +182,30 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: cannot listen on {args.listen}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    print(f"ggml-rpc-proxy: {proxy.endpoint} -> {args.upstream}"
-          + (f", recording into {folder}" if folder else ""), file=sys.stderr, flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: proxy.request_stop())
+    return _serve(proxy, f"ggml-rpc-proxy: {proxy.endpoint} -> {args.upstream}"
+                  + (f", recording into {folder}" if folder else ""))
+
+
+def _serve(server, banner: str) -> int:
+    """Print `banner`, serve until SIGTERM or Ctrl-C, then shut down (open connections are
+    closed and their traces written on the way out)."""
+    import signal
+    import sys
+
+    print(banner, file=sys.stderr, flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: server.request_stop())
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        proxy.serve_forever()
+        server.serve_forever()
     except KeyboardInterrupt:
         pass
-    proxy.shutdown()  # closes the open connections; their traces are written on the way out
+    server.shutdown()
     print("ggml-rpc-proxy: stopped", file=sys.stderr)
     return 0
 
 
 def _run_bridge(args, listen, upstream, folder, parser) -> int:
     import logging
-    import signal
     import sys
 
     from ggml_rpc_spec.protocol.framing import hello_shapes
@@ -218,17 +225,9 @@ def _run_bridge(args, listen, upstream, folder, parser) -> int:
     except OSError as exc:
         print(f"error: cannot listen on {args.listen}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    print(f"ggml-rpc-proxy --bridge: {bridge.endpoint} (clients of {' or '.join(p.name for p in profiles)}) -> "
-          f"{args.upstream}" + (f", recording into {folder}" if folder else ""), file=sys.stderr, flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: bridge.request_stop())
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        bridge.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    bridge.shutdown()
-    print("ggml-rpc-proxy: stopped", file=sys.stderr)
-    return 0
+    return _serve(bridge, f"ggml-rpc-proxy --bridge: {bridge.endpoint} (clients of "
+                  f"{' or '.join(p.name for p in profiles)}) -> {args.upstream}"
+                  + (f", recording into {folder}" if folder else ""))
 
 
 if __name__ == "__main__":

@@ -200,6 +200,14 @@ def kinds(node: TensorRef, tensor: TensorRef, allowed: tuple[str, ...], role: st
     require(tensor.kind.name in allowed, node, "{} must be {}, not {}", role, " or ".join(allowed), tensor.kind.name)
 
 
+def f32_result(node: TensorRef, **sources: tuple[TensorRef, tuple[str, ...]]) -> None:
+    """Each source (keyword: its role) of an allowed type and readable; the result F32."""
+    for role, (tensor, allowed) in sources.items():
+        kinds(node, tensor, allowed, "the " + role.replace("_", " "))
+    kinds(node, node, ("F32",), "the result")
+    readable(node, *(tensor for tensor, _ in sources.values()))
+
+
 def image_values(image: TensorRef, ctx: ExecContext) -> np.ndarray:
     """The image's elements, as stored when F32 or F16 (a view), else as float32."""
     return image.view() if image.kind.name in ("F32", "F16") else image.read(ctx.cache)
@@ -297,9 +305,7 @@ def build_im2col_back(node: TensorRef, ctx: ExecContext) -> Step:
     """The image-shaped sum of an im2col-shaped gradient: each grad entry added back where
     IM2COL took its value from."""
     grad, kern = node.src(0), node.src(1)
-    kinds(node, grad, ("F32",), "the gradient")
-    kinds(node, node, ("F32",), "the result")
-    readable(node, grad)
+    f32_result(node, gradient=(grad, ("F32",)))
     p = node.params()
     n, ic, axes = _im2col_geometry(node, kern, node, p)
     outs = (grad.ne[2], grad.ne[1]) if p.is_2d else (1, grad.ne[1])
@@ -364,10 +370,7 @@ def _rounded(x: np.ndarray, kern: TensorRef) -> np.ndarray:
 def build_conv_2d(node: TensorRef, ctx: ExecContext) -> Step:
     """dst[n, oc, oh, ow] = sum over (ic, kh, kw) of kernel[oc, ic, kh, kw] * image[n, ic, ih, iw]."""
     kern, image = node.src(0), node.src(1)
-    kinds(node, kern, ("F32", "F16"), "the kernel")
-    kinds(node, image, ("F32",), "the image")
-    kinds(node, node, ("F32",), "the result")
-    readable(node, kern, image)
+    f32_result(node, kernel=(kern, ("F32", "F16")), image=(image, ("F32",)))
     p = node.params()
     n, ic, oc = image.ne[3], image.ne[2], kern.ne[3]
     require(kern.ne[2] == ic and oc >= 1, node, "kernel {} is not [KW, KH, IC = {}, OC >= 1]", kern.ne, ic)
@@ -396,10 +399,7 @@ def build_conv_3d(node: TensorRef, ctx: ExecContext) -> Step:
     """dst[n*OC + oc, od, oh, ow] = sum over (ic, kd, kh, kw) of kernel[oc*IC + ic, kd, kh, kw] *
     image[n*IC + ic, id, ih, iw]."""
     kern, image = node.src(0), node.src(1)
-    kinds(node, kern, ("F32", "F16"), "the kernel")
-    kinds(node, image, ("F32",), "the image")
-    kinds(node, node, ("F32",), "the result")
-    readable(node, kern, image)
+    f32_result(node, kernel=(kern, ("F32", "F16")), image=(image, ("F32",)))
     p = node.params()
     ic, n, oc = p.c, p.n, p.oc
     require(ic >= 1 and n >= 1 and oc >= 1, node, "c {}, n {}, oc {} must be >= 1", ic, n, oc, rule=PARAMS)
@@ -431,10 +431,7 @@ def build_conv_3d(node: TensorRef, ctx: ExecContext) -> Step:
 def build_conv_2d_dw(node: TensorRef, ctx: ExecContext) -> Step:
     """dst[n, c, oh, ow] = sum over (kh, kw) of kernel[c, 0, kh, kw] * image[n, c, ih, iw], in float."""
     kern, image = node.src(0), node.src(1)
-    kinds(node, kern, ("F32", "F16"), "the kernel")
-    kinds(node, image, ("F32",), "the image")
-    kinds(node, node, ("F32",), "the result")
-    readable(node, kern, image)
+    f32_result(node, kernel=(kern, ("F32", "F16")), image=(image, ("F32",)))
     p = node.params()
     n, c = image.ne[3], image.ne[2]
     require(kern.ne[2] == 1 and kern.ne[3] == c and c >= 1, node, "kernel {} is not [KW, KH, 1, C = {}]", kern.ne, c)
@@ -462,10 +459,7 @@ def build_conv_2d_dw(node: TensorRef, ctx: ExecContext) -> Step:
 def build_conv_transpose_1d(node: TensorRef, ctx: ExecContext) -> Step:
     """dst[oc, l*s0 + k] += sum over ic of kernel[ic, oc, k] * input[ic, l]."""
     kern, inp = node.src(0), node.src(1)
-    kinds(node, kern, ("F32", "F16"), "the kernel")
-    kinds(node, inp, ("F32",), "the input")
-    kinds(node, node, ("F32",), "the result")
-    readable(node, kern, inp)
+    f32_result(node, kernel=(kern, ("F32", "F16")), input=(inp, ("F32",)))
     p = node.params()
     require(p.s0 >= 1 and p.p0 == 0 and p.d0 == 1, node, "stride {} must be >= 1, padding {} 0 and dilation {} 1",
             p.s0, p.p0, p.d0, rule=PARAMS)
@@ -494,10 +488,7 @@ def build_conv_transpose_1d(node: TensorRef, ctx: ExecContext) -> Step:
 def build_conv_transpose_2d(node: TensorRef, ctx: ExecContext) -> Step:
     """dst[n, oc, h*s + kh, w*s + kw] += sum over ic of kernel[ic, oc, kh, kw] * input[n, ic, h, w]."""
     kern, inp = node.src(0), node.src(1)
-    kinds(node, kern, ("F32", "F16"), "the kernel")
-    kinds(node, inp, ("F32",), "the input")
-    kinds(node, node, ("F32",), "the result")
-    readable(node, kern, inp)
+    f32_result(node, kernel=(kern, ("F32", "F16")), input=(inp, ("F32",)))
     stride = node.params().stride
     require(stride >= 1, node, "stride {} must be >= 1", stride, rule=PARAMS)
     kw, kh, oc, ic = kern.ne
@@ -600,9 +591,7 @@ def _pool(node: TensorRef, ctx: ExecContext, src: TensorRef, op: int, ys: PoolAx
 def build_pool_1d(node: TensorRef, ctx: ExecContext) -> Step:
     """Max or mean of each window of each row (the mean over the elements inside the row)."""
     src = node.src(0)
-    kinds(node, src, ("F32", "F16"), "the input")
-    kinds(node, node, ("F32",), "the result")
-    readable(node, src)
+    f32_result(node, input=(src, ("F32", "F16")))
     p = node.params()
     _pool_params(node, p, 1)
     require(min(src.ne) >= 1, node, "empty input {}", src.ne)
@@ -619,9 +608,7 @@ def build_pool_1d(node: TensorRef, ctx: ExecContext) -> Step:
 def build_pool_2d(node: TensorRef, ctx: ExecContext) -> Step:
     """Max of each window (padding ignored), or its sum over k0 * k1 (padding counts as 0)."""
     src = node.src(0)
-    kinds(node, src, ("F32", "F16"), "the input")
-    kinds(node, node, ("F32",), "the result")
-    readable(node, src)
+    f32_result(node, input=(src, ("F32", "F16")))
     p = node.params()
     _pool_params(node, p, 2)
     require(min(src.ne) >= 1, node, "empty input {}", src.ne)
@@ -722,9 +709,7 @@ def build_upscale(node: TensorRef, ctx: ExecContext) -> Step:
     """Resample to the result's shape: x and y nearest, bilinear, bicubic or antialiased
     bilinear (with or without aligned corners); dimensions 2 and 3 nearest."""
     src = node.src(0)
-    kinds(node, src, ("F32",), "the input")
-    kinds(node, node, ("F32",), "the result")
-    readable(node, src)
+    f32_result(node, input=(src, ("F32",)))
     flags = node.params().mode
     mode = flags & 0xFF
     require(mode in (NEAREST, BILINEAR, BICUBIC) and flags & ~0x3FF == 0, node,
@@ -817,9 +802,7 @@ def build_timestep_embedding(node: TensorRef, ctx: ExecContext) -> Step:
     """Row t: cos(t * f_j) for j < dim/2, then sin(t * f_j), f_j = exp(-ln(max_period) * j / (dim/2)),
     and a trailing 0 when dim is odd; in float, as ggml."""
     src = node.src(0)
-    kinds(node, src, ("F32",), "the timesteps")
-    kinds(node, node, ("F32",), "the result")
-    readable(node, src)
+    f32_result(node, timesteps=(src, ("F32",)))
     p = node.params()
     require(p.dim >= 0 and node.ne == (p.dim, src.ne[0], 1, 1), node, "result {} is not [dim = {}, {}]", node.ne,
             p.dim, src.ne[0], rule=PARAMS)
@@ -848,9 +831,7 @@ def build_timestep_embedding(node: TensorRef, ctx: ExecContext) -> Step:
 def build_win_part(node: TensorRef, ctx: ExecContext) -> Step:
     """a [C, W, H] cut into w x w windows [C, w, w, npx * npy], row-major over windows, zeros past a."""
     src = node.src(0)
-    kinds(node, src, ("F32",), "the input")
-    kinds(node, node, ("F32",), "the result")
-    readable(node, src)
+    f32_result(node, input=(src, ("F32",)))
     p = node.params()
     npx, npy, w = p.npx, p.npy, p.w
     require(npx >= 1 and npy >= 1 and w >= 1, node, "npx {}, npy {}, w {} must be >= 1", npx, npy, w, rule=PARAMS)
@@ -872,9 +853,7 @@ def build_win_part(node: TensorRef, ctx: ExecContext) -> Step:
 def build_win_unpart(node: TensorRef, ctx: ExecContext) -> Step:
     """Windows [C, w, w, n] put back side by side into [C, W, H], the padding dropped."""
     src = node.src(0)
-    kinds(node, src, ("F32",), "the input")
-    kinds(node, node, ("F32",), "the result")
-    readable(node, src)
+    f32_result(node, input=(src, ("F32",)))
     w = node.params().w
     require(w >= 1, node, "w {} must be >= 1", w, rule=PARAMS)
     c, width, height = node.ne[0], node.ne[1], node.ne[2]
