@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--proto", help="speak this protocol version instead of the one HELLO reports")
     parser.add_argument("--device", type=int, help="device index for device-specific cases (default 0)")
     parser.add_argument("--level", choices=("must", "should"), help="MUST cases only (default), or SHOULD too")
+    parser.add_argument("--section", action="append", metavar="S",
+                        help="only the cases of SPEC.md section S (7, 8.2, ...) and its subsections; repeatable")
     parser.add_argument("--destructive", action="store_true", help="also run cases that kill vulnerable servers")
     parser.add_argument("--restart-cmd", metavar="CMD", help="shell command that restarts the target after it died")
     parser.add_argument("--fuzz-examples", type=int, metavar="N", help="examples per fuzz case (default 25; 0: none)")
@@ -52,16 +54,36 @@ def pytest_args(args, extra: list[str]) -> list[str]:
     for name, flag in (("destructive", "--destructive"), ("target_has_cache", "--target-has-cache")):
         if getattr(args, name):
             out.append(flag)
+    for section in args.section or ():
+        out += ["--section", section]
     if args.junitxml:
         out.append(f"--junitxml={args.junitxml}")
     return out + extra
 
 
+# pytest options that take a value as the next word: that word is theirs, not the target
+PYTEST_VALUED = {"-k", "-m", "-p", "-o", "-c", "-W", "-r", "--deselect", "--ignore", "--maxfail", "--tb",
+                 "--rootdir", "--basetemp", "--log-level", "--durations", "--timeout"}
+
+
+def split_pytest_options(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(ours, pytest's): the words of pytest's valued options (`-k EXPR`) go to pytest whole."""
+    ours, theirs = [], []
+    words = iter(argv)
+    for word in words:
+        if word in PYTEST_VALUED:
+            theirs += [word, next(words, "")]
+        else:
+            ours.append(word)
+    return ours, theirs
+
+
 def main(argv: list[str] | None = None) -> int:
     import pytest
 
-    args, extra = build_parser().parse_known_args(argv)
-    return int(pytest.main(pytest_args(args, extra)))
+    ours, theirs = split_pytest_options(sys.argv[1:] if argv is None else list(argv))
+    args, extra = build_parser().parse_known_args(ours)
+    return int(pytest.main(pytest_args(args, extra + theirs)))
 
 
 if __name__ == "__main__":

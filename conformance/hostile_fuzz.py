@@ -169,9 +169,11 @@ class Session:
         probe.rpc.sync()
         self.stale = stale
         self.next_id = 0x5000
+        self.n_devices = probe.rpc.device_count()  # the device rule judges indexes against the real count
 
     def view(self) -> LiveView:
-        return LiveView(self.profile, {b.handle: BufferInfo(b.base, b.size) for b in (self.target, self.canary)})
+        return LiveView(self.profile, {b.handle: BufferInfo(b.base, b.size) for b in (self.target, self.canary)},
+                        n_devices=self.n_devices)
 
     def tensor(self, draw, *, hostile: bool, type_name: str = "F32", n: int | None = None, **fields) -> Container:
         """An rpc_tensor in the target buffer: plain, or with drawn edge values."""
@@ -431,6 +433,9 @@ class StopCampaign(Exception):
     pass
 
 
+ROUND = 100  # examples per round of a --fuzz-seconds campaign
+
+
 @check("11", "structure-aware hostile requests: closed where a rule says, and the server survives",
        kind="fuzz", destructive=True)
 def hostile_fuzz(ctx: Context) -> None:
@@ -439,29 +444,33 @@ def hostile_fuzz(ctx: Context) -> None:
     shrink = run.started is not None or bool(run.restart_cmd)
     deadline = (campaign.started + run.fuzz_seconds) if run.fuzz_seconds else None
 
-    @settings(max_examples=ctx.fuzz_examples if deadline is None else 10**9, deadline=None, database=None,
+    @settings(max_examples=ctx.fuzz_examples if deadline is None else ROUND, deadline=None, database=None,
               phases=list(Phase) if shrink else [Phase.generate], suppress_health_check=list(HealthCheck),
               report_multiple_bugs=True)
     @given(st.data())
     def example(data):
-        if deadline is not None and time.monotonic() > deadline:
-            return
         finding = _example(ctx, run, campaign, lambda s: data.draw(attacks(s)))
-        if finding is not None and shrink:
+        if finding is not None and shrink and finding.key not in reported:
             raise _error_for(finding)
 
-    stopped = ""
-    try:
-        example()
-    except BaseException as exc:  # the findings (hypothesis reports each class once, shrunk)
-        errors = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
-        stopped = "; ".join(str(e) for e in errors if isinstance(e, StopCampaign))
-        unexpected = [e for e in errors if not isinstance(e, (FindingError, StopCampaign))]
-        for error in errors:
-            if isinstance(error, FindingError):
-                campaign.findings[error.finding.key] = error.finding
-        if unexpected:
-            raise unexpected[0]
+    # With a time budget the campaign runs in rounds of ROUND examples until it is spent (the
+    # budget is checked between rounds); classes reported by earlier rounds no longer stop one.
+    stopped, reported = "", set()
+    while True:
+        reported = set(campaign.findings)
+        try:
+            example()
+        except BaseException as exc:  # the findings (hypothesis reports each class once, shrunk)
+            errors = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
+            stopped = "; ".join(str(e) for e in errors if isinstance(e, StopCampaign))
+            unexpected = [e for e in errors if not isinstance(e, (FindingError, StopCampaign))]
+            for error in errors:
+                if isinstance(error, FindingError):
+                    campaign.findings[error.finding.key] = error.finding
+            if unexpected:
+                raise unexpected[0]
+        if deadline is None or stopped or time.monotonic() > deadline:
+            break
     if campaign.findings:
         lines = [f"{f.kind}: {f.what} -- rule {f.rule}: {f.detail}\n    trace: {f.trace or '(not saved)'}"
                  for f in campaign.findings.values()]

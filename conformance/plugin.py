@@ -9,6 +9,7 @@ Options (also `pytest --help`, group "GGML RPC conformance"):
   --proto VERSION         speak this version instead of the one HELLO reports
   --device N              device index to use for device-specific cases
   --level must|should     MUST cases only (default), or SHOULD cases too
+  --section S             only the cases of SPEC.md section S and its subsections (repeatable)
   --destructive           also run cases known to kill vulnerable servers
   --restart-cmd CMD       shell command that restarts the target after it died
   --fuzz-examples N       hypothesis examples per fuzz case (0 disables them)
@@ -48,6 +49,8 @@ def pytest_addoption(parser):
     group.addoption("--device", type=int, default=0, metavar="N", help="device index for device-specific cases")
     group.addoption("--level", choices=LEVELS, default="must",
                     help="must: MUST-level cases only (default); should: SHOULD-level cases too")
+    group.addoption("--section", action="append", default=[], metavar="S",
+                    help="only the cases of SPEC.md section S (e.g. 7, 8.2) and its subsections; repeatable")
     group.addoption("--destructive", action="store_true",
                     help="also run cases that kill vulnerable servers (pair with --restart-cmd)")
     group.addoption("--restart-cmd", default=None, metavar="CMD",
@@ -103,6 +106,20 @@ def pytest_generate_tests(metafunc):
             cache.pop(_ESCAPING, None)
         else:
             cache[_ESCAPING] = before
+
+
+def pytest_collection_modifyitems(config, items):
+    sections = config.getoption("--section")
+    if not sections:
+        return
+    chosen, dropped = [], []
+    for item in items:
+        check = getattr(getattr(item, "callspec", None), "params", {}).get("check")
+        inside = check is not None and any(check.section == s or check.section.startswith(s + ".") for s in sections)
+        (chosen if inside or check is None else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = chosen
 
 
 @pytest.fixture

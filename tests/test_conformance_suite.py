@@ -231,6 +231,24 @@ def test_reports_show_a_broken_servers_failing_case_in_a_browser(tmp_path):
     assert "actual:   the server answered" in shown and "GET_TENSOR" in shown and "offset=4088 size=64" in shown
 
 
+def test_the_command_runs_selected_cases_from_any_directory(tmp_path, reference_server):
+    """`ggml-rpc-conformance -k EXPR HOST:PORT --section S --json F`: -k's expression is pytest's,
+    not the target; --section keeps one SPEC section's cases."""
+    from ggml_rpc_spec.conformance.cli import split_pytest_options
+
+    assert split_pytest_options(["h:1", "-k", "x", "--level", "should", "-m", "y"]) == (
+        ["h:1", "--level", "should"], ["-k", "x", "-m", "y"])
+    server = reference_server("7.0.0")
+    proc = subprocess.run([sys.executable, "-m", "ggml_rpc_spec.conformance.cli", "-k", "not version", server.endpoint,
+                           "--section", "3", "--json", "report.json", "--fuzz-examples", "0"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    cases = json.loads((tmp_path / "report.json").read_text())["cases"]
+    ids = [case["id"] for case in cases]
+    assert len(ids) >= 3 and all(i.startswith("§3") and "version" not in i for i in ids), ids
+    assert f"target {server.endpoint} (external): reports protocol 7.0.0" in proc.stdout
+
+
 def test_every_rule_has_a_case():
     from ggml_rpc_spec.conformance.core import all_checks
     from ggml_rpc_spec.conformance.hostile import CASES
