@@ -64,9 +64,6 @@ class Check:
         tag = f" [{self.advisory}]" if self.advisory else ""
         return f"§{self.section} {self.title}{tag}"
 
-    def applies_to(self, profile: Profile) -> bool:
-        return not self.missing_from(profile)
-
     def missing_from(self, profile: Profile) -> str:
         """Why the check cannot run on `profile`'s version ("" when it can)."""
         return missing_from(profile, needs=self.needs, ops=self.ops, since=self.since, protocols=self.protocols)

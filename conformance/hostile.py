@@ -53,8 +53,9 @@ class HostileCase:
         section = self.spec_rule.section if self.rule else self.section
         return f"§{section} {self.title} [{self.advisory}]"
 
-    def applies_to(self, profile) -> bool:
-        return not missing_from(profile, needs=self.needs, ops=self.ops, since=self.since)
+    def missing_from(self, profile) -> str:
+        """Why the case cannot run on `profile`'s version ("" when it can)."""
+        return missing_from(profile, needs=self.needs, ops=self.ops, since=self.since)
 
 
 def _set(p, tensor, data: bytes, offset: int = 0) -> None:

@@ -401,6 +401,24 @@ def judge(ctx: Context, run, attack: Attack, rule: str | None, verdict: str, can
     return None
 
 
+def attribute(run, finding: Finding, traces: list[bytes]) -> None:
+    """A finding no static rule predicts: replay its exchange against the reference server,
+    and if that closes the connection, name the rule it reports (an execution rule, say)."""
+    from ggml_rpc_spec.protocol.trace import decode_trace
+    from ggml_rpc_spec.reference_impl.replay import replay
+
+    reference = run.reference()
+    before = reference.rejections
+    try:
+        replay(decode_trace(traces[0]), reference.endpoint, timeout=10.0)
+    except Exception:  # a trace the replayer cannot follow: the finding stays unattributed
+        return
+    if reference.rejections > before:
+        key = reference.last_rejection
+        finding.rule = key if key in BY_KEY else "a framing rule"
+        finding.detail += "; the reference server rejects it" + (f" under {key}" if key else "")
+
+
 @dataclass
 class Campaign:
     """Findings of one fuzzing run, by class."""
@@ -408,12 +426,13 @@ class Campaign:
     findings: dict[tuple, Finding] = field(default_factory=dict)
     examples: int = 0
     started: float = field(default_factory=time.monotonic)
+    session: Session | None = None  # the last example's, for drawing once the time budget is spent
 
 
 def _example(ctx: Context, run, campaign: Campaign, draw_attack) -> Finding | None:
     ctx.exchanges.clear()  # each example's exchange stands alone (findings save their own)
     probe = ctx.probe(buffer_size=TARGET_SIZE)
-    session = Session(probe, ctx.profile)
+    session = campaign.session = Session(probe, ctx.profile)
     attack = draw_attack(session)
     rule = expected_rule(attack, session.view())
     due = _send(probe, attack)
@@ -422,11 +441,22 @@ def _example(ctx: Context, run, campaign: Campaign, draw_attack) -> Finding | No
     campaign.examples += 1
     finding = judge(ctx, run, attack, rule, verdict, canary)
     if finding is not None:
+        if rule is None:
+            attribute(run, finding, ctx.traces(finding.what, [("fuzz", probe.exchange)]))
         finding.trace = ", ".join(run.save_exchange(ctx, f"fuzz-{finding.slug}", probe.exchange))
         campaign.findings.setdefault(finding.key, finding)
     if finding is not None and finding.kind == "killed the server" and not run.restart():
         raise StopCampaign("the server died and could not be restarted (--restart-cmd)")
     return finding
+
+
+def _leaves(error: BaseException):
+    """The exceptions inside (nested) exception groups, or the exception itself."""
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
 
 
 class StopCampaign(Exception):
@@ -449,19 +479,25 @@ def hostile_fuzz(ctx: Context) -> None:
               report_multiple_bugs=True)
     @given(st.data())
     def example(data):
+        if deadline is not None and time.monotonic() > deadline and campaign.session is not None:
+            # the budget is spent: draw what an example draws and send nothing, so that this round's
+            # remaining examples and shrink steps end at once (a finding no longer reproduces:
+            # hypothesis then reports it as flaky, with the finding inside)
+            data.draw(attacks(campaign.session))
+            return
         finding = _example(ctx, run, campaign, lambda s: data.draw(attacks(s)))
         if finding is not None and shrink and finding.key not in reported:
             raise _error_for(finding)
 
-    # With a time budget the campaign runs in rounds of ROUND examples until it is spent (the
-    # budget is checked between rounds); classes reported by earlier rounds no longer stop one.
+    # With a time budget the campaign runs in rounds of ROUND examples until it is spent;
+    # classes reported by earlier rounds no longer stop one.
     stopped, reported = "", set()
     while True:
         reported = set(campaign.findings)
         try:
             example()
         except BaseException as exc:  # the findings (hypothesis reports each class once, shrunk)
-            errors = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
+            errors = list(_leaves(exc))  # findings may come wrapped: several, or flaky on a live server
             stopped = "; ".join(str(e) for e in errors if isinstance(e, StopCampaign))
             unexpected = [e for e in errors if not isinstance(e, (FindingError, StopCampaign))]
             for error in errors:

@@ -64,8 +64,9 @@ def decoded(paths: list[str]) -> str:
 
 
 def record(check, report, traces: list[str]) -> CaseRecord:
-    if hasattr(report, "wasxfail"):
-        verdict, reason = ("xfailed" if report.skipped else "xpassed"), report.wasxfail
+    if hasattr(report, "wasxfail"):  # an expected failure keeps what failed, after the deviation it is
+        verdict = "xfailed" if report.skipped else "xpassed"
+        reason = report.wasxfail + (f"\n\n{report.longreprtext}" if report.skipped and report.longreprtext else "")
     elif report.skipped:
         verdict = "skipped"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)

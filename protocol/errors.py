@@ -13,8 +13,9 @@ class ProtocolError(Exception):
     """A GGML RPC protocol rule was broken.
 
     `command` is the command name (e.g. "GET_TENSOR"), `field` the offending field (dotted
-    path for nested fields), `value` what it held, `rule` the rule in words, and `section`
-    the SPEC.md section that states it.  The message says all of that in one line.
+    path for nested fields), `value` what it held, `rule` the rule in words, `section` the
+    SPEC.md section that states it and `key` its protocol.rules key, where a rule of that
+    table is the one broken.  The message says all of that in one line.
     """
 
     def __init__(
@@ -26,8 +27,10 @@ class ProtocolError(Exception):
         value: object = None,
         section: str | None = None,
         offset: int | None = None,
+        key: str | None = None,
     ) -> None:
         self.rule = rule
+        self.key = key
         self.command = command
         self.field = field
         self.value = value

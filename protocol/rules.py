@@ -588,4 +588,4 @@ def as_error(command: Command, broken: tuple[Rule, Violation]):
     rule, violation = broken
     detail = f" ({violation.detail})" if violation.detail else ""
     return RemoteProtocolError(f"{rule.title}{detail}", command=command.name, field=violation.field,
-                               value=violation.value, section=rule.section)
+                               value=violation.value, section=rule.section, key=rule.key)

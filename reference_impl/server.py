@@ -21,6 +21,7 @@ import re
 import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 
 from ggml_rpc_spec.protocol import (
@@ -72,6 +73,9 @@ class ReferenceServer(ThreadedTCPService):
         self.max_payload = max_payload if max_payload is not None else memory + PAYLOAD_HEADROOM
         self.poll = poll
         self.frame_timeout = frame_timeout or None
+        self.rejections = 0  # connections closed for a broken rule, and the last rule's key
+        self.last_rejection: str | None = None
+        self._rejection_lock = threading.Lock()
         super().__init__((host, port), max_connections=max_connections)
 
     @property
@@ -96,14 +100,21 @@ class ReferenceServer(ThreadedTCPService):
                          " or ".join(str(message_spec(p, Command.HELLO).request_size) for p in self.profiles))
             else:
                 log.warning("[%s] closing: %s", name, exc)
+                self._rejected(exc.key)
         except ExecutionError as exc:
             log.warning("[%s] closing: cannot compute the graph: %s", name, exc)
+            self._rejected(exc.rule)
         except OSError as exc:
             log.info("[%s] connection lost: %s", name, exc)
         except Exception:  # a bug must cost one connection, never the server
             log.exception("[%s] internal error, closing the connection", name)
         finally:
             session.close()
+
+    def _rejected(self, key: str | None) -> None:
+        with self._rejection_lock:
+            self.rejections += 1
+            self.last_rejection = key
 
     def _converse(self, sock: socket.socket, session: Session) -> None:
         profile = self.profile

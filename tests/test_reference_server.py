@@ -121,8 +121,9 @@ def test_a_stalled_client_blocks_nobody(reference_server):
 @pytest.mark.parametrize("proto", MAIN)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.key)
 def test_hostile_input_closes_only_that_connection(reference_server, proto, case, caplog, tmp_path):
-    if not case.applies_to(profile_for(proto)):
-        pytest.skip(f"{case.key} needs commands protocol {proto} lacks")
+    missing = case.missing_from(profile_for(proto))
+    if missing:
+        pytest.skip(f"{case.key}: {missing}")
     server = reference_server(proto, cache_dir=tmp_path if case.needs_cache else None)
     with caplog.at_level(logging.INFO, logger="ggml_rpc.server"):
         probe = Probe(server.endpoint, profile_for(proto), timeout=5, handshake=case.handshake)
