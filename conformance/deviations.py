@@ -32,6 +32,10 @@ _ABORTS = {
                                              "nbytes with GGML_ASSERT; the server aborts",
     "rule.upstream-asserts.get-past-tensor": "upstream asserts: ggml_backend_tensor_get checks offset + size <= "
                                              "nbytes with GGML_ASSERT; the server aborts",
+    "rule.upstream-asserts.elements": "upstream asserts: ggml_new_tensor checks the element count with GGML_ASSERT "
+                                      "(zero dimensions skipped); the server aborts",
+    "rule.graph.elements": "upstream asserts: ggml_new_tensor checks the element count with GGML_ASSERT; the server "
+                           "aborts",
     "rule.CVE-2026-137567": "CVE-2026-137567: COPY_TENSOR skips its size check for an empty destination and "
                             "copies below the buffer's base; the server crashes",
     "rule.set_tensor_hash.in-tensor": "upstream asserts: a cached file past the tensor's nbytes trips "

@@ -299,7 +299,7 @@ CASES: tuple[HostileCase, ...] = (
                 "llama.cpp #25704", _gated_delta_net_past_the_result, destructive=True, ops=("GATED_DELTA_NET",),
                 since=spec_for("GATED_DELTA_NET").param("K").since),
     HostileCase("conv-geometry.transpose-stride", "exec.op-params", "CONV_TRANSPOSE_2D with a stride of 100000 "
-                "into a result sized for stride 1", "conv geometry (OOB write)", lambda p: _graph(p, [
+                "into a result sized for stride 1", "CONV_TRANSPOSE_2D stride (OOB write)", lambda p: _graph(p, [
                     _dense(p, 0, [1, 1, 1, 1], id=0xA0, name="kernel"), _dense(p, 256, [2, 2, 1, 1], id=0xA1, name="x"),
                     _dense(p, 512, [2, 2, 1, 1], id=0xC0, name="out", op=p.profile.ggml.op_value("CONV_TRANSPOSE_2D"),
                            src=[0xA0, 0xA1] + [0] * 8, op_params=spec_for("CONV_TRANSPOSE_2D").pack(stride=100_000))]),
@@ -330,6 +330,9 @@ CASES: tuple[HostileCase, ...] = (
     HostileCase("upstream-asserts.overflow", "tensor.bounds", "INIT_TENSOR whose ne/nb overflow nbytes",
                 "upstream asserts", lambda p: p.send(C.INIT_TENSOR, {"tensor": p.tensor(
                     0, ne=[2**32 - 1] * 4, nb=[2**32 - 1] * 4)}), destructive=True),
+    HostileCase("upstream-asserts.elements", "tensor.elements", "INIT_TENSOR of an empty tensor whose other "
+                "dimensions multiply past INT64_MAX", "upstream asserts", lambda p: p.send(C.INIT_TENSOR, {
+                    "tensor": p.tensor(0, ne=[2**31, 0, 0, 2**32 - 1])}), destructive=True),
     HostileCase("compute-failure.unknown-op", "graph.ops-known", "graph node with an op past GGML_OP_COUNT",
                 "compute failure", lambda p: _graph(p, _node(p, op=len(p.profile.ggml.ops) + 3)), destructive=True),
     HostileCase("#25288", "tensor.blocks", "SET_TENSOR of a Q4_0 tensor with ne[0] = 33", "llama.cpp #25288",
@@ -364,6 +367,9 @@ CASES += (
                 lambda p: _graph(p, _node(p, type=2, ne=[33, 1, 1, 1], nb=[18, 18, 18, 18])), destructive=True),
     HostileCase("graph.buffers", "graph.buffers", "graph tensor naming a buffer never handed out", "buffer tracking",
                 lambda p: _graph(p, _node(p, buffer=p.buffer.handle ^ 0x40))),
+    HostileCase("graph.elements", "graph.elements", "graph source whose dimensions multiply past INT64_MAX",
+                "upstream asserts", lambda p: _graph(p, _node(p)[:1] + [
+                    p.tensor(64, id=0xB2, name="b", ne=[2**31, 0, 0, 2**32 - 1]), _node(p)[2]]), destructive=True),
     HostileCase("graph.bounds", "graph.bounds", "graph node whose data runs past its buffer", "upstream asserts",
                 lambda p: _graph(p, _node(p, data=p.buffer.base + p.buffer.size - 8)), destructive=True),
     HostileCase("exec.unsupported", "exec.unsupported", "ROPE in the removed mode 1", "compute failure",

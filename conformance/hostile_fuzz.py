@@ -39,6 +39,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from ggml_rpc_spec.protocol import Command, Graph, encode_request, make_tensor, message_spec
+from ggml_rpc_spec.protocol.errors import ProtocolError
 from ggml_rpc_spec.protocol.framing import NEED_DATA, ReplyParser
 from ggml_rpc_spec.protocol.ggml import TYPES
 from ggml_rpc_spec.protocol.graph import tensors_from_containers
@@ -46,6 +47,7 @@ from ggml_rpc_spec.protocol.messages import device_fields
 from ggml_rpc_spec.protocol.ops import CATALOGUE, Param
 from ggml_rpc_spec.protocol.rules import BY_KEY, MUST, BufferInfo, request_checks, sized_violation
 from ggml_rpc_spec.protocol.tensor import contiguous_strides
+from ggml_rpc_spec.reference_impl.client import ServerClosed
 
 from .core import Context, check
 from .probe import ANSWERED, CLOSED, SILENT
@@ -90,7 +92,8 @@ class Attack:
 
 @dataclass
 class Finding:
-    kind: str  # "killed the server", "served a request breaking a MUST rule", "went silent", "canary changed"
+    kind: str  # "killed the server", "served a request breaking a MUST rule", "went silent", "canary changed",
+    # "stopped serving valid requests"
     what: str
     rule: str  # rule key, or "no rule: new finding"
     detail: str
@@ -431,8 +434,14 @@ class Campaign:
 
 def _example(ctx: Context, run, campaign: Campaign, draw_attack) -> Finding | None:
     ctx.exchanges.clear()  # each example's exchange stands alone (findings save their own)
-    probe = ctx.probe(buffer_size=TARGET_SIZE)
-    session = campaign.session = Session(probe, ctx.profile)
+    try:
+        probe = ctx.probe(buffer_size=TARGET_SIZE)
+        session = Session(probe, ctx.profile)
+    except (OSError, ServerClosed, ProtocolError) as exc:
+        if campaign.session is None:
+            raise  # not even the first example could start: nothing to fuzz
+        return _refused_setup(ctx, run, campaign, draw_attack, exc)
+    campaign.session = session
     attack = draw_attack(session)
     rule = expected_rule(attack, session.view())
     due = _send(probe, attack)
@@ -459,6 +468,21 @@ def _leaves(error: BaseException):
         yield error
 
 
+def _refused_setup(ctx: Context, run, campaign: Campaign, draw_attack, error: Exception) -> None:
+    """The server no longer serves the valid requests an example starts with (a previous
+    attack broke it, without killing it, or it is still dying): a finding of its own, never
+    shrunk, since it belongs to no single example.  The example draws as usual (from the last
+    session) so that hypothesis sees the same data, and the server is restarted if it died."""
+    draw_attack(campaign.session)
+    finding = Finding("stopped serving valid requests", "setup of an example", "no rule: new finding",
+                      f"{type(error).__name__}: {error}")
+    finding.trace = ", ".join(run.save_exchange(ctx, f"fuzz-{finding.slug}", ctx.exchanges[-1][1])
+                              if ctx.exchanges else [])
+    campaign.findings.setdefault(finding.key, finding)
+    if not run.alive() and not run.restart():
+        raise StopCampaign("the server died and could not be restarted (--restart-cmd)")
+
+
 class StopCampaign(Exception):
     pass
 
@@ -474,9 +498,10 @@ def hostile_fuzz(ctx: Context) -> None:
     shrink = run.started is not None or bool(run.restart_cmd)
     deadline = (campaign.started + run.fuzz_seconds) if run.fuzz_seconds else None
 
+    # no explain phase: against a live target each of its variations is another kill and restart
     @settings(max_examples=ctx.fuzz_examples if deadline is None else ROUND, deadline=None, database=None,
-              phases=list(Phase) if shrink else [Phase.generate], suppress_health_check=list(HealthCheck),
-              report_multiple_bugs=True)
+              phases=[Phase.generate, Phase.shrink] if shrink else [Phase.generate],
+              suppress_health_check=list(HealthCheck), report_multiple_bugs=True)
     @given(st.data())
     def example(data):
         if deadline is not None and time.monotonic() > deadline and campaign.session is not None:

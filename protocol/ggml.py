@@ -151,6 +151,24 @@ def nbytes(tensor_type: TensorType, ne, nb) -> int:
     return total
 
 
+INT64_MAX = 2**63 - 1
+
+
+def elements_overflow(ne: np.ndarray) -> np.ndarray:
+    """Per tensor (rows of ne), whether ggml_new_tensor's element count check fails: starting
+    from ne[0], each later dimension above 1 must satisfy INT64_MAX // ne[i] > count so far
+    (dimensions of 0 and 1 are skipped, so an empty tensor can still fail)."""
+    ne = np.atleast_2d(np.asarray(ne, dtype=np.uint64))
+    count = ne[:, 0].copy()
+    bad = np.zeros(len(ne), dtype=bool)
+    for dim in range(1, MAX_DIMS):
+        n = ne[:, dim]
+        grows = n > 1
+        bad |= grows & (np.uint64(INT64_MAX) // np.maximum(n, np.uint64(1)) <= count)
+        count = np.where(grows & ~bad, count * np.where(grows & ~bad, n, np.uint64(1)), count)
+    return bad
+
+
 NBYTES_OVERFLOW = np.uint64(2**64 - 1)
 
 

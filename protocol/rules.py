@@ -20,7 +20,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from .commands import Command
-from .ggml import nbytes, nbytes_array
+from .ggml import elements_overflow, nbytes, nbytes_array
 from .graph import distinct
 from .versions import Profile
 
@@ -125,6 +125,12 @@ def _tensor_blocks(view: ServerView, tensor) -> Violation | None:
     kind = view.profile.ggml.tensor_type(tensor.type)
     if kind is not None and tensor.ne[0] % kind.block_size:
         return Violation("ne[0]", tensor.ne[0], f"{kind.name} has blocks of {kind.block_size}")
+    return None
+
+
+def _tensor_elements(view: ServerView, tensor) -> Violation | None:
+    if elements_overflow([tensor.ne])[0]:
+        return Violation("ne", list(tensor.ne), "its dimensions above 1 multiply past INT64_MAX elements")
     return None
 
 
@@ -290,6 +296,14 @@ def _graph_buffers(view, graph, _valid) -> Violation | None:
     return None
 
 
+def _graph_elements(view, graph, _valid) -> Violation | None:
+    at = _first(elements_overflow(graph.tensors["ne"]))
+    if at is None:
+        return None
+    return Violation(f"tensors[{at}].ne", [int(n) for n in graph.tensors["ne"][at]],
+                     "its dimensions above 1 multiply past INT64_MAX elements")
+
+
 def _graph_bounds(view, graph, valid) -> Violation | None:
     tensors = graph.tensors
     types = np.where(valid["type"], tensors["type"], 0)
@@ -393,6 +407,9 @@ RULES: tuple[Rule, ...] = (
          _TENSOR_COMMANDS, _tensor_type, "CVE-2024-42477, type 4/5 division by zero (2026-03)"),
     Rule("4.4", "tensor.blocks", "quantized tensor whose ne[0] is not a multiple of the block size is rejected",
          MUST, "tensor", _TENSOR_COMMANDS, _tensor_blocks, "llama.cpp #25288"),
+    Rule("4.4", "tensor.elements", "tensor whose dimensions above 1 multiply past INT64_MAX elements is rejected, "
+         "even when another dimension is 0", MUST, "tensor", _TENSOR_COMMANDS, _tensor_elements,
+         "upstream asserts (abort)"),
     Rule("4.4", "tensor.bounds", "tensor whose data lies before its buffer's base or whose data+nbytes runs "
          "past its end is rejected", MUST, "tensor", _TENSOR_COMMANDS, _tensor_bounds,
          "upstream asserts (abort), CVE-2026-137567"),
@@ -456,6 +473,8 @@ RULES: tuple[Rule, ...] = (
          (C.GRAPH_COMPUTE,), _graph_null_data, "CVE-2026-34159 (GHSA-j8rj-fmpv-wcxw)"),
     Rule("8.2", "graph.buffers", "graph tensor naming a buffer the server never handed out is rejected", MUST,
          "graph", (C.GRAPH_COMPUTE,), _graph_buffers, "buffer tracking (2024-05)"),
+    Rule("8.2", "graph.elements", "graph tensor whose dimensions above 1 multiply past INT64_MAX elements is "
+         "rejected", MUST, "graph", (C.GRAPH_COMPUTE,), _graph_elements, "upstream asserts (abort)"),
     Rule("8.2", "graph.bounds", "graph tensor whose data+nbytes runs past its buffer is rejected", MUST, "graph",
          (C.GRAPH_COMPUTE,), _graph_bounds, "upstream asserts (abort)"),
     Rule("8.2", "graph.ops-known", "graph tensor with an op number unknown to the version is rejected", MUST,
@@ -473,7 +492,8 @@ RULES: tuple[Rule, ...] = (
     Rule("8.4", "exec.state-ids", "SSM_SCAN/SSM_CONV/recurrent state ids out of range are rejected", MUST,
          "execution", (C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE), None, "llama.cpp #25765"),
     Rule("8.4", "exec.op-params", "op_params outside what the op accepts (geometry, counts, offsets) are "
-         "rejected", MUST, "execution", (C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE), None, "llama.cpp #25704"),
+         "rejected", MUST, "execution", (C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE), None,
+         "llama.cpp #25704, CONV_TRANSPOSE_2D stride (OOB write)"),
     Rule("8.4", "exec.view-params", "ACC/SET with strides or offset outside the destination is rejected", MUST,
          "execution", (C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE), None, "llama.cpp #25764"),
     Rule("8.4", "exec.unsupported", "an op, type or parameter the server cannot run is rejected, not "

@@ -3,6 +3,7 @@ the real upstream ones with their documented deviations) and catches broken ones
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import re
@@ -78,9 +79,10 @@ def test_real_upstream_passes_but_for_documented_deviations(tmp_path, release, u
     assert re.search(r"\b\d+ xfailed\b", output) and not re.search(r"\b\d+ xpassed\b", output), output[-3000:]
 
 
-@pytest.mark.upstream
-@pytest.mark.parametrize("release", CI_RELEASES)
-def test_destructive_run_against_upstream_restarts_and_lists_killers(tmp_path, release):
+@contextlib.contextmanager
+def restartable_upstream(release: str):
+    """A real server on a free port, and the shell command that starts it again after a case
+    killed it: (endpoint, command).  Every server it started is stopped afterwards."""
     peer = require_peer(release)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -91,11 +93,18 @@ def test_destructive_run_against_upstream_restarts_and_lists_killers(tmp_path, r
         deadline = time.monotonic() + 60
         while port not in _listening_ports(server.pid) and time.monotonic() < deadline:
             time.sleep(0.05)  # polling for the LISTEN socket
-        result = run_suite(tmp_path, "--target", f"127.0.0.1:{port}", "--destructive", "--restart-cmd", command,
-                           "--fuzz-examples", "0")
+        yield f"127.0.0.1:{port}", command
     finally:
         server.kill()
         subprocess.run(["pkill", "-f", f"upstream_peers.server --peer {peer.release} --port {port}"])
+
+
+@pytest.mark.upstream
+@pytest.mark.parametrize("release", CI_RELEASES)
+def test_destructive_run_against_upstream_restarts_and_lists_killers(tmp_path, release):
+    with restartable_upstream(release) as (endpoint, command):
+        result = run_suite(tmp_path, "--target", endpoint, "--destructive", "--restart-cmd", command,
+                           "--fuzz-examples", "0")
     assert result["code"] == 0 and not failing(result), result["output"][-3000:]
     assert "cases that killed the server:" in result["output"]
     assert "[llama.cpp #25299]" in result["output"].split("cases that killed the server:")[1]
@@ -277,21 +286,9 @@ def test_the_hostile_fuzzer_alone_kills_the_real_server_four_ways(tmp_path):
     """Within a minute, with no named §11 case selected, the fuzzer kills the real 7.0.0
     server in four distinct ways, each saved as a trace and matched to a rule; shrinking and
     restarts run against the live target."""
-    peer = require_peer("0.3.36")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = f"{sys.executable} -m ggml_rpc_spec.upstream_peers.server --peer {peer.release} --port {port}"
-    server = subprocess.Popen(command.split(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while port not in _listening_ports(server.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)  # polling for the LISTEN socket
-        result = run_suite(tmp_path, "--target", f"127.0.0.1:{port}", "-k", "structure-aware", "--destructive",
+    with restartable_upstream("0.3.36") as (endpoint, command):
+        result = run_suite(tmp_path, "--target", endpoint, "-k", "structure-aware", "--destructive",
                            "--restart-cmd", command, "--fuzz-seconds", "60", "--conformance-json", "report.json")
-    finally:
-        server.kill()
-        subprocess.run(["pkill", "-f", f"upstream_peers.server --peer {peer.release} --port {port}"])
     findings = json.loads((tmp_path / "report.json").read_text())["fuzz_findings"]
     kills = {f["rule"]: f for f in findings if f["kind"] == "killed the server" and f["rule"] in BY_KEY}
     assert len(kills) >= 4, (findings, result["output"][-3000:])

@@ -99,3 +99,33 @@ def test_vectorised_nbytes_is_exact_or_saturates(type_value, ne, nb):
         assert int(got[0]) == exact
     else:
         assert got[0] == NBYTES_OVERFLOW or int(got[0]) == exact
+
+
+def ggml_new_tensor_refuses(ne) -> bool:
+    """ggml_new_tensor's element count check, statement by statement (int64 arithmetic)."""
+    count = ne[0]
+    for n in ne[1:]:
+        if n > 1:
+            if not (2**63 - 1) // n > count:
+                return True
+            count *= n
+    return False
+
+
+DIMENSION = st.one_of(st.sampled_from([0, 1, 2, 2**16, 2**31 - 1, 2**31, 2**32 - 1]), st.integers(0, 2**32 - 1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(DIMENSION, min_size=4, max_size=4), min_size=1, max_size=20))
+def test_element_overflow_matches_ggml_new_tensor(shapes):
+    from ggml_rpc_spec.protocol.ggml import elements_overflow
+
+    assert elements_overflow(shapes).tolist() == [ggml_new_tensor_refuses(ne) for ne in shapes]
+
+
+def test_element_overflow_edges():
+    from ggml_rpc_spec.protocol.ggml import elements_overflow
+
+    # an empty tensor (a zero dimension) still fails when the others multiply past INT64_MAX
+    assert elements_overflow([[2**31, 0, 0, 2**32 - 1], [2**31 - 1, 1, 1, 2**32 - 1], [4, 4, 4, 4]]).tolist() == [
+        True, False, False]
