@@ -38,8 +38,9 @@ class RecordingRef(TensorRef):
     def __getattribute__(self, attribute):
         fields = FIELDS.get(attribute)
         if fields is not None:
-            log, role = object.__getattribute__(self, "log"), object.__getattribute__(self, "role")
-            log.update((role, field) for field in fields)
+            log = object.__getattribute__(self, "__dict__").get("log")  # None in a kernel's own copies
+            if log is not None:  # (dataclasses.replace of a source: the fields copied were noted)
+                log.update((object.__getattribute__(self, "role"), field) for field in fields)
         return super().__getattribute__(attribute)
 
 

@@ -263,7 +263,7 @@ def test_the_hostile_fuzzer_alone_finds_a_missing_bounds_check(tmp_path):
     server = serve_faulty(ReferenceServer, NoBoundsCheck)
     try:
         result = run_suite(tmp_path, "--target", server.endpoint, "-k", "structure-aware", "--destructive",
-                           "--fuzz-examples", "300", "--conformance-json", "report.json")
+                           "--fuzz-examples", "2000", "--conformance-json", "report.json")
     finally:
         server.shutdown()
     findings = json.loads((tmp_path / "report.json").read_text())["fuzz_findings"]

@@ -50,7 +50,10 @@ def local_runs(tiny_models):
     return get
 
 
-RUNS = [("2", "float"), ("2", "ggml"), ("moe", "float"), ("mamba", "float")]  # (model, numerics)
+# (model, numerics).  The mixture of experts runs with ggml's activation rounding: its router
+# picks the top 2 of 4 experts, and where two are nearly tied plain float32 math picks the
+# other one (as another backend may), which moves that position's logits by whole units.
+RUNS = [("2", "float"), ("2", "ggml"), ("moe", "ggml"), ("mamba", "float")]
 
 
 @pytest.mark.parametrize("model,numerics", RUNS, ids=[f"{m}-{n}" for m, n in RUNS])

@@ -100,6 +100,12 @@ class TensorRef:
                                       self.shape, (self.nb[3], self.nb[2], self.nb[1], self.nb[0]))
         return self._view
 
+    def part(self, offset: int, ne) -> "TensorRef":
+        """The tensor of dimensions `ne` that starts `offset` bytes into this one, of the same
+        type and strides: a tensor of its own (its own view and dequantization cache entry)."""
+        return TensorRef(self.kind, tuple(ne), self.nb, self.data + offset, self.buffer, "NONE",
+                         np.zeros(16, np.int32), b"")
+
     def row_bytes(self) -> np.ndarray:
         """Quantized rows as raw bytes, shape (ne3, ne2, ne1, bytes per row)."""
         per_row = self.ne[0] // self.kind.block_size * self.kind.type_size

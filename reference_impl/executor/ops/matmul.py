@@ -10,8 +10,6 @@ along every column, so it follows ggml's float32 operation order exactly.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from ..errors import ExecutionError
@@ -121,8 +119,7 @@ def build_mul_mat_id(node: TensorRef, ctx: ExecContext) -> Step | None:
         ids pick are ever decoded (1024 experts of which a token uses 10, say)."""
         found = matrices.get(e)
         if found is None:
-            found = matrices[e] = replace(experts, data=experts.data + e * experts.nb[2], ne=(k, n_rows, 1, 1),
-                                          _view=None)
+            found = matrices[e] = experts.part(e * experts.nb[2], (k, n_rows, 1, 1))
         return found
 
     def run():
