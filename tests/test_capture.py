@@ -18,6 +18,7 @@ import pytest
 from conftest import CI_RELEASES, require_peer, require_tool
 from ggml_rpc_spec.protocol.trace import decode_trace, encode_trace
 from ggml_rpc_spec.reference_impl.capture import export_capture, import_capture
+from ggml_rpc_spec.reference_impl.replay import passed, replay
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = sorted((ROOT / "fixtures").glob("*/*.ggmlrpc"))
@@ -128,7 +129,8 @@ class Capture:
 
 @pytest.mark.upstream
 @pytest.mark.parametrize("release", CI_RELEASES)
-def test_a_real_session_captured_imports_as_the_proxy_recorded_it(release, tmp_path, tiny_models, upstream_server):
+def test_a_real_session_captured_imports_as_the_proxy_recorded_it(release, tmp_path, tiny_models, upstream_server,
+                                                                   reference_server):
     """The real client runs the tiny model through the recording proxy to the real server
     while tcpdump captures the proxy's side: the imported capture equals the proxy's traces,
     replays green against the reference server, and tshark with the generated dissector
@@ -163,6 +165,10 @@ def test_a_real_session_captured_imports_as_the_proxy_recorded_it(release, tmp_p
     assert len(results) == len(recorded) > 3
     assert theirs == ours
     assert all(r.notes == [] for r in results)
+    target = reference_server(peer.protocol, memory=1 << 30)
+    for result in results:  # and the imported traces replay green against the reference server
+        replayed = replay(result.trace, target.endpoint)
+        assert passed(replayed), [r for r in replayed if r.verdict == "differs"]
 
     fields = subprocess.run([tshark, "-X", f"lua_script:{DISSECTOR}", "-o", f"ggml_rpc.port:{server.port}", "-r",
                              str(tmp_path / "session.pcap"), "-T", "fields", "-e", "ggml_rpc.command",
