@@ -18,7 +18,11 @@ What one side lacks is emulated from what the other has:
 - a graph of a release that marks nodes to compute (COMPUTE flag) for one that computes
   every node: only the marked nodes are sent, and the other way round every node is marked;
 - rpc_tensor's `use_count` (5.1.0+, used by the server to decide fusions) is counted from
-  the graph's links when the client's version has only padding there.
+  the graph's links when the client's version has only padding there;
+- an op_params word a newer ggml reads and the client's left unset (SSM_SCAN's snapshot
+  count) gets the value that asks for the older behaviour (Param.legacy);
+- a tensor without a buffer is sent without an address: 2.0.0 clients put their own host
+  address there, which every later server rejects (graph.null-buffer-data).
 An op, sub-op or type without a counterpart on the other side is refused (Untranslatable),
 never mistranslated.
 """
@@ -36,6 +40,7 @@ from .errors import LocalProtocolError
 from .framing import Reply, Request, encode_reply, encode_request
 from .graph import Graph
 from .messages import HASH_THRESHOLD, device_fields, message_spec
+from .ops import CATALOGUE
 from .tensor import RPC_TENSOR_DTYPE, make_tensor
 from .versions import Profile
 
@@ -70,6 +75,13 @@ class Translation:
         valid = np.array([c.tensor_type(v) is not None and s.tensor_type(v) is not None
                           for v in range(max(c.type_count, s.type_count))])
         object.__setattr__(self, "types_ok", valid)
+        # op_params words one release reads and the other does not: (client op value, word, legacy value, the
+        # server reads it) -- written with the legacy value for a server that reads it, refused otherwise
+        words = [(c.op_value(op), param.index, param.legacy, param.read_by(self.server.name))
+                 for op, spec in CATALOGUE.items() if op in c.ops and op in s.ops
+                 for param in spec.params
+                 if param.legacy is not None and param.read_by(self.client.name) != param.read_by(self.server.name)]
+        object.__setattr__(self, "new_words", tuple(words))
 
     # -- single tensors ---------------------------------------------------------------------------
 
@@ -87,6 +99,12 @@ class Translation:
             params[0] = self._sub_op(name, params[0], tensor)
             fields["op_params"] = params
         fields["flags"] = self._flags(np.array([tensor.flags]), np.array([tensor.op != 0]))[0]
+        if tensor.buffer == 0:
+            fields["data"] = 0
+        if self.new_words:
+            params = np.array(fields.get("op_params", tensor.op_params), dtype=np.int32)[None]
+            self._words(np.array([tensor.op]), params, lambda row: tensor)
+            fields["op_params"] = params[0].tolist()
         return make_tensor(self.server.tensor, **fields)
 
     def _op(self, value: int, tensor) -> int:
@@ -105,6 +123,24 @@ class Translation:
                                  f"{self.server.ggml.release} (protocol {self.server.name})", field="op_params[0]",
                                  value=value)
         return int(table[value])
+
+    def _words(self, ops: np.ndarray, params: np.ndarray, tensor_at) -> None:
+        """Op_params words only one of the two releases reads (in place): the legacy value for
+        a server whose ggml reads a word the client's left unset; towards a server whose ggml
+        ignores a word, only the legacy value (or an unset word) means the same there."""
+        for op, index, legacy, server_reads in self.new_words:
+            rows = np.flatnonzero(ops == op)
+            if server_reads:
+                params[rows, index] = legacy
+                continue
+            bad = rows[(params[rows, index] != legacy) & (params[rows, index] != 0)]
+            if len(bad):
+                row = int(bad[0])
+                name = self.client.ggml.op_name(op)
+                raise Untranslatable(f"{name} of tensor {_name(tensor_at(row))!r} asks for op_params[{index}] = "
+                                     f"{int(params[row, index])}, which ggml {self.server.ggml.release} (protocol "
+                                     f"{self.server.name}) ignores: it computes what {legacy} asks for",
+                                     field=f"op_params[{index}]", value=int(params[row, index]))
 
     def _flags(self, flags: np.ndarray, computed: np.ndarray) -> np.ndarray:
         """Tensor flags: the COMPUTE bit exists in one release and not the other."""
@@ -148,6 +184,8 @@ class Translation:
         if c.compute_flag and not s.compute_flag:  # the server computes every node it is sent
             marked = (source["flags"][np.maximum(node_rows, 0)] & c.compute_flag) != 0
             nodes = nodes[(node_rows < 0) | marked]
+        self._words(ops, out["op_params"], lambda row: source[row])
+        out["data"][source["buffer"] == 0] = 0  # no buffer, no address (2.0.0 clients send their own there)
         out["flags"] = self._flags(source["flags"], is_node & (ops != 0))
         if "use_count" in out.dtype.names:
             if "use_count" in source.dtype.names:

@@ -282,6 +282,8 @@ def _graph_blocks(view, graph, valid) -> Violation | None:
 
 
 def _graph_null_data(view, graph, _valid) -> Violation | None:
+    if view.profile.host_data == "address":  # the client's own address: ignored, never dereferenced
+        return None
     at = _first((graph.tensors["buffer"] == 0) & (graph.tensors["data"] != 0))
     if at is None:
         return None
@@ -469,7 +471,8 @@ RULES: tuple[Rule, ...] = (
          (C.GRAPH_COMPUTE,), _graph_types, "CVE-2024-42477"),
     Rule("8.2", "graph.blocks", "graph tensor with ne[0] not a multiple of its block size is rejected", MUST,
          "graph", (C.GRAPH_COMPUTE,), _graph_blocks, "llama.cpp #25288"),
-    Rule("8.2", "graph.null-buffer-data", "graph tensor with buffer 0 and data set is rejected", MUST, "graph",
+    Rule("8.2", "graph.null-buffer-data", "graph tensor with buffer 0 and data set is rejected (2.0.0: "
+         "data ignored)", MUST, "graph",
          (C.GRAPH_COMPUTE,), _graph_null_data, "CVE-2026-34159 (GHSA-j8rj-fmpv-wcxw)"),
     Rule("8.2", "graph.buffers", "graph tensor naming a buffer the server never handed out is rejected", MUST,
          "graph", (C.GRAPH_COMPUTE,), _graph_buffers, "buffer tracking (2024-05)"),

@@ -36,6 +36,9 @@ class Profile:
     graph_reply  -- "status": GRAPH_COMPUTE answers a status byte; "none": one-way.
     acks         -- "empty": FREE_BUFFER, BUFFER_CLEAR, INIT_TENSOR, MEMSET_TENSOR answer an
                     empty reply; "none": they are one-way.
+    host_data    -- what a graph tensor held outside the server's buffers (buffer 0) carries in
+                    `data`: "zero"; or "address": the client's own address of it, meaningless to
+                    the server, which ignores it (2.0.0 clients; later servers reject non-zero).
     ggml         -- the upstream release whose ggml enums (types, ops) this version carries.
     """
 
@@ -47,6 +50,7 @@ class Profile:
     set_tensor: str
     graph_reply: str
     acks: str
+    host_data: str
     ggml_release: str
     note: str = field(default="", compare=False)
 
@@ -66,18 +70,18 @@ class Profile:
 
 
 PROFILES: tuple[Profile, ...] = (
-    #       version     commands          hello    devices   tensor       set_tensor    graph     acks     ggml
-    Profile((2, 0, 0), _UP_TO_HELLO, "bare", "single", "padding", "plain", "status", "empty", "2.0.0"),
-    Profile((3, 6, 0), _UP_TO_RECOMPUTE, "bare", "multi", "padding", "plain", "none", "empty", "3.6.1",
+    #       version     commands          hello    devices   tensor       set_tensor    graph     acks  host data  ggml
+    Profile((2, 0, 0), _UP_TO_HELLO, "bare", "single", "padding", "plain", "status", "empty", "address", "2.0.0"),
+    Profile((3, 6, 0), _UP_TO_RECOMPUTE, "bare", "multi", "padding", "plain", "none", "empty", "zero", "3.6.1",
             note="same wire as 3.6.1; its op enum was not pinned, the 3.6.1 table is assumed"),
-    Profile((3, 6, 1), _UP_TO_RECOMPUTE, "bare", "multi", "padding", "plain", "none", "empty", "3.6.1"),
-    Profile((4, 0, 0), _UP_TO_RECOMPUTE, "caps", "multi", "padding", "plain", "none", "empty", "4.0.0"),
-    Profile((4, 0, 1), _UP_TO_RECOMPUTE, "caps", "multi", "padding", "plain", "none", "empty", "4.0.1"),
-    Profile((4, 0, 2), _UP_TO_RECOMPUTE, "caps", "multi", "padding", "plain", "none", "empty", "4.0.2"),
-    Profile((5, 0, 0), _UP_TO_MEMSET, "caps", "multi", "padding", "plain", "none", "empty", "5.0.0"),
-    Profile((5, 1, 0), _UP_TO_MEMSET, "caps", "multi", "use_count", "plain", "none", "empty", "5.0.0",
+    Profile((3, 6, 1), _UP_TO_RECOMPUTE, "bare", "multi", "padding", "plain", "none", "empty", "zero", "3.6.1"),
+    Profile((4, 0, 0), _UP_TO_RECOMPUTE, "caps", "multi", "padding", "plain", "none", "empty", "zero", "4.0.0"),
+    Profile((4, 0, 1), _UP_TO_RECOMPUTE, "caps", "multi", "padding", "plain", "none", "empty", "zero", "4.0.1"),
+    Profile((4, 0, 2), _UP_TO_RECOMPUTE, "caps", "multi", "padding", "plain", "none", "empty", "zero", "4.0.2"),
+    Profile((5, 0, 0), _UP_TO_MEMSET, "caps", "multi", "padding", "plain", "none", "empty", "zero", "5.0.0"),
+    Profile((5, 1, 0), _UP_TO_MEMSET, "caps", "multi", "use_count", "plain", "none", "empty", "zero", "5.0.0",
             note="no release of its own was found; the 5.0.0 ggml enums are assumed"),
-    Profile((7, 0, 0), _UP_TO_MEMSET, "caps", "multi", "use_count", "cache_flag", "none", "none", "7.0.0"),
+    Profile((7, 0, 0), _UP_TO_MEMSET, "caps", "multi", "use_count", "cache_flag", "none", "none", "zero", "7.0.0"),
 )
 
 BY_VERSION: dict[Version, Profile] = {p.version: p for p in PROFILES}

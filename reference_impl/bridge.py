@@ -26,7 +26,7 @@ from ggml_rpc_spec.protocol.trace import encode_trace
 
 from .client import RPCClient, ServerClosed
 from .netio import ThreadedTCPService, receive_into, send_all
-from .proxy import CLIENT_TO_SERVER as UP, SERVER_TO_CLIENT as DOWN, RecordedConnection, to_trace
+from .proxy import CLIENT_TO_SERVER as UP, SERVER_TO_CLIENT as DOWN, RecordedConnection, decode_record, to_trace
 
 log = logging.getLogger("ggml_rpc.bridge")
 
@@ -49,6 +49,7 @@ class BridgeServer(ThreadedTCPService):
         self.record = record  # a folder for trace files, or None
         self.max_payload = max_payload
         self._translations: dict = {}
+        self._server_profile = None  # learned from the first upstream HELLO
         super().__init__(listen, max_connections=max_connections)
 
     def translation(self, client, server) -> Translation:
@@ -60,7 +61,7 @@ class BridgeServer(ThreadedTCPService):
     def handle(self, sock: socket.socket, name: str) -> None:
         taps = (Tap(0, name), Tap(0, name)) if self.record is not None else None
         try:
-            upstream = RPCClient(self.upstream, tap=None if taps is None else _server_tap(taps[1]))
+            upstream = self._connect_upstream(None if taps is None else _server_tap(taps[1]))
         except (OSError, ProtocolError, ServerClosed) as exc:
             log.warning("[%s] cannot reach the upstream server %s:%d: %s", name, *self.upstream, exc)
             return
@@ -78,6 +79,25 @@ class BridgeServer(ThreadedTCPService):
             upstream.close()
             if taps is not None:
                 self._write_traces(name, taps, upstream)
+
+    def _connect_upstream(self, tap) -> RPCClient:
+        """A connection to the upstream server that sent exactly one HELLO (so the server-side
+        trace holds one session): the server's version is learned once, on a connection of its
+        own, and learned again if the server stops answering that version's HELLO."""
+        for attempt in range(2):
+            if self._server_profile is None or attempt:
+                with RPCClient(self.upstream) as probe:
+                    self._server_profile = probe.profile
+            try:
+                upstream = RPCClient(self.upstream, proto=self._server_profile, tap=tap)
+            except ServerClosed:
+                if attempt:
+                    raise
+                continue
+            if upstream.server_version == self._server_profile.version:
+                return upstream
+            upstream.close()
+        raise ServerClosed(f"{self.upstream[0]}:{self.upstream[1]} changes its protocol version between connections")
 
     def _relay(self, sock: socket.socket, upstream: RPCClient, name: str, taps) -> None:
         server = upstream.profile
@@ -112,7 +132,8 @@ class BridgeServer(ThreadedTCPService):
         number = int(name.split(" ", 1)[0].lstrip("#"))
         for side, tap in (("client", taps[0]), ("server", taps[1])):
             if tap.chunks:
-                trace = to_trace(tap, "%s:%d" % self.upstream)
+                profile = upstream.profile if side == "server" else None  # the client's: from its HELLO
+                trace = to_trace(tap, "%s:%d" % self.upstream, decode_record(tap, profile))
                 trace.header.update(recorder="ggml-rpc-proxy --bridge", side=side)
                 (self.record / f"{number:04d}-{side}.ggmlrpc").write_bytes(encode_trace(trace))
 

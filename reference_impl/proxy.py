@@ -96,9 +96,10 @@ class RecordingProxy(ThreadedTCPService):
 # -- recording to trace files -----------------------------------------------------------------
 
 
-def decode_record(record: RecordedConnection):
-    """The recorded connection decoded (protocol.session.DecodedSession)."""
-    return decode_connection(record.stream(CLIENT_TO_SERVER), record.stream(SERVER_TO_CLIENT))
+def decode_record(record: RecordedConnection, profile=None):
+    """The recorded connection decoded (protocol.session.DecodedSession), in `profile` or
+    the one its HELLO shows."""
+    return decode_connection(record.stream(CLIENT_TO_SERVER), record.stream(SERVER_TO_CLIENT), profile)
 
 
 def to_trace(record: RecordedConnection, upstream: str, session=None) -> Trace:

@@ -16,6 +16,7 @@ from ggml_rpc_spec.protocol.bridge import BridgeConnection, Translation, Untrans
 from ggml_rpc_spec.protocol.framing import NEED_DATA, ReplyParser
 from ggml_rpc_spec.protocol.graph import tensors_from_containers
 from ggml_rpc_spec.protocol.tensor import RPC_TENSOR_DTYPE
+from ggml_rpc_spec.protocol.trace import decode_trace
 from ggml_rpc_spec.reference_impl.graphs import params
 from ggml_rpc_spec.upstream_peers.llama_run import run_llama
 from ggml_rpc_spec.upstream_peers.server import UpstreamServer
@@ -61,6 +62,34 @@ def test_the_compute_flag_exists_on_one_side_only():
     up = Translation(V20, V36).graph(graph_of(V20, make_tensor("padding", id=1, op=V20.ggml.op_value("ADD")),
                                               nodes=[1]))
     assert up.tensors["flags"].tolist() == [16]
+
+
+def test_a_word_only_the_newer_ggml_reads_asks_for_the_older_behaviour():
+    """SSM_SCAN's snapshot count K (read from 5.0.0 on): a 3.6.1 client leaves it 0, which a
+    7.0.0 server aborts on, so the bridge sends 1 (one state, what 3.6.1 computes); towards
+    3.6.1, which keeps one state whatever K says, only K = 1 means the same."""
+    def scan(profile, k):
+        op = profile.ggml.op_value("SSM_SCAN")
+        return make_tensor(profile.tensor, id=1, op=op, op_params=[k] + [0] * 15, flags=16, name="scan")
+
+    up = Translation(V36, V70).graph(graph_of(V36, scan(V36, 0), nodes=[1]))
+    assert up.tensors["op_params"][0, 0] == 1
+    assert Translation(V36, V70).tensor(scan(V36, 0)).op_params[0] == 1
+    assert Translation(V70, V36).graph(graph_of(V70, scan(V70, 1), nodes=[1])).tensors["op_params"][0, 0] == 1
+    with pytest.raises(Untranslatable, match=r"SSM_SCAN of tensor 'scan' asks for op_params\[0\] = 3"):
+        Translation(V70, V36).graph(graph_of(V70, scan(V70, 3), nodes=[1]))
+    same = Translation(V70, V70).graph(graph_of(V70, scan(V70, 3), nodes=[1]))  # both read it: untouched
+    assert same.tensors["op_params"][0, 0] == 3
+
+
+def test_a_tensor_without_a_buffer_is_sent_without_an_address():
+    """2.0.0 clients send a host tensor's own address with buffer 0; every later server
+    rejects that (graph.null-buffer-data), and no server can use it."""
+    host = make_tensor("padding", id=1, buffer=0, data=0x5594574A48C0, name="leaf_1")
+    remote = make_tensor("padding", id=2, buffer=0x10, data=0x7F00, op=V20.ggml.op_value("ADD"), src=[1, 1] + [0] * 8)
+    out = Translation(V20, V36).graph(graph_of(V20, host, remote, nodes=[2]))
+    assert out.tensors["data"].tolist() == [0, 0x7F00] and out.tensors["buffer"].tolist() == [0, 0x10]
+    assert Translation(V20, V36).tensor(host).data == 0
 
 
 def feed(connection: BridgeConnection, profile, raw: bytes):
@@ -110,10 +139,13 @@ PAIRS = [("0.3.20", "0.3.36"), ("0.3.36", "0.3.20")]  # (client release, server 
 
 
 @pytest.mark.upstream
+@pytest.mark.parametrize("model", ["2", "mamba"])
 @pytest.mark.parametrize("client,server", PAIRS, ids=[f"{c}-client-to-{s}-server" for c, s in PAIRS])
-def test_real_clients_use_a_real_server_of_another_version(client, server, tiny_models, upstream_server, tmp_path):
-    """The tiny model through the bridge gives the logits llama.cpp computes on its own CPU
-    (the server computes with the same ggml), and both sides are recorded."""
+def test_real_clients_use_a_real_server_of_another_version(client, server, model, tiny_models, upstream_server,
+                                                           tmp_path):
+    """A tiny llama and a tiny Mamba (whose SSM_SCAN gained an op_params word in 5.0.0)
+    through the bridge give the logits llama.cpp computes on its own CPU (the server computes
+    with the same ggml), and both sides are recorded, each in its own version."""
     from ggml_rpc_spec.reference_impl.bridge import BridgeServer
     from ggml_rpc_spec.reference_impl.client import parse_endpoint
 
@@ -121,11 +153,13 @@ def test_real_clients_use_a_real_server_of_another_version(client, server, tiny_
     target = upstream_server(server)
     bridge = BridgeServer(parse_endpoint(target.endpoint), (V36, V70), record=tmp_path).start()
     try:
-        remote = run_llama(client_peer, tiny_models["2"], rpc=bridge.endpoint, text=TEXT, generate=8)
+        remote = run_llama(client_peer, tiny_models[model], rpc=bridge.endpoint, text=TEXT, generate=8)
     finally:
         bridge.shutdown()
-    local = run_llama(client_peer, tiny_models["2"], text=TEXT, generate=8)
+    local = run_llama(client_peer, tiny_models[model], text=TEXT, generate=8)
     assert np.array_equal(remote["generated"], local["generated"])
     assert np.abs(remote["logits"] - local["logits"]).max() <= 1e-3 * np.abs(local["logits"]).max()
-    sides = {path.name.rsplit("-", 1)[-1] for path in tmp_path.glob("*.ggmlrpc")}
-    assert sides == {"client.ggmlrpc", "server.ggmlrpc"}
+    versions = {}
+    for path in tmp_path.glob("*.ggmlrpc"):
+        versions.setdefault(path.stem.rsplit("-", 1)[-1], set()).add(decode_trace(path.read_bytes()).header["protocol"])
+    assert versions == {"client": {client_peer.protocol}, "server": {server_peer.protocol}}

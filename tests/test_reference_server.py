@@ -158,6 +158,41 @@ def test_rejections_name_the_rule(reference_server, caplog):
     assert "GET_TENSOR" in message and "size=64" in message and "[§7.2]" in message and "outside" in message
 
 
+def host_tensor_graph(rpc, *, read_by_a_node: bool):
+    """x in a buffer, scaled; and a host tensor (buffer 0, the client's own address in
+    `data`, as 2.0.0 clients send) that a VIEW node names, or that a SCALE node reads."""
+    from ggml_rpc_spec.reference_impl.graphs import GraphBuilder
+
+    g = GraphBuilder(rpc.profile, rpc.alloc_buffer(1 << 12))
+    x = g.input(np.arange(8, dtype=np.float32), name="x")
+    host = g.new("F32", (4,), name="leaf_1")
+    host.buffer, host.data = 0, 0x5594574A48C0
+    user = g.scale(host, 2.0) if read_by_a_node else g.view(host, (2,), ())
+    if not read_by_a_node:
+        user.buffer = 0
+    y = g.scale(x, 2.0, name="y")
+    return g, [user, y], y
+
+
+@pytest.mark.parametrize("proto,read,served", [("2.0.0", False, True), ("2.0.0", True, False),
+                                               ("3.6.1", False, False)])
+def test_a_host_address_in_a_graph_is_ignored_only_where_clients_send_it(reference_server, proto, read, served):
+    """SPEC §4.1: 2.0.0 clients send their own address of a host tensor (profile column host
+    data); the server never dereferences it and serves the graph unless an op needs that
+    tensor's memory.  Later clients send 0 there, and an address is refused."""
+    server = reference_server(proto)
+    with RPCClient(server.endpoint, proto=proto) as rpc:
+        g, nodes, y = host_tensor_graph(rpc, read_by_a_node=read)
+        g.upload(rpc)
+        if served:
+            rpc.graph_compute(g.graph(nodes))
+            assert g.read(rpc, y).ravel().tolist() == [2.0 * i for i in range(8)]
+        else:
+            with pytest.raises(ServerClosed):
+                rpc.graph_compute(g.graph(nodes))
+                g.read(rpc, y)
+
+
 def test_a_refused_node_is_named_with_its_op_types_and_rule(reference_server, caplog):
     server = reference_server("3.6")
     with caplog.at_level(logging.WARNING, logger="ggml_rpc.server"):

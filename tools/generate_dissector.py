@@ -104,7 +104,7 @@ def profile_table(profile) -> dict:
             replies[int(command)] = {"size": spec.reply_size or 0, "tail": spec.reply_tail,
                                      "fields": field_list(spec.reply) if spec.reply_tail is None else []}
     return {"name": profile.name, "version": list(profile.version), "ggml": profile.ggml_release,
-            "tensor": profile.tensor, "requests": requests, "replies": replies}
+            "tensor": profile.tensor, "host_data": profile.host_data, "requests": requests, "replies": replies}
 
 
 def data_section() -> str:

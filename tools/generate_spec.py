@@ -169,19 +169,20 @@ def graph_block() -> str:
 
 def profiles_block() -> str:
     head = ("| version | commands | HELLO | devices | rpc_tensor tail | SET_TENSOR | GRAPH_COMPUTE reply "
-            "| acks | ggml enums |")
-    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+            "| acks | host data | ggml enums |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
     for p in PROFILES:
         commands = f"0–{max(p.commands)}"
         ggml = p.ggml_release + (" (assumed)" if p.note else "")
         lines.append(f"| {p.name} | {commands} | {p.hello} | {p.devices} | {p.tensor} | {p.set_tensor} "
-                     f"| {p.graph_reply} | {p.acks} | {ggml} |")
+                     f"| {p.graph_reply} | {p.acks} | {p.host_data} | {ggml} |")
     notes = [f"- {p.name}: {p.note}." for p in PROFILES if p.note]
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
 def differences_block() -> str:
-    columns = ("commands", "hello", "devices", "tensor", "set_tensor", "graph_reply", "acks", "ggml_release")
+    columns = ("commands", "hello", "devices", "tensor", "set_tensor", "graph_reply", "acks", "host_data",
+               "ggml_release")
     lines = ["| from → to | what changes on the wire |", "|---|---|"]
     for old, new in zip(PROFILES, PROFILES[1:]):
         changes = []

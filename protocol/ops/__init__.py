@@ -33,7 +33,9 @@ class Param:
     "ggml_type"), or "enum:NAME=0,NAME=1,..." for a small enum of ggml's own (sort order,
     pooling op, scale mode).  `low`/`high` bound the values ggml accepts, where it asserts
     them (None: no bound).  `since` is the first protocol version whose ggml reads the word;
-    older ones ignore it, whatever it holds (None: every version reads it)."""
+    older ones ignore it, whatever it holds (None: every version reads it); `legacy` is the
+    value that asks a newer ggml for what the older ones do (a version bridge writes it when
+    the client's ggml left the word unset, and refuses other values towards an older one)."""
 
     index: int
     name: str
@@ -42,9 +44,11 @@ class Param:
     low: float | None = None
     high: float | None = None
     since: str | None = None
+    legacy: int | None = None
 
     def __post_init__(self) -> None:
         assert 0 <= self.index < WORDS, self
+        assert (self.legacy is None) or (self.since is not None), self
         assert self.kind in KINDS or self.kind in ENUMS or self.kind.startswith("enum:"), self.kind
 
     @property

@@ -14,7 +14,7 @@ from . import OpSpec, Param, Source
 
 def _snapshots(since: str) -> Param:
     return Param(0, "K", "i32", "state snapshots kept in the result: the last K states, most recent first "
-                 "(older releases ignore the word and keep one)", 1, since=since)
+                 "(older releases ignore the word and keep one)", 1, since=since, legacy=1)
 
 _STATE_OPS = "F32 throughout, result F32"
 
