@@ -49,7 +49,7 @@ class BridgeServer(ThreadedTCPService):
         self.record = record  # a folder for trace files, or None
         self.max_payload = max_payload
         self._translations: dict = {}
-        self._server_profile = None  # learned from the first upstream HELLO
+        self._server = None  # (profile, version) learned from the first upstream HELLO
         super().__init__(listen, max_connections=max_connections)
 
     def translation(self, client, server) -> Translation:
@@ -61,7 +61,7 @@ class BridgeServer(ThreadedTCPService):
     def handle(self, sock: socket.socket, name: str) -> None:
         taps = (Tap(0, name), Tap(0, name)) if self.record is not None else None
         try:
-            upstream = self._connect_upstream(None if taps is None else _server_tap(taps[1]))
+            upstream = self._connect_upstream(None if taps is None else taps[1])
         except (OSError, ProtocolError, ServerClosed) as exc:
             log.warning("[%s] cannot reach the upstream server %s:%d: %s", name, *self.upstream, exc)
             return
@@ -80,24 +80,25 @@ class BridgeServer(ThreadedTCPService):
             if taps is not None:
                 self._write_traces(name, taps, upstream)
 
-    def _connect_upstream(self, tap) -> RPCClient:
+    def _connect_upstream(self, tap: Tap | None) -> RPCClient:
         """A connection to the upstream server that sent exactly one HELLO (so the server-side
         trace holds one session): the server's version is learned once, on a connection of its
-        own, and learned again if the server stops answering that version's HELLO."""
+        own, and learned again if the server stops answering as it did."""
         for attempt in range(2):
-            if self._server_profile is None or attempt:
+            if self._server is None or attempt:
                 with RPCClient(self.upstream) as probe:
-                    self._server_profile = probe.profile
+                    self._server = (probe.profile, probe.server_version)
+            if tap is not None:
+                tap.chunks.clear()  # a HELLO the server refused is no part of the session
+            profile, version = self._server
             try:
-                upstream = RPCClient(self.upstream, proto=self._server_profile, tap=tap)
+                upstream = RPCClient(self.upstream, proto=profile, tap=None if tap is None else _server_tap(tap))
             except ServerClosed:
-                if attempt:
-                    raise
                 continue
-            if upstream.server_version == self._server_profile.version:
+            if upstream.server_version == version:
                 return upstream
             upstream.close()
-        raise ServerClosed(f"{self.upstream[0]}:{self.upstream[1]} changes its protocol version between connections")
+        raise ServerClosed(f"{self.upstream[0]}:{self.upstream[1]} answers each connection with another version")
 
     def _relay(self, sock: socket.socket, upstream: RPCClient, name: str, taps) -> None:
         server = upstream.profile

@@ -135,6 +135,27 @@ def test_commands_the_server_lacks_are_emulated():
     assert emulated.body.offset == 2 and emulated.body.tensor.type == 24
 
 
+def test_a_replaced_server_is_learned_again_and_its_trace_holds_one_hello(reference_server):
+    """The bridge learns the server's version once; when the server behind it changed (here:
+    a 7.0.0 server where a 3.6.1 one was), the refused HELLO is dropped from the server-side
+    recording and the version is learned again."""
+    from ggml_rpc_spec.reference_impl.bridge import BridgeServer, Tap
+    from ggml_rpc_spec.reference_impl.client import parse_endpoint
+    from ggml_rpc_spec.reference_impl.proxy import decode_record
+
+    server = reference_server("7.0.0")
+    bridge = BridgeServer(parse_endpoint(server.endpoint), (V36, V70))
+    bridge._server = (V36, V36.version)  # what it learned from the server that was there before
+    tap = Tap(0, "#1")
+    upstream = bridge._connect_upstream(tap)
+    try:
+        assert upstream.profile is V70 and bridge._server == (V70, V70.version)
+    finally:
+        upstream.close()
+    session = decode_record(tap, V70)
+    assert session.error is None and [e.request.command for e in session.exchanges] == [Command.HELLO]
+
+
 PAIRS = [("0.3.20", "0.3.36"), ("0.3.36", "0.3.20")]  # (client release, server release)
 
 
