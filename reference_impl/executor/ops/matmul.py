@@ -41,6 +41,13 @@ def _stack(values: np.ndarray) -> np.ndarray:
     return values[:, None, :, None]
 
 
+def _repeats(node: TensorRef, a: TensorRef, b: TensorRef) -> tuple[int, int]:
+    """How many times src1's dimensions 2 and 3 repeat src0's (ggml broadcasts src0 over them)."""
+    require(a.ne[2] > 0 and a.ne[3] > 0 and b.ne[2] % a.ne[2] == 0 and b.ne[3] % a.ne[3] == 0, node,
+            "src0 {} does not broadcast over src1 {}", a.ne, b.ne)
+    return b.ne[2] // a.ne[2], b.ne[3] // a.ne[3]
+
+
 # -- MUL_MAT --------------------------------------------------------------------------------------
 
 
@@ -53,12 +60,10 @@ def build_mul_mat(node: TensorRef, ctx: ExecContext) -> Step | None:
     a, b = node.src(0), node.src(1)
     readable(node, a, b)
     require(a.ne[0] == b.ne[0], node, "inner sizes differ ({} vs {})", a.ne[0], b.ne[0])
-    require(a.ne[2] > 0 and a.ne[3] > 0 and b.ne[2] % a.ne[2] == 0 and b.ne[3] % a.ne[3] == 0, node,
-            "src0 {} does not broadcast over src1 {}", a.ne, b.ne)
+    r2, r3 = _repeats(node, a, b)
     _result(node, (a.ne[1], b.ne[1], b.ne[2], b.ne[3]), "[src0 rows, src1 rows, src1 ne2, src1 ne3]")
     if node.n_elements == 0:
         return None
-    r2, r3 = b.ne[2] // a.ne[2], b.ne[3] // a.ne[3]
     rounding, with_sums = _activation_rounding(ctx, a)
     flat = a.ne[2] == a.ne[3] == b.ne[2] == b.ne[3] == 1
 
@@ -158,12 +163,10 @@ def build_out_prod(node: TensorRef, ctx: ExecContext) -> Step | None:
     readable(node, a, b)
     float_like(node, b)
     require(a.ne[1] == b.ne[1], node, "inner sizes differ ({} vs {})", a.ne[1], b.ne[1])
-    require(a.ne[2] > 0 and a.ne[3] > 0 and b.ne[2] % a.ne[2] == 0 and b.ne[3] % a.ne[3] == 0, node,
-            "src0 {} does not broadcast over src1 {}", a.ne, b.ne)
+    r2, r3 = _repeats(node, a, b)
     _result(node, (a.ne[0], b.ne[0], b.ne[2], b.ne[3]), "[src0 ne0, src1 ne0, src1 ne2, src1 ne3]")
     if node.n_elements == 0:
         return None
-    r2, r3 = b.ne[2] // a.ne[2], b.ne[3] // a.ne[3]
 
     def run():
         left = b.read(ctx.cache).swapaxes(-1, -2)  # (ne13, ne12, N, K)
