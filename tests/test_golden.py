@@ -48,7 +48,7 @@ def cases(p):
     hello_req, hello_body = (b"", None) if p.hello == "bare" else (bytes(24), {"conn_caps": bytes(24)})
     hello_reply = (struct.pack("<BBB", *p.version) if p.hello == "bare"
                    else struct.pack("<BBBB", *p.version, 0) + bytes(24))
-    hello_reply_body = dict(zip(("major", "minor", "patch"), p.version))
+    hello_reply_body = dict(zip(("major", "minor", "patch"), p.version, strict=True))
     if p.hello == "caps":
         hello_reply_body.update(padding=0, conn_caps=bytes(24))
     data = bytes(range(40))
