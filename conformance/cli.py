@@ -15,47 +15,41 @@ import argparse
 import sys
 
 
+SHORTER = {"--conformance-json": "--json", "--conformance-html": "--html"}  # the command's names for them
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The plugin's options (plugin.OPTIONS), the target as an argument, and --junitxml;
+    nothing has a default here, so only what was given is passed on to pytest."""
+    from .plugin import OPTIONS
+
     parser = argparse.ArgumentParser(
         prog="ggml-rpc-conformance", description="Run the GGML RPC conformance suite against a server.",
         epilog="Any other option goes to pytest (-k EXPR selects cases by id, -x stops at the first failure). "
                "Case ids cite SPEC.md sections; the summary counts them per section.")
-    parser.add_argument("target", nargs="?", default=None, metavar="HOST:PORT",
-                        help="the server to test (default: a reference server started for the run)")
-    parser.add_argument("--proto", help="speak this protocol version instead of the one HELLO reports")
-    parser.add_argument("--device", type=int, help="device index for device-specific cases (default 0)")
-    parser.add_argument("--level", choices=("must", "should"), help="MUST cases only (default), or SHOULD too")
-    parser.add_argument("--section", action="append", metavar="S",
-                        help="only the cases of SPEC.md section S (7, 8.2, ...) and its subsections; repeatable")
-    parser.add_argument("--destructive", action="store_true", help="also run cases that kill vulnerable servers")
-    parser.add_argument("--restart-cmd", metavar="CMD", help="shell command that restarts the target after it died")
-    parser.add_argument("--fuzz-examples", type=int, metavar="N", help="examples per fuzz case (default 25; 0: none)")
-    parser.add_argument("--fuzz-seconds", type=float, metavar="S", help="run the hostile fuzzer for S seconds")
-    parser.add_argument("--oracle", metavar="HOST:PORT", help="server to compare random graphs with")
-    parser.add_argument("--target-has-cache", action="store_true", help="the target runs with a hash cache")
-    parser.add_argument("--case-timeout", type=float, metavar="S", help="seconds a case waits for a reply (10)")
-    parser.add_argument("--trace-dir", metavar="DIR", help="where failing exchanges are saved (conformance-traces)")
-    parser.add_argument("--json", metavar="FILE", help="write a JSON report")
-    parser.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
+    for flag, keywords in OPTIONS:
+        keywords = {k: v for k, v in keywords.items() if k != "default"}
+        if flag == "--target":
+            parser.add_argument("target", nargs="?", default=None, **keywords)
+        else:
+            parser.add_argument(SHORTER.get(flag, flag), dest=flag, **keywords)
     parser.add_argument("--junitxml", metavar="FILE", help="write JUnit XML (for CI systems)")
     return parser
 
 
 def pytest_args(args, extra: list[str]) -> list[str]:
+    from .plugin import OPTIONS
+
     out = ["--pyargs", "ggml_rpc_spec.conformance", "-p", "no:cacheprovider", "-q"]
-    options = {"target": "--target", "proto": "--proto", "device": "--device", "level": "--level",
-               "restart_cmd": "--restart-cmd", "fuzz_examples": "--fuzz-examples", "fuzz_seconds": "--fuzz-seconds",
-               "oracle": "--oracle", "case_timeout": "--case-timeout", "trace_dir": "--trace-dir",
-               "json": "--conformance-json", "html": "--conformance-html"}
-    for name, flag in options.items():
-        value = getattr(args, name)
-        if value is not None:
+    for flag, keywords in OPTIONS:
+        value = getattr(args, "target" if flag == "--target" else flag)
+        if keywords.get("action") == "store_true":
+            out += [flag] if value else []
+        elif keywords.get("action") == "append":
+            for item in value or ():
+                out += [flag, item]
+        elif value is not None:
             out += [flag, str(value)]
-    for name, flag in (("destructive", "--destructive"), ("target_has_cache", "--target-has-cache")):
-        if getattr(args, name):
-            out.append(flag)
-    for section in args.section or ():
-        out += ["--section", section]
     if args.junitxml:
         out.append(f"--junitxml={args.junitxml}")
     return out + extra

@@ -39,39 +39,48 @@ _RUN = pytest.StashKey["Conformance"]()
 _ESCAPING = "disable_test_id_escaping_and_forfeit_all_rights_to_community_support"
 
 
+# The suite's options (flag, argparse keywords), for pytest and for ggml-rpc-conformance alike.
+OPTIONS = (
+    ("--target", dict(default=os.environ.get("GGML_RPC_TARGET"), metavar="HOST:PORT",
+                      help="server under test (default: $GGML_RPC_TARGET, else a reference server started here)")),
+    ("--proto", dict(default=None, metavar="VERSION",
+                     help="speak this protocol version instead of the one the server's HELLO reports")),
+    ("--device", dict(type=int, default=0, metavar="N", help="device index for device-specific cases")),
+    ("--level", dict(choices=LEVELS, default="must",
+                     help="must: MUST-level cases only (default); should: SHOULD-level cases too")),
+    ("--section", dict(action="append", default=[], metavar="S",
+                       help="only the cases of SPEC.md section S (e.g. 7, 8.2) and its subsections; repeatable")),
+    ("--destructive", dict(action="store_true",
+                           help="also run cases that kill vulnerable servers (pair with --restart-cmd)")),
+    ("--restart-cmd", dict(default=None, metavar="CMD",
+                           help="shell command that restarts the target after a case killed it")),
+    ("--fuzz-examples", dict(type=int, default=25, metavar="N",
+                             help="hypothesis examples per fuzz case (default 25, 0 disables)")),
+    ("--fuzz-seconds", dict(type=float, default=0, metavar="SECONDS",
+                            help="run the hostile fuzzer for this long instead of --fuzz-examples examples")),
+    ("--oracle", dict(default=None, metavar="HOST:PORT",
+                      help="differential fuzzing computes random graphs on the target and on this server (default: "
+                           "a reference server started here when the target is another server)")),
+    ("--target-has-cache", dict(action="store_true",
+                                help="the target runs with a hash cache directory (enables the cache-hit cases)")),
+    ("--case-timeout", dict(type=float, default=10.0, metavar="SECONDS",
+                            help="how long a case waits for any reply (default 10)")),
+    ("--conformance-json", dict(default=None, metavar="FILE",
+                                help="write a JSON report (per case: id, section, level, verdict, duration, reason, "
+                                     "traces)")),
+    ("--conformance-html", dict(default=None, metavar="FILE",
+                                help="write a self-contained HTML report (sections x verdicts, every case "
+                                     "expandable)")),
+    ("--trace-dir", dict(default=DEFAULT_TRACE_DIR, metavar="DIR",
+                         help=f"where failing exchanges are saved as trace files (default {DEFAULT_TRACE_DIR})")),
+)
+
+
 def pytest_addoption(parser):
     group = parser.getgroup("ggml-rpc conformance", "GGML RPC conformance suite (pytest --pyargs "
                                                     "ggml_rpc_spec.conformance)")
-    group.addoption("--target", default=os.environ.get("GGML_RPC_TARGET"), metavar="HOST:PORT",
-                    help="server under test (default: $GGML_RPC_TARGET, else a reference server started here)")
-    group.addoption("--proto", default=None, metavar="VERSION",
-                    help="speak this protocol version instead of the one the server's HELLO reports")
-    group.addoption("--device", type=int, default=0, metavar="N", help="device index for device-specific cases")
-    group.addoption("--level", choices=LEVELS, default="must",
-                    help="must: MUST-level cases only (default); should: SHOULD-level cases too")
-    group.addoption("--section", action="append", default=[], metavar="S",
-                    help="only the cases of SPEC.md section S (e.g. 7, 8.2) and its subsections; repeatable")
-    group.addoption("--destructive", action="store_true",
-                    help="also run cases that kill vulnerable servers (pair with --restart-cmd)")
-    group.addoption("--restart-cmd", default=None, metavar="CMD",
-                    help="shell command that restarts the target after a case killed it")
-    group.addoption("--fuzz-examples", type=int, default=25, metavar="N",
-                    help="hypothesis examples per fuzz case (default 25, 0 disables)")
-    group.addoption("--fuzz-seconds", type=float, default=0, metavar="SECONDS",
-                    help="run the hostile fuzzer for this long instead of --fuzz-examples examples")
-    group.addoption("--oracle", default=None, metavar="HOST:PORT",
-                    help="differential fuzzing computes random graphs on the target and on this server (default: "
-                         "a reference server started here when the target is another server)")
-    group.addoption("--target-has-cache", action="store_true",
-                    help="the target runs with a hash cache directory (enables the cache-hit cases)")
-    group.addoption("--case-timeout", type=float, default=10.0, metavar="SECONDS",
-                    help="how long a case waits for any reply (default 10)")
-    group.addoption("--conformance-json", default=None, metavar="FILE",
-                    help="write a JSON report (per case: id, section, level, verdict, duration, reason, traces)")
-    group.addoption("--conformance-html", default=None, metavar="FILE",
-                    help="write a self-contained HTML report (sections x verdicts, every case expandable)")
-    group.addoption("--trace-dir", default=DEFAULT_TRACE_DIR, metavar="DIR",
-                    help=f"where failing exchanges are saved as trace files (default {DEFAULT_TRACE_DIR})")
+    for flag, keywords in OPTIONS:
+        group.addoption(flag, **keywords)
 
 
 def run_of(config) -> Conformance:
