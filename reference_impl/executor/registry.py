@@ -111,6 +111,14 @@ def require(condition: bool, node: TensorRef, message: str, *args, rule: str = "
                              + message.format(*args), rule=rule)
 
 
+def in_range(node: TensorRef, index: np.ndarray, limit: int, what: str, rule: str) -> None:
+    """Raise ExecutionError under `rule` unless every value of `index` (read from a tensor at
+    run time: data, not shape) lies in [0, limit); before anything is read through it."""
+    if index.size and (index.min() < 0 or index.max() >= limit):
+        bad = index[(index < 0) | (index >= limit)][0]
+        raise ExecutionError(f"{node.label} {node.name!r}: {what} {int(bad)} outside [0, {limit})", rule=rule)
+
+
 def readable(node: TensorRef, *tensors: TensorRef) -> None:
     for tensor in tensors:
         require(tensor.kind.name in ELEMENT_DTYPES or tensor.quantized, node, "cannot read {}", tensor.kind.name)

@@ -15,9 +15,8 @@ from numpy.lib.stride_tricks import as_strided
 from ggml_rpc_spec.protocol.ops import spec_for
 
 from ..batch import plain_f32, ufunc_steps
-from ..errors import ExecutionError
-from ..registry import (ExecContext, Step, Taken, batch_kernel, float_like, kernel, map_values, readable, require,
-                        same_shape)
+from ..registry import (ExecContext, Step, Taken, batch_kernel, float_like, in_range, kernel, map_values,
+                        readable, require, same_shape)
 from ..tensors import QUANTIZABLE, TensorRef
 
 F32 = np.float32
@@ -148,10 +147,7 @@ def build_add_id(node: TensorRef, ctx: ExecContext) -> Step | None:
 
     def run():
         chosen = ids.view()[0, 0]  # (a2, a1)
-        if chosen.min() < 0 or chosen.max() >= experts:
-            bad = chosen[(chosen < 0) | (chosen >= experts)][0]
-            raise ExecutionError(f"{node.label} {node.name!r}: expert id {int(bad)} outside [0, {experts})",
-                                 rule="exec.expert-ids")
+        in_range(node, chosen, experts, "expert id", "exec.expert-ids")
         bias = b.read(ctx.cache)[0, 0]  # (experts, n)
         node.write(a.read(ctx.cache) + bias[chosen])
 

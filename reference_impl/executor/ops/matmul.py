@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ExecutionError
 from ..numerics import ROUNDING, WITH_MINS, block_mins, q8_1_sum_correction
-from ..registry import ExecContext, Step, float_like, kernel, readable, require
+from ..registry import ExecContext, Step, float_like, in_range, kernel, readable, require
 from ..tensors import TensorRef
 
 
@@ -129,10 +128,7 @@ def build_mul_mat_id(node: TensorRef, ctx: ExecContext) -> Step | None:
 
     def run():
         chosen = ids.view()[0, 0]  # (T, U) int32
-        if chosen.min() < 0 or chosen.max() >= n_experts:
-            bad = chosen[(chosen < 0) | (chosen >= n_experts)][0]
-            raise ExecutionError(f"{node.label} {node.name!r}: expert id {int(bad)} outside [0, {n_experts})",
-                                 rule="exec.expert-ids")
+        in_range(node, chosen, n_experts, "expert id", "exec.expert-ids")
         chosen = chosen.reshape(-1)
         order = np.argsort(chosen, kind="stable")
         counts = np.bincount(chosen, minlength=n_experts)

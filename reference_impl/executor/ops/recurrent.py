@@ -14,8 +14,7 @@ import numpy as np
 
 from ggml_rpc_spec.protocol.ops import spec_for
 
-from ..errors import ExecutionError
-from ..registry import ExecContext, Step, kernel, readable, require
+from ..registry import ExecContext, Step, in_range, kernel, readable, require
 from ..tensors import TensorRef
 
 
@@ -112,10 +111,7 @@ def build_ssm_scan(node: TensorRef, ctx: ExecContext) -> Step:
 
     def run():
         which = ids.view().reshape(-1).astype(np.int64)
-        if which.size and (which.min() < 0 or which.max() >= n_states):
-            bad = which[(which < 0) | (which >= n_states)][0]
-            raise ExecutionError(f"{node.label} {node.name!r}: state id {int(bad)} outside [0, {n_states})",
-                                 rule="exec.state-ids")
+        in_range(node, which, n_states, "state id", "exec.state-ids")
         state = s.view()[which]  # (n_s, n_head, head_dim, d_state), a copy
         step = _softplus(dt.view()[0])  # (n_s, n_t, n_head)
         decay_rate = a.view()[0, 0]  # (n_head, 1 or d_state)

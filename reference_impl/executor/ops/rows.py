@@ -12,16 +12,12 @@ import numpy as np
 from ggml_rpc_spec.protocol.ggml import ELEMENT_DTYPES
 
 from .. import quants
-from ..errors import ExecutionError
-from ..registry import ExecContext, Step, kernel, readable, require
+from ..registry import ExecContext, Step, in_range, kernel, readable, require
 from ..tensors import TensorRef, dequantize, quantize
 
 
 def _rows_in_range(node: TensorRef, index: np.ndarray, limit: int) -> None:
-    if index.size and (index.min() < 0 or index.max() >= limit):
-        bad = index[(index < 0) | (index >= limit)][0]
-        raise ExecutionError(f"{node.label} {node.name!r}: row index {int(bad)} outside [0, {limit})",
-                             rule="exec.rows-in-range")
+    in_range(node, index, limit, "row index", "exec.rows-in-range")
 
 
 def _dense(t: TensorRef) -> bool:
