@@ -165,7 +165,7 @@ def elements_overflow(ne: np.ndarray) -> np.ndarray:
         n = ne[:, dim]
         grows = n > 1
         bad |= grows & (np.uint64(INT64_MAX) // np.maximum(n, np.uint64(1)) <= count)
-        count = np.where(grows & ~bad, count * np.where(grows & ~bad, n, np.uint64(1)), count)
+        count = count * np.where(grows & ~bad, n, np.uint64(1))  # rows already bad stop counting
     return bad
 
 
