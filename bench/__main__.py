@@ -31,8 +31,8 @@ import numpy as np
 
 from ggml_rpc_spec.protocol import Graph, profile_for
 from ggml_rpc_spec.protocol.versions import HELLO_PROBES
-from ggml_rpc_spec.reference_impl.client import RPCClient
-from ggml_rpc_spec.reference_impl.graphs import GraphBuilder
+from ggml_rpc_spec.client.rpc import RPCClient
+from ggml_rpc_spec.client.graphs import GraphBuilder
 from ggml_rpc_spec.upstream_peers import ensure_built, peer_for
 from ggml_rpc_spec.upstream_peers.client import run_client
 from ggml_rpc_spec.upstream_peers.llama_run import run_llama
@@ -223,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     peer = peer_for(args.peer)
     ensure_built(peer)
     profile = profile_for(peer.protocol)
-    ours_proc, ours = start("ggml_rpc_spec.reference_impl.server", "--port", "0", "--proto", profile.name, "--mem", "8G")
-    still_proc, still = start("ggml_rpc_spec.reference_impl.server", "--port", "0", "--proto", profile.name, "--mem", "1G",
+    ours_proc, ours = start("ggml_rpc_spec.server.service", "--port", "0", "--proto", profile.name, "--mem", "8G")
+    still_proc, still = start("ggml_rpc_spec.server.service", "--port", "0", "--proto", profile.name, "--mem", "1G",
                               "--poll-us", "0")
     floor_proc, floor = start("bench.floor", "--proto", profile.name)
     rows = []
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(line(f"GRAPH_COMPUTE {NODES} nodes, {label}", a, b, "ms", (AT_MOST, 5)))
             # the bridge: a client of the other HELLO family through ggml-rpc-proxy --bridge
             other = next(p for p in HELLO_PROBES if p.hello != profile.hello)
-            bridge_proc, bridge = start("ggml_rpc_spec.reference_impl.proxy", "--bridge", "--listen", "127.0.0.1:0", "--upstream",
+            bridge_proc, bridge = start("ggml_rpc_spec.relay.proxy", "--bridge", "--listen", "127.0.0.1:0", "--upstream",
                                         theirs, "--client-proto", other.name, stderr=True,
                                         pattern=r"--bridge: (\S+)")
             try:

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ggml_rpc_spec.protocol import profile_for
-from ggml_rpc_spec.reference_impl.bridge import BridgeServer
-from ggml_rpc_spec.reference_impl.client import parse_endpoint
+from ggml_rpc_spec.relay.bridge import BridgeServer
+from ggml_rpc_spec.client.rpc import parse_endpoint
 from ggml_rpc_spec.upstream_peers import PEERS, find_built, peer_for
 from ggml_rpc_spec.upstream_peers.llama_run import run_llama
 from ggml_rpc_spec.upstream_peers.server import UpstreamServer

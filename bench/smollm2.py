@@ -25,7 +25,7 @@ import sys
 import numpy as np
 
 from ggml_rpc_spec.protocol import profile_for
-from ggml_rpc_spec.reference_impl.server import ReferenceServer
+from ggml_rpc_spec.server.service import ReferenceServer
 from ggml_rpc_spec.upstream_peers import ensure_built, peer_for
 from ggml_rpc_spec.upstream_peers.llama_run import run_llama
 from ggml_rpc_spec.upstream_peers.models import smollm2

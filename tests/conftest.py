@@ -74,7 +74,7 @@ def tiny_models(tmp_path_factory):
 def reference_server():
     """reference_server(proto="3.6", **options) -> a started in-process ReferenceServer on
     127.0.0.1 and a free port; every server started is shut down after the test."""
-    from ggml_rpc_spec.reference_impl.server import ReferenceServer
+    from ggml_rpc_spec.server.service import ReferenceServer
 
     started = []
 

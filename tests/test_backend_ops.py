@@ -18,9 +18,9 @@ from collections import defaultdict
 import pytest
 
 from conftest import CI_RELEASES, require_peer
-from ggml_rpc_spec.reference_impl.executor import plan as plan_module
-from ggml_rpc_spec.reference_impl.executor.registry import KERNELS
-from ggml_rpc_spec.reference_impl.executor.tensors import TensorRef
+from ggml_rpc_spec.executor import plan as plan_module
+from ggml_rpc_spec.executor.ops import KERNELS
+from ggml_rpc_spec.executor.tensors import TensorRef
 from ggml_rpc_spec.upstream_peers.backend_ops import Judge, table
 
 pytestmark = pytest.mark.upstream

@@ -10,16 +10,15 @@ import numpy as np
 import pytest
 
 import golden as G
-from conftest import CI_RELEASES, V36, V70, require_peer
+from conftest import V36, V70, require_peer
 from ggml_rpc_spec.protocol import Command, Graph, RequestParser, make_tensor, profile_for
-from ggml_rpc_spec.protocol.bridge import BridgeConnection, Translation, Untranslatable
+from ggml_rpc_spec.protocol.translation import BridgeConnection, Translation, Untranslatable
 from ggml_rpc_spec.protocol.framing import NEED_DATA, ReplyParser
 from ggml_rpc_spec.protocol.graph import tensors_from_containers
 from ggml_rpc_spec.protocol.tensor import RPC_TENSOR_DTYPE
 from ggml_rpc_spec.protocol.trace import decode_trace
-from ggml_rpc_spec.reference_impl.graphs import params
+from ggml_rpc_spec.client.graphs import params
 from ggml_rpc_spec.upstream_peers.llama_run import run_llama
-from ggml_rpc_spec.upstream_peers.server import UpstreamServer
 
 V20 = profile_for("2.0.0")
 TEXT = "The quick brown fox jumps over the lazy dog. In the end, the dog and the fox are friends."
@@ -139,14 +138,15 @@ def test_a_replaced_server_is_learned_again_and_its_trace_holds_one_hello(refere
     """The bridge learns the server's version once; when the server behind it changed (here:
     a 7.0.0 server where a 3.6.1 one was), the refused HELLO is dropped from the server-side
     recording and the version is learned again."""
-    from ggml_rpc_spec.reference_impl.bridge import BridgeServer, Tap
-    from ggml_rpc_spec.reference_impl.client import parse_endpoint
-    from ggml_rpc_spec.reference_impl.proxy import decode_record
+    from ggml_rpc_spec.relay.bridge import BridgeServer
+    from ggml_rpc_spec.relay.recording import RecordedConnection
+    from ggml_rpc_spec.client.rpc import parse_endpoint
+    from ggml_rpc_spec.relay.recording import decode_record
 
     server = reference_server("7.0.0")
     bridge = BridgeServer(parse_endpoint(server.endpoint), (V36, V70))
     bridge._server = (V36, V36.version)  # what it learned from the server that was there before
-    tap = Tap(0, "#1")
+    tap = RecordedConnection(0, "#1")
     upstream = bridge._connect_upstream(tap)
     try:
         assert upstream.profile is V70 and bridge._server == (V70, V70.version)
@@ -167,8 +167,8 @@ def test_real_clients_use_a_real_server_of_another_version(client, server, model
     """A tiny llama and a tiny Mamba (whose SSM_SCAN gained an op_params word in 5.0.0)
     through the bridge give the logits llama.cpp computes on its own CPU (the server computes
     with the same ggml), and both sides are recorded, each in its own version."""
-    from ggml_rpc_spec.reference_impl.bridge import BridgeServer
-    from ggml_rpc_spec.reference_impl.client import parse_endpoint
+    from ggml_rpc_spec.relay.bridge import BridgeServer
+    from ggml_rpc_spec.client.rpc import parse_endpoint
 
     client_peer, server_peer = require_peer(client), require_peer(server)
     target = upstream_server(server)

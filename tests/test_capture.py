@@ -16,12 +16,13 @@ import dpkt
 import pytest
 
 from conftest import CI_RELEASES, require_peer, require_tool
-from ggml_rpc_spec.protocol.trace import decode_trace, encode_trace
-from ggml_rpc_spec.reference_impl.capture import export_capture, import_capture
-from ggml_rpc_spec.reference_impl.replay import passed, replay
+from ggml_rpc_spec.protocol.trace import decode_trace
+from ggml_rpc_spec.traces.capture import export_capture, import_capture
+from ggml_rpc_spec.traces.replay import passed, replay
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = sorted((ROOT / "fixtures").glob("*/*.ggmlrpc"))
+FIXTURE_DIR = ROOT / "src" / "ggml_rpc_spec" / "fixtures"  # shipped as package data
+FIXTURES = sorted(FIXTURE_DIR.glob("*/*.ggmlrpc"))
 DISSECTOR = ROOT / "wireshark" / "ggml_rpc.lua"
 
 
@@ -92,7 +93,7 @@ def test_a_capture_that_starts_mid_connection_is_cut_to_its_hello(tmp_path):
 
 
 def test_bytes_the_capture_did_not_keep_are_named_by_frame(tmp_path):
-    trace = decode_trace((ROOT / "fixtures" / "llama-7.0.0" / "conn-016.ggmlrpc").read_bytes())  # 22 KB SET_TENSORs
+    trace = decode_trace((FIXTURE_DIR / "llama-7.0.0" / "conn-016.ggmlrpc").read_bytes())  # 22 KB SET_TENSORs
     export_capture(trace, tmp_path / "one.pcap")
     rewrite(tmp_path / "one.pcap", tmp_path / "short.pcap", lambda packets: [
         (when, frame[:2000]) for when, frame in packets], snaplen=2000)
@@ -103,7 +104,7 @@ def test_bytes_the_capture_did_not_keep_are_named_by_frame(tmp_path):
 
 def test_import_errors_are_one_line(tmp_path):
     (tmp_path / "junk.pcap").write_bytes(b"not a capture at all")
-    result = subprocess.run([sys.executable, "-m", "ggml_rpc_spec.reference_impl.trace_cli", "import", str(tmp_path / "junk.pcap"),
+    result = subprocess.run([sys.executable, "-m", "ggml_rpc_spec.traces.cli", "import", str(tmp_path / "junk.pcap"),
                              "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 1 and "Traceback" not in result.stderr and "junk.pcap" in result.stderr
 
@@ -135,8 +136,9 @@ def test_a_real_session_captured_imports_as_the_proxy_recorded_it(release, tmp_p
     while tcpdump captures the proxy's side: the imported capture equals the proxy's traces,
     replays green against the reference server, and tshark with the generated dissector
     decodes every frame with its command and no error."""
-    from ggml_rpc_spec.reference_impl.client import parse_endpoint
-    from ggml_rpc_spec.reference_impl.proxy import RecordingProxy, to_trace
+    from ggml_rpc_spec.client.rpc import parse_endpoint
+    from ggml_rpc_spec.relay.proxy import RecordingProxy
+    from ggml_rpc_spec.relay.recording import to_trace
     from ggml_rpc_spec.upstream_peers.llama_run import run_llama
 
     tshark = require_tool("tshark")

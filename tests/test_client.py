@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from ggml_rpc_spec.protocol.errors import LocalProtocolError
-from ggml_rpc_spec.reference_impl.cli import main as client_main
-from ggml_rpc_spec.reference_impl.client import RPCClient, ServerClosed, parse_endpoint
-from ggml_rpc_spec.reference_impl.netio import receive_into
+from ggml_rpc_spec.client.cli import main as client_main
+from ggml_rpc_spec.client.rpc import RPCClient, ServerClosed, parse_endpoint
+from ggml_rpc_spec.netio import receive_into
 
 
 @pytest.mark.parametrize("proto", ["2.0.0", "3.6.1", "4.0.2", "5.0.0", "7.0.0"])
@@ -148,12 +148,12 @@ def test_info_command(reference_server, capsys):
 def test_info_command_errors_are_one_line():
     silent = Silent(close=True)
     try:
-        out = subprocess.run([sys.executable, "-m", "ggml_rpc_spec.reference_impl.cli", "info", silent.endpoint],
+        out = subprocess.run([sys.executable, "-m", "ggml_rpc_spec.client.cli", "info", silent.endpoint],
                              capture_output=True, text=True)
     finally:
         silent.stop()
     assert out.returncode == 1 and out.stderr.startswith("error: ") and "Traceback" not in out.stderr
-    refused = subprocess.run([sys.executable, "-m", "ggml_rpc_spec.reference_impl.cli", "info", "127.0.0.1:1"],
+    refused = subprocess.run([sys.executable, "-m", "ggml_rpc_spec.client.cli", "info", "127.0.0.1:1"],
                              capture_output=True, text=True)
     assert refused.returncode == 1 and "cannot reach 127.0.0.1:1: Connection refused" in refused.stderr
 

@@ -19,9 +19,9 @@ import pytest
 from conftest import CI_RELEASES, require_peer, require_tool
 from ggml_rpc_spec.protocol import PROFILES, Command, profile_for
 from ggml_rpc_spec.protocol.rules import BY_KEY
-from ggml_rpc_spec.reference_impl.netio import send_all
-from ggml_rpc_spec.reference_impl.server import ReferenceServer
-from ggml_rpc_spec.reference_impl.session import Session
+from ggml_rpc_spec.netio import send_all
+from ggml_rpc_spec.server.service import ReferenceServer
+from ggml_rpc_spec.server.session import Session
 from ggml_rpc_spec.upstream_peers.server import _listening_ports
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -297,8 +297,8 @@ def test_the_hostile_fuzzer_alone_kills_the_real_server_four_ways(tmp_path):
 
 
 def test_every_rule_has_a_case():
-    from ggml_rpc_spec.conformance.core import all_checks
-    from ggml_rpc_spec.conformance.hostile import CASES
+    from ggml_rpc_spec.conformance.cases import all_checks
+    from ggml_rpc_spec.conformance.cases.hostile import CASES
     from ggml_rpc_spec.protocol.rules import RULES
 
     checks = all_checks()
@@ -314,8 +314,8 @@ def test_every_rule_has_a_case():
 
 
 def test_security_cases_cover_every_advisory():
-    from ggml_rpc_spec.conformance.core import all_checks
-    from ggml_rpc_spec.conformance.hostile import CASES, SURVIVAL_CASES
+    from ggml_rpc_spec.conformance.cases import all_checks
+    from ggml_rpc_spec.conformance.cases.hostile import CASES, SURVIVAL_CASES
 
     advisories = " ".join([c.advisory for c in CASES + SURVIVAL_CASES] + [c.advisory for c in all_checks()])
     for advisory in ("buffer tracking", "CVE-2024-42477", "CVE-2024-42478", "CVE-2024-42479", "graph context overflow",

@@ -21,7 +21,7 @@ from ggml_rpc_spec.protocol import Command, profile_for
 from ggml_rpc_spec.protocol.ggml import TYPES, nbytes
 from ggml_rpc_spec.protocol.hashing import fnv1a64
 from ggml_rpc_spec.protocol.tensor import contiguous_strides
-from ggml_rpc_spec.reference_impl.client import RPCClient
+from ggml_rpc_spec.client.rpc import RPCClient
 from ggml_rpc_spec.upstream_peers.catalog import PEERS
 from ggml_rpc_spec.upstream_peers.client import run_client
 from ggml_rpc_spec.upstream_peers.server import UpstreamServer

@@ -94,7 +94,7 @@ def test_a_model_split_across_two_servers(release, reference_server, tiny_models
     sources), which a server must serve as upstream does (SPEC §4.1, rule tensor.foreign)."""
     from collections import Counter
 
-    from ggml_rpc_spec.reference_impl.session import Session
+    from ggml_rpc_spec.server.session import Session
 
     graphs = Counter()
 

@@ -10,7 +10,7 @@ import pytest
 from ggml_rpc_spec.protocol.ggml import GGML_RELEASES
 from ggml_rpc_spec.protocol.ops import CATALOGUE, WORDS, spec_for
 from ggml_rpc_spec.protocol.rules import CUSTOM_OPS
-from ggml_rpc_spec.reference_impl.executor.registry import KERNELS
+from ggml_rpc_spec.executor.ops import KERNELS
 
 ALL_OPS = sorted({op for tables in GGML_RELEASES.values() for op in tables.ops})
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ggml_rpc_spec.conformance.op_cases import CASES
+from ggml_rpc_spec.conformance.cases.op_cases import CASES
 from conftest import CI_RELEASES, require_peer
 from ggml_rpc_spec.protocol import RPC_TENSOR_DTYPE, Graph, profile_for
-from ggml_rpc_spec.reference_impl.client import RPCClient, ServerClosed
-from ggml_rpc_spec.reference_impl.executor.binder import Binder
-from ggml_rpc_spec.reference_impl.graphs import GraphBuilder, params
+from ggml_rpc_spec.client.rpc import RPCClient, ServerClosed
+from ggml_rpc_spec.executor.binder import Binder
+from ggml_rpc_spec.client.graphs import GraphBuilder, params
 
 IDS = [f"{c.op}-{c.key}" for c in CASES]
 

@@ -16,14 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ggml_rpc_spec.conformance.hostile import CASES, SURVIVAL_CASES
+from ggml_rpc_spec.conformance.cases.hostile import CASES, SURVIVAL_CASES
 from ggml_rpc_spec.conformance.probe import ANSWERED, CLOSED, Probe
 from ggml_rpc_spec.protocol import PROFILES, Command, profile_for
 from ggml_rpc_spec.protocol.hashing import fnv1a64
 from ggml_rpc_spec.protocol.ops import spec_for
-from ggml_rpc_spec.reference_impl.client import RPCClient, ServerClosed
-from ggml_rpc_spec.reference_impl.netio import DEFAULT_POLL
-from ggml_rpc_spec.reference_impl.server import ReferenceServer, build_parser
+from ggml_rpc_spec.client.rpc import RPCClient, ServerClosed
+from ggml_rpc_spec.netio import DEFAULT_POLL
+from ggml_rpc_spec.server.cli import build_parser
+from ggml_rpc_spec.server.service import ReferenceServer
 
 MAIN = ["3.6.1", "7.0.0"]
 
@@ -161,7 +162,7 @@ def test_rejections_name_the_rule(reference_server, caplog):
 def host_tensor_graph(rpc, *, read_by_a_node: bool):
     """x in a buffer, scaled; and a host tensor (buffer 0, the client's own address in
     `data`, as 2.0.0 clients send) that a VIEW node names, or that a SCALE node reads."""
-    from ggml_rpc_spec.reference_impl.graphs import GraphBuilder
+    from ggml_rpc_spec.client.graphs import GraphBuilder
 
     g = GraphBuilder(rpc.profile, rpc.alloc_buffer(1 << 12))
     x = g.input(np.arange(8, dtype=np.float32), name="x")
@@ -242,7 +243,7 @@ def test_hash_cache(reference_server, tmp_path, proto):
 
 def run_cli_server(*args, log, timeout=30):
     """The console script in a child process logging to `log`; returns (process, endpoint)."""
-    proc = subprocess.Popen([sys.executable, "-m", "ggml_rpc_spec.reference_impl.server", "--port", "0", *args],
+    proc = subprocess.Popen([sys.executable, "-m", "ggml_rpc_spec.server.cli", "--port", "0", *args],
                             stdout=subprocess.PIPE, stderr=log, text=True)
     deadline = time.monotonic() + timeout
     for line in proc.stdout:
@@ -297,19 +298,19 @@ def test_memory_does_not_grow_over_1000_connections(tmp_path):
 
 
 def test_non_loopback_bind_warns():
-    from ggml_rpc_spec.reference_impl.server import exposure_warning
+    from ggml_rpc_spec.server.cli import exposure_warning
 
     assert exposure_warning("127.0.0.1") is None and exposure_warning("localhost") is None
     assert "Never expose" in exposure_warning("0.0.0.0")
 
 
 def test_cli_help_and_bad_arguments():
-    out = subprocess.run([sys.executable, "-m", "ggml_rpc_spec.reference_impl.server", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "ggml_rpc_spec.server.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--proto" in out.stdout and "--cache-dir" in out.stdout and "--mem" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "ggml_rpc_spec.reference_impl.server", "--proto", "6.1"], capture_output=True,
+    bad = subprocess.run([sys.executable, "-m", "ggml_rpc_spec.server.cli", "--proto", "6.1"], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "no supported version 6.1.x; supported: 2.0.0" in bad.stderr
-    bad = subprocess.run([sys.executable, "-m", "ggml_rpc_spec.reference_impl.server", "--mem", "lots"], capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", "ggml_rpc_spec.server.cli", "--mem", "lots"], capture_output=True, text=True)
     assert bad.returncode == 2 and "not a size" in bad.stderr
 
 

@@ -6,7 +6,10 @@ import re
 from pathlib import Path
 
 from ggml_rpc_spec.protocol.rules import RULES
-from tools.generate_spec import SPEC, render
+from tools_loader import tool
+
+generate_spec = tool("generate_spec")
+SPEC, render = generate_spec.SPEC, generate_spec.render
 
 
 def test_spec_tables_are_fresh():
@@ -21,7 +24,7 @@ def test_every_rule_cites_an_existing_section():
 
 
 def test_every_conformance_case_cites_an_existing_section():
-    from ggml_rpc_spec.conformance.core import all_checks
+    from ggml_rpc_spec.conformance.cases import all_checks
 
     headings = set(re.findall(r"^#{2,3} (\d+(?:\.\d+)?) ", SPEC.read_text(), re.M))
     checks = all_checks()

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import V70
 from ggml_rpc_spec.protocol import RPC_TENSOR_DTYPE, Graph
-from ggml_rpc_spec.reference_impl.executor.stepkeys import StepKeys, key_layout
+from ggml_rpc_spec.executor.stepkeys import StepKeys, key_layout
 
 DTYPE = RPC_TENSOR_DTYPE[V70.tensor]
 

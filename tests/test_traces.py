@@ -15,15 +15,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import CI_RELEASES, require_peer
-from ggml_rpc_spec.protocol.session import decode_connection
+from ggml_rpc_spec.protocol.exchanges import decode_connection
 from ggml_rpc_spec.protocol import profile_for
 from ggml_rpc_spec.protocol.trace import CLIENT, SERVER, Record, Trace, TraceError, decode_trace, encode_trace, frame_records
-from ggml_rpc_spec.reference_impl.client import RPCClient
-from ggml_rpc_spec.reference_impl.replay import passed, replay
-from ggml_rpc_spec.reference_impl.trace_show import decode
+from ggml_rpc_spec.client.rpc import RPCClient
+from ggml_rpc_spec.traces.replay import passed, replay
+from ggml_rpc_spec.traces.show import decode
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = sorted((ROOT / "fixtures").glob("*/*.ggmlrpc"))
+FIXTURE_DIR = ROOT / "src" / "ggml_rpc_spec" / "fixtures"  # shipped as package data
+FIXTURES = sorted(FIXTURE_DIR.glob("*/*.ggmlrpc"))
 
 records = st.lists(st.builds(Record, st.sampled_from([CLIENT, SERVER]), st.integers(0, 2**64 - 1),
                              st.binary(max_size=200)), max_size=20)
@@ -77,19 +78,19 @@ def test_record_length_lies_are_caught():
 def test_show_cli_errors_without_traceback(tmp_path):
     broken = tmp_path / "broken.ggmlrpc"
     broken.write_bytes(sample()[:-5])
-    out = subprocess.run([sys.executable, "-m", "ggml_rpc_spec.reference_impl.trace_cli", "show", str(broken)],
+    out = subprocess.run([sys.executable, "-m", "ggml_rpc_spec.traces.cli", "show", str(broken)],
                          capture_output=True, text=True)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert re.search(r"error: .*broken\.ggmlrpc: record stream is truncated .*at byte \d+", out.stderr)
 
 
 def test_fixtures_are_small_and_cover_every_version_with_a_real_peer():
-    assert sum(p.stat().st_size for p in (ROOT / "fixtures").rglob("*") if p.is_file()) < 10_000_000
+    assert sum(p.stat().st_size for p in (FIXTURE_DIR).rglob("*") if p.is_file()) < 10_000_000
     versions = {decode_trace(p.read_bytes()).protocol for p in FIXTURES}
     assert {"2.0.0", "3.6.1", "4.0.2", "5.0.0", "7.0.0"} <= versions
 
 
-@pytest.mark.parametrize("path", FIXTURES, ids=lambda p: str(p.relative_to(ROOT / "fixtures")))
+@pytest.mark.parametrize("path", FIXTURES, ids=lambda p: str(p.relative_to(FIXTURE_DIR)))
 def test_show_decodes_every_fixture(path):
     trace = decode_trace(path.read_bytes())
     session, rows = decode(trace)
@@ -100,7 +101,7 @@ def test_show_decodes_every_fixture(path):
 
 def test_show_cli_prints_tensors_and_graphs():
     llama = max((p for p in FIXTURES if "llama-7.0.0" in str(p)), key=lambda p: p.stat().st_size)
-    out = subprocess.run([sys.executable, "-m", "ggml_rpc_spec.reference_impl.trace_cli", "show", "--graphs", str(llama)],
+    out = subprocess.run([sys.executable, "-m", "ggml_rpc_spec.traces.cli", "show", "--graphs", str(llama)],
                          capture_output=True, text=True, check=True).stdout
     assert "GRAPH_COMPUTE" in out and "MUL_MAT" in out and "blk.0.attn_q.weight" in out and "Q8_0" in out
     assert re.search(r"SET_TENSOR .*@base\+0x", out)
@@ -133,7 +134,7 @@ def test_fixtures_replay_green_against_the_real_server(release, upstream_server)
 
 
 def start_proxy(upstream: str, folder: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "ggml_rpc_spec.reference_impl.proxy", "--listen", "127.0.0.1:0", "--upstream",
+    proc = subprocess.Popen([sys.executable, "-m", "ggml_rpc_spec.relay.cli", "--listen", "127.0.0.1:0", "--upstream",
                              upstream, "--record", str(folder)], stderr=subprocess.PIPE, text=True, cwd=ROOT)
     line = proc.stderr.readline()
     match = re.search(r"ggml-rpc-proxy: (\S+) ->", line)
@@ -172,7 +173,7 @@ def test_proxy_records_and_a_trace_replays_against_another_server(tmp_path, refe
 def test_replay_compares_exactly_what_no_graph_computed(reference_server):
     """After a graph ran, the data it wrote may differ within a tolerance; data it did not
     write (an uploaded input) must still come back exactly."""
-    from ggml_rpc_spec.reference_impl.graphs import GraphBuilder
+    from ggml_rpc_spec.client.graphs import GraphBuilder
 
     server = reference_server("7.0.0")
     chunks = []
@@ -200,8 +201,8 @@ def test_replay_compares_exactly_what_no_graph_computed(reference_server):
 
 def test_replay_reports_a_server_that_died(tmp_path):
     """A trace whose last request killed a server: its replay ends by saying the server died."""
-    from ggml_rpc_spec.reference_impl.server import ReferenceServer
-    from ggml_rpc_spec.reference_impl.session import Session
+    from ggml_rpc_spec.server.service import ReferenceServer
+    from ggml_rpc_spec.server.session import Session
 
     class Dies(Session):
         def graph_compute(self, request):

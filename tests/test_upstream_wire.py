@@ -13,8 +13,8 @@ from client_steps import X, Y, labelled, session_steps
 from conftest import CI_RELEASES, require_peer
 from ggml_rpc_spec.protocol import Command, decode_name, make_tensor, profile_for
 from ggml_rpc_spec.protocol.graph import decode_graph
-from ggml_rpc_spec.protocol.session import decode_connection
-from ggml_rpc_spec.reference_impl.proxy import RecordingProxy
+from ggml_rpc_spec.protocol.exchanges import decode_connection
+from ggml_rpc_spec.relay.proxy import RecordingProxy
 from ggml_rpc_spec.upstream_peers.client import run_client
 from ggml_rpc_spec.upstream_peers.llama_run import run_llama
 from wire import Wire

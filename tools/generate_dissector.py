@@ -18,15 +18,14 @@ from pathlib import Path
 
 from construct import Array, Bytes, FormatField, Rebuild, Renamed, Struct
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from ggml_rpc_spec.protocol.commands import Command
+from ggml_rpc_spec.protocol.ggml import GGML_RELEASES, TYPES
+from ggml_rpc_spec.protocol.messages import message_spec
+from ggml_rpc_spec.protocol.rules import BY_KEY
+from ggml_rpc_spec.protocol.tensor import RPC_TENSOR, RPC_TENSOR_SIZE
+from ggml_rpc_spec.protocol.versions import PROFILES
 
-from ggml_rpc_spec.protocol.commands import Command  # noqa: E402
-from ggml_rpc_spec.protocol.ggml import GGML_RELEASES, TYPES  # noqa: E402
-from ggml_rpc_spec.protocol.messages import message_spec  # noqa: E402
-from ggml_rpc_spec.protocol.rules import BY_KEY  # noqa: E402
-from ggml_rpc_spec.protocol.tensor import RPC_TENSOR, RPC_TENSOR_SIZE  # noqa: E402
-from ggml_rpc_spec.protocol.versions import PROFILES  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 TEMPLATE = ROOT / "tools" / "dissector.lua.in"
 OUTPUT = ROOT / "wireshark" / "ggml_rpc.lua"

@@ -1,4 +1,4 @@
-"""Re-record fixtures/: real upstream client <-> real upstream server sessions, as traces.
+"""Re-record src/ggml_rpc_spec/fixtures/: real upstream client <-> real upstream server sessions, as traces.
 
     python tools/record_fixtures.py                  # all fixtures (builds the peers if needed)
     python tools/record_fixtures.py 0.3.16 0.3.35   # only those peers' fixtures
@@ -25,14 +25,15 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from client_steps import session_steps  # noqa: E402
 from ggml_rpc_spec.protocol import profile_for  # noqa: E402
 from ggml_rpc_spec.protocol.trace import encode_trace  # noqa: E402
-from ggml_rpc_spec.reference_impl.proxy import RecordingProxy, to_trace  # noqa: E402
+from ggml_rpc_spec.relay.proxy import RecordingProxy  # noqa: E402
+from ggml_rpc_spec.relay.recording import to_trace  # noqa: E402
 from ggml_rpc_spec.upstream_peers.models import write_tiny_llama  # noqa: E402
 from ggml_rpc_spec.upstream_peers import ensure_built, peer_for  # noqa: E402
 from ggml_rpc_spec.upstream_peers.client import run_client  # noqa: E402
 from ggml_rpc_spec.upstream_peers.llama_run import run_llama  # noqa: E402
 from ggml_rpc_spec.upstream_peers.server import UpstreamServer  # noqa: E402
 
-FIXTURES = ROOT / "fixtures"
+FIXTURES = ROOT / "src" / "ggml_rpc_spec" / "fixtures"
 RELEASES = ("0.3.16", "0.3.20", "0.3.34", "0.3.35", "0.3.36")
 PROMPT = "The quick brown fox"
 

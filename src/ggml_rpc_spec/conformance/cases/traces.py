@@ -1,0 +1,46 @@
+"""§12: replay every recorded fixture whose protocol version is the target's.
+
+The fixtures are sessions between the real upstream client and server (fixtures/, see
+tools/record_fixtures.py); replaying one relocates it onto the target and judges every
+reply (exact, structural, or within a tolerance for computed floats).
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+from ggml_rpc_spec.protocol.trace import Trace, decode_trace
+from ggml_rpc_spec.traces.replay import DIFFERS, TOLERANCE, passed, replay
+
+from ..core import Check, Checks, Context, require
+
+checks = Checks()  # this module's cases (see conformance.cases)
+
+FIXTURES = "ggml_rpc_spec.fixtures"  # shipped as package data
+
+
+def fixtures() -> list[tuple[str, bytes]]:
+    """(folder/name, bytes) of every fixture trace, in order, wherever the package is installed."""
+    found = []
+    for folder in files(FIXTURES).iterdir():
+        if folder.is_dir():
+            found += [(f"{folder.name}/{entry.name[:-len('.ggmlrpc')]}", entry.read_bytes())
+                      for entry in folder.iterdir() if entry.name.endswith(".ggmlrpc")]
+    return sorted(found)
+
+
+def _replays(trace: Trace):
+    def run(ctx: Context) -> None:
+        results = replay(trace, ctx.endpoint, timeout=ctx.timeout * 6)
+        bad = [f"#{r.index} {r.command}: {r.detail}" for r in results if r.verdict == DIFFERS]
+        require(passed(results), "every reply as recorded (relocated; computed floats within " + ", ".join(
+                    f"{k} {v:.0%}" for k, v in TOLERANCE.items()) + " of each tensor's largest value)",
+                "; ".join(bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""))
+
+    return run
+
+
+for _name, _raw in fixtures():
+    _trace = decode_trace(_raw)
+    checks.add(Check(f"trace.{_name}", "12", f"replays fixtures/{_name} ({_trace.header.get('note', 'recorded session')})",
+                   _replays(_trace), kind="trace", protocols=(_trace.protocol,)))

@@ -1,0 +1,171 @@
+"""The one registry of op kernels, and what every kernel module shares.
+
+A kernel is `build(node, ctx) -> step`: it validates everything that can be validated before
+running (types, shapes, parameters, index ranges it can see) and raises ExecutionError for
+what it cannot compute, then returns a closure that does the work (None: nothing to run).
+A GRAPH_RECOMPUTE runs the same closures again.  Ops whose common case is one ufunc call
+may also register a batch kernel, `batch(binder, op, rows, ctx) -> (taken, steps)`, that
+checks all nodes of the op at once with NumPy and builds the steps of those it takes; the
+nodes it does not take go to `build`.
+
+Each kernel declares which rpc_tensor fields of the node and of its sources it reads
+(`reads`, `source_reads`).  A plan takes over the step of a node of the previous graph
+whose step key matches (stepkeys.py), so the key must cover everything any kernel reads:
+the key fields are the union of these declarations, and tests/test_registry.py runs every
+kernel on recording tensors to check that no kernel reads what it did not declare.
+Values are computed from the sources' views and stored through the destination's view, so
+strides, permutations and in-place ops behave as in ggml.  Steps run inside the plan's
+np.errstate(all="ignore"): inf and nan propagate silently, as they do in C.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ggml_rpc_spec.protocol.ggml import GgmlTables
+
+from .errors import ExecutionError
+from .tensors import ELEMENT_DTYPES, DequantCache, TensorRef
+
+Step = Callable[[], None]
+Taken = tuple[np.ndarray, list]  # a batch kernel's answer: the nodes it takes (indices into its rows), their steps
+
+# rpc_tensor fields a kernel may consult.  "memory" stands for the fields that place a tensor
+# in memory and give its layout: type, buffer, ne, nb, data.  `name` only ever appears in
+# messages.  Links (src, view_src) are followed by the binder, not by kernels.
+MEMORY = ("type", "buffer", "ne", "nb", "data")
+READABLE = frozenset(MEMORY + ("op", "op_params", "flags", "name"))
+NODE_READS = frozenset(MEMORY + ("op", "op_params", "name"))  # the default: the node itself, whole
+SOURCE_READS = frozenset(MEMORY)  # the default: where and what each source is
+
+
+@dataclass(frozen=True)
+class Kernel:
+    ops: tuple[str, ...]
+    build: Callable[[TensorRef, "ExecContext"], Step | None]
+    reads: frozenset[str] = NODE_READS
+    source_reads: frozenset[str] = SOURCE_READS
+
+    def __post_init__(self) -> None:
+        unknown = (self.reads | self.source_reads) - READABLE
+        assert not unknown, f"kernel of {self.ops} declares unknown fields {sorted(unknown)}"
+
+
+class Kernels:
+    """The kernels of one op family module, declared with its decorators.  Each family has
+    its own; executor.ops joins them into the one table, so no kernel exists by the side
+    effect of an import."""
+
+    def __init__(self) -> None:
+        self.kernels: dict[str, Kernel] = {}
+        self.batched: dict[str, Callable[..., Taken]] = {}
+
+    def kernel(self, *ops: str, reads: frozenset[str] = NODE_READS, source_reads: frozenset[str] = SOURCE_READS):
+        """Declare `build` as the kernel of `ops`, reading the declared fields."""
+        def declare(build):
+            entry = Kernel(ops, build, frozenset(reads), frozenset(source_reads))
+            for op in ops:
+                assert op not in self.kernels, f"two kernels for {op}"
+                self.kernels[op] = entry
+            return build
+
+        return declare
+
+    def batch(self, *ops: str):
+        """Declare a batch kernel for `ops`; each op must also have a per-node kernel, whose
+        declared reads cover what the batch kernel reads."""
+        def declare(batch):
+            for op in ops:
+                self.batched[op] = batch
+            return batch
+
+        return declare
+
+
+def key_fields(kernels: dict[str, Kernel]) -> tuple[frozenset[str], frozenset[str]]:
+    """What a step key must cover: (node fields, source fields) read by any of `kernels`."""
+    node: set[str] = set()
+    source: set[str] = set()
+    for entry in kernels.values():
+        node |= entry.reads
+        source |= entry.source_reads
+    return frozenset(node), frozenset(source)
+
+
+@dataclass
+class ExecContext:
+    ggml: GgmlTables
+    cache: DequantCache
+    numerics: str = "float"  # "float": plain float32 math; "ggml": round activations like ggml's CPU backend
+    memo: dict = field(default_factory=dict)  # values shared by the nodes of one run (cleared per run)
+
+
+# -- checks every kernel uses ---------------------------------------------------------------------
+
+
+def require(condition: bool, node: TensorRef, message: str, *args, rule: str = "exec.unsupported") -> None:
+    """Raise ExecutionError naming the node (and the broken rule) unless `condition`;
+    `message` is formatted with `args` only then, since kernels are built for every node of
+    every graph."""
+    if not condition:
+        types = ", ".join(s.kind.name for s in node.srcs if s is not None)
+        raise ExecutionError(f"{node.label} {node.name!r} ({node.kind.name} <- {types or 'no sources'}): "
+                             + message.format(*args), rule=rule)
+
+
+def in_range(node: TensorRef, index: np.ndarray, limit: int, what: str, rule: str) -> None:
+    """Raise ExecutionError under `rule` unless every value of `index` (read from a tensor at
+    run time: data, not shape) lies in [0, limit); before anything is read through it."""
+    if index.size and (index.min() < 0 or index.max() >= limit):
+        bad = index[(index < 0) | (index >= limit)][0]
+        raise ExecutionError(f"{node.label} {node.name!r}: {what} {int(bad)} outside [0, {limit})", rule=rule)
+
+
+def readable(node: TensorRef, *tensors: TensorRef) -> None:
+    for tensor in tensors:
+        require(tensor.kind.name in ELEMENT_DTYPES or tensor.quantized, node, "cannot read {}", tensor.kind.name)
+        require(tensor.buffer is not None, node, "{!r} has no buffer on this server: nothing to read", tensor.name)
+
+
+def float_like(node: TensorRef, *tensors: TensorRef) -> None:
+    for tensor in tensors:
+        require(tensor.kind.name in ("F32", "F16", "BF16"), node, "{} is not a float type here", tensor.kind.name)
+
+
+def same_shape(node: TensorRef, a: TensorRef, b: TensorRef) -> None:
+    require(a.ne == b.ne, node, "shape {} differs from {}", a.ne, b.ne)
+
+
+def repeat(values: np.ndarray, shape: tuple[int, ...], node: TensorRef) -> np.ndarray:
+    """ggml's implicit repeat: each dimension of `values` divides the target's."""
+    reps = []
+    for have, want in zip(values.shape, shape, strict=True):
+        require(have > 0 and want % have == 0, node, "cannot repeat {} to {}", values.shape, shape)
+        reps.append(want // have)
+    if all(r == 1 or h == 1 for r, h in zip(reps, values.shape, strict=True)):
+        return np.broadcast_to(values, shape)
+    return np.tile(values, reps)
+
+
+def map_values(node: TensorRef, ctx: "ExecContext", function) -> Step:
+    """The step of an op that maps src0's values to the node's, element by element."""
+    src = node.src(0)
+    float_like(node, src, node)
+    same_shape(node, node, src)
+
+    def run():
+        node.write(function(src.read(ctx.cache)).astype(np.float32))
+
+    return run
+
+
+def optional_src(node: TensorRef, index: int) -> TensorRef | None:
+    """src[index], or None when the node leaves that slot empty."""
+    return node.srcs[index] if index < len(node.srcs) else None
+
+
+__all__ = ["ExecContext", "ExecutionError", "Kernel", "Kernels", "Step", "Taken", "float_like", "key_fields",
+           "map_values", "optional_src", "readable", "repeat", "require", "same_shape"]

@@ -1,0 +1,157 @@
+"""The shape of an op catalogue entry: an op's sources, its op_params words, its sub-ops.
+
+The entries themselves are declared one family per module beside this one; the package
+joins them into the catalogue.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+
+from ..ggml import MAX_OP_PARAMS
+from ..versions import parse_version
+
+WORDS = MAX_OP_PARAMS // 4  # op_params is 16 int32 words
+KINDS = ("i32", "u32", "f32", "bool")  # plus the enum tables below, each an i32 index
+ENUMS = ("unary_op", "glu_op", "ggml_type")  # enums whose names come from the release tables
+
+
+@dataclass(frozen=True)
+class Param:
+    """One op_params word: its index, name, kind and meaning.  `kind` is "i32", "u32", "f32",
+    "bool" (an i32 that is 0 or 1), an enum of the release tables ("unary_op", "glu_op",
+    "ggml_type"), or "enum:NAME=0,NAME=1,..." for a small enum of ggml's own (sort order,
+    pooling op, scale mode).  `low`/`high` bound the values ggml accepts, where it asserts
+    them (None: no bound).  `since` is the first protocol version whose ggml reads the word;
+    older ones ignore it, whatever it holds (None: every version reads it); `legacy` is the
+    value that asks a newer ggml for what the older ones do (a version bridge writes it when
+    the client's ggml left the word unset, and refuses other values towards an older one)."""
+
+    index: int
+    name: str
+    kind: str
+    meaning: str
+    low: float | None = None
+    high: float | None = None
+    since: str | None = None
+    legacy: int | None = None
+
+    def __post_init__(self) -> None:
+        assert 0 <= self.index < WORDS, self
+        assert (self.legacy is None) or (self.since is not None), self
+        assert self.kind in KINDS or self.kind in ENUMS or self.kind.startswith("enum:"), self.kind
+
+    @property
+    def choices(self) -> dict[str, int]:
+        """For "enum:..." kinds, name -> value."""
+        if not self.kind.startswith("enum:"):
+            return {}
+        return {name: int(value) for name, value in (item.split("=") for item in self.kind[5:].split(","))}
+
+    def read_by(self, version: str) -> bool:
+        """Whether the ggml of protocol `version` reads this word."""
+        return self.since is None or parse_version(version) >= parse_version(self.since)
+
+    def decode(self, word: int) -> int | float | bool:
+        if self.kind == "f32":
+            return struct.unpack("<f", struct.pack("<i", word))[0]
+        if self.kind == "u32":
+            return word & 0xFFFFFFFF
+        if self.kind == "bool":
+            return word != 0
+        return word
+
+    def encode(self, value) -> int:
+        if self.kind == "f32":
+            return struct.unpack("<i", struct.pack("<f", float(value)))[0]
+        if isinstance(value, str):
+            found = self.choices.get(value)
+            if found is None:
+                raise ValueError(f"{self.name}: {value!r} is not one of {sorted(self.choices)}")
+            return found
+        value = int(value)
+        return value - (1 << 32) if self.kind == "u32" and value >= 1 << 31 else value
+
+
+@dataclass(frozen=True)
+class Source:
+    """One src[] slot: its role, what it holds, and whether a node may leave it empty."""
+
+    role: str
+    meaning: str
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class SubOp:
+    """A UNARY or GLU sub-op (named by op_params word 0): the extra words it reads and what it computes."""
+
+    name: str
+    semantics: str
+    params: tuple[Param, ...] = ()
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One ggml op."""
+
+    name: str
+    family: str  # the executor module that computes it (reference_impl/executor/ops/<family>.py)
+    sources: tuple[Source, ...]
+    params: tuple[Param, ...]
+    types: str  # which types the sources and the result may have
+    result: str  # the result's shape, in terms of the sources
+    semantics: str  # one line
+    sub_ops: tuple[SubOp, ...] = ()
+    computes: bool = True  # False: a view or no-op; the node's memory is its source's
+
+    def __post_init__(self) -> None:
+        indexes = [p.index for p in self.params]
+        assert len(indexes) == len(set(indexes)), f"{self.name}: two params share a word"
+        for sub in self.sub_ops:
+            clash = set(indexes) & {p.index for p in sub.params}
+            assert not clash, f"{self.name}({sub.name}) reuses words {clash}"
+
+    def sub_op(self, name: str) -> SubOp:
+        for sub in self.sub_ops:
+            if sub.name == name:
+                return sub
+        raise KeyError(f"{self.name} has no sub-op {name}")
+
+    def layout(self, sub: str | None = None) -> tuple[Param, ...]:
+        """The params of the op, with those of sub-op `sub` (UNARY, GLU) added."""
+        extra = self.sub_op(sub).params if sub is not None else ()
+        return tuple(sorted(self.params + extra, key=lambda p: p.index))
+
+    def param(self, name: str, sub: str | None = None) -> Param:
+        param = next((p for p in self.layout(sub) if p.name == name), None)
+        if param is None:
+            raise KeyError(f"{self.name} has no param {name!r}")
+        return param
+
+    def read(self, words: np.ndarray, sub: str | None = None) -> SimpleNamespace:
+        """The named values of a node's op_params (16 int32 words)."""
+        values = words.tolist() if isinstance(words, np.ndarray) else list(words)
+        return SimpleNamespace(**{p.name: p.decode(values[p.index]) for p in self.layout(sub)})
+
+    def column(self, words: np.ndarray, name: str, sub: str | None = None) -> np.ndarray:
+        """One named param of many nodes at once (words: int32 array of shape (n, 16)), as
+        int32, or float32 for "f32" params (a view, no copy)."""
+        param = self.param(name, sub)
+        column = words[:, param.index : param.index + 1]
+        return (column.view(np.float32) if param.kind == "f32" else column)[:, 0]
+
+    def pack(self, sub: str | None = None, /, **values) -> list[int]:
+        """op_params words from named values (unnamed words are 0); the graph builder's side."""
+        words = [0] * WORDS
+        layout = {p.name: p for p in self.layout(sub)}
+        unknown = set(values) - set(layout)
+        if unknown:
+            raise KeyError(f"{self.name}{f'({sub})' if sub else ''} has no params {sorted(unknown)}")
+        for name, value in values.items():
+            words[layout[name].index] = layout[name].encode(value)
+        return words

@@ -1,0 +1,47 @@
+"""Gradients, losses and optimizer steps."""
+
+from .spec import OpSpec, Param, Source
+
+SPECS = (
+    OpSpec("SILU_BACK", "training",
+           (Source("dy", "the gradient of silu's output"), Source("x", "silu's input")),
+           (), "F32, F16 (all alike)", "as x", "result = dy * s * (1 + x * (1 - s)), s = sigmoid(x)"),
+    OpSpec("RMS_NORM_BACK", "training",
+           (Source("dz", "the gradient of rms_norm's output"), Source("x", "rms_norm's input")),
+           (Param(0, "eps", "f32", "the eps of the forward rms_norm", 0),), "F32", "as x",
+           "per row, result = (dz - x * sum(x * dz) / (sum(x * x) + eps * n)) / sqrt(mean(x * x) + eps)"),
+    OpSpec("SOFT_MAX_BACK", "training",
+           (Source("dy", "the gradient of soft_max's output"), Source("y", "soft_max's output")),
+           (Param(0, "scale", "f32", "the scale of the forward soft_max"),
+            Param(1, "max_bias", "f32", "the forward ALiBi max bias: ggml's CPU takes only 0", 0, 0)),
+           "F32", "as y", "per row, result = scale * y * (dy - y . dy)"),
+    OpSpec("CROSS_ENTROPY_LOSS", "training",
+           (Source("logits", "the logits, one distribution per row"),
+            Source("labels", "the target probabilities, shape of logits")),
+           (), "F32", "[1, 1, 1, 1]", "-(1 / rows) * sum over rows of labels . log_softmax(logits)"),
+    OpSpec("CROSS_ENTROPY_LOSS_BACK", "training",
+           (Source("grad", "F32 scalar: the gradient of the loss"), Source("logits", "the forward logits"),
+            Source("labels", "the forward labels")),
+           (), "F32", "as logits", "per row, result = (softmax(logits) - labels) * grad / rows"),
+    OpSpec("OPT_STEP_ADAMW", "training",
+           (Source("a", "the parameters, updated in place (the result is a view of a)"),
+            Source("grad", "their gradient"), Source("m", "first moments, updated in place"),
+            Source("v", "second moments, updated in place"),
+            Source("params", "F32 [7]: alpha, beta1, beta2, eps, wd, beta1h, beta2h")),
+           (), "F32", "as a (a view of it)",
+           "m = m * beta1 + g * (1 - beta1); v = v * beta2 + g^2 * (1 - beta2); "
+           "a = a * (1 - alpha * wd) - alpha * m * beta1h / (sqrt(v * beta2h) + eps)"),
+    OpSpec("OPT_STEP_SGD", "training",
+           (Source("a", "the parameters, updated in place (the result is a view of a)"),
+            Source("grad", "their gradient"), Source("params", "F32 [2]: alpha, wd")),
+           (), "F32", "as a (a view of it)", "a = a * (1 - alpha * wd) - alpha * grad"),
+    OpSpec("FLASH_ATTN_BACK", "training",
+           (Source("q", "queries [D, N, heads, a3]"), Source("k", "keys [D, M, kv_heads, a3], M >= N"),
+            Source("v", "values, transposed [M, D, kv_heads, a3]"),
+            Source("d", "the gradient of the attention output [D, N, heads, a3]")),
+           (Param(0, "masked", "i32", "1: causal, query i sees keys 0 .. M - N + i; 0: all keys", 0, 1),),
+           "F32", "F32, at least [grad q | grad k | grad v], each part padded to 16 bytes",
+           "the gradients of softmax(q.k / sqrt(D)) . v, query head h using kv head h % kv_heads: grad q "
+           "[D, N, heads, a3], grad k [D, M, kv_heads, a3], grad v [M, D, kv_heads, a3]; ggml_flash_attn_back() "
+           "aborts in every release with a protocol version, but ggml's CPU computes the op"),
+)

@@ -1,0 +1,146 @@
+"""ggml-rpc-trace: decode and replay GGML RPC trace files.
+
+    ggml-rpc-trace show FILE [--json] [--graphs]       decode every frame with the protocol schemas
+    ggml-rpc-trace replay FILE... --target HOST:PORT   replay the client side, relocated, and judge
+                                                       the replies (exit 1 if any differ)
+    ggml-rpc-trace import CAPTURE --out DIR [--port P] one trace per connection of a pcap/pcapng capture
+    ggml-rpc-trace export TRACE --pcap OUT             a trace as a capture (for Wireshark)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ggml_rpc_spec.protocol.errors import ProtocolError
+from ggml_rpc_spec.protocol.trace import Trace, TraceError, decode_trace
+
+from ggml_rpc_spec.client.rpc import ServerClosed
+from .replay import DIFFERS, TOLERANCE, passed, replay
+from .show import decode, render
+
+
+def load(path: str) -> Trace:
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise SystemExit(f"error: cannot read {path}: {exc.strerror}")
+    try:
+        return decode_trace(raw)
+    except TraceError as exc:
+        raise SystemExit(f"error: {path}: {exc}")
+
+
+def expand(paths: list[str]) -> list[str]:
+    """Files as given; a directory stands for the traces in it."""
+    out = []
+    for path in paths:
+        folder = Path(path)
+        out += sorted(str(p) for p in folder.glob("*.ggmlrpc")) if folder.is_dir() else [path]
+    return out
+
+
+def show(args) -> int:
+    for path in expand(args.files):
+        trace = load(path)
+        if args.json:
+            session, rows = decode(trace)
+            print(json.dumps({"file": path, "header": trace.header, "protocol": session.profile.name
+                              if session.profile else None, "exchanges": rows,
+                              "error": str(session.error) if session.error else None}, indent=1))
+        else:
+            print(f"== {path}")
+            print(render(trace, graphs=args.graphs))
+    return 0
+
+
+def replay_command(args) -> int:
+    failures = 0
+    for path in expand(args.files):
+        trace = load(path)
+        try:
+            tolerance = None if args.tolerance is None else dict.fromkeys(TOLERANCE, args.tolerance)
+            results = replay(trace, args.target, timeout=args.timeout, tolerance=tolerance)
+        except (ProtocolError, ServerClosed, OSError, TimeoutError) as exc:
+            print(f"{path}: cannot replay: {exc}")
+            failures += 1
+            continue
+        ok = passed(results)
+        failures += not ok
+        counts: dict[str, int] = {}
+        for result in results:
+            counts[result.verdict] = counts.get(result.verdict, 0) + 1
+            if args.verbose or result.verdict == DIFFERS:
+                print(f"  #{result.index:<5d} {result.command:17s} {result.verdict}: {result.detail}")
+        summary = ", ".join(f"{n} {verdict}" for verdict, n in counts.items())
+        print(f"{path}: {'PASS' if ok else 'FAIL'} ({summary})")
+    return 1 if failures else 0
+
+
+def import_command(args) -> int:
+    from .capture import import_capture
+
+    try:
+        results = import_capture(Path(args.capture), args.port, Path(args.out), log=print)
+    except (OSError, ValueError) as exc:
+        print(f"error: {args.capture}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        return 1
+    written = sum(r.trace is not None for r in results)
+    print(f"{written} of {len(results)} connection(s) to port {args.port} written to {args.out}")
+    return 0 if written else 1
+
+
+def export_command(args) -> int:
+    from .capture import export_capture
+
+    trace = load(args.trace)
+    try:
+        count = export_capture(trace, Path(args.pcap))
+    except OSError as exc:
+        print(f"error: cannot write {args.pcap}: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(f"{args.pcap}: {count} packets")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ggml-rpc-trace", description="Decode and replay GGML RPC trace files.",
+                                     epilog="Trace files are written by ggml-rpc-proxy --record and by the conformance "
+                                            "suite; their format is SPEC.md §12.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    show_parser = commands.add_parser("show", help="decode every frame (command, fields, tensors, sizes)")
+    show_parser.add_argument("files", nargs="+", metavar="FILE", help="trace files or directories of them")
+    show_parser.add_argument("--json", action="store_true", help="machine-readable output")
+    show_parser.add_argument("--graphs", action="store_true", help="list every tensor of every graph")
+    show_parser.set_defaults(run=show)
+    replay_parser = commands.add_parser("replay", help="replay the client side against a server and compare")
+    replay_parser.add_argument("files", nargs="+", metavar="FILE", help="trace files or directories of them")
+    replay_parser.add_argument("--target", required=True, metavar="HOST:PORT", help="server to replay against")
+    replay_parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each reply")
+    replay_parser.add_argument("--tolerance", type=float, default=None,
+                               help="largest error for data a graph computed, relative to the tensor's largest "
+                                    "value (default per type: " + ", ".join(f"{k} {v:g}" for k, v in TOLERANCE.items())
+                                    + "); other data must be identical")
+    replay_parser.add_argument("-v", "--verbose", action="store_true", help="print every frame, not only differences")
+    replay_parser.set_defaults(run=replay_command)
+    import_parser = commands.add_parser("import", help="one trace per connection of a pcap/pcapng capture (tcpdump, "
+                                                       "Wireshark)")
+    import_parser.add_argument("capture", metavar="CAPTURE", help="a .pcap or .pcapng file")
+    import_parser.add_argument("--port", type=int, default=50052, help="the server's port (default 50052)")
+    import_parser.add_argument("--out", required=True, metavar="DIR", help="folder for the trace files")
+    import_parser.set_defaults(run=import_command)
+    export_parser = commands.add_parser("export", help="write a trace as a pcap capture")
+    export_parser.add_argument("trace", metavar="TRACE", help="a trace file")
+    export_parser.add_argument("--pcap", required=True, metavar="OUT", help="the capture to write")
+    export_parser.set_defaults(run=export_command)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

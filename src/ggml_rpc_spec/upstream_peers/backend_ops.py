@@ -1,0 +1,290 @@
+"""Upstream's own op test program, `test-backend-ops`, as the judge of GRAPH_COMPUTE.
+
+    ggml-rpc-peers backend-ops --target HOST:PORT [--op OP ...] [--peer 0.3.36]
+                                         [--sample N] [--json FILE] [--timeout SECONDS]
+
+`test-backend-ops` (vendored in each llama-cpp-python sdist) builds thousands of small
+graphs, one op each, computes them on a backend and on ggml's CPU backend and compares
+the results within per-op error bounds.  The program has no RPC option: the copy compiled
+here (into the peer cache, never the checkout) registers an RPC server named by the
+GGML_RPC_TARGET environment variable, which becomes the device `RPC0`.
+
+The upstream RPC client aborts the whole process when a server closes the connection, so
+every op runs in a process of its own.  The program prints a case only once it finished, so
+when the process dies the case it was running is the next one of the op in the program's
+own case list (its `support` mode lists them in order): that case is run alone to confirm
+the refusal, and the op resumes with the cases not reached yet, named one by one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .build import DEVICE, PROGRAM, TARGET_VARIABLE, JudgeError, PeerNotBuilt, ensure_program
+from .catalog import CI_PEERS, Peer, peer_for
+
+# A finished case: "  OP(vars): OK|FAIL|not supported [...]", preceded on the same line by what
+# the comparison printed while it ran ("[OP] ERR = 0.5 > 1e-07 ", "[OP] NaN at index 3 ...").
+# Cases that test a fused graph have names of their own ("RMS_NORM_MUL_ADD", "SILU_MUL") and
+# run in test mode only, so `support` mode does not list them: their names are read from the
+# op_desc overrides of the program's source (kept beside the compiled program).
+FUSED_BODY = re.compile(r'op_desc\(ggml_tensor \* t\) override \{([^}]*)\}')
+FUSED_NAME = re.compile(r'"([A-Z][A-Z0-9_]*)"')  # every name an override can return ("A" or cond ? "B" : "C")
+FUSED_SUFFIX = re.compile(r'op_desc\(ggml_tensor \* t\) override \{[^}]*?ggml_unary_op_name\(op\)\) \+ "(_[A-Z0-9_]+)"')
+
+CASE_LINE = re.compile(r"^(?P<said>.*?)  (?P<op>[A-Z][A-Z0-9_]*)\((?P<vars>[^()]*)\): (?P<rest>.*)$")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def fused_names(source: str, peer: Peer) -> list[str]:
+    """Names of the program's fused-graph cases (see FUSED_NAME); a name may turn out to have
+    no cases in test mode (it is then left out of the results)."""
+    from ggml_rpc_spec.protocol.ggml import GGML_RELEASES
+    from ggml_rpc_spec.protocol.versions import profile_for
+
+    unary = GGML_RELEASES[profile_for(peer.protocol).ggml_release].unary_ops
+    names = {name for body in FUSED_BODY.findall(source) if "return" in body for name in FUSED_NAME.findall(body)}
+    names.update(op + suffix for suffix in FUSED_SUFFIX.findall(source) for op in unary)
+    return sorted(names - {suffix for suffix in FUSED_SUFFIX.findall(source)})
+
+
+# -- running it ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class CaseResult:
+    name: str  # OP(vars), as the program prints it
+    verdict: str  # "passed", "failed", "refused", "not supported"
+    detail: str = ""  # the program's message (ERR = ..., NaN at ...), or the abort message
+
+
+@dataclass
+class OpResult:
+    op: str
+    cases: list[CaseResult] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str = ""  # the target died, a timeout, or the program failed on its own
+
+    def count(self, verdict: str) -> int:
+        return sum(1 for case in self.cases if case.verdict == verdict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and all(case.verdict in ("passed", "not supported") for case in self.cases)
+
+    @property
+    def first_problem(self) -> CaseResult | None:
+        return next((c for c in self.cases if c.verdict in ("failed", "refused")), None)
+
+
+class Judge:
+    """The compiled program of one peer, pointed at one target."""
+
+    def __init__(self, peer: Peer, target: str, *, timeout: float | None = None, log=print) -> None:
+        self.peer = peer
+        self.target = target
+        self.timeout = timeout
+        self.binary = ensure_program(peer, log=log)
+        self._catalogue: dict[str, list[str]] | None = None
+
+    def _run(self, args: list[str], timeout: float | None = None) -> subprocess.CompletedProcess:
+        env = dict(os.environ, **{TARGET_VARIABLE: self.target}, GGML_NO_BACKTRACE="1")
+        try:
+            return subprocess.run([str(self.binary), *args], env=env, capture_output=True, text=True,
+                                  errors="replace", timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            return subprocess.CompletedProcess(exc.cmd, returncode=None, stdout=out, stderr="timeout")
+
+    def catalogue(self) -> dict[str, list[str]]:
+        """Per op name, the full names of its cases in the program's order (from `support`
+        mode, which runs nothing), then the fused-graph names with no list (see FUSED_NAME)."""
+        if self._catalogue is None:
+            result = self._run(["support", "-b", DEVICE], timeout=300)
+            if result.returncode != 0:
+                raise JudgeError(f"{PROGRAM} support -b {DEVICE} failed against {self.target} "
+                                 f"(exit {result.returncode}):\n{(result.stderr or result.stdout)[-2000:]}")
+            found: dict[str, list[str]] = {}
+            for line in result.stdout.splitlines():
+                match = CASE_LINE.match(ANSI.sub("", line))
+                if match:
+                    found.setdefault(match["op"], []).append(f"{match['op']}({match['vars']})")
+            if not found:
+                raise JudgeError(f"{PROGRAM} listed no cases against {self.target}:\n{result.stdout[-2000:]}")
+            fused = fused_names((self.binary.parent / f"{PROGRAM}.cpp").read_text(), self.peer)
+            self._catalogue = found | {name: [] for name in fused if name not in found}
+        return self._catalogue
+
+    def run_op(self, op: str, *, only: list[str] | None = None, restarts: int = 200) -> OpResult:
+        """All cases of `op` (or the cases named in `only`, in the program's order), resuming
+        after each refusal."""
+        result = OpResult(op)
+        started = time.monotonic()
+        listed = list(only) if only is not None else self.catalogue().get(op, [])
+        filter_ = ",".join(listed) if only is not None else op
+        for _ in range(restarts + 1):
+            run = self._run(["test", "-b", DEVICE, "-o", filter_], timeout=self.timeout)
+            finished = parse_output(run.stdout)
+            result.cases += finished
+            if run.returncode in (0, 1) and _completed(run.stdout):
+                break  # 1: some case failed
+            if run.returncode is None:
+                result.error = f"timed out after {self.timeout:.0f}s"
+                break
+            done = {case.name for case in result.cases}
+            remaining = [name for name in listed if name not in done]
+            if not remaining:  # a fused-graph op (no case list) or past its last listed case
+                after = finished[-1].name if finished else "the start"
+                result.cases.append(CaseResult(f"{op}(the case after {after})", "refused", _abort_message(run)))
+                result.error = "the cases after a refusal are not listed by the program: not run"
+                break
+            suspect = self._run(["test", "-b", DEVICE, "-o", remaining[0]], timeout=self.timeout)
+            alone = parse_output(suspect.stdout)
+            if alone:  # it finishes when run alone: the case that died is one the list does not name
+                after = finished[-1].name if finished else "the first"
+                result.cases.append(CaseResult(f"{op}(an unlisted case after {after})", "refused", _abort_message(run)))
+                result.cases += alone
+            else:
+                result.cases.append(CaseResult(remaining[0], "refused", _abort_message(suspect)))
+            remaining = remaining[1:]
+            if not remaining:
+                break
+            filter_ = ",".join(remaining)
+        else:
+            result.error = f"gave up after {restarts} refusals"
+        result.seconds = time.monotonic() - started
+        return result
+
+
+def parse_output(stdout: str) -> list[CaseResult]:
+    """The finished cases of one run of the program, in order."""
+    cases = []
+    for raw in stdout.splitlines():
+        match = CASE_LINE.match(ANSI.sub("", raw))
+        if not match:
+            continue
+        name, rest, said = f"{match['op']}({match['vars']})", match["rest"].strip(), match["said"].strip()
+        if rest.endswith("OK"):
+            cases.append(CaseResult(name, "passed"))
+        elif rest.endswith("FAIL"):
+            cases.append(CaseResult(name, "failed", " ".join(filter(None, (said, rest[:-4].strip())))))
+        elif rest.startswith(("not supported", "skipping")):
+            cases.append(CaseResult(name, "not supported", rest))
+    return cases
+
+
+def _completed(stdout: str) -> bool:
+    return re.search(r"\d+/\d+ tests passed", ANSI.sub("", stdout)) is not None
+
+
+def _exit(run: subprocess.CompletedProcess) -> str:
+    code = run.returncode
+    return f"signal {-code}" if code is not None and code < 0 else f"exit {code}"
+
+
+def _abort_message(run: subprocess.CompletedProcess) -> str:
+    """Why the program died: the upstream client's abort message, else the exit status."""
+    lines = [line for line in (run.stderr or "").splitlines() if line.strip()]
+    wanted = [line for line in lines if "GGML_ASSERT" in line or "abort" in line.lower() or "error" in line.lower()]
+    return (wanted or lines or [_exit(run)])[-1].strip()[:300]
+
+
+def sample(names: list[str], limit: int) -> list[str]:
+    """At most `limit` of `names`, spread evenly over the list (first and last included)."""
+    if limit <= 0 or len(names) <= limit:
+        return list(names)
+    if limit == 1:
+        return [names[0]]
+    step = (len(names) - 1) / (limit - 1)
+    return [names[round(i * step)] for i in range(limit)]
+
+
+# -- reporting ------------------------------------------------------------------------------------------
+
+
+def table(results: list[OpResult]) -> str:
+    """A per-op table: cases passed / failed / refused / not supported, and the first problem."""
+    rows = [("op", "cases", "passed", "failed", "refused", "n/s", "seconds", "first failing case")]
+    for r in results:
+        problem = r.first_problem
+        note = r.error or (f"{problem.name}: {problem.verdict}" + (f" ({problem.detail})" if problem.detail else "")
+                           if problem else "")
+        rows.append((r.op, str(len(r.cases)), str(r.count("passed")), str(r.count("failed")), str(r.count("refused")),
+                     str(r.count("not supported")), f"{r.seconds:.1f}", note[:160]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             + "  " + row[-1] for row in rows]
+    passing = sum(r.ok for r in results)
+    totals = {v: sum(r.count(v) for r in results) for v in ("passed", "failed", "refused", "not supported")}
+    lines.append(f"{passing}/{len(results)} ops pass every case; cases: {totals['passed']} passed, {totals['failed']} "
+                 f"failed, {totals['refused']} refused, {totals['not supported']} not supported "
+                 f"({sum(r.seconds for r in results):.0f}s)")
+    return "\n".join(lines)
+
+
+def report(results: list[OpResult], peer: Peer, target: str) -> dict:
+    return {"peer": peer.release, "protocol": peer.protocol, "target": target,
+            "ops": [{"op": r.op, "ok": r.ok, "seconds": round(r.seconds, 3), "error": r.error,
+                     "passed": r.count("passed"), "failed": r.count("failed"), "refused": r.count("refused"),
+                     "not_supported": r.count("not supported"), "cases": [asdict(c) for c in r.cases]}
+                    for r in results]}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ggml-rpc-peers backend-ops",
+        description="Run upstream's test-backend-ops against a GGML RPC server, one process per op, and "
+                    "print a per-op table.  Against the real upstream server every case passes (the baseline).")
+    parser.add_argument("--target", required=True, help="HOST:PORT of the RPC server to judge")
+    parser.add_argument("--peer", default=CI_PEERS[-1],
+                        help=f"llama-cpp-python release whose program and client to use (default {CI_PEERS[-1]}; "
+                             "the target must speak its protocol)")
+    parser.add_argument("--op", action="append", default=[], metavar="OP",
+                        help="an op name as the program lists it (ADD, MUL_MAT, SWIGLU, ...); repeatable; "
+                             "default: every op")
+    parser.add_argument("--sample", type=int, default=0, metavar="N",
+                        help="run at most N cases per op, spread over its case list (default: all)")
+    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="give up on one program run after this long (default: no limit)")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-' for stdout)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    args = parser.parse_args(argv)
+
+    log = (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, **k, file=sys.stderr, flush=True))
+    try:
+        peer = peer_for(args.peer)
+        judge = Judge(peer, args.target, timeout=args.timeout, log=log)
+        catalogue = judge.catalogue()
+    except (KeyError, PeerNotBuilt, JudgeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    unknown = [op for op in args.op if op not in catalogue]
+    if unknown:
+        print(f"error: no cases for {', '.join(unknown)} in {PROGRAM} of {peer.release}; known: "
+              f"{', '.join(catalogue)}", file=sys.stderr)
+        return 2
+    results = []
+    for i, op in enumerate(args.op or list(catalogue), 1):
+        only = sample(catalogue[op], args.sample) if args.sample and catalogue[op] else None
+        result = judge.run_op(op, only=only)
+        if not result.cases and not result.error:
+            continue  # a fused-graph name without cases in this program
+        results.append(result)
+        log(f"[{i}/{len(args.op or catalogue)}] {op}: {result.count('passed')}/{len(result.cases)} passed"
+            f"{'' if result.ok else ' -- ' + (result.error or 'FAIL')} ({result.seconds:.1f}s)")
+    print(table(results))
+    if args.json:
+        text = json.dumps(report(results, peer, args.target), indent=1)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text)
+    return 0 if all(r.ok for r in results) else 1
