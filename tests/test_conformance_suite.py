@@ -146,9 +146,10 @@ class KeepsGraphAfterFree(Session):
     """FREE_BUFFER leaves the stored graph, so GRAPH_RECOMPUTE runs on freed memory."""
 
     def free_buffer(self, request):
-        graphs = dict(self.graphs)
+        kept = {device: dict(slot.kept) for device, slot in self.graphs.devices.items()}
         result = super().free_buffer(request)
-        self.graphs.update(graphs)
+        for device, graphs in kept.items():
+            self.graphs.devices[device].kept.update(graphs)
         return result
 
 

@@ -20,7 +20,7 @@ class Wire:
         spec = message_spec(self.profile, command)
         if not spec.has_reply:
             return None
-        self.replies.expect(command, size=body["size"] if spec.reply_tail else None)
+        self.replies.expect(command, size=spec.data_size(body))
         while (event := self.replies.next_event()) is NEED_DATA:
             chunk = self.sock.recv(1 << 20)
             if chunk:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from construct import Array, Bytes, FormatField, Rebuild, Renamed, Struct
 
-from ggml_rpc_spec.protocol.commands import Command
+from ggml_rpc_spec.protocol.commands import ROW, Command
 from ggml_rpc_spec.protocol.ggml import GGML_RELEASES, TYPES
 from ggml_rpc_spec.protocol.messages import message_spec
 from ggml_rpc_spec.protocol.ops import CATALOGUE, OpSpec, Param, since
@@ -30,15 +30,8 @@ SPEC = Path(__file__).resolve().parent.parent / "SPEC.md"
 BLOCK = re.compile(r"(<!-- BEGIN GENERATED (\S+) -->\n)(.*?)(<!-- END GENERATED \2 -->)", re.S)
 
 _SCALARS = {"<Q": "u64", "<L": "u32", "<l": "i32", "<B": "u8", "<b": "i8", "<H": "u16", "<h": "i16"}  # construct codes
-# Commands documented in each SPEC section (HELLO lives in §3.1).
-COMMAND_SECTIONS = {
-    Command.HELLO: "3.1", Command.DEVICE_COUNT: "5.1", Command.GET_ALIGNMENT: "5.2",
-    Command.GET_MAX_SIZE: "5.3", Command.GET_DEVICE_MEMORY: "5.4", Command.GET_ALLOC_SIZE: "5.5",
-    Command.ALLOC_BUFFER: "6.1", Command.BUFFER_GET_BASE: "6.2", Command.FREE_BUFFER: "6.3",
-    Command.BUFFER_CLEAR: "6.4", Command.SET_TENSOR: "7.1", Command.GET_TENSOR: "7.2",
-    Command.SET_TENSOR_HASH: "7.3", Command.COPY_TENSOR: "7.4", Command.INIT_TENSOR: "7.5",
-    Command.MEMSET_TENSOR: "7.6", Command.GRAPH_COMPUTE: "8.1", Command.GRAPH_RECOMPUTE: "8.3",
-}
+# The commands of the specified versions (a row whose version has no profile yet is not specified).
+SPECIFIED = tuple(c for c in Command if any(c in p.commands for p in PROFILES))
 # Ops that llama.cpp sends for llama-architecture models, shown with their numbers per release.
 LLAMA_OPS = ("NONE", "ADD", "MUL", "RMS_NORM", "MUL_MAT", "SCALE", "CPY", "CONT", "RESHAPE", "VIEW",
              "PERMUTE", "TRANSPOSE", "GET_ROWS", "SET_ROWS", "SOFT_MAX", "ROPE", "FLASH_ATTN_EXT",
@@ -292,7 +285,7 @@ def security_block() -> str:
 
 def summary_block() -> str:
     lines = ["| # | command | section | request bytes | reply bytes | versions |", "|---:|---|---|---|---|---|"]
-    for command in Command:
+    for command in SPECIFIED:
         def sizes(p: Profile):
             if command not in p.commands:
                 return None
@@ -308,7 +301,7 @@ def summary_block() -> str:
 
         groups = _grouped(sizes)
         for versions, text in groups:
-            lines.append(f"| {int(command)} | {command.name} | §{COMMAND_SECTIONS[command]} | {text} | {versions} |")
+            lines.append(f"| {int(command)} | {command.name} | §{ROW[command].section} | {text} | {versions} |")
     return "\n".join(lines) + "\n"
 
 
@@ -326,7 +319,7 @@ def blocks() -> dict[str, str]:
     }
     found["trace:preamble"] = struct_table(PREAMBLE) + "\n"
     found["trace:record"] = struct_table(RECORD_HEAD) + "\n"
-    for command in Command:
+    for command in SPECIFIED:
         found[f"command:{command.name}"] = command_block(command)
     for section in sorted({r.section for r in RULES}):
         found[f"rules:{section}"] = rules_block(section)

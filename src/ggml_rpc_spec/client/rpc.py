@@ -167,7 +167,7 @@ class RPCClient:
         self._since_reply.append(command.name)
         if not spec.has_reply:
             return None
-        self._replies.expect(command, size=body["size"] if spec.reply_tail else None, into=into)
+        self._replies.expect(command, size=spec.data_size(body), into=into)
         return self._receive(command)
 
     def _receive(self, command: Command):

@@ -21,7 +21,7 @@ from ggml_rpc_spec.protocol.trace import CLIENT, SERVER, Trace, encode_trace, fr
 from ggml_rpc_spec.protocol.versions import Profile, parse_version
 from ggml_rpc_spec.client.rpc import RPCClient
 
-from .probe import ANSWERED, CLOSED, SILENT, Exchange, Probe
+from .probe import ANSWERED, CLOSED, SILENT, Transcript, Probe
 
 __all__ = ["CaseFailure", "Check", "Checks", "Context", "MUST", "SHOULD", "require"]
 
@@ -111,7 +111,7 @@ class Context:
         self.fuzz_examples = fuzz_examples
         self.live_fuzz = live_fuzz  # generate without shrinking (external targets)
         self.run = run  # the run (runner.Conformance): liveness, restarts, fuzzing campaign, trace folder
-        self.exchanges: list[tuple[str, Exchange]] = []
+        self.transcripts: list[tuple[str, Transcript]] = []
         self._open: list = []
 
     # -- connections ------------------------------------------------------------------------
@@ -121,9 +121,9 @@ class Context:
         `keep`: upstream serves one connection at a time, so a case holding two would hang."""
         if not keep:
             self.close()
-        exchange = Exchange()
-        self.exchanges.append((f"connection {len(self.exchanges) + 1}", exchange))
-        rpc = RPCClient(self.endpoint, proto=self.profile, timeout=timeout or self.timeout, tap=exchange.add)
+        transcript = Transcript()
+        self.transcripts.append((f"connection {len(self.transcripts) + 1}", transcript))
+        rpc = RPCClient(self.endpoint, proto=self.profile, timeout=timeout or self.timeout, tap=transcript.add)
         self._open.append(rpc)
         return rpc
 
@@ -131,7 +131,7 @@ class Context:
         if not keep:
             self.close()
         probe = Probe(self.endpoint, self.profile, timeout=self.timeout, buffer_size=buffer_size, handshake=handshake)
-        self.exchanges.append((f"connection {len(self.exchanges) + 1}", probe.exchange))
+        self.transcripts.append((f"connection {len(self.transcripts) + 1}", probe.transcript))
         self._open.append(probe)
         return probe
 
@@ -169,7 +169,7 @@ class Context:
 
     def hexdump(self, limit: int = 256) -> str:
         parts = []
-        for name, exchange in self.exchanges:
+        for name, exchange in self.transcripts:
             if exchange.events:
                 parts.append(f"{name}:\n{exchange.hexdump(limit)}")
         return "\n".join(parts)
@@ -178,7 +178,7 @@ class Context:
         """Every connection of this case (or `exchanges`) as a trace file (replayable with
         ggml-rpc-trace)."""
         out = []
-        for name, exchange in self.exchanges if exchanges is None else exchanges:
+        for name, exchange in self.transcripts if exchanges is None else exchanges:
             if not exchange.events:
                 continue
             records = frame_records([(CLIENT if d == "sent" else SERVER, t, data) for d, t, data in exchange.events])

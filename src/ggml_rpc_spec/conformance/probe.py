@@ -3,7 +3,7 @@
 It negotiates HELLO (or speaks a forced version), allocates a buffer, and offers raw sends
 so a case can put exactly the bytes it wants on the wire.  `outcome()` then tells whether
 the server closed the connection, answered, or went silent; every send and receive is
-kept in `exchange` for the failure report.
+kept in `transcript` for the failure report.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ CLOSED, ANSWERED, SILENT = "closed", "answered", "silent"
 
 
 @dataclass
-class Exchange:
+class Transcript:
     """What went over one connection: ("sent" | "received", seconds since it opened, bytes)."""
 
     events: list[tuple[str, float, bytes]] = field(default_factory=list)
@@ -52,9 +52,9 @@ class Probe:
                  buffer_size: int = 4096, handshake: bool = True) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
-        self.exchange = Exchange()
+        self.transcript = Transcript()
         if handshake:
-            self.rpc = RPCClient(endpoint, proto=profile, timeout=timeout, tap=self.exchange.add)
+            self.rpc = RPCClient(endpoint, proto=profile, timeout=timeout, tap=self.transcript.add)
             self.profile = self.rpc.profile
             self.sock = self.rpc.sock
             self.buffer: RemoteBuffer | None = self.rpc.alloc_buffer(buffer_size) if buffer_size else None
@@ -89,7 +89,7 @@ class Probe:
         self.send_raw(build_request(self.profile, command, body, data=data, graph=graph))
 
     def send_raw(self, data: bytes) -> None:
-        self.exchange.add("sent", data)
+        self.transcript.add("sent", data)
         try:
             self.sock.sendall(data)
         except OSError:
@@ -117,7 +117,7 @@ class Probe:
             chunk = b""
         if not chunk:
             return CLOSED, b""
-        self.exchange.add("received", chunk)
+        self.transcript.add("received", chunk)
         return ANSWERED, chunk
 
     def close(self) -> None:

@@ -23,15 +23,15 @@ from .deviations import known_deviation
 
 
 def negotiate(endpoint: str, forced, timeout: float):
-    """(profile to speak, version the server reports, problem or None).  A server reporting
-    an unknown version is still tested, in the newest profile of its HELLO family, so that
-    the §3 cases can say what is wrong instead of the run stopping."""
+    """(profile to speak, version the server reports).  A server reporting an unknown version
+    is still tested, in the newest profile of its HELLO family, so that the §3 cases can say
+    what is wrong instead of the run stopping."""
     problem = None
     candidates = [forced] if forced else [None, *HELLO_PROBES]
     for candidate in candidates:
         try:
             with RPCClient(endpoint, proto=candidate, timeout=timeout) as rpc:
-                return rpc.profile, "%d.%d.%d" % rpc.server_version, problem
+                return rpc.profile, "%d.%d.%d" % rpc.server_version
         except UnsupportedVersion as exc:
             problem = str(exc)
         except ServerClosed as exc:
@@ -74,7 +74,7 @@ class Conformance:
             self.endpoint = self.started.endpoint
             self.kind = "reference server started by the suite"
             self.cache = True
-        self.profile, self.reported, self.version_problem = negotiate(self.endpoint, forced, self.timeout)
+        self.profile, self.reported = negotiate(self.endpoint, forced, self.timeout)
         self.device = option("--device")
         self.fuzz_seconds = option("--fuzz-seconds")
         self.oracle = option("--oracle")
@@ -106,7 +106,7 @@ class Conformance:
             self._oracle_server = ReferenceServer(profile=self.profile, memory=1 << 30).start()
         return self._oracle_server
 
-    def save_exchange(self, ctx: Context, stem: str, exchange) -> list[str]:
+    def save_transcript(self, ctx: Context, stem: str, exchange) -> list[str]:
         """One connection's exchange as a trace file in the trace folder; its path."""
         self.trace_dir.mkdir(parents=True, exist_ok=True)
         paths = []

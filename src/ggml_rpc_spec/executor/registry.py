@@ -26,9 +26,17 @@ from typing import Callable
 import numpy as np
 
 from ggml_rpc_spec.protocol.ggml import GgmlTables
+from ggml_rpc_spec.protocol.rules import Rule, rule
 
-from .errors import ExecutionError
+from .errors import UNSUPPORTED, ExecutionError
 from .tensors import ELEMENT_DTYPES, DequantCache, TensorRef
+
+# The rules kernels cite when they refuse a node (looked up once: a misspelt key fails at import).
+OP_PARAMS = rule("exec.op-params")
+VIEW_PARAMS = rule("exec.view-params")
+ROWS_IN_RANGE = rule("exec.rows-in-range")
+EXPERT_IDS = rule("exec.expert-ids")
+STATE_IDS = rule("exec.state-ids")
 
 Step = Callable[[], None]
 Taken = tuple[np.ndarray, list]  # a batch kernel's answer: the nodes it takes (indices into its rows), their steps
@@ -106,7 +114,7 @@ class ExecContext:
 # -- checks every kernel uses ---------------------------------------------------------------------
 
 
-def require(condition: bool, node: TensorRef, message: str, *args, rule: str = "exec.unsupported") -> None:
+def require(condition: bool, node: TensorRef, message: str, *args, rule: Rule = UNSUPPORTED) -> None:
     """Raise ExecutionError naming the node (and the broken rule) unless `condition`;
     `message` is formatted with `args` only then, since kernels are built for every node of
     every graph."""
@@ -116,7 +124,7 @@ def require(condition: bool, node: TensorRef, message: str, *args, rule: str = "
                              + message.format(*args), rule=rule)
 
 
-def in_range(node: TensorRef, index: np.ndarray, limit: int, what: str, rule: str) -> None:
+def in_range(node: TensorRef, index: np.ndarray, limit: int, what: str, rule: Rule) -> None:
     """Raise ExecutionError under `rule` unless every value of `index` (read from a tensor at
     run time: data, not shape) lies in [0, limit); before anything is read through it."""
     if index.size and (index.min() < 0 or index.max() >= limit):
@@ -167,5 +175,6 @@ def optional_src(node: TensorRef, index: int) -> TensorRef | None:
     return node.srcs[index] if index < len(node.srcs) else None
 
 
-__all__ = ["ExecContext", "ExecutionError", "Kernel", "Kernels", "Step", "Taken", "float_like", "key_fields",
-           "map_values", "optional_src", "readable", "repeat", "require", "same_shape"]
+__all__ = ["EXPERT_IDS", "OP_PARAMS", "ROWS_IN_RANGE", "STATE_IDS", "UNSUPPORTED", "VIEW_PARAMS", "ExecContext",
+           "ExecutionError", "Kernel", "Kernels", "Step", "Taken", "float_like", "key_fields", "map_values",
+           "optional_src", "readable", "repeat", "require", "same_shape"]

@@ -79,7 +79,7 @@ def decode_connection(client_bytes: bytes, server_bytes: bytes, profile: Profile
             if not spec.has_reply:
                 session.exchanges.append(Exchange(request, None))
                 continue
-            replies.expect(request.command, size=request.body.get("size") if spec.reply_tail else None)
+            replies.expect(request.command, size=spec.data_size(request.body))
             try:
                 reply = replies.next_event()
             except RemoteProtocolError as exc:

@@ -382,6 +382,10 @@ class RequestParser(_FrameParser):
             self._pending.append(Request(spec.command, self._body, frame_size=9 + self._size))
             self._reset()
         elif spec.request_tail == "data":
+            announced = spec.data_size(self._body)
+            if announced is not None and announced != tail:
+                raise self._fail(f"the head announces {announced} data bytes, the frame carries {tail}",
+                                 field="size", value=self._size, section="2.4")
             into = self.bulk_sink(spec.command, self._body, tail) if self.bulk_sink else None
             self._start_bulk(tail, into)
         else:
@@ -417,9 +421,10 @@ class ReplyParser(_FrameParser):
         self._reset()
 
     def expect(self, command: Command, *, size: int | None = None, into=None) -> None:
-        """Queue the reply of a request just sent; `size` for GET_TENSOR's data reply.
+        """Queue the reply of a request just sent; `size` for a data reply (the request's
+        MessageSpec.data_size).
 
-        `into` (GET_TENSOR only): a writable buffer of `size` bytes to receive the data.
+        `into` (data replies only): a writable buffer of `size` bytes to receive the data.
         """
         spec = message_spec(self.profile, command)
         if not spec.has_reply:
@@ -430,11 +435,6 @@ class ReplyParser(_FrameParser):
         else:
             size = spec.reply_size
         self._expected.append(_Expected(command, spec, size, into))
-
-    @property
-    def awaiting(self) -> int:
-        """Replies expected and not yet returned."""
-        return len(self._expected) + len(self._pending)
 
     def _reset(self) -> None:
         self._state = self._on_size

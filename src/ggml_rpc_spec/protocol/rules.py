@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Protocol
+from typing import Callable, Literal, Protocol
 
 import numpy as np
 
@@ -24,7 +24,8 @@ from .ggml import elements_overflow, nbytes, nbytes_array
 from .graph import distinct
 from .versions import Profile
 
-MUST, SHOULD = "MUST", "SHOULD"
+MUST: Literal["MUST"] = "MUST"
+SHOULD: Literal["SHOULD"] = "SHOULD"
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,12 @@ class ServerView(Protocol):
     def buffer(self, handle: int) -> BufferInfo | None:
         """The live buffer of this connection with that handle (remote_ptr), or None."""
 
-    def has_stored_graph(self, device: int) -> bool: ...
+    def has_stored_graph(self, device: int, uid: int | None) -> bool:
+        """Whether GRAPH_RECOMPUTE may run the graph of `device` (and `uid`, where graphs are
+        cached by uid; None: the device's last graph)."""
+
+    def has_link(self, device: int) -> bool:
+        """Whether COMM_INIT set up a server-to-server link for `device` on this connection."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,11 @@ class Violation:
     detail: str = ""
 
 
-@dataclass(frozen=True)
+Scope = Literal["request", "sized", "tensor", "graph", "framing", "behaviour", "execution"]
+Level = Literal["MUST", "SHOULD"]
+
+
+@dataclass(frozen=True, kw_only=True)
 class Rule:
     """One rule.  `scope` says what `check` receives:
     "request" -- check(view, body) for the commands in `commands`;
@@ -71,8 +81,8 @@ class Rule:
     section: str
     key: str
     title: str
-    level: str
-    scope: str
+    level: Level
+    scope: Scope
     commands: tuple[Command, ...]
     check: Callable | None = None
     advisory: str = ""
@@ -215,8 +225,64 @@ def _memset_region(view: ServerView, body) -> Violation | None:
 
 
 def _recompute_stored(view: ServerView, body) -> Violation | None:
-    if body.device < view.n_devices and not view.has_stored_graph(body.device):
-        return Violation("device", body.device, "no graph is stored for this device on this connection")
+    uid = body.get("uid")
+    if body.device < view.n_devices and not view.has_stored_graph(body.device, uid):
+        if uid is None:
+            return Violation("device", body.device, "no graph is stored for this device on this connection")
+        return Violation("uid", uid, f"no graph with this uid is cached for device {body.device} on this connection")
+    return None
+
+
+# -- 2-D transfers (SET_TENSOR_2D, GET_TENSOR_2D) -------------------------------------------------
+
+
+def span_2d(body) -> int:
+    """Bytes from the first copy's start to the last copy's end, in the tensor."""
+    return (body.n_copies - 1) * body.stride + body.size
+
+
+def _copies(view: ServerView, body) -> Violation | None:
+    if body.n_copies == 0 or body.size == 0:
+        field = "n_copies" if body.n_copies == 0 else "size"
+        return Violation(field, body[field], "a 2-D transfer moves at least one copy of at least one byte")
+    if body.size * body.n_copies >= 1 << 64:
+        return Violation("n_copies", body.n_copies, f"size {body.size} times n_copies overflows 64 bits")
+    return None
+
+
+def _no_overlap(view: ServerView, body) -> Violation | None:
+    if body.n_copies > 1 and body.stride < body.size:
+        return Violation("stride", body.stride, f"copies of {body.size} bytes {body.stride} bytes apart overlap")
+    return None
+
+
+def _region_2d(view: ServerView, body) -> Violation | None:
+    return _region(view, body.tensor, body.offset, span_2d(body), "stride")
+
+
+def _in_tensor_2d(view: ServerView, body) -> Violation | None:
+    return _in_tensor(view, body.tensor, body.offset, span_2d(body), "stride")
+
+
+# -- the server-to-server link (COMM_*) -------------------------------------------------------------
+
+
+def _linked(view: ServerView, body) -> Violation | None:
+    if body.device < view.n_devices and not view.has_link(body.device):
+        return Violation("device", body.device, "no COMM_INIT set up a link for this device on this connection")
+    return None
+
+
+def _reduce_f32(view: ServerView, body) -> Violation | None:
+    tensor = body.tensor
+    kind = view.profile.ggml.tensor_type(tensor.type)
+    if kind is None or kind.name != "F32":
+        return Violation("tensor.type", tensor.type, "the link sums F32 tensors only")
+    expected = [kind.type_size]
+    for dim in range(1, 4):
+        expected.append(expected[-1] * tensor.ne[dim - 1])
+    if any(tensor.ne[d] > 1 and tensor.nb[d] != expected[d] for d in range(4)):
+        return Violation("tensor.nb", list(tensor.nb), "the link sums contiguous tensors only")
     return None
 
 
@@ -385,127 +451,200 @@ def topological_order(graph) -> np.ndarray | None:
 
 C = Command
 _DEVICE_COMMANDS = (C.ALLOC_BUFFER, C.GET_ALIGNMENT, C.GET_MAX_SIZE, C.GET_DEVICE_MEMORY, C.GET_ALLOC_SIZE,
-                    C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE)
+                    C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE, C.COMM_ALLREDUCE, C.COMM_FREE)
 _TENSOR_COMMANDS = (C.SET_TENSOR, C.SET_TENSOR_HASH, C.GET_TENSOR, C.COPY_TENSOR, C.INIT_TENSOR,
-                    C.GET_ALLOC_SIZE, C.MEMSET_TENSOR)
+                    C.GET_ALLOC_SIZE, C.MEMSET_TENSOR, C.SET_TENSOR_2D, C.GET_TENSOR_2D, C.COMM_ALLREDUCE)
 _ALL = tuple(Command)
 
 RULES: tuple[Rule, ...] = (
     # §2 framing and §3 handshake: enforced by protocol.framing
-    Rule("2.2", "frame.command", "unknown command byte closes the connection", MUST, "framing", _ALL),
-    Rule("2.4", "frame.fixed-size", "fixed-size request with a wrong size closes the connection", MUST,
-         "framing", _ALL),
-    Rule("2.4", "frame.min-size", "variable request shorter than its fixed part closes the connection", MUST,
-         "framing", (C.SET_TENSOR, C.GRAPH_COMPUTE)),
-    Rule("3.1", "hello.first", "first command other than HELLO closes the connection", MUST, "framing", _ALL),
-    Rule("3.1", "hello.once", "second HELLO closes the connection", MUST, "framing", (C.HELLO,)),
-    Rule("3.1", "hello.size", "HELLO with the other version family's size closes the connection", MUST,
-         "framing", (C.HELLO,)),
-    Rule("3.1", "hello.caps-zero", "a server without RDMA accepts any client conn_caps, answers all-zero caps and "
-         "stays on TCP", MUST, "behaviour", (C.HELLO,), None, "CVE-2026-118375",
-         serves=True),
+    Rule(section="2.2", key="frame.command", title="unknown command byte closes the connection", level=MUST,
+         scope="framing", commands=_ALL),
+    Rule(section="2.4", key="frame.fixed-size", title="fixed-size request with a wrong size closes the connection",
+         level=MUST, scope="framing", commands=_ALL),
+    Rule(section="2.4", key="frame.data-size", title="data tail whose length differs from what the head announces "
+         "closes the connection", level=MUST, scope="framing", commands=(C.SET_TENSOR_2D,)),
+    Rule(section="2.4", key="frame.min-size", title="variable request shorter than its fixed part closes the "
+         "connection", level=MUST, scope="framing", commands=(C.SET_TENSOR, C.GRAPH_COMPUTE)),
+    Rule(section="3.1", key="hello.first", title="first command other than HELLO closes the connection", level=MUST,
+         scope="framing", commands=_ALL),
+    Rule(section="3.1", key="hello.once", title="second HELLO closes the connection", level=MUST, scope="framing",
+         commands=(C.HELLO,)),
+    Rule(section="3.1", key="hello.size", title="HELLO with the other version family's size closes the connection",
+         level=MUST, scope="framing", commands=(C.HELLO,)),
+    Rule(section="3.1", key="hello.caps-zero", title="a server without RDMA accepts any client conn_caps, answers "
+         "all-zero caps and stays on TCP", level=MUST, scope="behaviour", commands=(C.HELLO,), check=None,
+         advisory="CVE-2026-118375", serves=True),
     # §4.4 every rpc_tensor
-    Rule("4.4", "tensor.type", "tensor type unknown to the version or removed is rejected", MUST, "tensor",
-         _TENSOR_COMMANDS, _tensor_type, "CVE-2024-42477, type 4/5 division by zero (2026-03)"),
-    Rule("4.4", "tensor.blocks", "quantized tensor whose ne[0] is not a multiple of the block size is rejected",
-         MUST, "tensor", _TENSOR_COMMANDS, _tensor_blocks, "llama.cpp #25288"),
-    Rule("4.4", "tensor.elements", "tensor whose dimensions above 1 multiply past INT64_MAX elements is rejected, "
-         "even when another dimension is 0", MUST, "tensor", _TENSOR_COMMANDS, _tensor_elements,
-         "upstream asserts (abort)"),
-    Rule("4.4", "tensor.bounds", "tensor whose data lies before its buffer's base or whose data+nbytes runs "
-         "past its end is rejected", MUST, "tensor", _TENSOR_COMMANDS, _tensor_bounds,
-         "upstream asserts (abort), CVE-2026-137567"),
-    Rule("4.4", "tensor.foreign", "INIT_TENSOR and GET_ALLOC_SIZE naming a buffer of another server are served "
-         "as if the buffer were 0", MUST, "behaviour", (C.INIT_TENSOR, C.GET_ALLOC_SIZE), None,
-         "multi-server clients", serves=True),
+    Rule(section="4.4", key="tensor.type", title="tensor type unknown to the version or removed is rejected",
+         level=MUST, scope="tensor", commands=_TENSOR_COMMANDS, check=_tensor_type,
+         advisory="CVE-2024-42477, type 4/5 division by zero (2026-03)"),
+    Rule(section="4.4", key="tensor.blocks", title="quantized tensor whose ne[0] is not a multiple of the block "
+         "size is rejected", level=MUST, scope="tensor", commands=_TENSOR_COMMANDS, check=_tensor_blocks,
+         advisory="llama.cpp #25288"),
+    Rule(section="4.4", key="tensor.elements", title="tensor whose dimensions above 1 multiply past INT64_MAX "
+         "elements is rejected, even when another dimension is 0", level=MUST, scope="tensor",
+         commands=_TENSOR_COMMANDS, check=_tensor_elements, advisory="upstream asserts (abort)"),
+    Rule(section="4.4", key="tensor.bounds", title="tensor whose data lies before its buffer's base or whose "
+         "data+nbytes runs past its end is rejected", level=MUST, scope="tensor", commands=_TENSOR_COMMANDS,
+         check=_tensor_bounds, advisory="upstream asserts (abort), CVE-2026-137567"),
+    Rule(section="4.4", key="tensor.foreign", title="INIT_TENSOR and GET_ALLOC_SIZE naming a buffer of another "
+         "server are served as if the buffer were 0", level=MUST, scope="behaviour",
+         commands=(C.INIT_TENSOR, C.GET_ALLOC_SIZE), check=None, advisory="multi-server clients", serves=True),
     # §5 devices
-    Rule("5", "device.index", "device index not below DEVICE_COUNT is rejected", MUST, "request",
-         _DEVICE_COMMANDS, _device),
-    Rule("5.5", "alloc_size.covers", "GET_ALLOC_SIZE answers at least the tensor's nbytes", MUST, "behaviour",
-         (C.GET_ALLOC_SIZE,), None, "3.6.1 clients allocate the answer as is",
-         serves=True),
+    Rule(section="5", key="device.index", title="device index not below DEVICE_COUNT is rejected", level=MUST,
+         scope="request", commands=_DEVICE_COMMANDS, check=_device),
+    Rule(section="5.5", key="alloc_size.covers", title="GET_ALLOC_SIZE answers at least the tensor's nbytes",
+         level=MUST, scope="behaviour", commands=(C.GET_ALLOC_SIZE,), check=None,
+         advisory="3.6.1 clients allocate the answer as is", serves=True),
     # §6 buffers
-    Rule("6", "buffer.handle", "remote_ptr the server never handed out is rejected", MUST, "request",
-         (C.BUFFER_GET_BASE, C.FREE_BUFFER, C.BUFFER_CLEAR), _live_handle, "buffer tracking (2024-05)"),
+    Rule(section="6", key="buffer.handle", title="remote_ptr the server never handed out is rejected", level=MUST,
+         scope="request", commands=(C.BUFFER_GET_BASE, C.FREE_BUFFER, C.BUFFER_CLEAR), check=_live_handle,
+         advisory="buffer tracking (2024-05)"),
     # §7 tensors
-    Rule("7.1", "set_tensor.buffer", "SET_TENSOR on a tensor without a live buffer is rejected", MUST, "request",
-         (C.SET_TENSOR,), _needs_buffer("tensor"), "null buffer (2025-07)"),
-    Rule("7.1", "set_tensor.region", "SET_TENSOR data outside the buffer is rejected", MUST, "sized",
-         (C.SET_TENSOR,), _sized_region, "CVE-2024-42479"),
-    Rule("7.1", "set_tensor.in-tensor", "SET_TENSOR data past the tensor's nbytes is rejected", MUST, "sized",
-         (C.SET_TENSOR,), _sized_in_tensor, "upstream asserts (abort)"),
-    Rule("7.2", "get_tensor.buffer", "GET_TENSOR on a tensor without a live buffer is rejected", MUST, "request",
-         (C.GET_TENSOR,), _needs_buffer("tensor"), "null buffer (2025-07)"),
-    Rule("7.2", "get_tensor.region", "GET_TENSOR region outside the buffer is rejected", MUST, "request",
-         (C.GET_TENSOR,), _get_tensor_region, "CVE-2024-42478"),
-    Rule("7.2", "get_tensor.in-tensor", "GET_TENSOR region past the tensor's nbytes is rejected", MUST, "request",
-         (C.GET_TENSOR,), _get_in_tensor, "upstream asserts (abort)"),
-    Rule("7.3", "set_tensor_hash.buffer", "SET_TENSOR_HASH on a tensor without a live buffer is rejected "
-         "when the hash is cached", MUST, "sized", (C.SET_TENSOR_HASH,), _sized_buffer, "null buffer (2025-07)"),
-    Rule("7.3", "set_tensor_hash.region", "SET_TENSOR_HASH whose cached data does not fit is rejected", MUST,
-         "sized", (C.SET_TENSOR_HASH,), _sized_region, "CVE-2024-42479"),
-    Rule("7.3", "set_tensor_hash.in-tensor", "SET_TENSOR_HASH whose cached data runs past the tensor's nbytes is "
-         "rejected", MUST, "sized", (C.SET_TENSOR_HASH,), _sized_in_tensor, "upstream asserts (abort)"),
-    Rule("7.4", "copy_tensor.buffers", "COPY_TENSOR with src or dst outside a live buffer is rejected", MUST,
-         "request", (C.COPY_TENSOR,), _copy_buffers, "null buffer (2025-07)"),
-    Rule("7.4", "copy_tensor.fits", "COPY_TENSOR whose src does not fit after dst.data is rejected", MUST,
-         "request", (C.COPY_TENSOR,), _copy_fits, "ggml PR 1103 (cpy_tensor RCE, 2025-02)"),
-    Rule("7.6", "memset_tensor.buffer", "MEMSET_TENSOR on a tensor without a live buffer is rejected", MUST,
-         "request", (C.MEMSET_TENSOR,), _needs_buffer("tensor")),
-    Rule("7.6", "memset_tensor.region", "MEMSET_TENSOR region outside the tensor or buffer is rejected", MUST,
-         "request", (C.MEMSET_TENSOR,), _memset_region, "MEMSET_TENSOR bounds (5.0.0)"),
+    Rule(section="7.1", key="set_tensor.buffer", title="SET_TENSOR on a tensor without a live buffer is rejected",
+         level=MUST, scope="request", commands=(C.SET_TENSOR,), check=_needs_buffer("tensor"),
+         advisory="null buffer (2025-07)"),
+    Rule(section="7.1", key="set_tensor.region", title="SET_TENSOR data outside the buffer is rejected", level=MUST,
+         scope="sized", commands=(C.SET_TENSOR,), check=_sized_region, advisory="CVE-2024-42479"),
+    Rule(section="7.1", key="set_tensor.in-tensor", title="SET_TENSOR data past the tensor's nbytes is rejected",
+         level=MUST, scope="sized", commands=(C.SET_TENSOR,), check=_sized_in_tensor,
+         advisory="upstream asserts (abort)"),
+    Rule(section="7.2", key="get_tensor.buffer", title="GET_TENSOR on a tensor without a live buffer is rejected",
+         level=MUST, scope="request", commands=(C.GET_TENSOR,), check=_needs_buffer("tensor"),
+         advisory="null buffer (2025-07)"),
+    Rule(section="7.2", key="get_tensor.region", title="GET_TENSOR region outside the buffer is rejected", level=MUST,
+         scope="request", commands=(C.GET_TENSOR,), check=_get_tensor_region, advisory="CVE-2024-42478"),
+    Rule(section="7.2", key="get_tensor.in-tensor", title="GET_TENSOR region past the tensor's nbytes is rejected",
+         level=MUST, scope="request", commands=(C.GET_TENSOR,), check=_get_in_tensor,
+         advisory="upstream asserts (abort)"),
+    Rule(section="7.3", key="set_tensor_hash.buffer", title="SET_TENSOR_HASH on a tensor without a live buffer is "
+         "rejected when the hash is cached", level=MUST, scope="sized", commands=(C.SET_TENSOR_HASH,),
+         check=_sized_buffer, advisory="null buffer (2025-07)"),
+    Rule(section="7.3", key="set_tensor_hash.region", title="SET_TENSOR_HASH whose cached data does not fit is "
+         "rejected", level=MUST, scope="sized", commands=(C.SET_TENSOR_HASH,), check=_sized_region,
+         advisory="CVE-2024-42479"),
+    Rule(section="7.3", key="set_tensor_hash.in-tensor", title="SET_TENSOR_HASH whose cached data runs past the "
+         "tensor's nbytes is rejected", level=MUST, scope="sized", commands=(C.SET_TENSOR_HASH,),
+         check=_sized_in_tensor, advisory="upstream asserts (abort)"),
+    Rule(section="7.4", key="copy_tensor.buffers", title="COPY_TENSOR with src or dst outside a live buffer is "
+         "rejected", level=MUST, scope="request", commands=(C.COPY_TENSOR,), check=_copy_buffers,
+         advisory="null buffer (2025-07)"),
+    Rule(section="7.4", key="copy_tensor.fits", title="COPY_TENSOR whose src does not fit after dst.data is "
+         "rejected", level=MUST, scope="request", commands=(C.COPY_TENSOR,), check=_copy_fits,
+         advisory="ggml PR 1103 (cpy_tensor RCE, 2025-02)"),
+    Rule(section="7.6", key="memset_tensor.buffer", title="MEMSET_TENSOR on a tensor without a live buffer is "
+         "rejected", level=MUST, scope="request", commands=(C.MEMSET_TENSOR,), check=_needs_buffer("tensor")),
+    Rule(section="7.6", key="memset_tensor.region", title="MEMSET_TENSOR region outside the tensor or buffer is "
+         "rejected", level=MUST, scope="request", commands=(C.MEMSET_TENSOR,), check=_memset_region,
+         advisory="MEMSET_TENSOR bounds (5.0.0)"),
+    Rule(section="7.7", key="tensor_2d.copies", title="2-D transfer of no copy, of empty copies, or whose size "
+         "times n_copies overflows 64 bits is rejected", level=MUST, scope="request",
+         commands=(C.SET_TENSOR_2D, C.GET_TENSOR_2D), check=_copies),
+    Rule(section="7.7", key="tensor_2d.overlap", title="2-D transfer whose copies overlap (stride below size) is "
+         "rejected", level=MUST, scope="request", commands=(C.SET_TENSOR_2D, C.GET_TENSOR_2D), check=_no_overlap,
+         advisory="GET_TENSOR_2D with stride 0 and a huge n_copies (upstream aborts allocating the reply)"),
+    Rule(section="7.7", key="tensor_2d.buffer", title="2-D transfer on a tensor without a live buffer is rejected",
+         level=MUST, scope="request", commands=(C.SET_TENSOR_2D, C.GET_TENSOR_2D), check=_needs_buffer("tensor")),
+    Rule(section="7.7", key="tensor_2d.region", title="2-D transfer whose copies reach outside the buffer is "
+         "rejected", level=MUST, scope="request", commands=(C.SET_TENSOR_2D, C.GET_TENSOR_2D), check=_region_2d),
+    Rule(section="7.7", key="tensor_2d.in-tensor", title="2-D transfer whose copies run past the tensor's nbytes is "
+         "rejected", level=MUST, scope="request", commands=(C.SET_TENSOR_2D, C.GET_TENSOR_2D),
+         check=_in_tensor_2d),
     # §8 graphs
-    Rule("8.1", "graph.counts", "GRAPH_COMPUTE whose counts exceed the payload is rejected", MUST, "framing",
-         (C.GRAPH_COMPUTE,)),
-    Rule("8.1", "graph.trailing", "GRAPH_COMPUTE with bytes after the tensor array is rejected", SHOULD,
-         "framing", (C.GRAPH_COMPUTE,)),
-    Rule("8.2", "graph.node-nonzero", "graph node id 0 is rejected", MUST, "graph", (C.GRAPH_COMPUTE,),
-         _graph_node_nonzero, "llama.cpp #25299"),
-    Rule("8.2", "graph.ids-known", "graph node, src or view_src id missing from the tensors is rejected", MUST,
-         "graph", (C.GRAPH_COMPUTE,), _graph_ids_known, "input validation (2025-04)"),
-    Rule("8.2", "graph.ids-unique", "graph with duplicate or zero tensor ids is rejected", SHOULD, "graph",
-         (C.GRAPH_COMPUTE,), _graph_ids_unique),
-    Rule("8.2", "graph.acyclic", "graph whose links form a cycle is rejected", SHOULD, "graph",
-         (C.GRAPH_COMPUTE,), _graph_acyclic),
-    Rule("8.2", "graph.types", "graph tensor of an unknown or removed type is rejected", MUST, "graph",
-         (C.GRAPH_COMPUTE,), _graph_types, "CVE-2024-42477"),
-    Rule("8.2", "graph.blocks", "graph tensor with ne[0] not a multiple of its block size is rejected", MUST,
-         "graph", (C.GRAPH_COMPUTE,), _graph_blocks, "llama.cpp #25288"),
-    Rule("8.2", "graph.null-buffer-data", "graph tensor with buffer 0 and data set is rejected (2.0.0: "
-         "data ignored)", MUST, "graph",
-         (C.GRAPH_COMPUTE,), _graph_null_data, "CVE-2026-34159 (GHSA-j8rj-fmpv-wcxw)"),
-    Rule("8.2", "graph.buffers", "graph tensor naming a buffer the server never handed out is rejected", MUST,
-         "graph", (C.GRAPH_COMPUTE,), _graph_buffers, "buffer tracking (2024-05)"),
-    Rule("8.2", "graph.elements", "graph tensor whose dimensions above 1 multiply past INT64_MAX elements is "
-         "rejected", MUST, "graph", (C.GRAPH_COMPUTE,), _graph_elements, "upstream asserts (abort)"),
-    Rule("8.2", "graph.bounds", "graph tensor whose data+nbytes runs past its buffer is rejected", MUST, "graph",
-         (C.GRAPH_COMPUTE,), _graph_bounds, "upstream asserts (abort)"),
-    Rule("8.2", "graph.ops-known", "graph tensor with an op number unknown to the version is rejected", MUST,
-         "graph", (C.GRAPH_COMPUTE,), _graph_ops_known, "compute failure aborts upstream"),
-    Rule("8.2", "graph.no-custom", "graph with CUSTOM/MAP_CUSTOM ops is rejected", MUST, "graph",
-         (C.GRAPH_COMPUTE,), _graph_no_custom, "llama.cpp #25289"),
-    Rule("8.3", "recompute.stored", "GRAPH_RECOMPUTE without a stored graph is rejected", MUST, "request",
-         (C.GRAPH_RECOMPUTE,), _recompute_stored),
-    Rule("8.3", "recompute.after-free", "GRAPH_RECOMPUTE after FREE_BUFFER of a buffer the graph uses is "
-         "rejected", MUST, "behaviour", (C.FREE_BUFFER, C.GRAPH_RECOMPUTE), None, "GHSA-2phh-px2f-2qmx"),
-    Rule("8.4", "exec.rows-in-range", "GET_ROWS/SET_ROWS/GET_ROWS_BACK with a row index out of range is rejected",
-         MUST, "execution", (C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE), None, "llama.cpp #26825, #26912"),
-    Rule("8.4", "exec.expert-ids", "MUL_MAT_ID/ADD_ID with an expert id out of range is rejected", MUST,
-         "execution", (C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE), None, "mixture-of-experts ids (OOB read)"),
-    Rule("8.4", "exec.state-ids", "SSM_SCAN/SSM_CONV/recurrent state ids out of range are rejected", MUST,
-         "execution", (C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE), None, "llama.cpp #25765"),
-    Rule("8.4", "exec.op-params", "op_params outside what the op accepts (geometry, counts, offsets) are "
-         "rejected", MUST, "execution", (C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE), None,
-         "llama.cpp #25704, CONV_TRANSPOSE_2D stride (OOB write)"),
-    Rule("8.4", "exec.view-params", "ACC/SET with strides or offset outside the destination is rejected", MUST,
-         "execution", (C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE), None, "llama.cpp #25764"),
-    Rule("8.4", "exec.unsupported", "an op, type or parameter the server cannot run is rejected, not "
-         "crashed on", MUST, "execution", (C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE), None,
-         "compute failure aborts upstream"),
+    Rule(section="8.1", key="graph.counts", title="GRAPH_COMPUTE whose counts exceed the payload is rejected",
+         level=MUST, scope="framing", commands=(C.GRAPH_COMPUTE,)),
+    Rule(section="8.1", key="graph.trailing", title="GRAPH_COMPUTE with bytes after the tensor array is rejected",
+         level=SHOULD, scope="framing", commands=(C.GRAPH_COMPUTE,)),
+    Rule(section="8.2", key="graph.node-nonzero", title="graph node id 0 is rejected", level=MUST, scope="graph",
+         commands=(C.GRAPH_COMPUTE,), check=_graph_node_nonzero, advisory="llama.cpp #25299"),
+    Rule(section="8.2", key="graph.ids-known", title="graph node, src or view_src id missing from the tensors is "
+         "rejected", level=MUST, scope="graph", commands=(C.GRAPH_COMPUTE,), check=_graph_ids_known,
+         advisory="input validation (2025-04)"),
+    Rule(section="8.2", key="graph.ids-unique", title="graph with duplicate or zero tensor ids is rejected",
+         level=SHOULD, scope="graph", commands=(C.GRAPH_COMPUTE,), check=_graph_ids_unique),
+    Rule(section="8.2", key="graph.acyclic", title="graph whose links form a cycle is rejected", level=SHOULD,
+         scope="graph", commands=(C.GRAPH_COMPUTE,), check=_graph_acyclic),
+    Rule(section="8.2", key="graph.types", title="graph tensor of an unknown or removed type is rejected", level=MUST,
+         scope="graph", commands=(C.GRAPH_COMPUTE,), check=_graph_types, advisory="CVE-2024-42477"),
+    Rule(section="8.2", key="graph.blocks", title="graph tensor with ne[0] not a multiple of its block size is "
+         "rejected", level=MUST, scope="graph", commands=(C.GRAPH_COMPUTE,), check=_graph_blocks,
+         advisory="llama.cpp #25288"),
+    Rule(section="8.2", key="graph.null-buffer-data", title="graph tensor with buffer 0 and data set is rejected "
+         "(2.0.0: data ignored)", level=MUST, scope="graph", commands=(C.GRAPH_COMPUTE,), check=_graph_null_data,
+         advisory="CVE-2026-34159 (GHSA-j8rj-fmpv-wcxw)"),
+    Rule(section="8.2", key="graph.buffers", title="graph tensor naming a buffer the server never handed out is "
+         "rejected", level=MUST, scope="graph", commands=(C.GRAPH_COMPUTE,), check=_graph_buffers,
+         advisory="buffer tracking (2024-05)"),
+    Rule(section="8.2", key="graph.elements", title="graph tensor whose dimensions above 1 multiply past INT64_MAX "
+         "elements is rejected", level=MUST, scope="graph", commands=(C.GRAPH_COMPUTE,), check=_graph_elements,
+         advisory="upstream asserts (abort)"),
+    Rule(section="8.2", key="graph.bounds", title="graph tensor whose data+nbytes runs past its buffer is rejected",
+         level=MUST, scope="graph", commands=(C.GRAPH_COMPUTE,), check=_graph_bounds,
+         advisory="upstream asserts (abort)"),
+    Rule(section="8.2", key="graph.ops-known", title="graph tensor with an op number unknown to the version is "
+         "rejected", level=MUST, scope="graph", commands=(C.GRAPH_COMPUTE,), check=_graph_ops_known,
+         advisory="compute failure aborts upstream"),
+    Rule(section="8.2", key="graph.no-custom", title="graph with CUSTOM/MAP_CUSTOM ops is rejected", level=MUST,
+         scope="graph", commands=(C.GRAPH_COMPUTE,), check=_graph_no_custom, advisory="llama.cpp #25289"),
+    Rule(section="8.3", key="recompute.stored", title="GRAPH_RECOMPUTE without a stored graph (or naming a uid "
+         "not cached) is rejected",
+         level=MUST, scope="request", commands=(C.GRAPH_RECOMPUTE,), check=_recompute_stored),
+    Rule(section="8.3", key="recompute.after-free", title="GRAPH_RECOMPUTE after FREE_BUFFER of a buffer the graph "
+         "uses is rejected", level=MUST, scope="behaviour", commands=(C.FREE_BUFFER, C.GRAPH_RECOMPUTE), check=None,
+         advisory="GHSA-2phh-px2f-2qmx"),
+    Rule(section="8.3", key="graph-cache.keeps", title="a server caches every graph a client sent with a non-zero "
+         "uid until the device's cache holds 1024 of them, then clears it (the client mirrors the count)",
+         level=MUST, scope="behaviour", commands=(C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE), serves=True),
+    Rule(section="8.4", key="exec.rows-in-range", title="GET_ROWS/SET_ROWS/GET_ROWS_BACK with a row index out of "
+         "range is rejected", level=MUST, scope="execution", commands=(C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE),
+         check=None, advisory="llama.cpp #26825, #26912"),
+    Rule(section="8.4", key="exec.expert-ids", title="MUL_MAT_ID/ADD_ID with an expert id out of range is rejected",
+         level=MUST, scope="execution", commands=(C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE), check=None,
+         advisory="mixture-of-experts ids (OOB read)"),
+    Rule(section="8.4", key="exec.state-ids", title="SSM_SCAN/SSM_CONV/recurrent state ids out of range are "
+         "rejected", level=MUST, scope="execution", commands=(C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE), check=None,
+         advisory="llama.cpp #25765"),
+    Rule(section="8.4", key="exec.op-params", title="op_params outside what the op accepts (geometry, counts, "
+         "offsets) are rejected", level=MUST, scope="execution", commands=(C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE),
+         check=None, advisory="llama.cpp #25704, CONV_TRANSPOSE_2D stride (OOB write)"),
+    Rule(section="8.4", key="exec.view-params", title="ACC/SET with strides or offset outside the destination is "
+         "rejected", level=MUST, scope="execution", commands=(C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE), check=None,
+         advisory="llama.cpp #25764"),
+    Rule(section="8.4", key="exec.unsupported", title="an op, type or parameter the server cannot run is rejected, "
+         "not crashed on", level=MUST, scope="execution", commands=(C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE), check=None,
+         advisory="compute failure aborts upstream"),
+    # §10 the server-to-server link
+    Rule(section="10.1", key="comm.ranks", title="COMM_INIT naming no device of the server, a world other than 2 "
+         "or a rank not below it is answered ok=0 and the connection kept", level=MUST, scope="behaviour", commands=(C.COMM_INIT,),
+         serves=True),
+    Rule(section="10.1", key="comm.peers", title="COMM_INIT naming a host the server does not admit is answered "
+         "ok=0 without connecting", level=MUST, scope="behaviour", commands=(C.COMM_INIT,), serves=True,
+         advisory="unauthenticated peering (upstream connects anywhere)"),
+    Rule(section="10.1", key="comm.listen", title="rank 0 listens on the address of its own RPC endpoint, not on "
+         "every interface, and only until rank 1 connects or a timeout", level=SHOULD, scope="behaviour",
+         commands=(C.COMM_INIT,), serves=True, advisory="unauthenticated peering (upstream binds every interface)"),
+    Rule(section="10.2", key="comm.linked", title="COMM_ALLREDUCE on a device without a link is rejected",
+         level=MUST, scope="request", commands=(C.COMM_ALLREDUCE,), check=_linked),
+    Rule(section="10.2", key="comm.f32", title="COMM_ALLREDUCE of a tensor that is not contiguous F32 is rejected",
+         level=MUST, scope="request", commands=(C.COMM_ALLREDUCE,), check=_reduce_f32,
+         advisory="upstream sums any type as raw bytes"),
+    Rule(section="10.2", key="comm.peer-agrees", title="an all-reduce whose peer sends another size, or stops "
+         "sending, ends the link and closes the connection", level=MUST, scope="behaviour",
+         commands=(C.COMM_ALLREDUCE,), advisory="upstream desynchronises or waits forever"),
 )
 
 BY_KEY: dict[str, Rule] = {rule.key: rule for rule in RULES}
 assert len(BY_KEY) == len(RULES), "rule keys must be unique"
+
+
+def rule(key: str) -> Rule:
+    """The rule named `key`.  Consumers look their rules up once, where they are declared, so
+    a misspelt key fails at import instead of silently dropping a SPEC citation."""
+    found = BY_KEY.get(key)
+    if found is None:
+        raise KeyError(f"no rule {key!r} in protocol.rules (known: {', '.join(sorted(BY_KEY))})")
+    return found
 
 
 @lru_cache(maxsize=None)

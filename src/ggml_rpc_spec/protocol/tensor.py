@@ -38,8 +38,6 @@ RPC_TENSOR = {
 RPC_TENSOR_DTYPE = {variant: numpy_dtype(schema) for variant, schema in RPC_TENSOR.items()}
 RPC_TENSOR_SIZE = RPC_TENSOR["padding"].sizeof()
 
-# Which fields hold tensor ids (links between tensors of a graph).
-ID_FIELDS = ("id", "src", "view_src")
 
 
 def encode_name(name: str | bytes) -> bytes:

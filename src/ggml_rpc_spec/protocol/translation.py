@@ -29,17 +29,19 @@ never mistranslated.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 from construct import Container
 
-from .commands import Command
+from .commands import ROW, Absent, Command
 from .errors import LocalProtocolError
 from .framing import Reply, Request, encode_reply, encode_request
 from .graph import Graph
-from .messages import HASH_THRESHOLD, device_fields, message_spec
+from .columns import GRAPH_CACHE_LIMIT, Devices, Graphs
+from .messages import HASH_THRESHOLD, graph_fields, hello_reply, local_reply, message_spec
 from .ops import CATALOGUE
 from .tensor import RPC_TENSOR_DTYPE, make_tensor
 from .versions import Profile
@@ -207,12 +209,25 @@ def _name(tensor) -> str:
 @dataclass
 class ToServer:
     """Bytes for the server; `reply` is the command whose server reply is due (None: none),
-    with the GET_TENSOR size, and whether that reply goes back to the client."""
+    with the size of a data reply, and whether that reply goes back to the client."""
 
     parts: list
     reply: Command | None = None
     size: int | None = None
     relay: bool = True
+
+
+class _Gather:
+    """A client reply made of several server replies (GET_TENSOR_2D as n GET_TENSORs)."""
+
+    def __init__(self, slot: list, command: Command, count: int) -> None:
+        self.slot, self.command, self.count = slot, command, count
+        self.parts: list[bytes] = []
+
+    def add(self, data, profile: Profile) -> None:
+        self.parts.append(bytes(data))
+        if len(self.parts) == self.count:
+            self.slot[0] = encode_reply(profile, self.command, data=b"".join(self.parts))
 
 
 class BridgeConnection:
@@ -222,20 +237,44 @@ class BridgeConnection:
     messages to send; `server_reply(reply)` takes a reply parsed in the server's profile.
     Bytes for the client come out of `to_client()` in the order the client expects its
     replies: answers made here wait behind replies still due from the server.
+
+    Graphs: the bridge keeps every graph the client could name in GRAPH_RECOMPUTE (in the
+    server's layout, under the client's key: its uid, or None for the device's last graph,
+    mirroring the client's cache limit), and per device the key of the graph the server holds
+    as its last one, so that a GRAPH_RECOMPUTE becomes what the server understands: the same
+    request, the server's uid for that graph, or the graph sent again.
     """
 
     def __init__(self, translation: Translation) -> None:
         self.t = translation
         self.client, self.server = translation.client, translation.server
         self._queue: deque[list] = deque()  # per reply the client awaits: [parts or None]
-        self._relays: deque = deque()  # per server reply due: its slot in _queue, or None to drop
-        self._graphs: dict[int, Graph] = {}  # per device: the last graph, in the server's layout
+        self._relays: deque = deque()  # per server reply due: its slot in _queue, a _Gather, or None to drop
+        self._graphs: dict[int, dict[int | None, Graph]] = {}  # device -> client key -> graph
+        self._held: dict[int, tuple[int | None, int]] = {}  # device -> (client key, server uid) of its last graph
+        self._uids = itertools.count(1)  # uids the bridge gives graphs of a client that names none
 
     # -- client -> server ----------------------------------------------------------------------------
 
     def request(self, req: Request) -> list[ToServer]:
-        handler = getattr(self, f"_on_{req.command.name.lower()}", None)
-        return handler(req) if handler is not None else self._forward(req.command, self._body(req))
+        if req.command not in self.server.commands:
+            return self._absent(req)
+        own = _OWN_HANDLERS.get(req.command)
+        if own is not None:
+            return own(self, req)
+        return self._forward(req.command, self._body(req))
+
+    def _absent(self, req: Request) -> list[ToServer]:
+        """A command the server's version lacks: what its row says a bridge does."""
+        row = ROW[req.command]
+        if row.absent is Absent.EMULATE:
+            return EMULATIONS[req.command](self, req)
+        if row.absent in (Absent.ANSWER, Absent.DECLINE):
+            self._answer(req.command, local_reply(req.command))
+            return []
+        if row.absent is Absent.DROP:
+            return []
+        raise Untranslatable(f"has no counterpart in protocol {self.server.name}", command=req.command.name)
 
     def _forward(self, command: Command, body, *, data=None, graph=None) -> list[ToServer]:
         """Send `command` to the server and route its reply, or answer the client here when
@@ -243,17 +282,12 @@ class BridgeConnection:
         ours, theirs = message_spec(self.client, command), message_spec(self.server, command)
         out = ToServer(encode_request(self.server, command, body, data=data, graph=graph))
         if theirs.has_reply:
-            out.reply, out.size = command, body.get("size") if theirs.reply_tail == "data" else None
+            out.reply, out.size = command, theirs.data_size(body)
             out.relay = ours.has_reply
             self._relays.append(self._slot() if ours.has_reply else None)
         elif ours.has_reply:
-            self._answer(command, self._local_reply(command))
+            self._answer(command, local_reply(command))  # the server closes on failure
         return [out]
-
-    def _local_reply(self, command: Command) -> dict:
-        """The reply the client's version has and the server's lacks: an empty ack, or the
-        2.0.0 graph status (success: the server computes one-way and closes on failure)."""
-        return {"result": 0} if command is C.GRAPH_COMPUTE else {}
 
     def _body(self, req: Request, command: Command | None = None, data_size: int = 0) -> dict:
         """The request's fixed fields in the server's variant of `command` (default: the
@@ -262,7 +296,7 @@ class BridgeConnection:
         command = command or req.command
         body = {k: v for k, v in req.body.items() if not k.startswith("_")}
         device = body.pop("device", 0)
-        if device and self.server.devices == "single":
+        if device and self.server.devices is Devices.SINGLE:
             raise Untranslatable(f"device {device} does not exist on a single-device server "
                                  f"(protocol {self.server.name})", command=req.command.name, field="device",
                                  value=device)
@@ -280,45 +314,92 @@ class BridgeConnection:
         return {k: v for k, v in body.items() if _has_field(spec, k)}
 
     def _on_hello(self, req: Request) -> list[ToServer]:
-        major, minor, patch = self.client.version
-        reply = {"major": major, "minor": minor, "patch": patch}
-        if self.client.hello == "caps":
-            reply.update(padding=0, conn_caps=bytes(24))  # the bridge speaks TCP only
-        self._answer(C.HELLO, reply)
-        return []
-
-    def _on_device_count(self, req: Request) -> list[ToServer]:
-        if C.DEVICE_COUNT in self.server.commands:
-            return self._forward(C.DEVICE_COUNT, {})
-        self._answer(C.DEVICE_COUNT, {"device_count": 1})
+        self._answer(C.HELLO, hello_reply(self.client))  # the bridge speaks TCP only
         return []
 
     def _on_set_tensor(self, req: Request) -> list[ToServer]:
         return self._forward(C.SET_TENSOR, self._body(req, data_size=len(req.data)), data=req.data)
 
+    def _on_free_buffer(self, req: Request) -> list[ToServer]:
+        self._held.clear()  # the server discards the graphs that reach the buffer: send them again when named
+        return self._forward(C.FREE_BUFFER, self._body(req))
+
+    # -- graphs ----------------------------------------------------------------------------------------
+
+    def _client_key(self, req: Request) -> int | None:
+        return req.body.get("uid") if self.client.graphs is Graphs.UID else None
+
     def _on_graph_compute(self, req: Request) -> list[ToServer]:
-        body = self._body(req)
+        device, key = req.body.get("device", 0), self._client_key(req)
         graph = self.t.graph(req.graph)
-        self._graphs[req.body.get("device", 0)] = graph
-        return self._forward(C.GRAPH_COMPUTE, body, graph=graph)
+        kept = self._graphs.setdefault(device, {})
+        if self.client.graphs is Graphs.LAST:
+            kept[None] = graph
+        elif key:
+            if len(kept) >= GRAPH_CACHE_LIMIT:
+                kept.clear()  # as the client does with its record of the server's cache
+            kept[key] = graph
+        return self._send_graph(device, key, graph)
+
+    def _send_graph(self, device: int, key: int | None, graph: Graph) -> list[ToServer]:
+        uid = key if self.client.graphs is Graphs.UID else next(self._uids)
+        self._held[device] = (key, uid)
+        return self._forward(C.GRAPH_COMPUTE, graph_fields(self.server, device, uid), graph=graph)
 
     def _on_graph_recompute(self, req: Request) -> list[ToServer]:
-        if C.GRAPH_RECOMPUTE in self.server.commands:
-            return self._forward(C.GRAPH_RECOMPUTE, self._body(req))
-        graph = self._graphs.get(req.body.device)
-        if graph is None:  # let the server see a request it must refuse: nothing to compute again
-            raise Untranslatable(f"GRAPH_RECOMPUTE on device {req.body.device} before any GRAPH_COMPUTE",
-                                 command="GRAPH_RECOMPUTE")
-        return self._forward(C.GRAPH_COMPUTE, device_fields(self.server, req.body.device), graph=graph)
+        device, key = req.body.device, self._client_key(req)
+        held = self._held.get(device)
+        if held is not None and held[0] == key:
+            return self._forward(C.GRAPH_RECOMPUTE, graph_fields(self.server, device, held[1]))
+        return self._resend_graph(req)
 
-    def _on_memset_tensor(self, req: Request) -> list[ToServer]:
-        if C.MEMSET_TENSOR in self.server.commands:
-            return self._forward(C.MEMSET_TENSOR, self._body(req))
+    def _resend_graph(self, req: Request) -> list[ToServer]:
+        """GRAPH_RECOMPUTE of a graph the server does not hold as its last one (or towards a
+        server without GRAPH_RECOMPUTE): the stored graph, sent again."""
+        device, key = req.body.device, self._client_key(req)
+        graph = self._graphs.get(device, {}).get(key)
+        if graph is None:
+            what = f"uid {key}" if key is not None else "a graph"
+            raise Untranslatable(f"GRAPH_RECOMPUTE names {what} that device {device} does not hold",
+                                 command="GRAPH_RECOMPUTE", field="uid" if key is not None else "device")
+        return self._send_graph(device, key, graph)
+
+    # -- emulations ------------------------------------------------------------------------------------
+
+    def _memset_by_set_tensor(self, req: Request) -> list[ToServer]:
+        """MEMSET_TENSOR towards a server without it: SET_TENSOR of `size` copies of the byte."""
         data = bytes([req.body.value]) * req.body.size
         sent = self._forward(C.SET_TENSOR, self._body(req, C.SET_TENSOR), data=data)
         if message_spec(self.client, C.MEMSET_TENSOR).has_reply:
             self._answer(C.MEMSET_TENSOR, {})
         return sent
+
+    def _copies(self, req: Request, command: Command) -> list[dict]:
+        """The bodies of one plain `command` per copy of a 2-D transfer."""
+        bodies = []
+        for index in range(req.body.n_copies):
+            body = self._body(req, command, data_size=req.body.size)
+            body["offset"] = req.body.offset + index * req.body.stride
+            if command is C.GET_TENSOR:
+                body["size"] = req.body.size
+            bodies.append(body)
+        return bodies
+
+    def _set_2d_by_set_tensor(self, req: Request) -> list[ToServer]:
+        """SET_TENSOR_2D towards a server without it: one SET_TENSOR per copy."""
+        size, data = req.body.size, memoryview(req.data)
+        return [message for index, body in enumerate(self._copies(req, C.SET_TENSOR))
+                for message in self._forward(C.SET_TENSOR, body, data=data[index * size:(index + 1) * size])]
+
+    def _get_2d_by_get_tensor(self, req: Request) -> list[ToServer]:
+        """GET_TENSOR_2D towards a server without it: one GET_TENSOR per copy, their replies
+        joined into the client's one."""
+        gather = _Gather(self._slot(), C.GET_TENSOR_2D, req.body.n_copies)
+        out = []
+        for body in self._copies(req, C.GET_TENSOR):
+            out.append(ToServer(encode_request(self.server, C.GET_TENSOR, body), C.GET_TENSOR, body["size"]))
+            self._relays.append(gather)
+        return out
 
     # -- server -> client ----------------------------------------------------------------------------
 
@@ -327,6 +408,9 @@ class BridgeConnection:
         slot = self._relays.popleft()
         if slot is None:
             return  # a reply the client's version does not have
+        if isinstance(slot, _Gather):
+            slot.add(reply.data, self.client)
+            return
         body = {k: v for k, v in reply.body.items() if not k.startswith("_")}
         slot[0] = encode_reply(self.client, reply.command, body, data=reply.data)
 
@@ -345,9 +429,22 @@ class BridgeConnection:
             out += self._queue.popleft()[0]
         return out
 
-    @property
-    def awaiting_server(self) -> int:
-        return len(self._relays)
+
+# Commands the bridge translates itself, when the server has them.
+_OWN_HANDLERS = {
+    C.HELLO: BridgeConnection._on_hello,
+    C.SET_TENSOR: BridgeConnection._on_set_tensor,
+    C.FREE_BUFFER: BridgeConnection._on_free_buffer,
+    C.GRAPH_COMPUTE: BridgeConnection._on_graph_compute,
+    C.GRAPH_RECOMPUTE: BridgeConnection._on_graph_recompute,
+}
+# How each command whose row says Absent.EMULATE is carried out towards a server without it.
+EMULATIONS = {
+    C.GRAPH_RECOMPUTE: BridgeConnection._resend_graph,
+    C.MEMSET_TENSOR: BridgeConnection._memset_by_set_tensor,
+    C.SET_TENSOR_2D: BridgeConnection._set_2d_by_set_tensor,
+    C.GET_TENSOR_2D: BridgeConnection._get_2d_by_get_tensor,
+}
 
 
 def _has_field(schema, name: str) -> bool:

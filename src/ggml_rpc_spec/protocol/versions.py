@@ -1,56 +1,40 @@
 """The table of protocol versions: everything that differs between versions is one column.
 
-Each row is a profile: the commands a peer of that version accepts and the struct variant
-each message uses.  Code never compares version numbers; it reads a profile's columns.
-Adding a version means adding a row (and, if it brings a new struct shape, a variant in
-messages.py that a column value names).
+Each row is a profile: one value of every column (columns.py) and the upstream release whose
+ggml enums the version carries.  The commands a version has follow from the command rows
+(commands.py: each names the first version that has it).  Code never compares version
+numbers; it reads a profile's columns.  Adding a version means adding a row here (and, if it
+brings a new message shape, a column value that the command rows give a layout).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
-from .commands import Command
+from .columns import Acks, Devices, GraphReply, Graphs, Hello, HostData, SetTensor, TensorTail
+from .commands import ROWS, Command
 from .errors import UnsupportedVersion
 from .ggml import GGML_RELEASES, GgmlTables
 
 Version = tuple[int, int, int]
 
-_UP_TO_HELLO = tuple(Command(i) for i in range(Command.HELLO + 1))
-_UP_TO_RECOMPUTE = _UP_TO_HELLO + (Command.DEVICE_COUNT, Command.GRAPH_RECOMPUTE)
-_UP_TO_MEMSET = _UP_TO_RECOMPUTE + (Command.MEMSET_TENSOR,)
-
 
 @dataclass(frozen=True)
 class Profile:
-    """One protocol version as seen on the wire.
-
-    hello        -- "bare": empty HELLO request, 3-byte reply; "caps": 24-byte conn_caps
-                    request, 28-byte reply (major, minor, patch, padding, conn_caps).
-    devices      -- "single": no device fields; "multi": device index in ALLOC_BUFFER,
-                    GET_ALIGNMENT, GET_MAX_SIZE, GET_DEVICE_MEMORY, GET_ALLOC_SIZE (with the
-                    10 srcs), GRAPH_COMPUTE and GRAPH_RECOMPUTE.
-    tensor       -- rpc_tensor's last field: "padding" or "use_count".
-    set_tensor   -- "plain": tensor, offset, data; "cache_flag": tensor, cache_flag u8,
-                    offset, data (the flag asks the server to store the data in its cache).
-    graph_reply  -- "status": GRAPH_COMPUTE answers a status byte; "none": one-way.
-    acks         -- "empty": FREE_BUFFER, BUFFER_CLEAR, INIT_TENSOR, MEMSET_TENSOR answer an
-                    empty reply; "none": they are one-way.
-    host_data    -- what a graph tensor held outside the server's buffers (buffer 0) carries in
-                    `data`: "zero"; or "address": the client's own address of it, meaningless to
-                    the server, which ignores it (2.0.0 clients; later servers reject non-zero).
-    ggml         -- the upstream release whose ggml enums (types, ops) this version carries.
-    """
+    """One protocol version as seen on the wire: a value of every column (columns.py says
+    what each value means) and `ggml_release`, the upstream release whose ggml enums (types,
+    ops) the version carries."""
 
     version: Version
-    commands: tuple[Command, ...]
-    hello: str
-    devices: str
-    tensor: str
-    set_tensor: str
-    graph_reply: str
-    acks: str
-    host_data: str
+    hello: Hello
+    devices: Devices
+    tensor: TensorTail
+    set_tensor: SetTensor
+    graph_reply: GraphReply
+    acks: Acks
+    host_data: HostData
+    graphs: Graphs
     ggml_release: str
     note: str = field(default="", compare=False)
 
@@ -65,30 +49,37 @@ class Profile:
     def ggml(self) -> GgmlTables:
         return GGML_RELEASES[self.ggml_release]
 
+    @cached_property
+    def commands(self) -> tuple[Command, ...]:
+        """The commands of this version, in wire order: every row since this version or earlier."""
+        return tuple(row.command for row in ROWS if row.since <= self.version)
+
     def __str__(self) -> str:
         return self.name
 
 
+H, D, T, S, R, A, X, G = Hello, Devices, TensorTail, SetTensor, GraphReply, Acks, HostData, Graphs
+
 PROFILES: tuple[Profile, ...] = (
-    #       version     commands          hello    devices   tensor       set_tensor    graph     acks  host data  ggml
-    Profile((2, 0, 0), _UP_TO_HELLO, "bare", "single", "padding", "plain", "status", "empty", "address", "2.0.0"),
-    Profile((3, 6, 0), _UP_TO_RECOMPUTE, "bare", "multi", "padding", "plain", "none", "empty", "zero", "3.6.1",
+    #       version     hello    devices   tensor       set_tensor    graph     acks     host data  graphs   ggml
+    Profile((2, 0, 0), H.BARE, D.SINGLE, T.PADDING, S.PLAIN, R.STATUS, A.EMPTY, X.ADDRESS, G.LAST, "2.0.0"),
+    Profile((3, 6, 0), H.BARE, D.MULTI, T.PADDING, S.PLAIN, R.NONE, A.EMPTY, X.ZERO, G.LAST, "3.6.1",
             note="same wire as 3.6.1; its op enum was not pinned, the 3.6.1 table is assumed"),
-    Profile((3, 6, 1), _UP_TO_RECOMPUTE, "bare", "multi", "padding", "plain", "none", "empty", "zero", "3.6.1"),
-    Profile((4, 0, 0), _UP_TO_RECOMPUTE, "caps", "multi", "padding", "plain", "none", "empty", "zero", "4.0.0"),
-    Profile((4, 0, 1), _UP_TO_RECOMPUTE, "caps", "multi", "padding", "plain", "none", "empty", "zero", "4.0.1"),
-    Profile((4, 0, 2), _UP_TO_RECOMPUTE, "caps", "multi", "padding", "plain", "none", "empty", "zero", "4.0.2"),
-    Profile((5, 0, 0), _UP_TO_MEMSET, "caps", "multi", "padding", "plain", "none", "empty", "zero", "5.0.0"),
-    Profile((5, 1, 0), _UP_TO_MEMSET, "caps", "multi", "use_count", "plain", "none", "empty", "zero", "5.0.0",
+    Profile((3, 6, 1), H.BARE, D.MULTI, T.PADDING, S.PLAIN, R.NONE, A.EMPTY, X.ZERO, G.LAST, "3.6.1"),
+    Profile((4, 0, 0), H.CAPS, D.MULTI, T.PADDING, S.PLAIN, R.NONE, A.EMPTY, X.ZERO, G.LAST, "4.0.0"),
+    Profile((4, 0, 1), H.CAPS, D.MULTI, T.PADDING, S.PLAIN, R.NONE, A.EMPTY, X.ZERO, G.LAST, "4.0.1"),
+    Profile((4, 0, 2), H.CAPS, D.MULTI, T.PADDING, S.PLAIN, R.NONE, A.EMPTY, X.ZERO, G.LAST, "4.0.2"),
+    Profile((5, 0, 0), H.CAPS, D.MULTI, T.PADDING, S.PLAIN, R.NONE, A.EMPTY, X.ZERO, G.LAST, "5.0.0"),
+    Profile((5, 1, 0), H.CAPS, D.MULTI, T.USE_COUNT, S.PLAIN, R.NONE, A.EMPTY, X.ZERO, G.LAST, "5.0.0",
             note="no release of its own was found; the 5.0.0 ggml enums are assumed"),
-    Profile((7, 0, 0), _UP_TO_MEMSET, "caps", "multi", "use_count", "cache_flag", "none", "none", "zero", "7.0.0"),
+    Profile((7, 0, 0), H.CAPS, D.MULTI, T.USE_COUNT, S.CACHE_FLAG, R.NONE, A.NONE, X.ZERO, G.LAST, "7.0.0"),
 )
 
 BY_VERSION: dict[Version, Profile] = {p.version: p for p in PROFILES}
 NEWEST: Profile = PROFILES[-1]
 # What a client tries, in order, on a server whose version it does not know yet: the
 # newest profile of each HELLO shape (a server closes on a HELLO of the other shape).
-HELLO_PROBES: tuple[Profile, ...] = (NEWEST, next(p for p in reversed(PROFILES) if p.hello == "bare"))
+HELLO_PROBES: tuple[Profile, ...] = (NEWEST, next(p for p in reversed(PROFILES) if p.hello is Hello.BARE))
 DESIGN_TARGET: Profile = BY_VERSION[(3, 6, 1)]
 
 

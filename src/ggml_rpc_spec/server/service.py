@@ -96,7 +96,7 @@ class ReferenceServer(ThreadedTCPService):
                 self._rejected(exc.key)
         except ExecutionError as exc:
             log.warning("[%s] closing: cannot compute the graph: %s", name, exc)
-            self._rejected(exc.rule)
+            self._rejected(exc.rule.key)
         except OSError as exc:
             log.info("[%s] connection lost: %s", name, exc)
         except Exception:  # a bug must cost one connection, never the server

@@ -16,19 +16,20 @@ from pathlib import Path
 import numpy as np
 from construct import Container
 
-from ggml_rpc_spec.executor import DequantCache, ExecContext, GraphPlan, plan_graph
+from ggml_rpc_spec.executor import DequantCache, ExecContext, plan_graph
 from ggml_rpc_spec.executor.device import Buffer, Device
-from ggml_rpc_spec.protocol import Command, Graph, Request, message_spec
+from ggml_rpc_spec.protocol import Command, Request, message_spec
+from ggml_rpc_spec.protocol.columns import SetTensor
+from ggml_rpc_spec.protocol.comm import WORLD, host_of
+from ggml_rpc_spec.protocol.errors import RemoteProtocolError
 from ggml_rpc_spec.protocol.ggml import nbytes
 from ggml_rpc_spec.protocol.hashing import cache_name, fnv1a64
-from ggml_rpc_spec.protocol.messages import CONN_CAPS_SIZE, HASH_THRESHOLD
-from ggml_rpc_spec.protocol.rules import (
-    BufferInfo,
-    as_error,
-    request_checks,
-    sized_violation,
-)
+from ggml_rpc_spec.protocol.messages import HASH_THRESHOLD, hello_reply, local_reply
+from ggml_rpc_spec.protocol.rules import BufferInfo, as_error, request_checks, sized_violation
 from ggml_rpc_spec.protocol.versions import Profile
+
+from .graphs import GraphStore, StoredGraph
+from .link import Link, LinkError, LinkPolicy
 
 log = logging.getLogger("ggml_rpc.server")
 
@@ -44,6 +45,7 @@ class ServerState:
     verbose: bool = False
     numerics: str = "float"
     weights: DequantCache = field(default_factory=DequantCache)
+    links: LinkPolicy = field(default_factory=lambda: LinkPolicy.for_endpoint("127.0.0.1"))
 
     @property
     def profile(self) -> Profile:
@@ -86,16 +88,6 @@ class ServerState:
         log.info("cached %d bytes as %s", len(data), path)
 
 
-@dataclass
-class StoredGraph:
-    """The last graph computed on a device: GRAPH_RECOMPUTE runs its plan again, and so does
-    a GRAPH_COMPUTE carrying the same bytes (clients before 7.0 resend the unchanged graph
-    for every decoded token).  FREE_BUFFER of any buffer the plan reaches discards it."""
-
-    plan: GraphPlan
-    graph: Graph
-
-
 class Session:
     """The protocol state of one connection (implements protocol.rules.ServerView)."""
 
@@ -103,17 +95,19 @@ class Session:
         self.state = state
         self.name = name
         self.buffers: dict[int, Buffer] = {}
-        self.graphs: dict[int, StoredGraph] = {}
+        self.links: dict[int, Link] = {}  # device -> its link to the other rank of a pair (COMM_INIT)
         self.use_profile(state.profile)
 
     def use_profile(self, profile: Profile) -> None:
         """Speak `profile` on this connection (a server of several profiles learns which one
         from the client's HELLO, before anything else happens on the connection)."""
         self.profile = profile
+        self.graphs = GraphStore(profile.graphs)
         self.exec_context = self.state.new_exec_context(profile)  # one per connection: plans hand steps on
         # Per command, looked up once: its rules and its handler (bound, so subclasses' overrides count).
         self._checks = {c: request_checks(c, message_spec(profile, c).request) for c in profile.commands}
-        self._handlers = {c: getattr(self, c.name.lower()) for c in profile.commands}  # the method of its name
+        # bound through the instance, so that a subclass's override of a handler counts
+        self._handlers = {c: getattr(self, HANDLERS[c].__name__) for c in profile.commands}
 
     # -- ServerView ---------------------------------------------------------------------------
 
@@ -125,8 +119,11 @@ class Session:
         found = self.buffers.get(handle)
         return found.info if found is not None else None
 
-    def has_stored_graph(self, device: int) -> bool:
-        return device in self.graphs
+    def has_stored_graph(self, device: int, uid: int | None) -> bool:
+        return self.graphs.get(device, uid) is not None
+
+    def has_link(self, device: int) -> bool:
+        return device in self.links
 
     # -- validation ---------------------------------------------------------------------------
 
@@ -144,10 +141,14 @@ class Session:
         buf = self.buffers[tensor.buffer]
         return buf, buf.view(tensor.data + offset, size)
 
-    def bulk_sink(self, command: Command, body, size: int) -> memoryview:
-        """SET_TENSOR: validate the head, then let the data land in the tensor's memory."""
+    def bulk_sink(self, command: Command, body, size: int) -> memoryview | None:
+        """SET_TENSOR, SET_TENSOR_2D: validate the head, then let the data land in the tensor's
+        memory where it is one run of bytes (copies of a 2-D write at a larger stride arrive in
+        the parser's buffer and are scattered by the handler)."""
         self.check(command, body)
         self.check_sized(command, body, size)
+        if command is Command.SET_TENSOR_2D and body.n_copies > 1 and body.stride != body.size:
+            return None
         buf, view = self.region(body.tensor, body.offset, size)
         buf.touched()
         return view
@@ -159,21 +160,17 @@ class Session:
         ExecutionError when the connection must close."""
         command = request.command
         resent = self._stored_copy(request) if request.graph is not None else None
-        if command is not Command.SET_TENSOR:  # SET_TENSOR was checked by bulk_sink
+        if command not in (Command.SET_TENSOR, Command.SET_TENSOR_2D):  # checked by bulk_sink
             self.check(command, request.body, None if resent else request.graph)  # a stored graph passed them
         if self.state.verbose:
             log.info("[%s] %s %s", self.name, command.name, describe(request))
         if resent is not None:
             resent.plan.run()
-            return GRAPH_COMPUTE_REPLY
+            return local_reply(Command.GRAPH_COMPUTE)
         return self._handlers[command](request)
 
     def hello(self, request):
-        major, minor, patch = self.profile.version
-        reply = {"major": major, "minor": minor, "patch": patch}
-        if self.profile.hello == "caps":
-            reply.update(padding=0, conn_caps=bytes(CONN_CAPS_SIZE))  # plain TCP: no RDMA
-        return reply
+        return hello_reply(self.profile)  # plain TCP: no RDMA, whatever caps the client sent
 
     def device_count(self, request):
         return {"device_count": self.n_devices}
@@ -205,8 +202,7 @@ class Session:
 
     def free_buffer(self, request):
         buf = self.buffers.pop(request.body.remote_ptr)
-        for device in [d for d, g in self.graphs.items() if buf.handle in g.plan.handles]:
-            del self.graphs[device]  # its nodes point into the freed memory (§8.3)
+        self.graphs.discard_using(buf.handle)  # their nodes point into the freed memory (§8.3)
         buf.device.release(buf)
         return {}
 
@@ -261,28 +257,95 @@ class Session:
         return {}
 
     def _stored_copy(self, request) -> StoredGraph | None:
-        """The device's stored graph if this GRAPH_COMPUTE carries the very same graph.  Its
+        """The device's last graph if this GRAPH_COMPUTE carries the very same graph.  Its
         verdict and plan still hold: the graph rules depend only on the graph and the buffers
         it names, and freeing any of those discards the stored graph."""
-        stored = self.graphs.get(request.body.get("device", 0))
-        return stored if stored is not None and stored.graph == request.graph else None
+        device = request.body.get("device", 0)
+        stored = self.graphs.last(device)
+        if stored is None or stored.graph != request.graph:
+            return None
+        self.graphs.keep(device, request.body.get("uid"), stored)  # under the uid this request gives it
+        return stored
 
     def graph_compute(self, request):
         device = request.body.get("device", 0)
-        previous = self.graphs.pop(device, None)
+        previous = self.graphs.last(device)
         plan = plan_graph(request.graph, self.buffers, self.profile, self.exec_context,
                           previous.plan if previous is not None else None)
-        self.graphs[device] = StoredGraph(plan, request.graph)
+        self.graphs.keep(device, request.body.get("uid"), StoredGraph(plan, request.graph))
         plan.run()
-        return GRAPH_COMPUTE_REPLY
+        return local_reply(Command.GRAPH_COMPUTE)  # 2.0.0 replies a status; later versions nothing
 
     def graph_recompute(self, request):
-        self.graphs[request.body.device].plan.run()
+        self.graphs.get(request.body.device, request.body.get("uid")).plan.run()
+        return None
+
+    def set_tensor_2d(self, request):
+        body = request.body
+        if body.n_copies > 1 and body.stride != body.size:  # the data waited in the parser's buffer
+            buf, target = self._copies_2d(body)
+            np.copyto(target, np.frombuffer(request.data, np.uint8).reshape(body.n_copies, body.size))
+            buf.touched()
+        return None
+
+    def get_tensor_2d(self, request):
+        body = request.body
+        if body.n_copies == 1 or body.stride == body.size:
+            return self.region(body.tensor, body.offset, body.size * body.n_copies)[1]
+        return memoryview(np.ascontiguousarray(self._copies_2d(body)[1])).cast("B")
+
+    def _copies_2d(self, body) -> tuple[Buffer, np.ndarray]:
+        """The copies of a 2-D transfer as a (n_copies, size) view of the buffer's bytes."""
+        buf = self.buffers[body.tensor.buffer]
+        start = body.tensor.data + body.offset - buf.base
+        return buf, np.lib.stride_tricks.as_strided(buf.memory[start:], shape=(body.n_copies, body.size),
+                                                    strides=(body.stride, 1))
+
+    def comm_init(self, request):
+        body = request.body
+        if body.device >= self.n_devices or body.world != WORLD or body.rank >= body.world:
+            log.warning("[%s] COMM_INIT device=%d rank=%d world=%d: no such device or pair (§10.1 comm.ranks)",
+                        self.name, body.device, body.rank, body.world)
+            return {"ok": 0}
+        if body.device in self.links:
+            return {"ok": 1}  # as upstream: a device joins one pair per connection
+        host = host_of(body.host)
+        try:
+            link = Link.open(self.state.links, body.rank, host, body.port)
+        except LinkError as exc:
+            log.warning("[%s] COMM_INIT device=%d rank=%d: %s", self.name, body.device, body.rank, exc)
+            return {"ok": 0}
+        self.links[body.device] = link
+        log.info("[%s] device %d joined a pair as rank %d (peer %s)", self.name, body.device, body.rank, link.peer)
+        return {"ok": 1}
+
+    def comm_allreduce(self, request):
+        tensor = request.body.tensor
+        size = nbytes(self.profile.ggml.tensor_type(tensor.type), tensor.ne, tensor.nb)
+        if size == 0:
+            return None
+        buf, view = self.region(tensor, 0, size)
+        values = np.frombuffer(view, np.float32)
+        try:
+            values[:] = self.links[request.body.device].all_reduce(values)
+        except LinkError as exc:
+            self.links.pop(request.body.device).close()
+            raise RemoteProtocolError(str(exc), command="COMM_ALLREDUCE", section="10.2", key="comm.peer-agrees") from None
+        buf.touched()
+        return None
+
+    def comm_free(self, request):
+        link = self.links.pop(request.body.device, None)
+        if link is not None:
+            link.close()
         return None
 
     def close(self) -> None:
         """The connection ended: everything it owned is released."""
         self.graphs.clear()
+        for link in self.links.values():
+            link.close()
+        self.links.clear()
         for buf in self.buffers.values():
             buf.device.release(buf)
         self.buffers.clear()
@@ -290,11 +353,23 @@ class Session:
 
 # Which SET_TENSOR data a server with a cache directory stores (§9), per SET_TENSOR variant.
 KEEP_IN_CACHE = {
-    "plain": lambda body, size: size > HASH_THRESHOLD,
-    "cache_flag": lambda body, size: body.cache_flag != 0,
+    SetTensor.PLAIN: lambda body, size: size > HASH_THRESHOLD,
+    SetTensor.CACHE_FLAG: lambda body, size: body.cache_flag != 0,
 }
 
-GRAPH_COMPUTE_REPLY = {"result": 0}  # 2.0.0 replies a ggml_status; later versions send nothing
+C = Command
+# The handler of every command (checked against the command rows by a test).
+HANDLERS = {
+    C.ALLOC_BUFFER: Session.alloc_buffer, C.GET_ALIGNMENT: Session.get_alignment, C.GET_MAX_SIZE: Session.get_max_size,
+    C.BUFFER_GET_BASE: Session.buffer_get_base, C.FREE_BUFFER: Session.free_buffer,
+    C.BUFFER_CLEAR: Session.buffer_clear, C.SET_TENSOR: Session.set_tensor, C.SET_TENSOR_HASH: Session.set_tensor_hash,
+    C.GET_TENSOR: Session.get_tensor, C.COPY_TENSOR: Session.copy_tensor, C.GRAPH_COMPUTE: Session.graph_compute,
+    C.GET_DEVICE_MEMORY: Session.get_device_memory, C.INIT_TENSOR: Session.init_tensor,
+    C.GET_ALLOC_SIZE: Session.get_alloc_size, C.HELLO: Session.hello, C.DEVICE_COUNT: Session.device_count,
+    C.GRAPH_RECOMPUTE: Session.graph_recompute, C.MEMSET_TENSOR: Session.memset_tensor,
+    C.SET_TENSOR_2D: Session.set_tensor_2d, C.GET_TENSOR_2D: Session.get_tensor_2d, C.COMM_INIT: Session.comm_init,
+    C.COMM_ALLREDUCE: Session.comm_allreduce, C.COMM_FREE: Session.comm_free,
+}
 
 
 def describe(request: Request) -> str:

@@ -182,9 +182,9 @@ def compute(ctx: Context, endpoint: str, recipe: Recipe):
     the exchange)."""
     from ggml_rpc_spec.client.rpc import RPCClient
 
-    from ..probe import Exchange
+    from ..probe import Transcript
 
-    exchange = Exchange()
+    exchange = Transcript()
     with RPCClient(endpoint, proto=ctx.profile, timeout=ctx.timeout, tap=exchange.add) as rpc:
         g = GraphBuilder(rpc.profile, rpc.alloc_buffer(1 << 20))
         built = recipe(g)
@@ -209,8 +209,8 @@ def differential(ctx: Context) -> None:
             error = nmse(got, want)
             if error > bound:
                 stem = "diff-" + "".join(ch if ch.isalnum() else "-" for ch in label)
-                paths = run.save_exchange(ctx, f"{stem}-target", ours_exchange)
-                paths += run.save_exchange(ctx, f"{stem}-oracle", oracle_exchange)
+                paths = run.save_transcript(ctx, f"{stem}-target", ours_exchange)
+                paths += run.save_transcript(ctx, f"{stem}-oracle", oracle_exchange)
                 ctx.fail(f"{label}: output {i} differs from the oracle's: NMSE {error:.3g} > {bound:g}\n"
                          f"target {got.ravel()[:6]}\noracle {want.ravel()[:6]}\ntraces: {', '.join(paths)}")
 

@@ -76,8 +76,11 @@ class LiveView:
     def buffer(self, handle: int) -> BufferInfo | None:
         return self.buffers.get(handle)
 
-    def has_stored_graph(self, device: int) -> bool:
+    def has_stored_graph(self, device: int, uid: int | None) -> bool:
         return self.stored
+
+    def has_link(self, device: int) -> bool:
+        return False
 
 
 @dataclass
@@ -354,7 +357,7 @@ def _send(probe, attack: Attack) -> list[tuple[Command, int | None]]:
                                                                    graph=graph)))
         spec = message_spec(probe.profile, command)
         if spec.has_reply:
-            due.append((command, body.get("size") if spec.reply_tail == "data" else None))
+            due.append((command, spec.data_size(body)))
     return due
 
 
@@ -377,7 +380,7 @@ def _outcome(probe, due, session: Session, timeout: float) -> tuple[str, bytes |
                 chunk = probe.sock.recv(1 << 20)
                 if not chunk:
                     return CLOSED, None
-                probe.exchange.add("received", chunk)
+                probe.transcript.add("received", chunk)
                 parser.receive_data(chunk)
             else:
                 replies.append(event)
@@ -435,7 +438,7 @@ class Campaign:
 
 
 def _example(ctx: Context, run, campaign: Campaign, draw_attack) -> Finding | None:
-    ctx.exchanges.clear()  # each example's exchange stands alone (findings save their own)
+    ctx.transcripts.clear()  # each example's exchange stands alone (findings save their own)
     try:
         probe = ctx.probe(buffer_size=TARGET_SIZE)
         session = Session(probe, ctx.profile)
@@ -453,8 +456,8 @@ def _example(ctx: Context, run, campaign: Campaign, draw_attack) -> Finding | No
     finding = judge(ctx, run, attack, rule, verdict, canary)
     if finding is not None:
         if rule is None:
-            attribute(run, finding, ctx.traces(finding.what, [("fuzz", probe.exchange)]))
-        finding.trace = ", ".join(run.save_exchange(ctx, f"fuzz-{finding.slug}", probe.exchange))
+            attribute(run, finding, ctx.traces(finding.what, [("fuzz", probe.transcript)]))
+        finding.trace = ", ".join(run.save_transcript(ctx, f"fuzz-{finding.slug}", probe.transcript))
         campaign.findings.setdefault(finding.key, finding)
     if finding is not None and finding.kind == "killed the server" and not run.restart():
         raise StopCampaign("the server died and could not be restarted (--restart-cmd)")
@@ -478,8 +481,8 @@ def _refused_setup(ctx: Context, run, campaign: Campaign, draw_attack, error: Ex
     draw_attack(campaign.session)
     finding = Finding("stopped serving valid requests", "setup of an example", "no rule: new finding",
                       f"{type(error).__name__}: {error}")
-    finding.trace = ", ".join(run.save_exchange(ctx, f"fuzz-{finding.slug}", ctx.exchanges[-1][1])
-                              if ctx.exchanges else [])
+    finding.trace = ", ".join(run.save_transcript(ctx, f"fuzz-{finding.slug}", ctx.transcripts[-1][1])
+                              if ctx.transcripts else [])
     campaign.findings.setdefault(finding.key, finding)
     if not run.alive() and not run.restart():
         raise StopCampaign("the server died and could not be restarted (--restart-cmd)")

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from ..numerics import ROUNDING
-from ..registry import ExecContext, Kernels, Step, optional_src, readable, repeat, require, same_shape
+from ..registry import ExecContext, Kernels, OP_PARAMS, Step, optional_src, readable, repeat, require, same_shape
 from ..tensors import TensorRef
 
 kernels = Kernels()  # this family's kernels (see executor.ops)
@@ -47,7 +47,7 @@ def _bounded(node: TensorRef, per_item: int, what: str) -> None:
     """Refuse what would need more than ITEM_LIMIT float32 intermediates per query (or
     token): the sizes of two sources multiplied, which a hostile graph can make huge."""
     require(per_item <= ITEM_LIMIT, node, "{} would take {} values (limit {})", what, per_item, ITEM_LIMIT,
-            rule="exec.op-params")
+            rule=OP_PARAMS)
 
 
 def _whole_blocks(node: TensorRef, *tensors: TensorRef) -> None:
@@ -109,7 +109,7 @@ def build_diag_mask(node: TensorRef, ctx: ExecContext) -> Step:
     require(src.kind.name == "F32" and node.kind.name == "F32", node, "{} works on F32 only", node.op)
     same_shape(node, node, src)
     n_past = node.params().n_past
-    require(n_past >= 0, node, "n_past {} < 0", n_past, rule="exec.op-params")
+    require(n_past >= 0, node, "n_past {} < 0", n_past, rule=OP_PARAMS)
     value = F32(-np.inf) if node.op == "DIAG_MASK_INF" else F32(0)
     ne0, ne1 = src.ne[0], src.ne[1]
     hidden = np.arange(ne0)[None, :] > n_past + np.arange(ne1)[:, None]
@@ -148,7 +148,7 @@ def build_flash_attn(node: TensorRef, ctx: ExecContext) -> Step:
         require(sinks.kind.name == "F32" and sinks.ne[0] >= n_head, node, "sinks must be F32 [{}]", n_head)
     p = node.params()
     require(p.prec in (PREC_DEFAULT, PREC_F32), node, "precision {} is neither DEFAULT 0 nor F32 10", p.prec,
-            rule="exec.op-params")
+            rule=OP_PARAMS)
     softcap = F32(p.logit_softcap)
     scale = F32(p.scale) / softcap if softcap != 0 else F32(p.scale)
     alibi = bool(p.max_bias > 0) and mask is not None

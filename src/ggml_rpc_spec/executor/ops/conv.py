@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..registry import ExecContext, Kernels, Step, readable, require
+from ..registry import ExecContext, Kernels, OP_PARAMS, Step, readable, require
 from ..tensors import TensorRef
 
 kernels = Kernels()  # this family's kernels (see executor.ops)
@@ -32,7 +32,7 @@ F32, F16 = np.float32, np.float16
 POOL_MAX, POOL_AVG = 0, 1
 NEAREST, BILINEAR, BICUBIC = 0, 1, 2
 ALIGN_CORNERS, ANTIALIAS = 1 << 8, 1 << 9
-PARAMS = "exec.op-params"
+PARAMS = OP_PARAMS
 
 
 def c_div(n: int, d: int) -> int:

@@ -14,7 +14,7 @@ from ggml_rpc_spec.protocol.ggml import ELEMENT_DTYPES
 from ggml_rpc_spec.protocol.tensor import contiguous_strides
 
 from .. import quants
-from ..registry import ExecContext, Kernels, Step, readable, require
+from ..registry import ExecContext, Kernels, Step, VIEW_PARAMS, readable, require
 from ..tensors import TensorRef
 
 kernels = Kernels()  # this family's kernels (see executor.ops)
@@ -101,7 +101,7 @@ def build_acc(node: TensorRef, ctx: ExecContext) -> Step:
     nb1, nb2, nb3, offset = p.nb1, p.nb2, p.nb3, p.offset
     element = node.kind.type_size
     require(min(nb1, nb2, nb3, offset) >= 0, node, "negative stride or offset ({}, {}, {}, {})", nb1, nb2, nb3,
-            offset, rule="exec.view-params")
+            offset, rule=VIEW_PARAMS)
     same_memory = node.buffer is a.buffer and node.data == a.data
     if b.n_elements == 0:  # an empty window: the result is a
         def copy_only():
@@ -111,7 +111,7 @@ def build_acc(node: TensorRef, ctx: ExecContext) -> Step:
     end = offset + (b.ne[0] - 1) * element + (b.ne[1] - 1) * nb1 + (b.ne[2] - 1) * nb2 + (b.ne[3] - 1) * nb3 + element
     require(end <= node.n_elements * element, node,
             "window (offset {}, strides {}/{}/{}) reaches past the destination", offset, nb1, nb2, nb3,
-            rule="exec.view-params")
+            rule=VIEW_PARAMS)
     strides = (nb3, nb2, nb1, element)
     accumulate = node.op == "ACC"
 

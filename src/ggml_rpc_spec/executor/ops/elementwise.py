@@ -15,8 +15,8 @@ from numpy.lib.stride_tricks import as_strided
 from ggml_rpc_spec.protocol.ops import spec_for
 
 from ..batch import plain_f32, ufunc_steps
-from ..registry import (ExecContext, Kernels, Step, Taken, float_like, in_range, map_values, readable, require,
-                        same_shape)
+from ..registry import (EXPERT_IDS, ExecContext, Kernels, Step, Taken, float_like, in_range, map_values, readable,
+                        require, same_shape)
 from ..tensors import QUANTIZABLE, TensorRef
 
 kernels = Kernels()  # this family's kernels (see executor.ops)
@@ -149,7 +149,7 @@ def build_add_id(node: TensorRef, ctx: ExecContext) -> Step | None:
 
     def run():
         chosen = ids.view()[0, 0]  # (a2, a1)
-        in_range(node, chosen, experts, "expert id", "exec.expert-ids")
+        in_range(node, chosen, experts, "expert id", EXPERT_IDS)
         bias = b.read(ctx.cache)[0, 0]  # (experts, n)
         node.write(a.read(ctx.cache) + bias[chosen])
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import ExecContext, Kernels, Step, require, same_shape
+from ..registry import ExecContext, Kernels, OP_PARAMS, Step, require, same_shape
 from ..tensors import TensorRef
 
 kernels = Kernels()  # this family's kernels (see executor.ops)
@@ -82,12 +82,12 @@ def build_repeat_back(node: TensorRef, ctx: ExecContext) -> Step | None:
 def build_concat(node: TensorRef, ctx: ExecContext) -> Step | None:
     a, b = node.src(0), node.src(1)
     dim = node.params().dim
-    require(0 <= dim <= 3, node, "dim {} outside [0, 3]", dim, rule="exec.op-params")
+    require(0 <= dim <= 3, node, "dim {} outside [0, 3]", dim, rule=OP_PARAMS)
     require(a.kind.name == b.kind.name == node.kind.name, node, "a, b and the result must share a type")
     for d in range(4):
         want = a.ne[d] + b.ne[d] if d == dim else a.ne[d]
         require(node.ne[d] == want and (d == dim or b.ne[d] == want), node,
-                "shapes {} and {} do not concatenate to {} along {}", a.ne, b.ne, node.ne, dim, rule="exec.op-params")
+                "shapes {} and {} do not concatenate to {} along {}", a.ne, b.ne, node.ne, dim, rule=OP_PARAMS)
     for tensor in (a, b, node):
         require(tensor.buffer is not None, node, "{!r} has no buffer on this server", tensor.name)
     if node.n_elements == 0:
@@ -112,7 +112,7 @@ def _pad_params(node: TensorRef, src: TensorRef) -> tuple[list[int], list[int], 
     right = [p.rp0, p.rp1, p.rp2, p.rp3]
     for d in range(4):
         require(src.ne[d] + left[d] + right[d] == node.ne[d], node,
-                "dimension {}: {} + {} + {} != {}", d, left[d], src.ne[d], right[d], node.ne[d], rule="exec.op-params")
+                "dimension {}: {} + {} + {} != {}", d, left[d], src.ne[d], right[d], node.ne[d], rule=OP_PARAMS)
     return left, right, p.circular
 
 
@@ -129,7 +129,7 @@ def build_pad(node: TensorRef, ctx: ExecContext) -> Step | None:
         # ggml wraps (i - lp + ne) % ne in C: a left pad beyond the source's extent reads before it
         require(all(0 < n and lp <= n for lp, n in zip(left, src.ne, strict=True)), node,
                 "circular padding {} needs a source of at least that extent, not {}", left, src.ne,
-                rule="exec.op-params")
+                rule=OP_PARAMS)
         index = np.ix_(*[(np.arange(size) - lp) % n for size, lp, n in
                          zip(node.shape, left[::-1], src.shape, strict=True)])
         return lambda: out.__setitem__(Ellipsis, x[index])
@@ -157,9 +157,9 @@ def build_pad_reflect_1d(node: TensorRef, ctx: ExecContext) -> Step | None:
     p = node.params()
     n = src.ne[0]
     require(0 <= p.p0 < n and 0 <= p.p1 < n, node, "reflection pads {}, {} must lie in [0, {})", p.p0, p.p1, n,
-            rule="exec.op-params")
+            rule=OP_PARAMS)
     require(node.ne == (n + p.p0 + p.p1,) + src.ne[1:], node, "result must be [{} + {} + {}, ...] as the source",
-            p.p0, n, p.p1, rule="exec.op-params")
+            p.p0, n, p.p1, rule=OP_PARAMS)
     _dense_rows(node, src, node)
     if node.n_elements == 0:
         return None
@@ -176,7 +176,7 @@ def build_roll(node: TensorRef, ctx: ExecContext) -> Step | None:
     p = node.params()
     shifts = [p.shift0, p.shift1, p.shift2, p.shift3]
     require(all(abs(s) < n for s, n in zip(shifts, src.ne, strict=True)), node,
-            "shifts {} must each be smaller than the extent {}", shifts, src.ne, rule="exec.op-params")
+            "shifts {} must each be smaller than the extent {}", shifts, src.ne, rule=OP_PARAMS)
     _dense_rows(node, src, node)
     x, out = src.view(), node.view()
     shifts = tuple(shifts[::-1])
@@ -205,7 +205,7 @@ def build_arange(node: TensorRef, ctx: ExecContext) -> Step | None:
         steps = np.ceil((stop - start) / step)  # in float, as ggml
     require(bool(np.isfinite(steps)) and steps == node.n_elements, node,
             "start {}, stop {}, step {} give {} values, the result holds {}", start, stop, step, steps,
-            node.n_elements, rule="exec.op-params")
+            node.n_elements, rule=OP_PARAMS)
     _contiguous(node, node)  # ggml writes value i at data + 4i
     if node.n_elements == 0:
         return None
@@ -240,7 +240,7 @@ def build_tri(node: TensorRef, ctx: ExecContext) -> Step | None:
     _types(node, ("F32",), src, node)
     same_shape(node, node, src)
     kind = node.params().type
-    require(kind in (0, 1, 2, 3), node, "triangle type {} outside [0, 3]", kind, rule="exec.op-params")
+    require(kind in (0, 1, 2, 3), node, "triangle type {} outside [0, 3]", kind, rule=OP_PARAMS)
     _dense_rows(node, node)
     i0 = np.arange(src.ne[0])[None, :]
     i1 = np.arange(src.ne[1])[:, None]

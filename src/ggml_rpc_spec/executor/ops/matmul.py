@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..numerics import ROUNDING, WITH_MINS, block_mins, q8_1_sum_correction
-from ..registry import ExecContext, Kernels, Step, float_like, in_range, readable, require
+from ..registry import EXPERT_IDS, ExecContext, Kernels, Step, float_like, in_range, readable, require
 from ..tensors import TensorRef
 
 kernels = Kernels()  # this family's kernels (see executor.ops)
@@ -130,7 +130,7 @@ def build_mul_mat_id(node: TensorRef, ctx: ExecContext) -> Step | None:
 
     def run():
         chosen = ids.view()[0, 0]  # (T, U) int32
-        in_range(node, chosen, n_experts, "expert id", "exec.expert-ids")
+        in_range(node, chosen, n_experts, "expert id", EXPERT_IDS)
         chosen = chosen.reshape(-1)
         order = np.argsort(chosen, kind="stable")
         counts = np.bincount(chosen, minlength=n_experts)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import ExecContext, Kernels, Step, float_like, readable, require, same_shape
+from ..registry import ExecContext, Kernels, OP_PARAMS, Step, float_like, readable, require, same_shape
 from ..tensors import TensorRef
 
 kernels = Kernels()  # this family's kernels (see executor.ops)
@@ -34,7 +34,7 @@ def _sum(values: np.ndarray, axis=-1) -> np.ndarray:
 def build_norm(node: TensorRef, ctx: ExecContext) -> Step | None:
     src = _rows(node)
     eps = F32(node.params().eps)
-    require(eps >= 0, node, "eps {} is not >= 0", eps, rule="exec.op-params")  # ggml asserts it
+    require(eps >= 0, node, "eps {} is not >= 0", eps, rule=OP_PARAMS)  # ggml asserts it
     if not node.n_elements:
         return None
     n = src.ne[0]
@@ -65,7 +65,7 @@ def build_group_norm(node: TensorRef, ctx: ExecContext) -> Step | None:
     p = node.params()
     eps = F32(p.eps)
     # ggml divides by n_groups (and leaves the result unwritten when it is negative)
-    require(p.n_groups > 0, node, "n_groups {} must be positive", p.n_groups, rule="exec.op-params")
+    require(p.n_groups > 0, node, "n_groups {} must be positive", p.n_groups, rule=OP_PARAMS)
     if not node.n_elements:
         return None
     channels = src.ne[2]

@@ -14,7 +14,7 @@ import numpy as np
 
 from ggml_rpc_spec.protocol.ops import spec_for
 
-from ..registry import ExecContext, Kernels, Step, in_range, readable, require
+from ..registry import ExecContext, Kernels, OP_PARAMS, STATE_IDS, Step, in_range, readable, require
 from ..tensors import TensorRef
 
 kernels = Kernels()  # this family's kernels (see executor.ops)
@@ -49,7 +49,7 @@ def _snapshot_count(node: TensorRef, ctx: ExecContext) -> int:
     if not spec_for(node.op).param("K").read_by(ctx.ggml.release):
         return 1
     k = node.params().K
-    require(k >= 1, node, "snapshot count K = {} is not >= 1", k, rule="exec.op-params")
+    require(k >= 1, node, "snapshot count K = {} is not >= 1", k, rule=OP_PARAMS)
     return k
 
 
@@ -104,7 +104,7 @@ def build_ssm_scan(node: TensorRef, ctx: ExecContext) -> Step:
     y_size, state_size = x.n_elements, d_state * head_dim * n_head * n_seqs
     require(node.n_elements == y_size + snapshots * state_size, node,
             "K = {} states of {} values after {} outputs do not fit the result of {}",
-            snapshots, state_size, y_size, node.n_elements, rule="exec.op-params")
+            snapshots, state_size, y_size, node.n_elements, rule=OP_PARAMS)
     out = _flat_result(node, y_size + snapshots * state_size)
     mamba1 = a.ne[0] != 1
     group_of_head = np.arange(n_head) // (n_head // n_group)
@@ -113,7 +113,7 @@ def build_ssm_scan(node: TensorRef, ctx: ExecContext) -> Step:
 
     def run():
         which = ids.view().reshape(-1).astype(np.int64)
-        in_range(node, which, n_states, "state id", "exec.state-ids")
+        in_range(node, which, n_states, "state id", STATE_IDS)
         state = s.view()[which]  # (n_s, n_head, head_dim, d_state), a copy
         step = _softplus(dt.view()[0])  # (n_s, n_t, n_head)
         decay_rate = a.view()[0, 0]  # (n_head, 1 or d_state)
@@ -249,7 +249,7 @@ def build_gated_delta_net(node: TensorRef, ctx: ExecContext) -> Step:
     out_size = size * n_head * n_tokens * n_seqs
     require(node.n_elements == out_size + snapshots * state_size, node,
             "K = {} states of {} values after {} outputs do not fit the result of {}",
-            snapshots, state_size, out_size, node.n_elements, rule="exec.op-params")
+            snapshots, state_size, out_size, node.n_elements, rule=OP_PARAMS)
     out = _flat_result(node, out_size + snapshots * state_size)
     per_key = g.ne[0] == size
     scale = np.float32(1) / np.sqrt(np.float32(size))

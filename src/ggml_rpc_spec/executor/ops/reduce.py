@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import ExecContext, Kernels, Step, optional_src, require, same_shape
+from ..registry import ExecContext, Kernels, OP_PARAMS, Step, optional_src, require, same_shape
 from ..tensors import TensorRef, strided_view
 
 kernels = Kernels()  # this family's kernels (see executor.ops)
@@ -173,7 +173,7 @@ def _sort_rows(node: TensorRef) -> tuple[np.ndarray, np.ndarray]:
 @kernels.kernel("ARGSORT")
 def build_argsort(node: TensorRef, ctx: ExecContext) -> Step:
     order = node.params().order
-    require(order in (0, 1), node, "sort order {} is neither ASC (0) nor DESC (1)", order, rule="exec.op-params")
+    require(order in (0, 1), node, "sort order {} is neither ASC (0) nor DESC (1)", order, rule=OP_PARAMS)
     require(node.ne[0] == node.src(0).ne[0], node, "result rows must match the source's")
     rows, out = _sort_rows(node)
     descending = order == 1
@@ -233,7 +233,7 @@ def build_dsv4_hc_comb(node: TensorRef, ctx: ExecContext) -> Step:
     p = node.params()
     eps = np.float32(p.eps)
     require(1 <= p.n_iter <= HC_COMB_MAX_ITER, node, "n_iter {} outside [1, {}]", p.n_iter, HC_COMB_MAX_ITER,
-            rule="exec.op-params")
+            rule=OP_PARAMS)
     n_iter = p.n_iter
     m, s, b, out = mixes.view()[0, 0], scale.view().reshape(-1), base.view().reshape(-1), node.view()[0]
     one = np.float32(1)

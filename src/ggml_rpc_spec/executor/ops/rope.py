@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import ExecContext, Kernels, Step, optional_src, require, same_shape
+from ..registry import ExecContext, Kernels, OP_PARAMS, Step, optional_src, require, same_shape
 from ..tensors import TensorRef
 
 kernels = Kernels()  # this family's kernels (see executor.ops)
@@ -119,20 +119,20 @@ def _build(node: TensorRef, ctx: ExecContext, forward: bool) -> Step:
     sections = (p.section0, p.section1, p.section2, p.section3)
     ne0 = src.ne[0]
     require(mode in MODES, node, "rope mode {} is not one of normal 0, neox 2, mrope 8, vision 24, imrope 40",
-            mode, rule="exec.op-params")
+            mode, rule=OP_PARAMS)
     require(0 < n_dims <= ne0 and n_dims % 2 == 0, node, "n_dims {} must be even and in 1..{}", n_dims, ne0,
-            rule="exec.op-params")
+            rule=OP_PARAMS)
     require(0 <= offs and offs % 2 == 0 and offs + n_dims <= ne0, node, "offset {} invalid for n_dims {} of {}",
-            offs, n_dims, ne0, rule="exec.op-params")
+            offs, n_dims, ne0, rule=OP_PARAMS)
     per_token = 4 if mode & MROPE else 1
     require(positions.kind.name == "I32" and positions.ne == (src.ne[2] * per_token, 1, 1, 1), node,
             "positions must be I32 [{}]", src.ne[2] * per_token)
     if mode & MROPE:
         require(all(s >= 0 for s in sections) and 0 < sum(sections) <= ne0, node,
-                "M-RoPE sections {} must be >= 0 with a sum in 1..{}", sections, ne0, rule="exec.op-params")
+                "M-RoPE sections {} must be >= 0 with a sum in 1..{}", sections, ne0, rule=OP_PARAMS)
     if mode == VISION:
         require(2 * n_dims == ne0 and offs == 0, node, "vision rope turns whole rows: n_dims {} must be {} and no offset",
-                n_dims, ne0 // 2, rule="exec.op-params")
+                n_dims, ne0 // 2, rule=OP_PARAMS)
     pairs = n_dims if mode == VISION else n_dims // 2
     if freq_factors is not None:
         require(freq_factors.kind.name == "F32" and freq_factors.ne[0] >= pairs, node,

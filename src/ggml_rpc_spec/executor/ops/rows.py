@@ -12,14 +12,14 @@ import numpy as np
 from ggml_rpc_spec.protocol.ggml import ELEMENT_DTYPES
 
 from .. import quants
-from ..registry import ExecContext, Kernels, Step, in_range, readable, require
+from ..registry import ExecContext, Kernels, ROWS_IN_RANGE, Step, in_range, readable, require
 from ..tensors import TensorRef, dequantize, quantize
 
 kernels = Kernels()  # this family's kernels (see executor.ops)
 
 
 def _rows_in_range(node: TensorRef, index: np.ndarray, limit: int) -> None:
-    in_range(node, index, limit, "row index", "exec.rows-in-range")
+    in_range(node, index, limit, "row index", ROWS_IN_RANGE)
 
 
 def _dense(t: TensorRef) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import ExecContext, Kernels, Step, readable, require, same_shape
+from ..registry import ExecContext, Kernels, OP_PARAMS, Step, readable, require, same_shape
 from ..tensors import TensorRef
 
 kernels = Kernels()  # this family's kernels (see executor.ops)
@@ -73,7 +73,7 @@ def build_soft_max_back(node: TensorRef, ctx: ExecContext) -> Step:
     _alike(node, dy, y)
     p = node.params()
     require(p.max_bias == 0, node, "max_bias {} is not 0 (ggml's CPU takes no ALiBi here)", p.max_bias,
-            rule="exec.op-params")
+            rule=OP_PARAMS)
     scale = F32(p.scale)
 
     def run():
@@ -182,7 +182,7 @@ def build_flash_attn_back(node: TensorRef, ctx: ExecContext) -> Step:
     q, k, v, d = (node.src(i) for i in range(4))
     _types(node, q=q, k=k, v=v, d=d, result=node)
     masked = node.params().masked
-    require(masked in (0, 1), node, "masked = {} is neither 0 nor 1", masked, rule="exec.op-params")
+    require(masked in (0, 1), node, "masked = {} is neither 0 nor 1", masked, rule=OP_PARAMS)
     dim, n_q, n_head, batch = q.ne
     n_kv, n_kv_head = k.ne[1], k.ne[2]
     past = n_kv - n_q
@@ -195,7 +195,7 @@ def build_flash_attn_back(node: TensorRef, ctx: ExecContext) -> Step:
     require(batch == 1 or n_head == n_kv_head, node, "with a3 > 1 ggml lays grad k and grad v out with {} heads "
             "each, over each other: not computed", n_head)
     require(batch * n_head * n_q * n_kv <= SCORES_LIMIT, node, "{} x {} x {} x {} scores exceed this server's "
-            "limit of {}", batch, n_head, n_q, n_kv, SCORES_LIMIT, rule="exec.op-params")
+            "limit of {}", batch, n_head, n_q, n_kv, SCORES_LIMIT, rule=OP_PARAMS)
     ne, nb = node.ne, node.nb
     require(nb == (4, 4 * ne[0], 4 * ne[0] * ne[1], 4 * ne[0] * ne[1] * ne[2]), node, "the result must be contiguous")
     pad = lambda n: -(-4 * n // ALIGN) * ALIGN // 4  # noqa: E731

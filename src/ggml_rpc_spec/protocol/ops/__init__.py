@@ -13,6 +13,8 @@ an op comes from the release enum tables (protocol/ggml_tables.json), not from t
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..ggml import GGML_RELEASES
 from . import (attention, conv, copy, elementwise, layout, matmul, norm, recurrent, reduce, rope, rows, training,
                unary, views)
@@ -27,7 +29,7 @@ def _catalogue() -> dict[str, OpSpec]:
     for family in FAMILIES:
         for spec in family.SPECS:
             assert spec.name not in found, f"{spec.name} is declared twice"
-            found[spec.name] = spec
+            found[spec.name] = replace(spec, family=family.__name__.rpartition(".")[2])
     return found
 
 

@@ -5,36 +5,81 @@ from .spec import OpSpec, Param, Source
 _N_PAST = (Param(0, "n_past", "i32", "columns every row keeps beyond its own index", 0),)
 
 SPECS = (
-    OpSpec("SOFT_MAX", "attention",
-           (Source("a", "the scores"),
-            Source("mask", "added to the scores, F32 or F16 [ne0, >= ne1, ne2 / r2, ne3 / r3]: dims 2 and 3 "
-                           "repeat (index modulo size)", optional=True),
-            Source("sinks", "F32 [heads]: one extra logit per head that takes part in the sum only", optional=True)),
-           (Param(0, "scale", "f32", "factor applied to the scores first"),
-            Param(1, "max_bias", "f32", "ALiBi: > 0 scales the mask per head by a slope", 0)),
-           "F32 (a and result)", "as a",
-           "per row, softmax(a * scale + slope(head) * mask) with the sink in the sum (float32, sum in double)"),
-    OpSpec("DIAG_MASK_INF", "attention", (Source("a", "the scores"),), _N_PAST, "F32", "as a",
-           "element (i0, i1) of every matrix becomes -inf where i0 > n_past + i1, the rest is copied"),
-    OpSpec("DIAG_MASK_ZERO", "attention", (Source("a", "the scores"),), _N_PAST, "F32", "as a",
-           "element (i0, i1) of every matrix becomes 0 where i0 > n_past + i1, the rest is copied"),
-    OpSpec("FLASH_ATTN_EXT", "attention",
-           (Source("q", "queries [Dk, n_q, heads, a3]"), Source("k", "keys [Dk, n_kv, kv_heads, k3]"),
+    OpSpec(
+        name="SOFT_MAX",
+        sources=(
+            Source("a", "the scores"),
+            Source(
+                "mask",
+                "added to the scores, F32 or F16 [ne0, >= ne1, ne2 / r2, ne3 / r3]: dims 2 and 3 "
+                "repeat (index modulo size)",
+                optional=True,
+            ),
+            Source("sinks", "F32 [heads]: one extra logit per head that takes part in the sum only", optional=True),
+        ),
+        params=(
+            Param(0, "scale", "f32", "factor applied to the scores first"),
+            Param(1, "max_bias", "f32", "ALiBi: > 0 scales the mask per head by a slope", 0),
+        ),
+        types="F32 (a and result)",
+        result="as a",
+        semantics="per row, softmax(a * scale + slope(head) * mask) with the sink in the sum (float32, sum in double)",
+    ),
+    OpSpec(
+        name="DIAG_MASK_INF",
+        sources=(Source("a", "the scores"),),
+        params=_N_PAST,
+        types="F32",
+        result="as a",
+        semantics="element (i0, i1) of every matrix becomes -inf where i0 > n_past + i1, the rest is copied",
+    ),
+    OpSpec(
+        name="DIAG_MASK_ZERO",
+        sources=(Source("a", "the scores"),),
+        params=_N_PAST,
+        types="F32",
+        result="as a",
+        semantics="element (i0, i1) of every matrix becomes 0 where i0 > n_past + i1, the rest is copied",
+    ),
+    OpSpec(
+        name="FLASH_ATTN_EXT",
+        sources=(
+            Source("q", "queries [Dk, n_q, heads, a3]"),
+            Source("k", "keys [Dk, n_kv, kv_heads, k3]"),
             Source("v", "values [Dv, n_kv, v_heads, v3] (not transposed)"),
             Source("mask", "F16 [>= n_kv, >= n_q, heads / r2, a3 / r3]: dims 2 and 3 repeat", optional=True),
-            Source("sinks", "F32 [heads]", optional=True)),
-           (Param(0, "scale", "f32", "factor applied to q.k"), Param(1, "max_bias", "f32", "ALiBi max bias", 0),
+            Source("sinks", "F32 [heads]", optional=True),
+        ),
+        params=(
+            Param(0, "scale", "f32", "factor applied to q.k"),
+            Param(1, "max_bias", "f32", "ALiBi max bias", 0),
             Param(2, "logit_softcap", "f32", "0, or c: scores become c * tanh(scores / c)"),
             Param(3, "prec", "enum:DEFAULT=0,F32=10", "requested accumulator precision (ggml's CPU: F32 for both)"),
-            Param(4, "n_kv_max", "i32", "0.3.36 on: bound on the finite entries of every mask row, a hint for "
-                                        "sparse backends (0: off); the result does not depend on it", 0)),
-           "q F32, k/v F32, F16, BF16 or quantized, result F32", "[Dv, heads, n_q, a3]",
-           "softmax(q.k * scale (softcapped) + slope(head) * mask, sink) . v per head; q head h reads k/v head "
-           "h / (heads / kv_heads)"),
-    OpSpec("LIGHTNING_INDEXER", "attention",
-           (Source("q", "F32 [D, heads, tokens, streams]"), Source("k", "[D, 1, n_kv, streams], any readable type"),
+            Param(
+                4,
+                "n_kv_max",
+                "i32",
+                "0.3.36 on: bound on the finite entries of every mask row, a hint for "
+                "sparse backends (0: off); the result does not depend on it",
+                0,
+            ),
+        ),
+        types="q F32, k/v F32, F16, BF16 or quantized, result F32",
+        result="[Dv, heads, n_q, a3]",
+        semantics="softmax(q.k * scale (softcapped) + slope(head) * mask, sink) . v per head; q head h reads k/v head "
+        "h / (heads / kv_heads)",
+    ),
+    OpSpec(
+        name="LIGHTNING_INDEXER",
+        sources=(
+            Source("q", "F32 [D, heads, tokens, streams]"),
+            Source("k", "[D, 1, n_kv, streams], any readable type"),
             Source("weights", "F32 [heads, tokens, 1, streams], prescaled"),
-            Source("mask", "F16 [n_kv, tokens, 1, streams / r3]: dim 3 repeats")),
-           (), "q, weights F32; mask F16; result F32", "[n_kv, tokens, 1, streams]",
-           "score[j] = sum_h relu(q_h . k_j) * weights_h + mask[j], per token and stream (DeepSeek sparse attention)"),
+            Source("mask", "F16 [n_kv, tokens, 1, streams / r3]: dim 3 repeats"),
+        ),
+        params=(),
+        types="q, weights F32; mask F16; result F32",
+        result="[n_kv, tokens, 1, streams]",
+        semantics="score[j] = sum_h relu(q_h . k_j) * weights_h + mask[j], per token and stream (DeepSeek sparse attention)",
+    ),
 )

@@ -11,24 +11,49 @@ _WINDOW = (
 )
 
 SPECS = (
-    OpSpec("DUP", "copy", (Source("a", "the values"),), (),
-           "any type to the same type; element types to element types; F32/F16/BF16 to a block type ggml's CPU "
-           "writes; a block type to F32",
-           "as a", "a copied (and converted to the result's type) in row-major element order; same type: the "
-           "bytes of each element or block, never re-encoded"),
-    OpSpec("CONT", "copy", (Source("a", "the values, any strides"),), (), "any to the same type",
-           "as a (or any ne with as many elements)",
-           "a copied into contiguous memory, element (or block) order kept, bytes unchanged"),
-    OpSpec("CPY", "copy", (Source("a", "the values"), Source("b", "the destination (the result is a view of b)")),
-           (), "as DUP, the result's type being b's", "as b",
-           "a converted to b's type and written over b, element i of a to element i of b in row-major order; "
-           "same type: bytes copied, never re-encoded; into a block type: ggml's from_float per row"),
-    OpSpec("ACC", "copy", (Source("a", "the base values (contiguous)"), Source("b", "the values added into the window")),
-           _WINDOW, "F32 (a, b and result)", "as a (contiguous)",
-           "result = a, then the window of the result (byte offset, byte strides element/nb1/nb2/nb3, b's shape) "
-           "+= b; the window MUST lie inside the result"),
-    OpSpec("SET", "copy", (Source("a", "the base values (contiguous)"), Source("b", "the values written into the window")),
-           _WINDOW, "F32 or I32 (a, b and result alike)", "as a (contiguous)",
-           "result = a, then the window of the result (as ACC's) = b, bits unchanged; the window MUST lie inside "
-           "the result"),
+    OpSpec(
+        name="DUP",
+        sources=(Source("a", "the values"),),
+        params=(),
+        types="any type to the same type; element types to element types; F32/F16/BF16 to a block type ggml's CPU "
+        "writes; a block type to F32",
+        result="as a",
+        semantics="a copied (and converted to the result's type) in row-major element order; same type: the "
+        "bytes of each element or block, never re-encoded",
+    ),
+    OpSpec(
+        name="CONT",
+        sources=(Source("a", "the values, any strides"),),
+        params=(),
+        types="any to the same type",
+        result="as a (or any ne with as many elements)",
+        semantics="a copied into contiguous memory, element (or block) order kept, bytes unchanged",
+    ),
+    OpSpec(
+        name="CPY",
+        sources=(Source("a", "the values"), Source("b", "the destination (the result is a view of b)")),
+        params=(),
+        types="as DUP, the result's type being b's",
+        result="as b",
+        semantics="a converted to b's type and written over b, element i of a to element i of b in row-major order; "
+        "same type: bytes copied, never re-encoded; into a block type: ggml's from_float per row",
+    ),
+    OpSpec(
+        name="ACC",
+        sources=(Source("a", "the base values (contiguous)"), Source("b", "the values added into the window")),
+        params=_WINDOW,
+        types="F32 (a, b and result)",
+        result="as a (contiguous)",
+        semantics="result = a, then the window of the result (byte offset, byte strides element/nb1/nb2/nb3, b's shape) "
+        "+= b; the window MUST lie inside the result",
+    ),
+    OpSpec(
+        name="SET",
+        sources=(Source("a", "the base values (contiguous)"), Source("b", "the values written into the window")),
+        params=_WINDOW,
+        types="F32 or I32 (a, b and result alike)",
+        result="as a (contiguous)",
+        semantics="result = a, then the window of the result (as ACC's) = b, bits unchanged; the window MUST lie inside "
+        "the result",
+    ),
 )

@@ -4,42 +4,101 @@ ranges, diagonals and triangles."""
 from .spec import OpSpec, Param, Source
 
 _A = (Source("a", "the values"),)
-_PADS = tuple(Param(2 * d + side, f"{name}{d}", "i32", f"elements added {where} dimension {d} (negative: removed)")
-              for d in range(4) for side, name, where in ((0, "lp", "before"), (1, "rp", "after")))
+_PADS = tuple(
+    Param(2 * d + side, f"{name}{d}", "i32", f"elements added {where} dimension {d} (negative: removed)")
+    for d in range(4)
+    for side, name, where in ((0, "lp", "before"), (1, "rp", "after"))
+)
 
 SPECS = (
-    OpSpec("REPEAT", "layout", _A, (), "F32, F16, BF16, I32, I16 (a and result alike)",
-           "any shape each of whose dims is a multiple of a's", "a tiled to fill the result"),
-    OpSpec("REPEAT_BACK", "layout", _A, (), "F32", "any shape each of whose dims divides a's",
-           "the sum of the tiles of a (the gradient of REPEAT), added tile after tile in float"),
-    OpSpec("CONCAT", "layout", (Source("a", "the first part"), Source("b", "the second part")),
-           (Param(0, "dim", "i32", "the dimension along which b follows a", 0, 3),),
-           "any (a, b and result alike; quantized types by whole rows of blocks)",
-           "a's shape with dimension dim a[dim] + b[dim]", "a followed by b along dimension dim"),
-    OpSpec("PAD", "layout", _A,
-           _PADS + (Param(8, "circular", "bool", "padding wraps around (torus) instead of zeros"),),
-           "F32", "[a0 + lp0 + rp0, a1 + lp1 + rp1, a2 + lp2 + rp2, a3 + lp3 + rp3]",
-           "a placed at (lp0, lp1, lp2, lp3), zeros around it, or a's values wrapped around when circular "
-           "(each lp at most a's extent there)"),
-    OpSpec("PAD_REFLECT_1D", "layout", _A,
-           (Param(0, "p0", "i32", "elements mirrored before each row (< a0)", 0),
-            Param(1, "p1", "i32", "elements mirrored after each row (< a0)", 0)),
-           "F32", "[a0 + p0 + p1, a1, a2, a3]",
-           "each row of a with its first p0 and last p1 elements mirrored outwards, edges not repeated"),
-    OpSpec("ROLL", "layout", _A,
-           tuple(Param(i, f"shift{i}", "i32", f"places dimension {i} moves forward (|shift| < a{i})")
-                 for i in range(4)),
-           "F32", "as a", "a rotated: result[i] = a[(i - shift) mod a.ne] in every dimension"),
-    OpSpec("FILL", "layout", _A, (Param(0, "c", "f32", "the value"),), "F32, F16 (0.3.20: F32)", "as a",
-           "every element set to c (a's values are not read)"),
-    OpSpec("ARANGE", "layout", (),
-           (Param(0, "start", "f32", "first value"), Param(1, "stop", "f32", "end (excluded)"),
-            Param(2, "step", "f32", "increment")),
-           "F32", "[ceil((stop - start) / step)] (in float)", "result[i] = start + step * i, in float"),
-    OpSpec("DIAG", "layout", (Source("a", "the diagonals [n, 1, a2, a3]"),), (), "F32", "[n, n, a2, a3]",
-           "each row of a as the diagonal of an n x n matrix of zeros"),
-    OpSpec("TRI", "layout", _A,
-           (Param(0, "type", "enum:UPPER_DIAG=0,UPPER=1,LOWER_DIAG=2,LOWER=3", "the part kept"),),
-           "F32", "as a",
-           "a's element (i0, i1) kept where i0 >= i1 (UPPER_DIAG), i0 > i1, i0 <= i1, i0 < i1 (LOWER), else 0"),
+    OpSpec(
+        name="REPEAT",
+        sources=_A,
+        params=(),
+        types="F32, F16, BF16, I32, I16 (a and result alike)",
+        result="any shape each of whose dims is a multiple of a's",
+        semantics="a tiled to fill the result",
+    ),
+    OpSpec(
+        name="REPEAT_BACK",
+        sources=_A,
+        params=(),
+        types="F32",
+        result="any shape each of whose dims divides a's",
+        semantics="the sum of the tiles of a (the gradient of REPEAT), added tile after tile in float",
+    ),
+    OpSpec(
+        name="CONCAT",
+        sources=(Source("a", "the first part"), Source("b", "the second part")),
+        params=(Param(0, "dim", "i32", "the dimension along which b follows a", 0, 3),),
+        types="any (a, b and result alike; quantized types by whole rows of blocks)",
+        result="a's shape with dimension dim a[dim] + b[dim]",
+        semantics="a followed by b along dimension dim",
+    ),
+    OpSpec(
+        name="PAD",
+        sources=_A,
+        params=_PADS + (Param(8, "circular", "bool", "padding wraps around (torus) instead of zeros"),),
+        types="F32",
+        result="[a0 + lp0 + rp0, a1 + lp1 + rp1, a2 + lp2 + rp2, a3 + lp3 + rp3]",
+        semantics="a placed at (lp0, lp1, lp2, lp3), zeros around it, or a's values wrapped around when circular "
+        "(each lp at most a's extent there)",
+    ),
+    OpSpec(
+        name="PAD_REFLECT_1D",
+        sources=_A,
+        params=(
+            Param(0, "p0", "i32", "elements mirrored before each row (< a0)", 0),
+            Param(1, "p1", "i32", "elements mirrored after each row (< a0)", 0),
+        ),
+        types="F32",
+        result="[a0 + p0 + p1, a1, a2, a3]",
+        semantics="each row of a with its first p0 and last p1 elements mirrored outwards, edges not repeated",
+    ),
+    OpSpec(
+        name="ROLL",
+        sources=_A,
+        params=tuple(
+            Param(i, f"shift{i}", "i32", f"places dimension {i} moves forward (|shift| < a{i})") for i in range(4)
+        ),
+        types="F32",
+        result="as a",
+        semantics="a rotated: result[i] = a[(i - shift) mod a.ne] in every dimension",
+    ),
+    OpSpec(
+        name="FILL",
+        sources=_A,
+        params=(Param(0, "c", "f32", "the value"),),
+        types="F32, F16 (0.3.20: F32)",
+        result="as a",
+        semantics="every element set to c (a's values are not read)",
+    ),
+    OpSpec(
+        name="ARANGE",
+        sources=(),
+        params=(
+            Param(0, "start", "f32", "first value"),
+            Param(1, "stop", "f32", "end (excluded)"),
+            Param(2, "step", "f32", "increment"),
+        ),
+        types="F32",
+        result="[ceil((stop - start) / step)] (in float)",
+        semantics="result[i] = start + step * i, in float",
+    ),
+    OpSpec(
+        name="DIAG",
+        sources=(Source("a", "the diagonals [n, 1, a2, a3]"),),
+        params=(),
+        types="F32",
+        result="[n, n, a2, a3]",
+        semantics="each row of a as the diagonal of an n x n matrix of zeros",
+    ),
+    OpSpec(
+        name="TRI",
+        sources=_A,
+        params=(Param(0, "type", "enum:UPPER_DIAG=0,UPPER=1,LOWER_DIAG=2,LOWER=3", "the part kept"),),
+        types="F32",
+        result="as a",
+        semantics="a's element (i0, i1) kept where i0 >= i1 (UPPER_DIAG), i0 > i1, i0 <= i1, i0 < i1 (LOWER), else 0",
+    ),
 )

@@ -14,32 +14,66 @@ from .spec import OpSpec, Param, Source
 PREC = "enum:DEFAULT=0,F32=10,BF16=15,F16=20,Q8=30,Q4=40"
 
 SPECS = (
-    OpSpec("MUL_MAT", "matmul",
-           (Source("a", "weights [K, N, a2, a3], any readable type, rows not transposed"),
-            Source("b", "activations [K, M, b2, b3]; a2 divides b2 and a3 divides b3")),
-           (Param(0, "prec", PREC, "least accumulator precision requested (ggml_prec_set_acc)"),
-            Param(1, "hint", "enum:NONE=0,SRC0_IS_HADAMARD=1",
-                  "what src0 is promised to be (0.3.36: a Hadamard matrix lets a backend use a fast transform)"),
-            Param(3, "prec_src1", PREC, "least precision src1 may be rounded to (ggml_prec_set_src(t, p, 1); 0.3.36)")),
-           "a any readable type, b F32 (or F16 / BF16), result F32", "[N, M, b2, b3]",
-           "result[i3,i2,m,n] = sum_k a[i3/(b3/a3), i2/(b2/a2), n, k] * b[i3, i2, m, k]"),
-    OpSpec("MUL_MAT_ID", "matmul",
-           (Source("as", "one weight matrix per expert [K, N, E, 1], any readable type"),
+    OpSpec(
+        name="MUL_MAT",
+        sources=(
+            Source("a", "weights [K, N, a2, a3], any readable type, rows not transposed"),
+            Source("b", "activations [K, M, b2, b3]; a2 divides b2 and a3 divides b3"),
+        ),
+        params=(
+            Param(0, "prec", PREC, "least accumulator precision requested (ggml_prec_set_acc)"),
+            Param(
+                1,
+                "hint",
+                "enum:NONE=0,SRC0_IS_HADAMARD=1",
+                "what src0 is promised to be (0.3.36: a Hadamard matrix lets a backend use a fast transform)",
+            ),
+            Param(
+                3, "prec_src1", PREC, "least precision src1 may be rounded to (ggml_prec_set_src(t, p, 1); 0.3.36)"
+            ),
+        ),
+        types="a any readable type, b F32 (or F16 / BF16), result F32",
+        result="[N, M, b2, b3]",
+        semantics="result[i3,i2,m,n] = sum_k a[i3/(b3/a3), i2/(b2/a2), n, k] * b[i3, i2, m, k]",
+    ),
+    OpSpec(
+        name="MUL_MAT_ID",
+        sources=(
+            Source("as", "one weight matrix per expert [K, N, E, 1], any readable type"),
             Source("b", "activations [K, B, T, 1]; B is the number of used experts, or 1 to share one row"),
-            Source("ids", "I32 expert ids [U, T] (U used experts per token; B divides U)")),
-           (Param(0, "prec", PREC, "least accumulator precision requested (ggml_prec_set_acc; 0.3.36)"),
-            Param(3, "prec_src1", PREC, "least precision src1 may be rounded to (ggml_prec_set_src(t, p, 1); 0.3.36)")),
-           "as any readable type, b F32 (or F16 / BF16), ids I32, result F32", "[N, U, T, 1]",
-           "result[t, u, n] = sum_k as[ids[t, u], n, k] * b[t, u % B, k]; every id MUST be in [0, E)"),
-    OpSpec("OUT_PROD", "matmul",
-           (Source("a", "[M, K, a2, a3], F32 / F16 / any quantized type, rows not transposed"),
-            Source("b", "[N, K, b2, b3] F32; a2 divides b2 and a3 divides b3")),
-           (), "a F32, F16 or quantized, b F32, result F32", "[M, N, b2, b3]",
-           "result[i3,i2,n,m] = sum_k a[i3/(b3/a3), i2/(b2/a2), k, m] * b[i3, i2, k, n]"),
-    OpSpec("SOLVE_TRI", "matmul",
-           (Source("a", "lower triangular matrices [n, n, B2, B3] F32 (above the diagonal is not read)"),
-            Source("b", "right-hand sides [k, n, B2, B3] F32")),
-           (), "F32 only", "as b",
-           "solves a @ x = b by forward substitution per batch and column: "
-           "x[i] = (b[i] - sum_{t<i} a[i, t] * x[t]) / a[i, i] in float32 (a zero diagonal gives inf/nan)"),
+            Source("ids", "I32 expert ids [U, T] (U used experts per token; B divides U)"),
+        ),
+        params=(
+            Param(0, "prec", PREC, "least accumulator precision requested (ggml_prec_set_acc; 0.3.36)"),
+            Param(
+                3, "prec_src1", PREC, "least precision src1 may be rounded to (ggml_prec_set_src(t, p, 1); 0.3.36)"
+            ),
+        ),
+        types="as any readable type, b F32 (or F16 / BF16), ids I32, result F32",
+        result="[N, U, T, 1]",
+        semantics="result[t, u, n] = sum_k as[ids[t, u], n, k] * b[t, u % B, k]; every id MUST be in [0, E)",
+    ),
+    OpSpec(
+        name="OUT_PROD",
+        sources=(
+            Source("a", "[M, K, a2, a3], F32 / F16 / any quantized type, rows not transposed"),
+            Source("b", "[N, K, b2, b3] F32; a2 divides b2 and a3 divides b3"),
+        ),
+        params=(),
+        types="a F32, F16 or quantized, b F32, result F32",
+        result="[M, N, b2, b3]",
+        semantics="result[i3,i2,n,m] = sum_k a[i3/(b3/a3), i2/(b2/a2), k, m] * b[i3, i2, k, n]",
+    ),
+    OpSpec(
+        name="SOLVE_TRI",
+        sources=(
+            Source("a", "lower triangular matrices [n, n, B2, B3] F32 (above the diagonal is not read)"),
+            Source("b", "right-hand sides [k, n, B2, B3] F32"),
+        ),
+        params=(),
+        types="F32 only",
+        result="as b",
+        semantics="solves a @ x = b by forward substitution per batch and column: "
+        "x[i] = (b[i] - sum_{t<i} a[i, t] * x[t]) / a[i, i] in float32 (a zero diagonal gives inf/nan)",
+    ),
 )

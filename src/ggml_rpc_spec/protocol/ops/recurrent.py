@@ -11,57 +11,113 @@ states in the result: K MUST be at least 1 and the result exactly as large as K 
 from .spec import OpSpec, Param, Source
 
 
-
 def _snapshots(since: str) -> Param:
-    return Param(0, "K", "i32", "state snapshots kept in the result: the last K states, most recent first "
-                 "(older releases ignore the word and keep one)", 1, since=since, legacy=1)
+    return Param(
+        0,
+        "K",
+        "i32",
+        "state snapshots kept in the result: the last K states, most recent first "
+        "(older releases ignore the word and keep one)",
+        1,
+        since=since,
+        legacy=1,
+    )
+
 
 _STATE_OPS = "F32 throughout, result F32"
 
 SPECS = (
-    OpSpec("SSM_CONV", "recurrent",
-           (Source("sx", "the conv window and tokens [d_conv - 1 + n_t, d_inner, n_s]"),
-            Source("c", "the conv1d weights [d_conv, d_inner]")),
-           (), "F32", "[d_inner, n_t, n_s]",
-           "result[s, t, i] = sum over k < d_conv of sx[s, i, t + k] * c[i, k] (float, k in order)"),
-    OpSpec("SSM_SCAN", "recurrent",
-           (Source("s", "the states [d_state, head_dim, n_head, n_states]"),
-            Source("x", "the inputs [head_dim, n_head, n_t, n_s]"), Source("dt", "time steps [n_head, n_t, n_s]"),
+    OpSpec(
+        name="SSM_CONV",
+        sources=(
+            Source("sx", "the conv window and tokens [d_conv - 1 + n_t, d_inner, n_s]"),
+            Source("c", "the conv1d weights [d_conv, d_inner]"),
+        ),
+        params=(),
+        types="F32",
+        result="[d_inner, n_t, n_s]",
+        semantics="result[s, t, i] = sum over k < d_conv of sx[s, i, t + k] * c[i, k] (float, k in order)",
+    ),
+    OpSpec(
+        name="SSM_SCAN",
+        sources=(
+            Source("s", "the states [d_state, head_dim, n_head, n_states]"),
+            Source("x", "the inputs [head_dim, n_head, n_t, n_s]"),
+            Source("dt", "time steps [n_head, n_t, n_s]"),
             Source("A", "decay [d_state, n_head] (Mamba-1) or [1, n_head] (Mamba-2)"),
             Source("B", "input projection [d_state, n_group, n_t, n_s]"),
             Source("C", "output projection [d_state, n_group, n_t, n_s]"),
-            Source("ids", "I32 [n_s]: the state each sequence starts from, each in [0, n_states)")),
-           (_snapshots("5.0.0"),), "F32, ids I32", "F32 [n_elements(x) + K * d_state * head_dim * n_head * n_s]",
-           "per token, state = state * exp(softplus(dt) * A) + B * x * softplus(dt) and y = state . C; the "
-           "result is y [head_dim, n_head, n_t, n_s] then the final state per sequence, then (K > 1) the states "
-           "1 .. K-1 tokens back"),
-    OpSpec("RWKV_WKV6", "recurrent",
-           (Source("k", "keys [S, H, T]"), Source("v", "values [S, H, T]"), Source("r", "receptance [S, H, T]"),
-            Source("tf", "time_first (bonus) [S, H]"), Source("td", "time_decay [S, H, T]"),
-            Source("state", "the states, S * S * H per sequence [S * S * H, n_seqs]")),
-           (), _STATE_OPS, "[S * H, T + S * n_seqs]",
-           "per head, kv = k (x) v; out = r . (tf * kv + state); state = state * td + kv; tokens are n_seqs "
-           "runs of T / n_seqs"),
-    OpSpec("GATED_LINEAR_ATTN", "recurrent",
-           (Source("k", "keys [S, H, T]"), Source("v", "values [S, H, T]"), Source("q", "queries [S, H, T]"),
-            Source("g", "gates [S, H, T]"), Source("state", "the states [S * S * H, n_seqs]")),
-           (Param(0, "scale", "f32", "factor applied to q"),),
-           _STATE_OPS, "[S * H, T + S * n_seqs]",
-           "per head, state = state * g + k (x) v; out = (q * scale) . state"),
-    OpSpec("RWKV_WKV7", "recurrent",
-           (Source("r", "receptance [S, H, T]"), Source("w", "decay [S, H, T]"), Source("k", "keys [S, H, T]"),
-            Source("v", "values [S, H, T]"), Source("a", "in-context learning rate term [S, H, T]"),
-            Source("b", "its key term [S, H, T]"), Source("state", "the states [S * S * H, n_seqs]")),
-           (), _STATE_OPS, "[S * H, T + S * n_seqs]",
-           "per head, with state[i, j] (i over values, j over keys): sa = state . a; state = state * w + v (x) k "
-           "+ sa (x) b; out = state . r"),
-    OpSpec("GATED_DELTA_NET", "recurrent",
-           (Source("q", "queries [S_k, H_q, T, n_q]: head h of v reads head h % H_q"),
-            Source("k", "keys [S_k, H_k, T, n_k]"), Source("v", "values [S_v, H, T, n_seqs]"),
-            Source("g", "log gates [1 or S_v, H, T, n_seqs]"), Source("beta", "write strengths [1, H, T, n_seqs]"),
-            Source("state", "the initial states [S_v, S_v, H, n_seqs]")),
-           (_snapshots("4.0.2"),), "F32", "[S_v * H, T * n_seqs + K * S_v * n_seqs]",
-           "per head, S = S * exp(g) (per row of keys when g has S_v values); delta = (v - S^T k) * beta; "
-           "S += k (x) delta; out = S^T q / sqrt(S_v); the result is out [S_v, H, T, n_seqs], then the final "
-           "state per head and sequence, then (K > 1) the states 1 .. K-1 tokens back"),
+            Source("ids", "I32 [n_s]: the state each sequence starts from, each in [0, n_states)"),
+        ),
+        params=(_snapshots("5.0.0"),),
+        types="F32, ids I32",
+        result="F32 [n_elements(x) + K * d_state * head_dim * n_head * n_s]",
+        semantics="per token, state = state * exp(softplus(dt) * A) + B * x * softplus(dt) and y = state . C; the "
+        "result is y [head_dim, n_head, n_t, n_s] then the final state per sequence, then (K > 1) the states "
+        "1 .. K-1 tokens back",
+    ),
+    OpSpec(
+        name="RWKV_WKV6",
+        sources=(
+            Source("k", "keys [S, H, T]"),
+            Source("v", "values [S, H, T]"),
+            Source("r", "receptance [S, H, T]"),
+            Source("tf", "time_first (bonus) [S, H]"),
+            Source("td", "time_decay [S, H, T]"),
+            Source("state", "the states, S * S * H per sequence [S * S * H, n_seqs]"),
+        ),
+        params=(),
+        types=_STATE_OPS,
+        result="[S * H, T + S * n_seqs]",
+        semantics="per head, kv = k (x) v; out = r . (tf * kv + state); state = state * td + kv; tokens are n_seqs "
+        "runs of T / n_seqs",
+    ),
+    OpSpec(
+        name="GATED_LINEAR_ATTN",
+        sources=(
+            Source("k", "keys [S, H, T]"),
+            Source("v", "values [S, H, T]"),
+            Source("q", "queries [S, H, T]"),
+            Source("g", "gates [S, H, T]"),
+            Source("state", "the states [S * S * H, n_seqs]"),
+        ),
+        params=(Param(0, "scale", "f32", "factor applied to q"),),
+        types=_STATE_OPS,
+        result="[S * H, T + S * n_seqs]",
+        semantics="per head, state = state * g + k (x) v; out = (q * scale) . state",
+    ),
+    OpSpec(
+        name="RWKV_WKV7",
+        sources=(
+            Source("r", "receptance [S, H, T]"),
+            Source("w", "decay [S, H, T]"),
+            Source("k", "keys [S, H, T]"),
+            Source("v", "values [S, H, T]"),
+            Source("a", "in-context learning rate term [S, H, T]"),
+            Source("b", "its key term [S, H, T]"),
+            Source("state", "the states [S * S * H, n_seqs]"),
+        ),
+        params=(),
+        types=_STATE_OPS,
+        result="[S * H, T + S * n_seqs]",
+        semantics="per head, with state[i, j] (i over values, j over keys): sa = state . a; state = state * w + v (x) k "
+        "+ sa (x) b; out = state . r",
+    ),
+    OpSpec(
+        name="GATED_DELTA_NET",
+        sources=(
+            Source("q", "queries [S_k, H_q, T, n_q]: head h of v reads head h % H_q"),
+            Source("k", "keys [S_k, H_k, T, n_k]"),
+            Source("v", "values [S_v, H, T, n_seqs]"),
+            Source("g", "log gates [1 or S_v, H, T, n_seqs]"),
+            Source("beta", "write strengths [1, H, T, n_seqs]"),
+            Source("state", "the initial states [S_v, S_v, H, n_seqs]"),
+        ),
+        params=(_snapshots("4.0.2"),),
+        types="F32",
+        result="[S_v * H, T * n_seqs + K * S_v * n_seqs]",
+        semantics="per head, S = S * exp(g) (per row of keys when g has S_v values); delta = (v - S^T k) * beta; "
+        "S += k (x) delta; out = S^T q / sqrt(S_v); the result is out [S_v, H, T, n_seqs], then the final "
+        "state per head and sequence, then (K > 1) the states 1 .. K-1 tokens back",
+    ),
 )

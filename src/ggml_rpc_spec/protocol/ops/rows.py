@@ -3,22 +3,38 @@
 from .spec import OpSpec, Source
 
 SPECS = (
-    OpSpec("GET_ROWS", "rows",
-           (Source("a", "the table [C, R, a2, a3]"), Source("rows", "I32 row indices [n, a2, a3]")),
-           (), "a any type ggml's CPU reads (element or block type), rows I32, result F32 (I32 for an I32 table)",
-           "[C, n, a2, a3]",
-           "result[i3, i2, i, :] = a[i3, i2, rows[i3, i2, i], :] (decoded to float32); every index MUST be in "
-           "[0, R)"),
-    OpSpec("SET_ROWS", "rows",
-           (Source("a", "the new rows [C, n, a2, a3]"), Source("rows", "I64 or I32 destination rows [n, r2, r3]"),
-            Source("dst", "the destination (the result is a view of it)")),
-           (), "a F32 (F16 since 0.3.36's ggml), rows I32/I64, result any type ggml's CPU writes (its from_float)",
-           "as dst",
-           "dst[i3, i2, rows[i3 % r3, i2 % r2, i], :] = a[i3, i2, i, :], each row converted as ggml's from_float "
-           "does (F16 rows into F16 copied); every index MUST be in [0, dst rows)"),
-    OpSpec("GET_ROWS_BACK", "rows",
-           (Source("grad", "the gradient rows [C, n] (F32 or F16)"), Source("rows", "I32 indices [n], contiguous")),
-           (), "grad F32/F16, rows I32, result F32 (contiguous)", "[C, R] (the forward table's shape)",
-           "result = 0, then for i = 0..n-1 in order result[rows[i], :] += grad[i, :] (float32); every index "
-           "MUST be in [0, R)"),
+    OpSpec(
+        name="GET_ROWS",
+        sources=(Source("a", "the table [C, R, a2, a3]"), Source("rows", "I32 row indices [n, a2, a3]")),
+        params=(),
+        types="a any type ggml's CPU reads (element or block type), rows I32, result F32 (I32 for an I32 table)",
+        result="[C, n, a2, a3]",
+        semantics="result[i3, i2, i, :] = a[i3, i2, rows[i3, i2, i], :] (decoded to float32); every index MUST be in "
+        "[0, R)",
+    ),
+    OpSpec(
+        name="SET_ROWS",
+        sources=(
+            Source("a", "the new rows [C, n, a2, a3]"),
+            Source("rows", "I64 or I32 destination rows [n, r2, r3]"),
+            Source("dst", "the destination (the result is a view of it)"),
+        ),
+        params=(),
+        types="a F32 (F16 since 0.3.36's ggml), rows I32/I64, result any type ggml's CPU writes (its from_float)",
+        result="as dst",
+        semantics="dst[i3, i2, rows[i3 % r3, i2 % r2, i], :] = a[i3, i2, i, :], each row converted as ggml's from_float "
+        "does (F16 rows into F16 copied); every index MUST be in [0, dst rows)",
+    ),
+    OpSpec(
+        name="GET_ROWS_BACK",
+        sources=(
+            Source("grad", "the gradient rows [C, n] (F32 or F16)"),
+            Source("rows", "I32 indices [n], contiguous"),
+        ),
+        params=(),
+        types="grad F32/F16, rows I32, result F32 (contiguous)",
+        result="[C, R] (the forward table's shape)",
+        semantics="result = 0, then for i = 0..n-1 in order result[rows[i], :] += grad[i, :] (float32); every index "
+        "MUST be in [0, R)",
+    ),
 )

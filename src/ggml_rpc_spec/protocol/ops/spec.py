@@ -95,12 +95,11 @@ class SubOp:
     params: tuple[Param, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class OpSpec:
     """One ggml op."""
 
     name: str
-    family: str  # the executor module that computes it (reference_impl/executor/ops/<family>.py)
     sources: tuple[Source, ...]
     params: tuple[Param, ...]
     types: str  # which types the sources and the result may have
@@ -108,6 +107,7 @@ class OpSpec:
     semantics: str  # one line
     sub_ops: tuple[SubOp, ...] = ()
     computes: bool = True  # False: a view or no-op; the node's memory is its source's
+    family: str = ""  # the module that declares it, and the executor's module that computes it (set by the catalogue)
 
     def __post_init__(self) -> None:
         indexes = [p.index for p in self.params]
