@@ -30,7 +30,10 @@ def reply(payload: bytes) -> bytes:
     return struct.pack("<Q", len(payload)) + payload
 
 
-def graph_payload(device: int | None, nodes, tensors: list[bytes]) -> bytes:
+def graph_payload(device: int | None, nodes, tensors: list[bytes], uid: int | None = None) -> bytes:
+    """GRAPH_COMPUTE: [device u32] [uid u64 (8.0.0)] n_nodes u32, nodes u64[], n_tensors u32, tensors."""
     head = b"" if device is None else struct.pack("<I", device)
+    if uid is not None:
+        head += struct.pack("<Q", uid)
     return (head + struct.pack("<I", len(nodes)) + struct.pack(f"<{len(nodes)}Q", *nodes)
             + struct.pack("<I", len(tensors)) + b"".join(tensors))

@@ -99,16 +99,35 @@ def cases(p):
                      struct.pack("<Q", 4352)))
     if Command.DEVICE_COUNT in p.commands:
         rows.append((Command.DEVICE_COUNT, None, {}, b"", {"device_count": 2}, struct.pack("<I", 2)))
+    uids = p.graphs == "uid"  # 8.0.0: graphs are cached by a u64 uid after the device
     if Command.GRAPH_RECOMPUTE in p.commands:
-        rows.append((Command.GRAPH_RECOMPUTE, {"device": 1}, {}, struct.pack("<I", 1), None, None))
+        if uids:
+            rows.append((Command.GRAPH_RECOMPUTE, {"device": 1, "uid": 0x1234_5678_9ABC}, {},
+                         struct.pack("<IQ", 1, 0x1234_5678_9ABC), None, None))
+        else:
+            rows.append((Command.GRAPH_RECOMPUTE, {"device": 1}, {}, struct.pack("<I", 1), None, None))
     nodes_body = [schema_tensor(p, id=0x11, src=[0] * 10, view_src=0),
                   schema_tensor(p, id=0x22, src=[0x11] + [0] * 9, view_src=0)]
     graph = Graph(np.array([0x22], dtype="<u8"), tensors_from_containers(p, nodes_body))
     golden_tensors = [golden_tensor(p, id=0x11, src=(0,) * 10, view_src=0),
                       golden_tensor(p, id=0x22, src=(0x11,) + (0,) * 9, view_src=0)]
     status = ({"result": 0}, b"\x00") if p.graph_reply == "status" else (None, None)  # GGML_STATUS_SUCCESS
-    rows.append((Command.GRAPH_COMPUTE, device(0)[0] or {}, {"graph": graph},
-                 G.graph_payload(0 if multi else None, [0x22], golden_tensors), *status))
+    graph_body = {"device": 0, "uid": 77} if uids else device(0)[0] or {}
+    rows.append((Command.GRAPH_COMPUTE, graph_body, {"graph": graph},
+                 G.graph_payload(0 if multi else None, [0x22], golden_tensors, 77 if uids else None), *status))
+    copies = bytes(range(24))  # 3 copies of 8 bytes
+    if Command.SET_TENSOR_2D in p.commands:
+        rows.append((Command.SET_TENSOR_2D, {"tensor": schema_tensor(p), "offset": 16, "size": 8, "n_copies": 3,
+                                             "stride": 68}, {"data": copies},
+                     t + struct.pack("<QQQQ", 16, 8, 3, 68) + copies, None, None))
+        rows.append((Command.GET_TENSOR_2D, {"tensor": schema_tensor(p), "offset": 16, "size": 8, "n_copies": 3,
+                                             "stride": 68}, {}, t + struct.pack("<QQQQ", 16, 8, 3, 68), {}, copies))
+        host = b"10.0.0.5".ljust(64, b"\0")
+        rows.append((Command.COMM_INIT, {"device": 0, "rank": 1, "world": 2, "port": 51052, "host": host}, {},
+                     struct.pack("<IIII", 0, 1, 2, 51052) + host, {"ok": 1}, b"\x01"))
+        rows.append((Command.COMM_ALLREDUCE, {"device": 0, "tensor": schema_tensor(p)}, {}, struct.pack("<I", 0) + t,
+                     None, None))
+        rows.append((Command.COMM_FREE, {"device": 0}, {}, struct.pack("<I", 0), None, None))
     if Command.MEMSET_TENSOR in p.commands:
         rows.append((Command.MEMSET_TENSOR, {"tensor": schema_tensor(p), "offset": 8, "size": 16, "value": 0xFF}, {},
                      t + struct.pack("<QQB", 8, 16, 0xFF), {}, ack))
@@ -150,11 +169,11 @@ def test_request_parse(profile, row):
                          ids=[i for i, (p, r) in zip(IDS, ALL, strict=True) if r[5] is not None])
 def test_reply_bytes_and_parse(profile, row):
     command, request_body, _, _, body, payload = row
-    is_data = command is Command.GET_TENSOR
+    is_data = command in (Command.GET_TENSOR, Command.GET_TENSOR_2D)
     built = build_reply(profile, command, None if is_data else body, data=payload if is_data else None)
     assert built == G.reply(payload)
     parser = ReplyParser(profile)
-    parser.expect(command, size=request_body["size"] if is_data else None)
+    parser.expect(command, size=len(payload) if is_data else None)
     parser.receive_data(G.reply(payload))
     event = parser.next_event()
     assert event.command is command

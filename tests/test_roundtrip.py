@@ -14,6 +14,11 @@ from ggml_rpc_spec.protocol.framing import _codec, build_fixed
 from strategies import for_schema, graphs
 
 PAIRS = [(p, c) for p in PROFILES for c in p.commands]
+
+
+def announcing(body, data):
+    """`body` with copy counts small enough to draw the data they announce."""
+    return dict(body, size=data.draw(st.integers(0, 16)), n_copies=data.draw(st.integers(0, 8)))
 IDS = [f"{p.name}-{c.name}" for p, c in PAIRS]
 
 
@@ -31,7 +36,10 @@ def test_request_roundtrip(profile, command, data):
     body = data.draw(for_schema(spec.request))
     extra = {}
     if spec.request_tail == "data":
-        extra["data"] = data.draw(st.binary(max_size=300))
+        if spec.data_size(body) is not None:  # the head announces the data's length (SET_TENSOR_2D)
+            body = announcing(body, data)
+        announced = spec.data_size(body)
+        extra["data"] = data.draw(st.binary(min_size=announced or 0, max_size=300 if announced is None else announced))
     elif spec.request_tail == "graph":
         extra["graph"] = data.draw(graphs(profile))
     raw = build_request(profile, command, body, **extra)
@@ -53,7 +61,12 @@ def test_request_bytes_roundtrip(profile, command, data):
     spec = message_spec(profile, command)
     payload = data.draw(st.binary(min_size=spec.request_size, max_size=spec.request_size))
     if spec.request_tail == "data":
-        payload += data.draw(st.binary(max_size=64))
+        announced = spec.data_size(_codec(spec.request).parse(payload))
+        if announced is not None:  # the head announces the data's length (SET_TENSOR_2D)
+            head = announcing(_codec(spec.request).parse(payload), data)
+            payload = build_fixed(spec.request, head, command=command.name, what="request")
+            announced = spec.data_size(head)
+        payload += data.draw(st.binary(min_size=announced or 0, max_size=64 if announced is None else announced))
     elif spec.request_tail == "graph":
         graph = data.draw(graphs(profile))
         payload += build_request(profile, command, data.draw(for_schema(spec.request)), graph=graph)[9 + spec.request_size:]

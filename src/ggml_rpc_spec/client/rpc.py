@@ -14,6 +14,7 @@ error says after which request.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import socket
 from dataclasses import dataclass
@@ -36,7 +37,9 @@ from ggml_rpc_spec.protocol import (
 from ggml_rpc_spec.protocol.errors import LocalProtocolError, PeerClosed, ProtocolError, RemoteProtocolError, UnsupportedVersion
 from ggml_rpc_spec.protocol.ggml import ELEMENT_DTYPES, TYPE_BY_NAME, TYPE_OF_DTYPE, TensorType, nbytes
 from ggml_rpc_spec.protocol.hashing import fnv1a64
-from ggml_rpc_spec.protocol.messages import CONN_CAPS_SIZE, HASH_THRESHOLD, device_fields
+from ggml_rpc_spec.protocol.columns import Devices, SetTensor
+from ggml_rpc_spec.protocol.comm import WORLD, encode_host
+from ggml_rpc_spec.protocol.messages import HASH_THRESHOLD, device_fields, graph_fields, hello_request
 from ggml_rpc_spec.protocol.tensor import contiguous_strides
 from ggml_rpc_spec.protocol.versions import HELLO_PROBES, Profile
 
@@ -87,6 +90,8 @@ class RPCClient:
         self.sock: socket.socket | None = None
         self._replies: ReplyParser | None = None
         self._since_reply: list[str] = []  # commands sent since the last reply arrived
+        self._uids = itertools.count(1)  # graph uids (8.0.0), unique per connection
+        self._last_uid: dict[int, int] = {}  # device -> uid of the last graph computed there
         try:
             self._connect(forced)
         except BaseException:
@@ -113,7 +118,7 @@ class RPCClient:
         for family in families:
             self._open(family)
             try:
-                hello = self.call(Command.HELLO, {"conn_caps": bytes(CONN_CAPS_SIZE)} if family.hello == "caps" else None)
+                hello = self.call(Command.HELLO, hello_request(family))
             except ServerClosed as exc:
                 failures.append(f"{family.hello} HELLO ({family.name}-style): {exc}")
                 continue
@@ -242,7 +247,7 @@ class RPCClient:
 
     def set_tensor(self, tensor, data, offset: int = 0, *, cache: bool = False) -> None:
         body = {"tensor": tensor, "offset": offset}
-        if self.profile.set_tensor == "cache_flag":
+        if self.profile.set_tensor is SetTensor.CACHE_FLAG:
             body["cache_flag"] = int(cache)
         self.call(Command.SET_TENSOR, body, data=_bytes_view(data))
 
@@ -277,7 +282,7 @@ class RPCClient:
 
     def get_alloc_size(self, tensor, srcs=(), device: int = 0) -> int:
         body = {**self._device(device), "tensor": tensor}
-        if self.profile.devices == "multi":
+        if self.profile.devices is Devices.MULTI:
             empty = [make_tensor(self.profile.tensor, ne=[0, 0, 0, 0]) for _ in range(10 - len(srcs))]
             body["srcs"] = list(srcs) + empty  # unused slots are all zero, as upstream sends them
         return self.call(Command.GET_ALLOC_SIZE, body).body.alloc_size
@@ -287,13 +292,46 @@ class RPCClient:
             size = self.nbytes(tensor) - offset
         self.call(Command.MEMSET_TENSOR, {"tensor": tensor, "offset": offset, "size": size, "value": value})
 
-    def graph_compute(self, graph: Graph, device: int = 0) -> int | None:
-        """Run a graph; 2.0.0 servers answer a ggml status, later ones nothing."""
-        reply = self.call(Command.GRAPH_COMPUTE, self._device(device), graph=graph)
+    def graph_compute(self, graph: Graph, device: int = 0, *, uid: int | None = None) -> int | None:
+        """Run a graph; 2.0.0 servers answer a ggml status, later ones nothing.  Where the
+        server caches graphs by uid (8.0.0), the graph gets `uid` (default: a new one; 0: not
+        cached), which graph_recompute() names."""
+        if uid is None:
+            uid = next(self._uids)
+        self._last_uid[device] = uid
+        reply = self.call(Command.GRAPH_COMPUTE, graph_fields(self.profile, device, uid), graph=graph)
         return reply.body.result if reply is not None else None
 
-    def graph_recompute(self, device: int = 0) -> None:
-        self.call(Command.GRAPH_RECOMPUTE, {"device": device})
+    def graph_recompute(self, device: int = 0, *, uid: int | None = None) -> None:
+        """Run a stored graph again: the device's last one, or (8.0.0) the graph of `uid`."""
+        self.call(Command.GRAPH_RECOMPUTE, graph_fields(self.profile, device, uid or self._last_uid.get(device, 0)))
+
+    def set_tensor_2d(self, tensor, data, *, offset: int = 0, n_copies: int, stride: int) -> None:
+        """Write `data` as `n_copies` equal copies, the i-th at offset + i * stride (8.0.0)."""
+        view = _bytes_view(data)
+        if n_copies < 1 or len(view) % n_copies:
+            raise LocalProtocolError(f"{len(view)} bytes are not {n_copies} equal copies", command="SET_TENSOR_2D")
+        self.call(Command.SET_TENSOR_2D, {"tensor": tensor, "offset": offset, "size": len(view) // n_copies,
+                                          "n_copies": n_copies, "stride": stride}, data=view)
+
+    def get_tensor_2d(self, tensor, *, offset: int = 0, size: int, n_copies: int, stride: int,
+                      into=None) -> memoryview:
+        """`n_copies` runs of `size` bytes, the i-th at offset + i * stride, back to back (8.0.0)."""
+        body = {"tensor": tensor, "offset": offset, "size": size, "n_copies": n_copies, "stride": stride}
+        return self.call(Command.GET_TENSOR_2D, body, into=into).data
+
+    def comm_init(self, *, rank: int, port: int, host: str = "", world: int = WORLD, device: int = 0) -> bool:
+        """Make `device` rank `rank` of a pair of servers linked on `port` (rank 1 connects to
+        `host`); True when the link is up (8.0.0)."""
+        body = {"device": device, "rank": rank, "world": world, "port": port, "host": encode_host(host)}
+        return bool(self.call(Command.COMM_INIT, body).body.ok)
+
+    def comm_allreduce(self, tensor, device: int = 0) -> None:
+        """Replace `tensor` by its sum with the other rank's tensor of the pair (8.0.0)."""
+        self.call(Command.COMM_ALLREDUCE, {"device": device, "tensor": tensor})
+
+    def comm_free(self, device: int = 0) -> None:
+        self.call(Command.COMM_FREE, {"device": device})
 
     def sync(self) -> None:
         """Wait until every request sent so far was processed (a cheap round trip)."""
