@@ -21,7 +21,7 @@ from ggml_rpc_spec.protocol.errors import UnsupportedVersion
 from ggml_rpc_spec.protocol.framing import hello_shapes
 from ggml_rpc_spec.protocol.versions import Profile
 
-from .service import DEFAULT_FRAME_TIMEOUT, ReferenceServer
+from .service import DEFAULT_FRAME_TIMEOUT, DEFAULT_LINK_TIMEOUT, ReferenceServer
 
 # -- command line ------------------------------------------------------------------------------
 
@@ -119,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="close a connection whose started request sends no byte for this long; idle "
                              "connections between requests are never closed (default: "
                              f"{DEFAULT_FRAME_TIMEOUT:g}; 0: never)")
+    parser.add_argument("--link-allow", default="", metavar="CIDR[,CIDR]",
+                        help="protocol 8.0.0 tensor parallelism: networks whose servers may pair with this one over a "
+                             "server-to-server link, besides 127.0.0.1, ::1 and the address bound with --host ('any': "
+                             "every address).  As rank 0 the link listens on the --host address only")
+    parser.add_argument("--link-timeout", type=float, default=DEFAULT_LINK_TIMEOUT, metavar="SECONDS",
+                        help=f"how long a link waits for its peer to connect or to send (default: "
+                             f"{DEFAULT_LINK_TIMEOUT:g})")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log one line per command (also: GGML_RPC_DEBUG=1)")
     return parser
@@ -139,10 +146,15 @@ def main(argv: list[str] | None = None) -> int:
         server = ReferenceServer(profile=args.proto, host=args.host, port=args.port, devices=args.devices,
                                  memory=args.mem, cache_dir=cache_dir, max_payload=args.max_payload,
                                  max_connections=args.max_connections, verbose=verbose,
-                                 poll=args.poll_us / 1e6, frame_timeout=args.frame_timeout)
+                                 poll=args.poll_us / 1e6, frame_timeout=args.frame_timeout,
+                                 link_allow=tuple(n.strip() for n in args.link_allow.split(",") if n.strip()),
+                                 link_timeout=args.link_timeout)
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # a --link-allow entry that is no network
+        print(f"error: --link-allow: {exc}", file=sys.stderr)
+        return 2
     device = server.state.devices[0]
     print(f"ggml-rpc-server (reference) speaking protocol {' and '.join(p.name for p in server.profiles)}\n"
           f"  endpoint    : {server.endpoint}\n"

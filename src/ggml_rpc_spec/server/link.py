@@ -40,10 +40,10 @@ class LinkPolicy:
 
     @classmethod
     def for_endpoint(cls, host: str, extra: tuple[str, ...] = (), timeout: float = 30.0) -> "LinkPolicy":
-        """The default for a server bound to `host`: peers on loopback and on the bound address
-        itself (every address of the family when bound to all interfaces is *not* implied:
-        widen with `extra`, networks in CIDR form or "any")."""
-        networks: list = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
+        """The default for a server bound to `host`: peers at 127.0.0.1, ::1 and the bound
+        address itself, nothing else (binding every interface admits no one more); `extra`
+        widens it with networks in CIDR form, or "any"."""
+        networks: list = [ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128")]
         try:
             bound = ipaddress.ip_address(host)
             if not bound.is_unspecified:

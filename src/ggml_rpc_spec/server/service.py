@@ -35,11 +35,13 @@ from ggml_rpc_spec.protocol.framing import hello_shapes, reply_parts
 from ggml_rpc_spec.protocol.messages import MessageSpec, specs
 from ggml_rpc_spec.protocol.versions import Profile
 
+from .link import LinkPolicy
 from .session import ServerState, Session
 
 log = logging.getLogger("ggml_rpc.server")
 PAYLOAD_HEADROOM = 1 << 16  # above a device's memory: room for any request's fixed part
 DEFAULT_FRAME_TIMEOUT = 60.0  # seconds a started frame may go without a byte (§2.5); 0/None: forever
+DEFAULT_LINK_TIMEOUT = 30.0  # seconds a server-to-server link may wait for its peer (§10)
 
 
 class ReferenceServer(ThreadedTCPService):
@@ -53,14 +55,16 @@ class ReferenceServer(ThreadedTCPService):
                  memory: int | None = None, cache_dir: str | Path | None = None,
                  max_payload: int | None = None, max_connections: int = 64, verbose: bool = False,
                  numerics: str = "float", poll: float = DEFAULT_POLL,
-                 frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT) -> None:
+                 frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT, link_allow: tuple[str, ...] = (),
+                 link_timeout: float = DEFAULT_LINK_TIMEOUT) -> None:
         memory = memory if memory is not None else physical_memory()
         cache = Path(cache_dir) if cache_dir else None
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
         profiles = profile if isinstance(profile, tuple) else (profile,)
         hello_shapes(profiles)  # at most one profile per HELLO shape
-        self.state = ServerState(profiles, make_devices(devices, memory), cache, verbose, numerics)
+        self.state = ServerState(profiles, make_devices(devices, memory), cache, verbose, numerics,
+                                 links=LinkPolicy.for_endpoint(host, link_allow, link_timeout))
         # Each weight tensor arrives in one SET_TENSOR (multi-GiB ones are normal), straight into
         # its buffer: by default the limit is what a device could hold, plus a request's fixed part.
         self.max_payload = max_payload if max_payload is not None else memory + PAYLOAD_HEADROOM
