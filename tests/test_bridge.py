@@ -91,8 +91,8 @@ def test_a_tensor_without_a_buffer_is_sent_without_an_address():
     assert Translation(V20, V36).tensor(host).data == 0
 
 
-def feed(connection: BridgeConnection, profile, raw: bytes):
-    parser = RequestParser(profile)
+def feed(connection: BridgeConnection, profile, raw: bytes, *, hello_done: bool = False):
+    parser = RequestParser(profile, hello_done=hello_done)
     parser.receive_data(raw)
     sent = []
     while (event := parser.next_event()) is not NEED_DATA:
@@ -132,6 +132,88 @@ def test_commands_the_server_lacks_are_emulated():
     emulated = parser.next_event()
     assert emulated.command is Command.SET_TENSOR and bytes(emulated.data) == b"\xab" * 4
     assert emulated.body.offset == 2 and emulated.body.tensor.type == 24
+
+
+V80 = profile_for("8.0.0")
+I8 = G.tensor(id=1, type=24, buffer=0x10, ne=(64, 1, 1, 1), nb=(1, 64, 64, 64), data=0x1000, tail=G.use_count(0))
+
+
+def parsed(profile, parts_list):
+    """The requests the bridge sent, parsed in the server's profile."""
+    parser = RequestParser(profile, hello_done=True)
+    parser.receive_data(b"".join(bytes(p) for m in parts_list for p in m.parts))
+    found = []
+    while (event := parser.next_event()) is not NEED_DATA:
+        found.append(event)
+    return found
+
+
+def graph_request(profile, uid=None):
+    node = G.tensor(id=2, type=0, buffer=0x10, ne=(4, 1, 1, 1), nb=(4, 16, 16, 16), data=0x1000,
+                    op=profile.ggml.op_value("ADD"), src=(1, 1) + (0,) * 8, flags=16, tail=G.use_count(0))
+    leaf = G.tensor(id=1, type=0, buffer=0x10, ne=(4, 1, 1, 1), nb=(4, 16, 16, 16), data=0x1000, tail=G.use_count(2))
+    return G.request(Command.GRAPH_COMPUTE, G.graph_payload(0, [2], [leaf, node], uid))
+
+
+def test_graph_uids_of_an_8_0_0_client_towards_a_server_that_keeps_the_last_graph():
+    """Recomputing the graph the server holds is a GRAPH_RECOMPUTE; another cached uid is
+    sent again; a uid never computed has no counterpart."""
+    bridge = BridgeConnection(Translation(V80, V70))
+    hello = G.request(14, bytes(24))
+    sent = feed(bridge, V80, hello + graph_request(V80, uid=5) + graph_request(V80, uid=6)
+                + G.request(Command.GRAPH_RECOMPUTE, struct.pack("<IQ", 0, 6))
+                + G.request(Command.GRAPH_RECOMPUTE, struct.pack("<IQ", 0, 5)))
+    assert [r.command for r in parsed(V70, sent)] == [Command.GRAPH_COMPUTE, Command.GRAPH_COMPUTE,
+                                                      Command.GRAPH_RECOMPUTE, Command.GRAPH_COMPUTE]
+    with pytest.raises(Untranslatable, match="uid 9"):
+        feed(bridge, V80, G.request(Command.GRAPH_RECOMPUTE, struct.pack("<IQ", 0, 9)), hello_done=True)
+
+
+def test_graphs_of_an_older_client_get_uids_towards_an_8_0_0_server():
+    bridge = BridgeConnection(Translation(V70, V80))
+    sent = feed(bridge, V70, G.request(14, bytes(24)) + graph_request(V70) + G.request(
+        Command.GRAPH_RECOMPUTE, struct.pack("<I", 0)) + graph_request(V70) + G.request(
+        Command.GRAPH_RECOMPUTE, struct.pack("<I", 0)))
+    requests = parsed(V80, sent)
+    uids = [r.body.uid for r in requests]
+    assert [r.command for r in requests] == [Command.GRAPH_COMPUTE, Command.GRAPH_RECOMPUTE] * 2
+    assert uids[0] == uids[1] != 0 and uids[2] == uids[3] not in (0, uids[0])
+
+
+def test_2d_transfers_towards_a_server_without_them_are_one_plain_transfer_per_copy():
+    bridge = BridgeConnection(Translation(V80, V70))
+    copies = bytes(range(12))
+    sent = feed(bridge, V80, G.request(14, bytes(24)) + G.request(
+        Command.SET_TENSOR_2D, I8 + struct.pack("<QQQQ", 2, 4, 3, 20) + copies) + G.request(
+        Command.GET_TENSOR_2D, I8 + struct.pack("<QQQQ", 1, 5, 2, 30)))
+    requests = parsed(V70, sent)
+    assert [(r.command, r.body.offset) for r in requests] == [
+        (Command.SET_TENSOR, 2), (Command.SET_TENSOR, 22), (Command.SET_TENSOR, 42),
+        (Command.GET_TENSOR, 1), (Command.GET_TENSOR, 31)]
+    assert [bytes(r.data) for r in requests[:3]] == [copies[0:4], copies[4:8], copies[8:12]]
+    assert [r.body.size for r in requests[3:]] == [5, 5]
+    replies = ReplyParser(V70)
+    for message in sent[3:]:
+        replies.expect(message.reply, size=message.size)
+    replies.receive_data(G.reply(b"abcde") + G.reply(b"fghij"))
+    for _ in range(2):
+        bridge.server_reply(replies.next_event())
+    assert b"".join(bytes(p) for p in bridge.to_client()) == G.reply(bytes([8, 0, 0, 0]) + bytes(24)) + G.reply(
+        b"abcdefghij")
+
+
+def test_a_link_towards_a_server_without_links_is_declined_and_rank_0_released():
+    """ok=0 makes the upstream client reduce through itself; a rank 1 declining asks the
+    shell to release the rank 0 that waits for it."""
+    host = b"10.1.2.3".ljust(64, b"\0")
+    for rank, released in ((0, []), (1, [("10.1.2.3", 22500)])):
+        bridge = BridgeConnection(Translation(V80, V70))
+        sent = feed(bridge, V80, G.request(14, bytes(24)) + G.request(
+            Command.COMM_INIT, struct.pack("<IIII", 0, rank, 2, 22500) + (host if rank else bytes(64))))
+        assert sent == [] and bridge.releases == released
+        assert b"".join(bytes(p) for p in bridge.to_client())[-9:] == G.reply(b"\x00")
+    with pytest.raises(Untranslatable, match="COMM_ALLREDUCE"):
+        feed(bridge, V80, G.request(Command.COMM_ALLREDUCE, struct.pack("<I", 0) + I8), hello_done=True)
 
 
 def test_a_replaced_server_is_learned_again_and_its_trace_holds_one_hello(reference_server):

@@ -13,7 +13,7 @@ import pytest
 from ggml_rpc_spec.protocol.columns import COLUMNS
 from ggml_rpc_spec.protocol.commands import ROWS, Absent, By, Command
 from ggml_rpc_spec.protocol.messages import message_spec
-from ggml_rpc_spec.protocol.translation import EMULATIONS
+from ggml_rpc_spec.protocol.translation import DECLINES, EMULATIONS
 from ggml_rpc_spec.protocol.versions import PROFILES
 from ggml_rpc_spec.server.session import HANDLERS
 
@@ -75,6 +75,7 @@ def test_the_bridge_knows_what_to_do_for_a_server_without_the_command(row):
         return
     assert row.absent is not Absent.NEVER, f"{row.name} is newer than {OLDEST}: a bridge meets servers without it"
     assert (row.absent is Absent.EMULATE) == (row.command in EMULATIONS)
+    assert (row.absent is Absent.DECLINE) == (row.command in DECLINES)
     if row.absent in (Absent.ANSWER, Absent.DECLINE):
         assert row.local_reply is not None
 

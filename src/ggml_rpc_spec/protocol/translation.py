@@ -37,6 +37,7 @@ import numpy as np
 from construct import Container
 
 from .commands import ROW, Absent, Command
+from .comm import host_of
 from .errors import LocalProtocolError
 from .framing import Reply, Request, encode_reply, encode_request
 from .graph import Graph
@@ -253,6 +254,7 @@ class BridgeConnection:
         self._graphs: dict[int, dict[int | None, Graph]] = {}  # device -> client key -> graph
         self._held: dict[int, tuple[int | None, int]] = {}  # device -> (client key, server uid) of its last graph
         self._uids = itertools.count(1)  # uids the bridge gives graphs of a client that names none
+        self.releases: list[tuple[str, int]] = []  # links the shell must connect to and close (see _decline_link)
 
     # -- client -> server ----------------------------------------------------------------------------
 
@@ -269,7 +271,9 @@ class BridgeConnection:
         row = ROW[req.command]
         if row.absent is Absent.EMULATE:
             return EMULATIONS[req.command](self, req)
-        if row.absent in (Absent.ANSWER, Absent.DECLINE):
+        if row.absent is Absent.DECLINE:
+            return DECLINES[req.command](self, req)
+        if row.absent is Absent.ANSWER:
             self._answer(req.command, local_reply(req.command))
             return []
         if row.absent is Absent.DROP:
@@ -401,6 +405,17 @@ class BridgeConnection:
             self._relays.append(gather)
         return out
 
+    def _decline_link(self, req: Request) -> list[ToServer]:
+        """COMM_INIT towards a server without links: ok=0, on which the upstream client falls
+        back to reducing through itself.  Rank 0 of the pair, if a real one, waits in accept()
+        for this rank until it connects: the shell is asked to connect to it and hang up, so
+        that it answers its own client instead of hanging it."""
+        self._answer(C.COMM_INIT, local_reply(C.COMM_INIT))
+        host = host_of(req.body.host)
+        if req.body.rank > 0 and host:
+            self.releases.append((host, req.body.port))
+        return []
+
     # -- server -> client ----------------------------------------------------------------------------
 
     def server_reply(self, reply: Reply) -> None:
@@ -444,6 +459,10 @@ EMULATIONS = {
     C.MEMSET_TENSOR: BridgeConnection._memset_by_set_tensor,
     C.SET_TENSOR_2D: BridgeConnection._set_2d_by_set_tensor,
     C.GET_TENSOR_2D: BridgeConnection._get_2d_by_get_tensor,
+}
+# How each command whose row says Absent.DECLINE is declined.
+DECLINES = {
+    C.COMM_INIT: BridgeConnection._decline_link,
 }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 
 from ggml_rpc_spec.protocol import CLOSED, NEED_DATA, ReplyParser, RequestParser
 from ggml_rpc_spec.protocol.translation import BridgeConnection, Translation, Untranslatable
@@ -25,6 +26,7 @@ from ggml_rpc_spec.protocol.trace import encode_trace
 
 from ggml_rpc_spec.client.rpc import RPCClient, ServerClosed
 from ggml_rpc_spec.netio import ThreadedTCPService, receive_into, send_all
+from ggml_rpc_spec.server.link import Link, LinkError, LinkPolicy
 from .recording import CLIENT_TO_SERVER as UP, SERVER_TO_CLIENT as DOWN, RecordedConnection, decode_record, to_trace
 
 log = logging.getLogger("ggml_rpc.bridge")
@@ -34,8 +36,10 @@ class BridgeServer(ThreadedTCPService):
     kind = "bridge"
 
     def __init__(self, upstream: tuple[str, int], client_profiles, listen: tuple[str, int] = ("127.0.0.1", 0), *,
-                 record=None, max_payload: int = 1 << 40, max_connections: int = 64) -> None:
+                 record=None, max_payload: int = 1 << 40, max_connections: int = 64,
+                 links: LinkPolicy | None = None) -> None:
         self.upstream = upstream
+        self.links = links or LinkPolicy.for_endpoint(listen[0], timeout=10.0)  # where a release may connect
         self.client_profiles = tuple(client_profiles)
         hello_shapes(self.client_profiles)  # one per HELLO shape
         self.record = record  # a folder for trace files, or None
@@ -115,11 +119,27 @@ class BridgeServer(ThreadedTCPService):
                 if message.reply is not None:
                     replies.expect(message.reply, size=message.size)
                     bridge.server_reply(_next_reply(upstream.sock, replies, taps))
+            while bridge.releases:
+                self._release_link(name, *bridge.releases.pop())
             due = bridge.to_client()
             if due:
                 send_all(sock, due)
                 if taps is not None:
                     taps[0].add(DOWN, b"".join(bytes(p) for p in due))
+
+    def _release_link(self, name: str, host: str, port: int) -> None:
+        """Connect to a rank 0 that waits for this (declined) rank and hang up after the
+        handshake, in the background, where the link allow-list admits the host."""
+        def release() -> None:
+            try:
+                link = Link.open(self.links, 1, host, port)
+            except LinkError as exc:
+                log.warning("[%s] could not release rank 0 at %s:%d: %s", name, host, port, exc)
+                return
+            link.close()
+            log.info("[%s] released rank 0 at %s:%d (this rank declined the link)", name, host, port)
+
+        threading.Thread(target=release, name=f"bridge-release-{port}", daemon=True).start()
 
     def _write_traces(self, name: str, taps, upstream: RPCClient) -> None:
         number = int(name.split(" ", 1)[0].lstrip("#"))
