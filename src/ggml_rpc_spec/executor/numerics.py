@@ -10,8 +10,14 @@ dot product itself stays float32).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import ml_dtypes
 import numpy as np
+
+Numerics = Literal["float", "ggml"]
+NUMERICS: tuple[Numerics, ...] = ("ggml", "float")
+DEFAULT_NUMERICS: Numerics = "ggml"  # closer to what the client's own CPU computes on real models (SPEC §8.4)
 
 
 def _q8(values: np.ndarray, block: int = 32):

@@ -29,6 +29,7 @@ from ggml_rpc_spec.protocol.ggml import GgmlTables
 from ggml_rpc_spec.protocol.rules import Rule, rule
 
 from .errors import UNSUPPORTED, ExecutionError
+from .numerics import DEFAULT_NUMERICS, Numerics
 from .tensors import ELEMENT_DTYPES, DequantCache, TensorRef
 
 # The rules kernels cite when they refuse a node (looked up once: a misspelt key fails at import).
@@ -107,7 +108,7 @@ def key_fields(kernels: dict[str, Kernel]) -> tuple[frozenset[str], frozenset[st
 class ExecContext:
     ggml: GgmlTables
     cache: DequantCache
-    numerics: str = "float"  # "float": plain float32 math; "ggml": round activations like ggml's CPU backend
+    numerics: Numerics = DEFAULT_NUMERICS  # "ggml": round activations like ggml's CPU backend; "float": plain float32
     memo: dict = field(default_factory=dict)  # values shared by the nodes of one run (cleared per run)
 
 

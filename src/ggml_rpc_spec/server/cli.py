@@ -21,6 +21,8 @@ from ggml_rpc_spec.protocol.errors import UnsupportedVersion
 from ggml_rpc_spec.protocol.framing import hello_shapes
 from ggml_rpc_spec.protocol.versions import Profile
 
+from ggml_rpc_spec.executor.numerics import DEFAULT_NUMERICS, NUMERICS
+
 from .service import DEFAULT_FRAME_TIMEOUT, DEFAULT_LINK_TIMEOUT, ReferenceServer
 
 # -- command line ------------------------------------------------------------------------------
@@ -126,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--link-timeout", type=float, default=DEFAULT_LINK_TIMEOUT, metavar="SECONDS",
                         help=f"how long a link waits for its peer to connect or to send (default: "
                              f"{DEFAULT_LINK_TIMEOUT:g})")
+    parser.add_argument("--numerics", choices=NUMERICS, default=DEFAULT_NUMERICS,
+                        help="how matrix products round their activations: 'ggml' as ggml's CPU backend does (to "
+                             "the weights' dot-product type: Q8 blocks, F16), so that results match what the client's "
+                             "own CPU computes; 'float' plain float32 (default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log one line per command (also: GGML_RPC_DEBUG=1)")
     return parser
@@ -148,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                                  max_connections=args.max_connections, verbose=verbose,
                                  poll=args.poll_us / 1e6, frame_timeout=args.frame_timeout,
                                  link_allow=tuple(n.strip() for n in args.link_allow.split(",") if n.strip()),
-                                 link_timeout=args.link_timeout)
+                                 link_timeout=args.link_timeout, numerics=args.numerics)
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 
 from ggml_rpc_spec.executor import ExecutionError
+from ggml_rpc_spec.executor.numerics import DEFAULT_NUMERICS, Numerics
 from ggml_rpc_spec.executor.device import make_devices
 from ggml_rpc_spec.netio import DEFAULT_POLL, ThreadedTCPService, receive_into, send_all
 from ggml_rpc_spec.protocol import (
@@ -54,7 +55,7 @@ class ReferenceServer(ThreadedTCPService):
                  devices: int = 1,
                  memory: int | None = None, cache_dir: str | Path | None = None,
                  max_payload: int | None = None, max_connections: int = 64, verbose: bool = False,
-                 numerics: str = "float", poll: float = DEFAULT_POLL,
+                 numerics: Numerics = DEFAULT_NUMERICS, poll: float = DEFAULT_POLL,
                  frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT, link_allow: tuple[str, ...] = (),
                  link_timeout: float = DEFAULT_LINK_TIMEOUT) -> None:
         memory = memory if memory is not None else physical_memory()

@@ -18,6 +18,7 @@ from construct import Container
 
 from ggml_rpc_spec.executor import DequantCache, ExecContext, plan_graph
 from ggml_rpc_spec.executor.device import Buffer, Device
+from ggml_rpc_spec.executor.numerics import DEFAULT_NUMERICS, Numerics
 from ggml_rpc_spec.protocol import Command, Request, message_spec
 from ggml_rpc_spec.protocol.columns import SetTensor
 from ggml_rpc_spec.protocol.comm import WORLD, host_of
@@ -43,7 +44,7 @@ class ServerState:
     devices: list[Device]
     cache_dir: Path | None = None
     verbose: bool = False
-    numerics: str = "float"
+    numerics: Numerics = DEFAULT_NUMERICS
     weights: DequantCache = field(default_factory=DequantCache)
     links: LinkPolicy = field(default_factory=lambda: LinkPolicy.for_endpoint("127.0.0.1"))
 
