@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -22,9 +23,12 @@ from ggml_rpc_spec.protocol import (
     RequestParser,
     build_reply,
     build_request,
+    encode_request,
     make_tensor,
     profile_for,
 )
+
+from ggml_rpc_spec.protocol.framing import Data  # noqa: E402
 
 TENSOR = make_tensor("padding", id=1, buffer=5, ne=[4, 1, 1, 1], nb=[4, 16, 16, 16], data=64, name="t")
 
@@ -114,6 +118,84 @@ def test_buffered_protocol_path_lands_bulk_data_in_the_sink():
     assert bytes(destination) == bytes(range(256)) * 300
     set_tensor = events[2]
     assert set_tensor.data.obj is destination  # the event's data is the sink itself, not a copy
+
+
+def joined(events) -> list:
+    """Streamed events with every request's Data pieces put back into it (as a storing
+    parser would deliver them), checking that the pieces add up and end where announced."""
+    out, pieces, announced = [], [], 0
+    for event in events:
+        if isinstance(event, Data):
+            pieces.append(bytes(event.data))
+            if event.end:
+                assert sum(map(len, pieces)) == announced
+                out[-1] = replace(out[-1], data=b"".join(pieces))
+                pieces = []
+            continue
+        assert not pieces, "a piece arrived without its end"
+        announced = event.data_size
+        out.append(replace(event, data=b"" if announced == 0 else event.data) if announced is not None else event)
+    assert not pieces
+    return out
+
+
+def _data_as_bytes(events) -> list:
+    return [replace(e, data=bytes(e.data)) if e.data is not None else e for e in events]
+
+
+@settings(max_examples=30, deadline=None)
+@given(cuts=st.lists(st.integers(1, 5000), max_size=40), zero_copy=st.booleans())
+def test_streamed_data_tails_arrive_in_pieces_that_add_up(cuts, zero_copy):
+    """stream_data=True: a data tail becomes Data events, never stored whole; fed in any
+    chunks, through receive_data or the zero-copy get_buffer path, the pieces rebuild the
+    same requests a storing parser returns."""
+    raw = session()
+    whole = RequestParser(V36)
+    whole.receive_data(raw)
+    expected = _data_as_bytes(drain(whole))
+    parser, got, pos = RequestParser(V36, stream_data=True), [], 0
+    for cut in cuts + [len(raw)]:
+        chunk = raw[pos:pos + cut]
+        pos += cut
+        while chunk:
+            if zero_copy:  # what a recv_into shell does: every event handled before more bytes
+                view = parser.get_buffer()
+                n = min(len(view), len(chunk))
+                view[:n] = chunk[:n]
+                parser.buffer_updated(n)
+            else:
+                n = len(chunk)
+                parser.receive_data(chunk)
+            chunk = chunk[n:]
+            got += [replace(e, data=memoryview(bytes(e.data))) if isinstance(e, Data) else e for e in drain(parser)]
+    assert joined(got) == expected
+    assert max(len(e.data) for e in got if isinstance(e, Data)) <= 1 << 20
+
+
+def test_streamed_data_replies():
+    data = bytes(range(256)) * 10
+    parser = ReplyParser(V70, stream_data=True)
+    parser.expect(Command.GET_ALIGNMENT)
+    parser.expect(Command.GET_TENSOR, size=len(data))
+    parser.expect(Command.GET_TENSOR, size=0)
+    raw = G.reply(struct.pack("<Q", 32)) + G.reply(data) + G.reply(b"")
+    events = []
+    for byte in raw:
+        parser.receive_data(bytes([byte]))
+        events += drain(parser)
+    heads = [e for e in events if not isinstance(e, Data)]
+    assert [(e.command, e.data_size) for e in heads] == [(Command.GET_ALIGNMENT, None), (Command.GET_TENSOR, len(data)),
+                                                         (Command.GET_TENSOR, 0)]
+    assert b"".join(bytes(e.data) for e in events if isinstance(e, Data)) == data
+    assert [e.end for e in events if isinstance(e, Data)][-1] is True
+
+
+def test_a_streamed_request_can_be_sent_head_first():
+    body = {"tensor": TENSOR, "offset": 0}
+    head = b"".join(bytes(p) for p in encode_request(V36, Command.SET_TENSOR, body, data_size=100))
+    assert head + bytes(100) == build_request(V36, Command.SET_TENSOR, body, data=bytes(100))
+    with pytest.raises(LocalProtocolError, match="no data tail"):
+        encode_request(V36, Command.GET_ALIGNMENT, {"device": 0}, data_size=1)
 
 
 def test_sink_is_consulted_only_after_earlier_events_are_taken():

@@ -22,7 +22,7 @@ from ggml_rpc_spec.protocol import PROFILES, Command, profile_for
 from ggml_rpc_spec.protocol.hashing import fnv1a64
 from ggml_rpc_spec.protocol.ops import spec_for
 from ggml_rpc_spec.client.rpc import RPCClient, ServerClosed
-from ggml_rpc_spec.netio import DEFAULT_POLL
+from ggml_rpc_spec.netio import DEFAULT_POLL, FramePace
 from ggml_rpc_spec.server.cli import build_parser
 from ggml_rpc_spec.server.service import ReferenceServer
 
@@ -349,3 +349,49 @@ def test_a_stalled_frame_is_closed_but_an_idle_connection_is_kept(reference_serv
         assert 0.25 <= waited < 5, waited
         time.sleep(0.6)  # idle for twice the frame timeout: the behaviour under test, not a synchronisation
         assert idle.device_count() == 1
+
+
+def test_stalled_peers_cannot_shut_others_out(reference_server):
+    """§2.5: with every slot held by a peer that sent half a request, a new client still gets
+    in: the peer stalled longest makes room for it."""
+    server = reference_server("7.0.0", max_connections=4)
+    server.evict_after = 0.0  # the rule's pause, shortened for the test
+    stalled = []
+    for _ in range(4):
+        sock = socket.create_connection(server.address)
+        sock.sendall(bytes([14]) + struct.pack("<Q", 24)[:5])
+        sock.settimeout(10)
+        stalled.append(sock)
+    try:
+        with RPCClient(server.endpoint, timeout=5) as rpc:
+            assert rpc.device_count() == 1
+        assert stalled[0].recv(1) == b""  # the first to stall went first
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+def test_a_trickling_request_is_closed_by_the_minimum_rate(reference_server):
+    """A started request must keep a minimum average rate, not just a byte per frame timeout."""
+    server = reference_server("7.0.0", frame_timeout=30, min_rate=1000)
+    server.pace = FramePace(gap=30, min_rate=1000, grace=0.2)  # the grace period, shortened for the test
+    sock = socket.create_connection(server.address)
+    sock.settimeout(10)
+    sock.sendall(bytes([14]) + struct.pack("<Q", 24) + bytes(24))
+    assert len(sock.recv(64)) == 36  # HELLO's reply
+    sock.sendall(bytes([1]) + struct.pack("<Q", 4)[:3])  # most of a request's header, then nothing
+    started = time.monotonic()
+    try:
+        assert sock.recv(1) == b""  # closed at grace + received / min_rate, long before the 30 s gap
+        assert time.monotonic() - started < 5
+    finally:
+        sock.close()
+
+
+def test_the_pace_of_a_frame():
+    pace = FramePace(gap=60, min_rate=1000, grace=10)
+    assert pace.timeout(100.0, 0, 100.0) == 10  # the grace period first
+    assert pace.timeout(100.0, 5000, 112.0) == 3  # then received / min_rate: 5000 bytes buy 5 s
+    assert pace.timeout(100.0, 10**9, 100.0) == 60  # never more than the gap between bytes
+    assert pace.timeout(100.0, 0, 200.0) == 0.001
+    assert FramePace(gap=None, min_rate=0).timeout(0.0, 0, 1e9) is None

@@ -7,6 +7,7 @@ import logging
 import socket
 import threading
 import time
+from dataclasses import dataclass, field
 
 log = logging.getLogger("ggml_rpc.net")
 
@@ -54,18 +55,95 @@ def receive_into(sock: socket.socket, view, poll: float = 0.0) -> int:
     return sock.recv_into(view)
 
 
+DEFAULT_FRAME_TIMEOUT = 60.0  # seconds a started frame may go without a byte (§2.5); 0/None: forever
+DEFAULT_MIN_RATE = 16 * 1024  # bytes per second a started frame must average, after its grace period
+FRAME_GRACE = 10.0  # seconds a started frame may take before the minimum rate applies
+
+
+@dataclass
+class FramePace:
+    """How fast a started frame must arrive, so that a peer cannot hold a connection (and on
+    a serial upstream server, everyone's turn) by trickling bytes: no gap longer than
+    `gap` seconds, and from `grace` seconds on an average of at least `min_rate` bytes/s."""
+
+    gap: float | None = DEFAULT_FRAME_TIMEOUT
+    min_rate: float = DEFAULT_MIN_RATE
+    grace: float = FRAME_GRACE
+
+    def timeout(self, started: float, received: int, now: float) -> float | None:
+        """The socket timeout for the next receive of a frame started at `started` of which
+        `received` bytes arrived (None: wait forever)."""
+        limits = [] if self.gap is None else [self.gap]
+        if self.min_rate:
+            limits.append(started + self.grace + received / self.min_rate - now)
+        return max(min(limits), 0.001) if limits else None
+
+    def describe(self, started: float, received: int, now: float) -> str:
+        return (f"a started frame stalled: {received} bytes in {now - started:.1f} s (at most {self.gap:g} s "
+                f"between bytes, at least {self.min_rate:g} bytes/s after {self.grace:g} s)")
+
+
+class FrameStalled(TimeoutError):
+    """A started frame broke its FramePace."""
+
+
+def receive_paced(sock: socket.socket, parser, activity: "Activity", pace: FramePace, poll: float = 0.0) -> int:
+    """One receive into `parser`'s buffer (0: the peer closed).  Between frames the peer may
+    stay idle as long as it likes; inside one, `pace` bounds the wait (FrameStalled)."""
+    received = parser.frame_bytes
+    now = time.monotonic()
+    if received and not activity.in_frame:
+        activity.mark(True)
+    sock.settimeout(pace.timeout(activity.frame_started, received, now) if received else None)
+    try:
+        n = receive_into(sock, parser.get_buffer(), poll)
+    except TimeoutError:
+        raise FrameStalled(pace.describe(activity.frame_started, received, time.monotonic())) from None
+    if n:
+        parser.buffer_updated(n)
+        activity.mark(parser.frame_bytes > 0)
+    else:
+        parser.receive_eof()
+    return n
+
+
+@dataclass
+class Activity:
+    """When a connection last made progress, and whether it is inside a frame: what the
+    service consults to decide which connection to drop when it is full."""
+
+    sock: socket.socket
+    name: str
+    last: float = field(default_factory=time.monotonic)
+    in_frame: bool = False
+    frame_started: float = 0.0
+
+    def mark(self, in_frame: bool) -> None:
+        now = time.monotonic()
+        if in_frame and not self.in_frame:
+            self.frame_started = now
+        self.last, self.in_frame = now, in_frame
+
+
 class ThreadedTCPService:
     """A listening socket whose connections each get a thread of their own.
 
     Subclasses implement `handle(sock, name)`; it runs in the connection's thread and the
-    socket is closed when it returns.  `shutdown()` stops accepting, wakes every connection
-    (shutting its socket down) and waits for the threads.
+    socket is closed when it returns; it reports progress through `activity(sock).mark()`.
+    When `max_connections` are open, a new connection takes the place of the one that has
+    made no progress for longest (a stalled frame first, then an idle connection), if that
+    one has been quiet for `evict_after` seconds; otherwise the new one is refused.
+    `shutdown()` stops accepting, wakes every connection (shutting its socket down) and waits
+    for the threads.
     """
 
     kind = "service"
 
+    evict_after = 1.0  # seconds without progress before a connection may make room for a new one
+
     def __init__(self, listen: tuple[str, int], *, max_connections: int = 64) -> None:
         self.max_connections = max_connections
+        self._activity: dict[int, Activity] = {}  # connection number -> its activity
         self._listener = socket.create_server(listen, backlog=128)
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -107,11 +185,18 @@ class ThreadedTCPService:
             number = next(self._numbers)
             name = f"#{number} {peer[0]}:{peer[1]}"
             with self._lock:
-                full = len(self._open) >= self.max_connections
+                victim = self._victim() if len(self._open) >= self.max_connections else None
+                full = len(self._open) >= self.max_connections and victim is None
                 if not full:
                     self._open[number] = sock
+                    self._activity[number] = Activity(sock, name)
+            if victim is not None:
+                log.warning("[%s] dropped to make room for %s: no progress for %.1f s%s", victim.name, name,
+                            time.monotonic() - victim.last, " inside a frame" if victim.in_frame else "")
+                _shut(victim.sock)
             if full:
-                log.warning("[%s] refused: %d connections already open", name, self.max_connections)
+                log.warning("[%s] refused: %d connections already open, all of them busy", name,
+                            self.max_connections)
                 sock.close()
                 continue
             thread = threading.Thread(target=self._run, args=(number, name, sock), name=f"{self.kind}-{number}",
@@ -119,6 +204,20 @@ class ThreadedTCPService:
             with self._lock:
                 self._threads.add(thread)
             thread.start()
+
+    def _victim(self) -> Activity | None:
+        """The open connection quiet for longest (stalled frames before idle connections), if
+        it has been quiet for `evict_after` seconds."""
+        now = time.monotonic()
+        quiet = [a for a in self._activity.values() if now - a.last >= self.evict_after]
+        if not quiet:
+            return None
+        return min(quiet, key=lambda a: (not a.in_frame, a.last))
+
+    def activity(self, sock: socket.socket) -> Activity:
+        """The activity record of one of this service's connections (for its handler)."""
+        with self._lock:
+            return next(a for a in self._activity.values() if a.sock is sock)
 
     def _run(self, number: int, name: str, sock: socket.socket) -> None:
         try:
@@ -128,6 +227,7 @@ class ThreadedTCPService:
             sock.close()
             with self._lock:
                 self._open.pop(number, None)
+                self._activity.pop(number, None)
                 self._threads.discard(threading.current_thread())
 
     def shutdown(self) -> None:
@@ -141,10 +241,7 @@ class ThreadedTCPService:
             sockets = list(self._open.values())
             threads = list(self._threads)
         for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _shut(sock)
         for thread in threads:
             thread.join(timeout=10)
         self._acceptor.join(timeout=10)
@@ -154,3 +251,11 @@ class ThreadedTCPService:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
+
+
+def _shut(sock: socket.socket) -> None:
+    """Wake a connection's thread: its next receive or send fails."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

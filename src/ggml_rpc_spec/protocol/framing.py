@@ -56,23 +56,37 @@ CLOSED = _Closed()  # the peer closed the connection cleanly, at a frame boundar
 @dataclass(eq=True)
 class Request:
     """A complete request.  `body` holds the fixed part's fields; `data` is SET_TENSOR's
-    bytes, `graph` GRAPH_COMPUTE's arrays."""
+    bytes, `graph` GRAPH_COMPUTE's arrays.  With a parser that streams data tails, `data` is
+    None and `data_size` bytes follow as Data events."""
 
     command: Command
     body: Container
     data: memoryview | bytes | None = None
     graph: Graph | None = None
     frame_size: int = field(default=0, compare=False)  # bytes on the wire, header included
+    data_size: int | None = field(default=None, compare=False)  # streamed: the data bytes that follow
 
 
 @dataclass(eq=True)
 class Reply:
-    """A complete reply.  `data` is GET_TENSOR's bytes."""
+    """A complete reply.  `data` is GET_TENSOR's bytes (streamed: None, and `data_size`
+    bytes follow as Data events)."""
 
     command: Command
     body: Container
     data: memoryview | bytes | None = None
     frame_size: int = field(default=0, compare=False)  # bytes on the wire, header included
+    data_size: int | None = field(default=None, compare=False)
+
+
+@dataclass
+class Data:
+    """A piece of a streamed data tail, in order.  `data` is valid only until the parser is
+    fed again (it may be the parser's own reusable buffer): send it on at once.  `end` marks
+    the tail's last piece."""
+
+    data: memoryview
+    end: bool
 
 
 # SET_TENSOR sink: (command, parsed head, data size) -> destination view of exactly that
@@ -157,14 +171,39 @@ class _Bulk:
         return self._store[: self.size]
 
 
+class _Stream:
+    """A data tail passed on in pieces instead of stored: one reusable buffer of at most
+    CHUNK bytes receives it, and each receive becomes a Data event."""
+
+    CHUNK = 1 << 20
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.left = size
+        self._buffer: memoryview | None = None
+
+    def writable(self) -> memoryview:
+        if self._buffer is None:
+            self._buffer = memoryview(bytearray(min(self.size, self.CHUNK)))
+        return self._buffer[: min(self.left, len(self._buffer))]
+
+    def piece(self, view: memoryview, copy: bool) -> Data:
+        self.left -= len(view)
+        return Data(memoryview(bytes(view)) if copy else view, self.left == 0)
+
+
 class _FrameParser:
-    """Shared machinery: a scratch buffer for headers, a bulk target for tails, one pending
-    event at a time, and a sticky error once the stream is broken."""
+    """Shared machinery: a scratch buffer for headers, a bulk target for tails (or a stream
+    that passes them on in pieces), one pending event at a time, and a sticky error once the
+    stream of bytes is broken."""
 
     SCRATCH = 64 * 1024
 
-    def __init__(self, profile: Profile) -> None:
+    def __init__(self, profile: Profile, *, stream_data: bool = False) -> None:
         self.profile = profile
+        self.stream_data = stream_data  # data tails as Data events, never stored whole
+        self._stream: _Stream | None = None
+        self._copying = False  # receive_data() reuses nothing: pieces it makes are copies
         self._scratch = memoryview(bytearray(self.SCRATCH))
         self._start = 0
         self._end = 0
@@ -180,6 +219,8 @@ class _FrameParser:
 
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """Where the next received bytes should be written (then call buffer_updated)."""
+        if self._stream is not None and self._start == self._end:
+            return self._stream.writable()
         if self._bulk is not None and not self._bulk.done and self._start == self._end:
             return self._bulk.writable()
         if self._end == len(self._scratch):
@@ -188,7 +229,10 @@ class _FrameParser:
 
     def buffer_updated(self, nbytes: int) -> None:
         """`nbytes` bytes were written into the view from get_buffer()."""
-        if self._bulk is not None and not self._bulk.done and self._start == self._end:
+        if self._stream is not None and self._start == self._end:
+            if nbytes:
+                self._stream_piece(self._stream.writable()[:nbytes])
+        elif self._bulk is not None and not self._bulk.done and self._start == self._end:
             self._bulk.advance(nbytes)
         else:
             self._end += nbytes
@@ -196,12 +240,16 @@ class _FrameParser:
     def receive_data(self, data) -> None:
         """Feed bytes of any length (b"" is not end-of-stream; the shell reports EOF)."""
         data = memoryview(data).cast("B")
-        while data:
-            view = self.get_buffer()
-            n = min(len(view), len(data))
-            view[:n] = data[:n]
-            self.buffer_updated(n)
-            data = data[n:]
+        self._copying = True
+        try:
+            while data:
+                view = self.get_buffer()
+                n = min(len(view), len(data))
+                view[:n] = data[:n]
+                self.buffer_updated(n)
+                data = data[n:]
+        finally:
+            self._copying = False
 
     def receive_eof(self) -> None:
         """The peer closed its side; next_event() reports CLOSED or the truncation."""
@@ -232,17 +280,26 @@ class _FrameParser:
         return self._pending.popleft() if self._pending else NEED_DATA
 
     @property
-    def in_frame(self) -> bool:
-        """Whether part of a frame has arrived and the rest is awaited."""
-        return self._partial_frame() > 0
+    def frame_bytes(self) -> int:
+        """Bytes of the unfinished frame received so far (0 at a frame boundary)."""
+        return self._partial_frame()
 
     def _partial_frame(self) -> int:
         """Bytes of an unfinished frame received so far (0 at a frame boundary)."""
         partial = self._bulk.filled if self._bulk is not None else 0
+        if self._stream is not None:
+            partial = self._stream.size - self._stream.left
         return self._consumed - self._frame_start + partial + (self._end - self._start)
 
     def _advance(self) -> None:
         while not self._pending:
+            if self._stream is not None:
+                if self._start == self._end:
+                    return
+                n = min(self._stream.left, self._end - self._start)
+                self._start += n
+                self._stream_piece(self._scratch[self._start - n : self._start])
+                continue
             if self._bulk is not None:
                 if not self._fill_bulk():
                     return
@@ -270,6 +327,21 @@ class _FrameParser:
 
     def _start_bulk(self, size: int, into=None) -> None:
         self._bulk = _Bulk(size, into)
+
+    def _start_stream(self, size: int) -> None:
+        """Pass a data tail of `size` bytes on as Data events (none when it is empty)."""
+        if size:
+            self._stream = _Stream(size)
+        else:
+            self._reset()
+
+    def _stream_piece(self, view: memoryview) -> None:
+        stream = self._stream
+        self._pending.append(stream.piece(view, self._copying))
+        if not stream.left:
+            self._stream = None
+            self._consumed += stream.size
+            self._reset()
 
     # subclasses: _state(chunk) consumes the current `_need` bytes; _tail_done(view) -> event;
     # _check_clean_close() raises if the stream ended where it must not.
@@ -302,8 +374,8 @@ class RequestParser(_FrameParser):
 
     def __init__(self, profile: Profile, *, max_payload: int = DEFAULT_MAX_PAYLOAD,
                  bulk_sink: BulkSink | None = None, hello_done: bool = False,
-                 profiles: tuple[Profile, ...] = ()) -> None:
-        super().__init__(profile)
+                 profiles: tuple[Profile, ...] = (), stream_data: bool = False) -> None:
+        super().__init__(profile, stream_data=stream_data)
         self.max_payload = max_payload
         self.bulk_sink = bulk_sink
         self.hello_done = hello_done
@@ -386,6 +458,10 @@ class RequestParser(_FrameParser):
             if announced is not None and announced != tail:
                 raise self._fail(f"the head announces {announced} data bytes, the frame carries {tail}",
                                  field="size", value=self._size, section="2.4")
+            if self.stream_data:
+                self._pending.append(Request(spec.command, self._body, frame_size=9 + self._size, data_size=tail))
+                self._start_stream(tail)
+                return
             into = self.bulk_sink(spec.command, self._body, tail) if self.bulk_sink else None
             self._start_bulk(tail, into)
         else:
@@ -415,8 +491,8 @@ class ReplyParser(_FrameParser):
     RemoteProtocolError.
     """
 
-    def __init__(self, profile: Profile) -> None:
-        super().__init__(profile)
+    def __init__(self, profile: Profile, *, stream_data: bool = False) -> None:
+        super().__init__(profile, stream_data=stream_data)
         self._expected: deque[_Expected] = deque()
         self._reset()
 
@@ -464,7 +540,11 @@ class ReplyParser(_FrameParser):
             raise RemoteProtocolError(f"reply size must be exactly {current.size} bytes",
                                       command=current.command.name, field="size", value=size,
                                       section="2.3", offset=self._frame_start)
-        if current.spec.reply_tail == "data":
+        if current.spec.reply_tail == "data" and self.stream_data:
+            self._expected.popleft()
+            self._pending.append(Reply(current.command, Container(), frame_size=8 + size, data_size=size))
+            self._start_stream(size)
+        elif current.spec.reply_tail == "data":
             self._start_bulk(size, current.into)
         else:
             self._state, self._need = self._on_body, size
@@ -492,11 +572,17 @@ def _spec_for(profile: Profile, command: Command) -> MessageSpec:
 
 
 def encode_request(profile: Profile, command: Command, body=None, *, data=None,
-                   graph: Graph | None = None) -> list:
-    """A request as a list of buffers for a vectored send; bulk data is not copied."""
+                   graph: Graph | None = None, data_size: int | None = None) -> list:
+    """A request as a list of buffers for a vectored send; bulk data is not copied.  With
+    `data_size` (data tails only) the frame announces that many data bytes and ends before
+    them: the caller streams them on."""
     spec = _spec_for(profile, command)
     head = build_fixed(spec.request, body, command=spec.command.name, what="request")
     tail: list = []
+    if data_size is not None:
+        if spec.request_tail != "data":
+            raise LocalProtocolError("has no data tail to stream", command=spec.command.name)
+        return [_REQUEST_HEADER.pack(spec.command, len(head) + data_size) + head]
     if spec.request_tail == "data":
         tail = [memoryview(data if data is not None else b"").cast("B")]
     elif spec.request_tail == "graph":
@@ -516,6 +602,11 @@ def encode_reply(profile: Profile, command: Command, body=None, *, data=None) ->
         raise LocalProtocolError(f"is one-way in protocol {profile.name}: it has no reply",
                                  command=spec.command.name, section="2.3")
     return reply_parts(spec, data if spec.reply_tail == "data" else body)
+
+
+def data_reply_header(size: int) -> bytes:
+    """The frame header of a data reply whose `size` bytes are streamed after it."""
+    return _U64.pack(size)
 
 
 def reply_parts(spec: MessageSpec, result=None) -> list:

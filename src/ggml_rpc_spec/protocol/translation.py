@@ -39,7 +39,7 @@ from construct import Container
 from .commands import ROW, Absent, Command
 from .comm import host_of
 from .errors import LocalProtocolError
-from .framing import Reply, Request, encode_reply, encode_request
+from .framing import Data, Reply, Request, data_reply_header, encode_reply, encode_request
 from .graph import Graph
 from .columns import GRAPH_CACHE_LIMIT, Devices, Graphs
 from .messages import HASH_THRESHOLD, graph_fields, hello_reply, local_reply, message_spec
@@ -218,17 +218,44 @@ class ToServer:
     relay: bool = True
 
 
-class _Gather:
-    """A client reply made of several server replies (GET_TENSOR_2D as n GET_TENSORs)."""
+class _Slot:
+    """One reply the client awaits, in order: the buffers ready for it, and how many server
+    replies are still to feed it (0: complete once `parts` are out).  A data reply streamed
+    from the server stays open until its last piece."""
 
-    def __init__(self, slot: list, command: Command, count: int) -> None:
-        self.slot, self.command, self.count = slot, command, count
-        self.parts: list[bytes] = []
+    __slots__ = ("parts", "pending", "size", "opened", "streaming")
 
-    def add(self, data, profile: Profile) -> None:
-        self.parts.append(bytes(data))
-        if len(self.parts) == self.count:
-            self.slot[0] = encode_reply(profile, self.command, data=b"".join(self.parts))
+    def __init__(self, parts: list | None = None, pending: int = 0, size: int = 0) -> None:
+        self.parts = parts if parts is not None else []
+        self.pending = pending  # server replies still to come into this slot
+        self.size = size  # the client reply's data size, when several server replies make it up
+        self.opened = False  # (those) its header is out
+        self.streaming = False  # a streamed server reply's pieces are passing through
+
+
+class _DataRoute:
+    """Where the pieces of a streamed request's data go: into segments, one per request sent
+    to the server for it, each opened by that request's head (a plain relay: one segment,
+    whose head went out with the request)."""
+
+    def __init__(self, segments: list[tuple[list, int]]) -> None:
+        self.segments = deque(segments)
+
+    def route(self, piece: memoryview) -> list:
+        out = []
+        while len(piece):
+            head, left = self.segments[0]
+            if head:
+                out += head
+                head.clear()
+            n = min(left, len(piece))
+            out.append(piece[:n])
+            piece = piece[n:]
+            if n == left:
+                self.segments.popleft()
+            else:
+                self.segments[0] = (head, left - n)
+        return out
 
 
 class BridgeConnection:
@@ -249,12 +276,14 @@ class BridgeConnection:
     def __init__(self, translation: Translation) -> None:
         self.t = translation
         self.client, self.server = translation.client, translation.server
-        self._queue: deque[list] = deque()  # per reply the client awaits: [parts or None]
-        self._relays: deque = deque()  # per server reply due: its slot in _queue, a _Gather, or None to drop
+        self._queue: deque[_Slot] = deque()  # per reply the client awaits
+        self._relays: deque[_Slot | None] = deque()  # per server reply due: its client slot, or None to drop
         self._graphs: dict[int, dict[int | None, Graph]] = {}  # device -> client key -> graph
         self._held: dict[int, tuple[int | None, int]] = {}  # device -> (client key, server uid) of its last graph
         self._uids = itertools.count(1)  # uids the bridge gives graphs of a client that names none
         self.releases: list[tuple[str, int]] = []  # links the shell must connect to and close (see _decline_link)
+        self._route: _DataRoute | None = None  # the streamed data of the current request
+        self._reply_route: _Slot | None = None  # the slot of the current streamed reply (None: dropped)
 
     # -- client -> server ----------------------------------------------------------------------------
 
@@ -280,15 +309,16 @@ class BridgeConnection:
             return []
         raise Untranslatable(f"has no counterpart in protocol {self.server.name}", command=req.command.name)
 
-    def _forward(self, command: Command, body, *, data=None, graph=None) -> list[ToServer]:
+    def _forward(self, command: Command, body, *, data=None, graph=None, data_size=None) -> list[ToServer]:
         """Send `command` to the server and route its reply, or answer the client here when
-        only the client's version has a reply."""
+        only the client's version has a reply.  With `data_size` the data is streamed after
+        the head (see `data`)."""
         ours, theirs = message_spec(self.client, command), message_spec(self.server, command)
-        out = ToServer(encode_request(self.server, command, body, data=data, graph=graph))
+        out = ToServer(encode_request(self.server, command, body, data=data, graph=graph, data_size=data_size))
         if theirs.has_reply:
             out.reply, out.size = command, theirs.data_size(body)
             out.relay = ours.has_reply
-            self._relays.append(self._slot() if ours.has_reply else None)
+            self._relays.append(self._slot(pending=1) if ours.has_reply else None)
         elif ours.has_reply:
             self._answer(command, local_reply(command))  # the server closes on failure
         return [out]
@@ -322,7 +352,17 @@ class BridgeConnection:
         return []
 
     def _on_set_tensor(self, req: Request) -> list[ToServer]:
+        if req.data is None:  # streamed: the pieces follow (`data`)
+            self._route = _DataRoute([([], req.data_size)])
+            return self._forward(C.SET_TENSOR, self._body(req, data_size=req.data_size), data_size=req.data_size)
         return self._forward(C.SET_TENSOR, self._body(req, data_size=len(req.data)), data=req.data)
+
+    def data(self, piece: Data) -> list:
+        """The bytes to send the server for a piece of the current request's streamed data."""
+        parts = self._route.route(piece.data)
+        if piece.end:
+            self._route = None
+        return parts
 
     def _on_free_buffer(self, req: Request) -> list[ToServer]:
         self._held.clear()  # the server discards the graphs that reach the buffer: send them again when named
@@ -390,15 +430,22 @@ class BridgeConnection:
         return bodies
 
     def _set_2d_by_set_tensor(self, req: Request) -> list[ToServer]:
-        """SET_TENSOR_2D towards a server without it: one SET_TENSOR per copy."""
-        size, data = req.body.size, memoryview(req.data)
-        return [message for index, body in enumerate(self._copies(req, C.SET_TENSOR))
+        """SET_TENSOR_2D towards a server without it: one SET_TENSOR per copy (streamed: each
+        head goes out when its copy's first byte does)."""
+        size = req.body.size
+        bodies = self._copies(req, C.SET_TENSOR)
+        if req.data is None:
+            self._route = _DataRoute([(list(encode_request(self.server, C.SET_TENSOR, body, data_size=size)), size)
+                                      for body in bodies])
+            return []
+        data = memoryview(req.data)
+        return [message for index, body in enumerate(bodies)
                 for message in self._forward(C.SET_TENSOR, body, data=data[index * size:(index + 1) * size])]
 
     def _get_2d_by_get_tensor(self, req: Request) -> list[ToServer]:
         """GET_TENSOR_2D towards a server without it: one GET_TENSOR per copy, their replies
         joined into the client's one."""
-        gather = _Gather(self._slot(), C.GET_TENSOR_2D, req.body.n_copies)
+        gather = self._slot(pending=req.body.n_copies, size=req.body.size * req.body.n_copies)
         out = []
         for body in self._copies(req, C.GET_TENSOR):
             out.append(ToServer(encode_request(self.server, C.GET_TENSOR, body), C.GET_TENSOR, body["size"]))
@@ -419,29 +466,58 @@ class BridgeConnection:
     # -- server -> client ----------------------------------------------------------------------------
 
     def server_reply(self, reply: Reply) -> None:
-        """A reply from the server, in the order the requests were sent."""
+        """A reply from the server, in the order the requests were sent.  A streamed data
+        reply's pieces follow through `reply_data`."""
         slot = self._relays.popleft()
+        streamed = reply.data_size is not None
+        if streamed:
+            self._reply_route = slot
         if slot is None:
             return  # a reply the client's version does not have
-        if isinstance(slot, _Gather):
-            slot.add(reply.data, self.client)
-            return
-        body = {k: v for k, v in reply.body.items() if not k.startswith("_")}
-        slot[0] = encode_reply(self.client, reply.command, body, data=reply.data)
+        slot.pending -= 1
+        if slot.size:  # one of the server replies that make up one client data reply
+            if not slot.opened:
+                slot.parts.append(data_reply_header(slot.size))
+                slot.opened = True
+            if not streamed:
+                slot.parts.append(reply.data)
+        elif streamed:
+            slot.parts.append(data_reply_header(reply.data_size))
+        else:
+            body = {k: v for k, v in reply.body.items() if not k.startswith("_")}
+            slot.parts += encode_reply(self.client, reply.command, body, data=reply.data)
+        if streamed and reply.data_size:
+            slot.streaming = True  # open until its last piece
 
-    def _slot(self) -> list:
-        slot: list = [None]
+    def reply_data(self, piece: Data) -> list:
+        """The bytes to send the client for a piece of the current streamed reply (sent after
+        `to_client()` has given out what precedes it)."""
+        slot = self._reply_route
+        if piece.end:
+            self._reply_route = None
+            if slot is not None:
+                slot.streaming = False
+        return [] if slot is None else [piece.data]
+
+    def _slot(self, parts: list | None = None, *, pending: int = 0, size: int = 0) -> _Slot:
+        slot = _Slot(parts, pending, size)
         self._queue.append(slot)
         return slot
 
     def _answer(self, command: Command, body: dict) -> None:
-        self._slot()[0] = encode_reply(self.client, command, body)
+        self._slot(encode_reply(self.client, command, body))
 
     def to_client(self) -> list:
-        """The buffers now due to the client, in order."""
-        out = []
-        while self._queue and self._queue[0][0] is not None:
-            out += self._queue.popleft()[0]
+        """The buffers now due to the client, in order; a reply still fed by the server keeps
+        its place at the head of the queue."""
+        out: list = []
+        while self._queue:
+            head = self._queue[0]
+            out += head.parts
+            head.parts = []
+            if head.pending or head.streaming:
+                break
+            self._queue.popleft()
         return out
 
 

@@ -23,7 +23,9 @@ from ggml_rpc_spec.protocol.versions import Profile
 
 from ggml_rpc_spec.executor.numerics import DEFAULT_NUMERICS, NUMERICS
 
-from .service import DEFAULT_FRAME_TIMEOUT, DEFAULT_LINK_TIMEOUT, ReferenceServer
+from ggml_rpc_spec.netio import DEFAULT_FRAME_TIMEOUT, DEFAULT_MIN_RATE
+
+from .service import DEFAULT_LINK_TIMEOUT, ReferenceServer
 
 # -- command line ------------------------------------------------------------------------------
 
@@ -109,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest SET_TENSOR / GRAPH_COMPUTE payload accepted (default: the memory of a "
                              "device; clients send each weight tensor in one SET_TENSOR)")
     parser.add_argument("--max-connections", type=int, default=64, metavar="N",
-                        help="connections served at once; more are closed (default: 64)")
+                        help="connections served at once; when all are open, a new connection takes the place of "
+                             "the one quiet for longest (a stalled request first), or is closed if all are busy "
+                             "(default: 64)")
     parser.add_argument("-t", "--threads", type=int, default=None, metavar="N",
                         help="accepted for compatibility with upstream; NumPy chooses its own threads")
     parser.add_argument("--poll-us", type=_microseconds, default=DEFAULT_POLL * 1e6, metavar="US",
@@ -119,8 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{DEFAULT_POLL * 1e6:g})")
     parser.add_argument("--frame-timeout", type=float, default=DEFAULT_FRAME_TIMEOUT, metavar="SECONDS",
                         help="close a connection whose started request sends no byte for this long; idle "
-                             "connections between requests are never closed (default: "
+                             "connections between requests are not timed out (default: "
                              f"{DEFAULT_FRAME_TIMEOUT:g}; 0: never)")
+    parser.add_argument("--min-rate", type=parse_size, default=DEFAULT_MIN_RATE, metavar="BYTES",
+                        help="bytes per second a started request must average after its first 10 s, so that a peer "
+                             "trickling bytes cannot hold a connection (default: 16K; 0: no minimum)")
     parser.add_argument("--link-allow", default="", metavar="CIDR[,CIDR]",
                         help="protocol 8.0.0 tensor parallelism: networks whose servers may pair with this one over a "
                              "server-to-server link, besides 127.0.0.1, ::1 and the address bound with --host ('any': "
@@ -152,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         server = ReferenceServer(profile=args.proto, host=args.host, port=args.port, devices=args.devices,
                                  memory=args.mem, cache_dir=cache_dir, max_payload=args.max_payload,
                                  max_connections=args.max_connections, verbose=verbose,
-                                 poll=args.poll_us / 1e6, frame_timeout=args.frame_timeout,
+                                 poll=args.poll_us / 1e6, frame_timeout=args.frame_timeout, min_rate=args.min_rate,
                                  link_allow=tuple(n.strip() for n in args.link_allow.split(",") if n.strip()),
                                  link_timeout=args.link_timeout, numerics=args.numerics)
     except OSError as exc:

@@ -22,7 +22,8 @@ from pathlib import Path
 from ggml_rpc_spec.executor import ExecutionError
 from ggml_rpc_spec.executor.numerics import DEFAULT_NUMERICS, Numerics
 from ggml_rpc_spec.executor.device import make_devices
-from ggml_rpc_spec.netio import DEFAULT_POLL, ThreadedTCPService, receive_into, send_all
+from ggml_rpc_spec.netio import (DEFAULT_FRAME_TIMEOUT, DEFAULT_MIN_RATE, DEFAULT_POLL, FramePace, FrameStalled,
+                                  ThreadedTCPService, receive_paced, send_all)
 from ggml_rpc_spec.protocol import (
     CLOSED,
     NEED_DATA,
@@ -41,7 +42,6 @@ from .session import ServerState, Session
 
 log = logging.getLogger("ggml_rpc.server")
 PAYLOAD_HEADROOM = 1 << 16  # above a device's memory: room for any request's fixed part
-DEFAULT_FRAME_TIMEOUT = 60.0  # seconds a started frame may go without a byte (§2.5); 0/None: forever
 DEFAULT_LINK_TIMEOUT = 30.0  # seconds a server-to-server link may wait for its peer (§10)
 
 
@@ -56,7 +56,8 @@ class ReferenceServer(ThreadedTCPService):
                  memory: int | None = None, cache_dir: str | Path | None = None,
                  max_payload: int | None = None, max_connections: int = 64, verbose: bool = False,
                  numerics: Numerics = DEFAULT_NUMERICS, poll: float = DEFAULT_POLL,
-                 frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT, link_allow: tuple[str, ...] = (),
+                 frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT, min_rate: float = DEFAULT_MIN_RATE,
+                 link_allow: tuple[str, ...] = (),
                  link_timeout: float = DEFAULT_LINK_TIMEOUT) -> None:
         memory = memory if memory is not None else physical_memory()
         cache = Path(cache_dir) if cache_dir else None
@@ -70,7 +71,7 @@ class ReferenceServer(ThreadedTCPService):
         # its buffer: by default the limit is what a device could hold, plus a request's fixed part.
         self.max_payload = max_payload if max_payload is not None else memory + PAYLOAD_HEADROOM
         self.poll = poll
-        self.frame_timeout = frame_timeout or None
+        self.pace = FramePace(frame_timeout or None, min_rate)
         self.rejections = 0  # connections closed for a broken rule, and the last rule's key
         self.last_rejection: str | None = None
         self._rejection_lock = threading.Lock()
@@ -119,22 +120,14 @@ class ReferenceServer(ThreadedTCPService):
         replies = _reply_specs(profile)
         parser = RequestParser(profile, max_payload=self.max_payload, bulk_sink=session.bulk_sink,
                                profiles=self.profiles)
-        stalled = False  # whether the socket's timeout is the frame timeout (set only mid-frame)
+        activity = self.activity(sock)
         while True:
             event = parser.next_event()
             if event is NEED_DATA:
-                if parser.in_frame != stalled:  # idle between frames for as long as the client likes
-                    stalled = parser.in_frame
-                    sock.settimeout(self.frame_timeout if stalled else None)
                 try:
-                    received = receive_into(sock, parser.get_buffer(), self.poll)
-                except TimeoutError:
-                    raise RemoteProtocolError(f"no byte of a started frame arrived for {self.frame_timeout:g} s",
-                                              section="2.5") from None
-                if received:
-                    parser.buffer_updated(received)
-                else:
-                    parser.receive_eof()
+                    receive_paced(sock, parser, activity, self.pace, self.poll)
+                except FrameStalled as exc:
+                    raise RemoteProtocolError(str(exc), section="2.5") from None
                 continue
             if event is CLOSED:
                 return
