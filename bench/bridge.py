@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ggml_rpc_spec.protocol import profile_for
-from ggml_rpc_spec.relay.bridge import BridgeServer
+from ggml_rpc_spec.relay.relay import Relay
 from ggml_rpc_spec.client.rpc import parse_endpoint
 from ggml_rpc_spec.upstream_peers import PEERS, find_built, peer_for
 from ggml_rpc_spec.upstream_peers.llama_run import run_llama
@@ -41,7 +41,7 @@ def model_path(name: str, folder: Path) -> Path:
 def one_pair(client, server, model: Path, local: dict) -> str:
     """The cell of the matrix for one client release on one server release."""
     with UpstreamServer(server) as upstream:
-        bridge = BridgeServer(parse_endpoint(upstream.endpoint), (profile_for(client.protocol),)).start()
+        bridge = Relay(parse_endpoint(upstream.endpoint), client_profiles=(profile_for(client.protocol),)).start()
         try:
             remote = run_llama(client, model, rpc=bridge.endpoint, text=TEXT, generate=8, timeout=600)
         except RuntimeError as exc:

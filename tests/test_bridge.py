@@ -220,13 +220,13 @@ def test_a_replaced_server_is_learned_again_and_its_trace_holds_one_hello(refere
     """The bridge learns the server's version once; when the server behind it changed (here:
     a 7.0.0 server where a 3.6.1 one was), the refused HELLO is dropped from the server-side
     recording and the version is learned again."""
-    from ggml_rpc_spec.relay.bridge import BridgeServer
+    from ggml_rpc_spec.relay.relay import Relay
     from ggml_rpc_spec.relay.recording import RecordedConnection
     from ggml_rpc_spec.client.rpc import parse_endpoint
     from ggml_rpc_spec.relay.recording import decode_record
 
     server = reference_server("7.0.0")
-    bridge = BridgeServer(parse_endpoint(server.endpoint), (V36, V70))
+    bridge = Relay(parse_endpoint(server.endpoint), client_profiles=(V36, V70))
     bridge._server = (V36, V36.version)  # what it learned from the server that was there before
     tap = RecordedConnection(0, "#1")
     upstream = bridge._connect_upstream(tap)
@@ -249,12 +249,12 @@ def test_real_clients_use_a_real_server_of_another_version(client, server, model
     """A tiny llama and a tiny Mamba (whose SSM_SCAN gained an op_params word in 5.0.0)
     through the bridge give the logits llama.cpp computes on its own CPU (the server computes
     with the same ggml), and both sides are recorded, each in its own version."""
-    from ggml_rpc_spec.relay.bridge import BridgeServer
+    from ggml_rpc_spec.relay.relay import Relay
     from ggml_rpc_spec.client.rpc import parse_endpoint
 
     client_peer, server_peer = require_peer(client), require_peer(server)
     target = upstream_server(server)
-    bridge = BridgeServer(parse_endpoint(target.endpoint), (V36, V70), record=tmp_path).start()
+    bridge = Relay(parse_endpoint(target.endpoint), client_profiles=(V36, V70), record=tmp_path).start()
     try:
         remote = run_llama(client_peer, tiny_models[model], rpc=bridge.endpoint, text=TEXT, generate=8)
     finally:

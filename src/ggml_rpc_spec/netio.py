@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import logging
 import socket
@@ -55,6 +56,34 @@ def receive_into(sock: socket.socket, view, poll: float = 0.0) -> int:
     return sock.recv_into(view)
 
 
+class Networks:
+    """A set of IP networks (CIDR) that admits addresses: who may connect, where links go."""
+
+    def __init__(self, cidrs=()) -> None:
+        networks = []
+        for item in cidrs:
+            if item == "any":
+                networks += [ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")]
+            else:
+                networks.append(ipaddress.ip_network(item, strict=False))  # ValueError names a bad entry
+        self.networks = tuple(networks)
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def __str__(self) -> str:
+        return ", ".join(map(str, self.networks)) or "none"
+
+    def admits(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self.networks if network.version == ip.version)
+
+
 DEFAULT_FRAME_TIMEOUT = 60.0  # seconds a started frame may go without a byte (§2.5); 0/None: forever
 DEFAULT_MIN_RATE = 16 * 1024  # bytes per second a started frame must average, after its grace period
 FRAME_GRACE = 10.0  # seconds a started frame may take before the minimum rate applies
@@ -87,19 +116,24 @@ class FrameStalled(TimeoutError):
     """A started frame broke its FramePace."""
 
 
-def receive_paced(sock: socket.socket, parser, activity: "Activity", pace: FramePace, poll: float = 0.0) -> int:
+def receive_paced(sock: socket.socket, parser, activity: "Activity", pace: FramePace, poll: float = 0.0,
+                  seen=None) -> int:
     """One receive into `parser`'s buffer (0: the peer closed).  Between frames the peer may
-    stay idle as long as it likes; inside one, `pace` bounds the wait (FrameStalled)."""
+    stay idle as long as it likes; inside one, `pace` bounds the wait (FrameStalled).
+    `seen(view)`, if given, is shown the bytes received (a recorder)."""
     received = parser.frame_bytes
     now = time.monotonic()
     if received and not activity.in_frame:
         activity.mark(True)
     sock.settimeout(pace.timeout(activity.frame_started, received, now) if received else None)
+    view = parser.get_buffer()
     try:
-        n = receive_into(sock, parser.get_buffer(), poll)
+        n = receive_into(sock, view, poll)
     except TimeoutError:
         raise FrameStalled(pace.describe(activity.frame_started, received, time.monotonic())) from None
     if n:
+        if seen is not None:
+            seen(view[:n])
         parser.buffer_updated(n)
         activity.mark(parser.frame_bytes > 0)
     else:
@@ -141,8 +175,9 @@ class ThreadedTCPService:
 
     evict_after = 1.0  # seconds without progress before a connection may make room for a new one
 
-    def __init__(self, listen: tuple[str, int], *, max_connections: int = 64) -> None:
+    def __init__(self, listen: tuple[str, int], *, max_connections: int = 64, allow: Networks | None = None) -> None:
         self.max_connections = max_connections
+        self.allow = allow  # clients admitted (None: every client)
         self._activity: dict[int, Activity] = {}  # connection number -> its activity
         self._listener = socket.create_server(listen, backlog=128)
         self._stopping = threading.Event()
@@ -184,6 +219,10 @@ class ThreadedTCPService:
                 return
             number = next(self._numbers)
             name = f"#{number} {peer[0]}:{peer[1]}"
+            if self.allow is not None and not self.allow.admits(peer[0]):
+                log.warning("[%s] refused: %s is not in the allowed networks (%s)", name, peer[0], self.allow)
+                sock.close()
+                continue
             with self._lock:
                 victim = self._victim() if len(self._open) >= self.max_connections else None
                 full = len(self._open) >= self.max_connections and victim is None

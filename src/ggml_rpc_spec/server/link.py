@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ggml_rpc_spec.netio import Networks
 from ggml_rpc_spec.protocol.comm import HANDSHAKE_SIZE, decode_partial, encode_partial, reduce, wire_size
 
 log = logging.getLogger("ggml_rpc.server")
@@ -35,7 +36,7 @@ class LinkPolicy:
     admits peers from (and connects to as rank 1), and how long it waits."""
 
     listen_host: str
-    admit: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    admit: Networks
     timeout: float = 30.0
 
     @classmethod
@@ -43,28 +44,17 @@ class LinkPolicy:
         """The default for a server bound to `host`: peers at 127.0.0.1, ::1 and the bound
         address itself, nothing else (binding every interface admits no one more); `extra`
         widens it with networks in CIDR form, or "any"."""
-        networks: list = [ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128")]
+        cidrs = ["127.0.0.1/32", "::1/128", *extra]
         try:
             bound = ipaddress.ip_address(host)
             if not bound.is_unspecified:
-                networks.append(ipaddress.ip_network(bound))
+                cidrs.append(str(bound))
         except ValueError:
-            pass  # a name: its resolved address is admitted below
-        for item in extra:
-            if item == "any":
-                networks += [ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")]
-            else:
-                networks.append(ipaddress.ip_network(item, strict=False))
-        return cls(host, tuple(networks), timeout)
+            pass  # a name: only what --link-allow names
+        return cls(host, Networks(cidrs), timeout)
 
     def admits(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in network for network in self.admit if network.version == ip.version)
+        return self.admit.admits(address)
 
     def resolve(self, host: str, port: int) -> tuple:
         """The socket address to connect to `host`, if the allow-list admits what it names."""
@@ -76,7 +66,7 @@ class LinkPolicy:
             if self.admits(address[0]):
                 return family, address
         raise LinkError(f"rank 0's host {host!r} ({', '.join(sorted({i[4][0] for i in infos}))}) is not admitted "
-                        "by this server's link allow-list (--link-allow)")
+                        "by the link allow-list (--link-allow)")
 
 
 @dataclass
