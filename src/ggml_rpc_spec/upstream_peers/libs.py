@@ -41,7 +41,7 @@ def load(peer: Peer, *, with_llama: bool = False) -> PeerLibs:
     if venv_path is None:
         raise PeerNotBuilt(f"upstream peer {peer.release} (protocol {peer.protocol}) is not built; "
                            f"run: ggml-rpc-peers build {peer.release}")
-    libs = lib_dir(venv_path)
+    libs = lib_dir(peer, venv_path)
 
     def open_lib(stem: str) -> ctypes.CDLL:
         return ctypes.CDLL(str(library(libs, stem)), mode=ctypes.RTLD_GLOBAL)
