@@ -92,6 +92,12 @@ def python_command(peer: Peer, python: str | Path | None = None) -> list[str]:
     return glibc.loader_command(trixie_libc_dir(), python, _interpreter_lib(python))
 
 
+def loads_here(peer: Peer) -> bool:
+    """Whether this process can load the peer's libraries: always for a peer built against
+    this system; for one on trixie's C library, only in a process started by its loader."""
+    return not peer.trixie_libc or Path("/proc/self/exe").resolve() == glibc.loader(trixie_libc_dir()).resolve()
+
+
 def _interpreter_lib(python: Path) -> Path:
     """The lib folder beside the interpreter a venv was made from (pyvenv.cfg's `home`; a venv
     may hold a copy of the binary), or beside the interpreter itself outside a venv."""

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .build import python_command
+from .build import loads_here, python_command
 from .catalog import Peer, peer_for
 from .libs import GGML_BACKEND_DEVICE_TYPE_CPU, load
 
@@ -174,15 +174,19 @@ class UpstreamServer:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the real upstream GGML RPC server of a built peer.")
-    parser.add_argument("--peer", required=True, help="llama-cpp-python release (0.3.36) or protocol (7.0)")
+    parser.add_argument("--peer", required=True, help="PyPI release (0.3.36, 0.11739) or protocol (7.0, 8.0)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=50052)
     parser.add_argument("--cache", default=None, help="hash cache directory (SET_TENSOR_HASH)")
     parser.add_argument("--devices", type=int, default=1, help="number of CPU devices to expose")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS)
     args = parser.parse_args(argv)
+    peer = peer_for(args.peer)
+    if not loads_here(peer):  # started by hand: again, through the loader of the C library the peer needs
+        command = python_command(peer, sys.executable)
+        os.execv(command[0], [*command, "-m", __spec__.name, *(sys.argv[1:] if argv is None else argv)])
     sys.stdout.reconfigure(line_buffering=True)
-    serve(peer_for(args.peer), args.host, args.port, args.cache, args.devices, args.threads)
+    serve(peer, args.host, args.port, args.cache, args.devices, args.threads)
 
 
 if __name__ == "__main__":
