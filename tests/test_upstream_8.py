@@ -24,18 +24,35 @@ from llama_logits import TEXT, assert_within_bounds
 pytestmark = pytest.mark.upstream
 
 PEER8 = "0.11739"
+HELLO_REPLY = bytes.fromhex("1c00000000000000" "08000000") + bytes(24)
+
+
+def hello(address: tuple[str, int]) -> bytes:
+    """The reply to HELLO (command 14) with 24 zero bytes of conn_caps, as received."""
+    with socket.create_connection(address, timeout=30) as sock:
+        sock.sendall(bytes([14]) + struct.pack("<Q", 24) + bytes(24))
+        reply = b""
+        while len(reply) < len(HELLO_REPLY) and (chunk := sock.recv(64)):
+            reply += chunk
+    return reply
 
 
 def test_real_8_server_answers_hello(upstream_server):
-    """HELLO with 24 zero bytes of conn_caps: version 8.0.0, a zero pad byte and the
-    server's 24 bytes of conn_caps (zero over TCP), 28 bytes in all (no link port field)."""
-    server = upstream_server(PEER8)
-    with socket.create_connection(server.address, timeout=30) as sock:
-        sock.sendall(bytes([14]) + struct.pack("<Q", 24) + bytes(24))  # HELLO = 14
-        reply = b""
-        while len(reply) < 8 + 28 and (chunk := sock.recv(64)):
-            reply += chunk
-    assert reply == bytes.fromhex("1c00000000000000" "08000000") + bytes(24)
+    """Version 8.0.0, a zero pad byte and the server's 24 bytes of conn_caps (zero over TCP),
+    28 bytes in all (no link port field)."""
+    assert hello(upstream_server(PEER8).address) == HELLO_REPLY
+
+
+def test_real_8_server_restarts_and_closes():
+    """Started through trixie's loader, on a port the kernel picks and read from /proc."""
+    server = UpstreamServer(require_peer(PEER8)).start()
+    try:
+        server.restart()
+        assert server.alive() and hello(server.address) == HELLO_REPLY
+        assert "Starting RPC server v8.0.0" in server.log()
+    finally:
+        server.close()
+    assert not server.alive()
 
 
 def test_real_8_client_session_on_real_8_server(upstream_server):
