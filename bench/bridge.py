@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ggml_rpc_spec.protocol import profile_for
+from ggml_rpc_spec.protocol import PROFILES, profile_for
 from ggml_rpc_spec.relay.relay import Relay
 from ggml_rpc_spec.client.rpc import parse_endpoint
 from ggml_rpc_spec.upstream_peers import PEERS, find_built, peer_for
@@ -59,9 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny", choices=("tiny", "moe", "mamba", "smollm2"))
-    parser.add_argument("--peers", default=None, help="comma-separated releases (default: every built peer)")
+    parser.add_argument("--peers", default=None,
+                        help="comma-separated releases (default: every built peer of a protocol the bridge speaks)")
     args = parser.parse_args(argv)
-    peers = [peer_for(p) for p in args.peers.split(",")] if args.peers else [p for p in PEERS if find_built(p)]
+    spoken = {profile.name for profile in PROFILES}
+    peers = ([peer_for(p) for p in args.peers.split(",")] if args.peers
+             else [p for p in PEERS if find_built(p) and p.protocol in spoken])
     missing = [p.release for p in peers if find_built(p) is None]
     if missing:
         print(f"error: not built: {', '.join(missing)} (ggml-rpc-peers build ...)", file=sys.stderr)

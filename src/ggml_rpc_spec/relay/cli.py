@@ -149,7 +149,8 @@ def _enforcement(links: LinkPolicy, listen: bool) -> str:
     return f"  enforced: {enforced}\n  not enforceable at the wire: {unenforced}\n  links: {link}"
 
 
-def _serve_metrics(address: tuple[str, int], relay: Relay) -> None:
+def _serve_metrics(address: tuple[str, int], relay: Relay) -> ThreadingHTTPServer:
+    """The guard's counters at http://address/metrics, served from a thread of their own."""
     class Metrics(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             if self.path.rstrip("/") != "/metrics":
@@ -167,6 +168,7 @@ def _serve_metrics(address: tuple[str, int], relay: Relay) -> None:
 
     server = ThreadingHTTPServer(address, Metrics)
     threading.Thread(target=server.serve_forever, name="guard-metrics", daemon=True).start()
+    return server
 
 
 def _run_proxy(args, listen, upstream, folder) -> int:

@@ -40,6 +40,9 @@ FUSED_BODY = re.compile(r'op_desc\(ggml_tensor \* t\) override \{([^}]*)\}')
 FUSED_NAME = re.compile(r'"([A-Z][A-Z0-9_]*)"')  # every name an override can return ("A" or cond ? "B" : "C")
 FUSED_SUFFIX = re.compile(r'op_desc\(ggml_tensor \* t\) override \{[^}]*?ggml_unary_op_name\(op\)\) \+ "(_[A-Z0-9_]+)"')
 
+# the newest CI peer whose sdist gives the program (a binary wheel has no sources to build it from)
+DEFAULT_PEER = [release for release in CI_PEERS if peer_for(release).dist.sdist][-1]
+
 CASE_LINE = re.compile(r"^(?P<said>.*?)  (?P<op>[A-Z][A-Z0-9_]*)\((?P<vars>[^()]*)\): (?P<rest>.*)$")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -244,8 +247,8 @@ def main(argv: list[str]) -> int:
         description="Run upstream's test-backend-ops against a GGML RPC server, one process per op, and "
                     "print a per-op table.  Against the real upstream server every case passes (the baseline).")
     parser.add_argument("--target", required=True, help="HOST:PORT of the RPC server to judge")
-    parser.add_argument("--peer", default=CI_PEERS[-1],
-                        help=f"llama-cpp-python release whose program and client to use (default {CI_PEERS[-1]}; "
+    parser.add_argument("--peer", default=DEFAULT_PEER,
+                        help=f"llama-cpp-python release whose program and client to use (default {DEFAULT_PEER}; "
                              "the target must speak its protocol)")
     parser.add_argument("--op", action="append", default=[], metavar="OP",
                         help="an op name as the program lists it (ADD, MUL_MAT, SWIGLU, ...); repeatable; "

@@ -36,6 +36,7 @@ import sys
 from ctypes import Structure, c_bool, c_char_p, c_int, c_int64, c_size_t, c_uint8, c_void_p
 from pathlib import Path
 
+from .build import python_command
 from .catalog import Peer, peer_for
 from .libs import load
 
@@ -262,8 +263,10 @@ def run_client(peer: Peer | str, endpoint: str, steps: list[dict], *, timeout: f
     peer = peer_for(peer) if isinstance(peer, str) else peer
     root = Path(__file__).resolve().parent.parent
     job = json.dumps({"peer": peer.release, "endpoint": endpoint, "steps": steps})
-    proc = subprocess.run([sys.executable, "-c", "from ggml_rpc_spec.upstream_peers.client import _child_main; _child_main()"],
-                          input=job, capture_output=True, text=True, timeout=timeout, cwd=root)
+    # this project's interpreter, started so that it can load the peer's libraries
+    child = [*python_command(peer, sys.executable), "-c",
+             "from ggml_rpc_spec.upstream_peers.client import _child_main; _child_main()"]
+    proc = subprocess.run(child, input=job, capture_output=True, text=True, timeout=timeout, cwd=root)
     results = []
     for line in proc.stdout.splitlines():
         if line.startswith("{"):

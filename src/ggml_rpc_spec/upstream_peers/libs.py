@@ -12,7 +12,7 @@ from ctypes import POINTER, c_char_p, c_int, c_size_t, c_uint32, c_void_p
 from dataclasses import dataclass
 from pathlib import Path
 
-from .build import PeerNotBuilt, find_built, lib_dir, library
+from .build import PeerNotBuilt, find_built, lib_dir, library, loads_here
 from .catalog import Peer
 
 GGML_BACKEND_DEVICE_TYPE_CPU = 0
@@ -41,7 +41,10 @@ def load(peer: Peer, *, with_llama: bool = False) -> PeerLibs:
     if venv_path is None:
         raise PeerNotBuilt(f"upstream peer {peer.release} (protocol {peer.protocol}) is not built; "
                            f"run: ggml-rpc-peers build {peer.release}")
-    libs = lib_dir(venv_path)
+    if not loads_here(peer):
+        raise PeerNotBuilt(f"upstream peer {peer.release}'s libraries need Debian trixie's C library: load them in "
+                           f"a python started by build.python_command")
+    libs = lib_dir(peer, venv_path)
 
     def open_lib(stem: str) -> ctypes.CDLL:
         return ctypes.CDLL(str(library(libs, stem)), mode=ctypes.RTLD_GLOBAL)

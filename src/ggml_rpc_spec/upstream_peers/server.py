@@ -13,12 +13,15 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import random
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from .build import loads_here, python_command
 from .catalog import Peer, peer_for
 from .libs import GGML_BACKEND_DEVICE_TYPE_CPU, load
 
@@ -67,15 +70,42 @@ def _listening_ports(pid: int) -> list[int]:
     return ports
 
 
+# llama.cpp 8.0.0's tensor split: the server of rank 0 (the first in the client's list) listens
+# for rank 1's server-to-server link on its own port + 1000
+COMM_PORT_OFFSET = 1000
+
+
+def comm_safe_port() -> int:
+    """A port for the server that will be rank 0 of a tensor split: free, its link port free
+    too, and both below the kernel's ephemeral range, where no client socket can come to hold
+    the link port before the link opens (a kernel-chosen port + 1000 may be any connection's)."""
+    lowest_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(10000, lowest_ephemeral - COMM_PORT_OFFSET), 200):
+        if _bindable(port) and _bindable(port + COMM_PORT_OFFSET):
+            return port
+    raise RuntimeError(f"no free port pair (P, P + {COMM_PORT_OFFSET}) below {lowest_ephemeral} in 200 tries")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("0.0.0.0", port))  # where the link listens
+        except OSError:
+            return False
+    return True
+
+
 class UpstreamServer:
-    """A real upstream server in a child process, on 127.0.0.1 and a kernel-chosen port."""
+    """A real upstream server in a child process, on 127.0.0.1 and a kernel-chosen port (or
+    `port`: where more than the server's own port matters, see COMM_PORT_OFFSET)."""
 
     def __init__(self, peer: Peer | str, *, cache_dir: str | None = None, devices: int = 1,
-                 host: str = "127.0.0.1", start_timeout: float = 60.0) -> None:
+                 host: str = "127.0.0.1", port: int = 0, start_timeout: float = 60.0) -> None:
         self.peer = peer_for(peer) if isinstance(peer, str) else peer
         self.cache_dir = cache_dir
         self.devices = devices
         self.host = host
+        self.listen_port = port
         self.start_timeout = start_timeout
         self.process: subprocess.Popen | None = None
         self.port: int | None = None
@@ -92,8 +122,10 @@ class UpstreamServer:
         return f"{host}:{port}"
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "ggml_rpc_spec.upstream_peers.server", "--peer", self.peer.release,
-               "--host", self.host, "--port", "0", "--devices", str(self.devices)]
+        # this project's interpreter, started so that it can load the peer's libraries
+        cmd = [*python_command(self.peer, sys.executable), "-m", "ggml_rpc_spec.upstream_peers.server",
+               "--peer", self.peer.release, "--host", self.host, "--port", str(self.listen_port),
+               "--devices", str(self.devices)]
         if self.cache_dir:
             cmd += ["--cache", self.cache_dir]
         return cmd
@@ -142,15 +174,19 @@ class UpstreamServer:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the real upstream GGML RPC server of a built peer.")
-    parser.add_argument("--peer", required=True, help="llama-cpp-python release (0.3.36) or protocol (7.0)")
+    parser.add_argument("--peer", required=True, help="PyPI release (0.3.36, 0.11739) or protocol (7.0, 8.0)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=50052)
     parser.add_argument("--cache", default=None, help="hash cache directory (SET_TENSOR_HASH)")
     parser.add_argument("--devices", type=int, default=1, help="number of CPU devices to expose")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS)
     args = parser.parse_args(argv)
+    peer = peer_for(args.peer)
+    if not loads_here(peer):  # started by hand: again, through the loader of the C library the peer needs
+        command = python_command(peer, sys.executable)
+        os.execv(command[0], [*command, "-m", __spec__.name, *(sys.argv[1:] if argv is None else argv)])
     sys.stdout.reconfigure(line_buffering=True)
-    serve(peer_for(args.peer), args.host, args.port, args.cache, args.devices, args.threads)
+    serve(peer, args.host, args.port, args.cache, args.devices, args.threads)
 
 
 if __name__ == "__main__":
