@@ -17,11 +17,12 @@ from construct import Container
 
 from ggml_rpc_spec.protocol import Command, Graph, build_request, make_tensor
 from ggml_rpc_spec.protocol.graph import tensors_from_containers
-from ggml_rpc_spec.protocol.messages import device_fields
+from ggml_rpc_spec.protocol.messages import device_fields, graph_fields
 from ggml_rpc_spec.protocol.versions import Profile
 from ggml_rpc_spec.client.rpc import RemoteBuffer, RPCClient
 
 CLOSED, ANSWERED, SILENT = "closed", "answered", "silent"
+GRAPH_UID = 1  # the uid of a probe's graphs where graphs are cached by uid (0 would not be cached)
 
 
 @dataclass
@@ -82,6 +83,12 @@ class Probe:
 
     def device_body(self, device: int = 0) -> dict:
         return device_fields(self.profile, device)
+
+    def graph_body(self, device: int = 0, uid: int = GRAPH_UID) -> dict:
+        """GRAPH_COMPUTE's and GRAPH_RECOMPUTE's fixed fields: the device and, where graphs
+        are cached by uid, `uid` (by default one uid for all of a probe's graphs, so that a
+        recompute names the last graph computed, as in the versions without uids)."""
+        return graph_fields(self.profile, device, uid)
 
     # -- raw traffic -------------------------------------------------------------------------------
 

@@ -80,12 +80,12 @@ def _node(p, **fields):
 
 def _graph(p, tensors, nodes=None) -> None:
     nodes = nodes if nodes is not None else [tensors[-1].id]
-    p.send(C.GRAPH_COMPUTE, p.device_body(), graph=p.graph(tensors, nodes))
+    p.send(C.GRAPH_COMPUTE, p.graph_body(), graph=p.graph(tensors, nodes))
 
 
 def _noop_graph(p) -> None:
     """A graph whose single node computes nothing (op NONE), so any server can run it."""
-    p.send(C.GRAPH_COMPUTE, p.device_body(), graph=p.graph([p.tensor(0, id=0x77)], [0x77]))
+    p.send(C.GRAPH_COMPUTE, p.graph_body(), graph=p.graph([p.tensor(0, id=0x77)], [0x77]))
 
 
 def _unknown_command(p) -> None:
@@ -99,13 +99,13 @@ def _wrong_size(p) -> None:
 def _graph_then_free_then_recompute(p) -> None:
     _noop_graph(p)
     p.call(C.FREE_BUFFER, {"remote_ptr": p.buffer.handle})  # consumes the ack where there is one
-    p.send(C.GRAPH_RECOMPUTE, {"device": 0})
+    p.send(C.GRAPH_RECOMPUTE, p.graph_body())
 
 
 def _bigger_graph_after_small(p) -> None:
     _noop_graph(p)
     tensors = [p.tensor(0, id=0x100 + i, name=f"n{i}") for i in range(200)]
-    p.send(C.GRAPH_COMPUTE, p.device_body(), graph=p.graph(tensors, [t.id for t in tensors]))
+    p.send(C.GRAPH_COMPUTE, p.graph_body(), graph=p.graph(tensors, [t.id for t in tensors]))
 
 
 def _rows(p, op: str, index_value: int) -> None:
@@ -136,7 +136,7 @@ def _graph_counts_too_big(p) -> None:
 
 
 def _graph_trailing(p) -> None:
-    raw = build_request(p.profile, C.GRAPH_COMPUTE, p.device_body(), graph=p.graph([p.tensor(0, id=0x77)], [0x77]))
+    raw = build_request(p.profile, C.GRAPH_COMPUTE, p.graph_body(), graph=p.graph([p.tensor(0, id=0x77)], [0x77]))
     raw = raw[:1] + struct.pack("<Q", len(raw) - 9 + 8) + raw[9:] + b"TRAILING"
     p.send_raw(raw)
 
@@ -283,7 +283,7 @@ CASES: tuple[HostileCase, ...] = (
                 "GHSA-2phh-px2f-2qmx", _graph_then_free_then_recompute, destructive=True, harmless_from=(7, 0, 0),
                 needs=(C.GRAPH_RECOMPUTE,)),  # 7.0.0 discards the graph on FREE_BUFFER and closes
     HostileCase("#25299", "graph.node-nonzero", "graph with node id 0 and no tensors", "llama.cpp #25299",
-                lambda p: p.send(C.GRAPH_COMPUTE, p.device_body(), graph=p.graph([], [0])), destructive=True),
+                lambda p: p.send(C.GRAPH_COMPUTE, p.graph_body(), graph=p.graph([], [0])), destructive=True),
     HostileCase("#25289", "graph.no-custom", "graph node with op CUSTOM", "llama.cpp #25289",
                 lambda p: _graph(p, _node(p, op=p.profile.ggml.op_value("CUSTOM"), op_params=[0x4141] * 16)),
                 destructive=True),
@@ -379,7 +379,7 @@ CASES += (
                                                         p.tensor(0, id=0xB2, name="b", buffer=0, data=0),
                                                         *_node(p)[2:]]), destructive=True),
     HostileCase("recompute.stored", "recompute.stored", "GRAPH_RECOMPUTE before any GRAPH_COMPUTE", "protocol",
-                lambda p: p.send(C.GRAPH_RECOMPUTE, {"device": 0}), needs=(C.GRAPH_RECOMPUTE,)),
+                lambda p: p.send(C.GRAPH_RECOMPUTE, p.graph_body()), needs=(C.GRAPH_RECOMPUTE,)),
 )
 
 # Cases a conforming server must *serve*, not close: fixed crashes that were triggered by

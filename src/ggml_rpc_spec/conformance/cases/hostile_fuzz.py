@@ -43,14 +43,14 @@ from ggml_rpc_spec.protocol.errors import ProtocolError
 from ggml_rpc_spec.protocol.framing import NEED_DATA, ReplyParser
 from ggml_rpc_spec.protocol.ggml import TYPES
 from ggml_rpc_spec.protocol.graph import tensors_from_containers
-from ggml_rpc_spec.protocol.messages import device_fields
+from ggml_rpc_spec.protocol.messages import device_fields, graph_fields
 from ggml_rpc_spec.protocol.ops import CATALOGUE, Param
 from ggml_rpc_spec.protocol.rules import BY_KEY, MUST, BufferInfo, request_checks, sized_violation
 from ggml_rpc_spec.protocol.tensor import contiguous_strides
 from ggml_rpc_spec.client.rpc import ServerClosed
 
 from ..core import Checks, Context
-from ..probe import ANSWERED, CLOSED, SILENT
+from ..probe import ANSWERED, CLOSED, GRAPH_UID, SILENT
 
 checks = Checks()  # this module's cases (see conformance.cases)
 
@@ -304,7 +304,7 @@ def _graph_attack(draw, s: Session) -> Attack:
     elif links == "view-past" and sources:
         sources[0].view_src, sources[0].view_offs = node.id, s.target.size
     graph = Graph(np.array(nodes, dtype="<u8"), tensors_from_containers(s.profile, tensors))
-    steps.append((C.GRAPH_COMPUTE, device_fields(s.profile, 0), None, graph))
+    steps.append((C.GRAPH_COMPUTE, graph_fields(s.profile, 0, GRAPH_UID), None, graph))
     return Attack(steps, f"GRAPH_COMPUTE({op}{'/' + sub if sub else ''})", hint)
 
 
@@ -314,9 +314,9 @@ def _recompute_after_free(draw, s: Session) -> Attack:
     node = s.tensor(draw, hostile=False, n=16, op=s.profile.ggml.op_value("ADD"), flags=s.profile.ggml.compute_flag,
                     src=[tensors[0].id, tensors[1].id] + [0] * 8)
     graph = Graph(np.array([node.id], dtype="<u8"), tensors_from_containers(s.profile, tensors + [node]))
-    return Attack([(C.GRAPH_COMPUTE, device_fields(s.profile, 0), None, graph),
+    return Attack([(C.GRAPH_COMPUTE, graph_fields(s.profile, 0, GRAPH_UID), None, graph),
                    (C.FREE_BUFFER, {"remote_ptr": s.target.handle}, None, None),
-                   (C.GRAPH_RECOMPUTE, {"device": 0}, None, None)], "GRAPH_RECOMPUTE", "recompute.after-free")
+                   (C.GRAPH_RECOMPUTE, graph_fields(s.profile, 0, GRAPH_UID), None, None)], "GRAPH_RECOMPUTE", "recompute.after-free")
 
 
 @st.composite
