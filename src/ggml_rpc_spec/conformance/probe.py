@@ -54,6 +54,7 @@ class Probe:
         self.endpoint = endpoint
         self.timeout = timeout
         self.transcript = Transcript()
+        self._attached: list = []
         if handshake:
             self.rpc = RPCClient(endpoint, proto=profile, timeout=timeout, tap=self.transcript.add)
             self.profile = self.rpc.profile
@@ -127,8 +128,16 @@ class Probe:
         self.transcript.add("received", chunk)
         return ANSWERED, chunk
 
+    def attach(self, item):
+        """Close `item` (a link peer, say) with this probe; `item` back."""
+        self._attached.append(item)
+        return item
+
     def close(self) -> None:
         try:
             self.sock.close()
         except OSError:
             pass
+        for item in self._attached:
+            item.close()
+        self._attached.clear()
