@@ -12,6 +12,8 @@ and sends one hostile request, or a short sequence ending in one:
   at the edges of their layout (bounds, 0, -1, INT32 extremes, NaN and infinities), node
   lists with missing, zero, duplicated or cyclic ids, views running past their source, and
   index tensors (rows, expert and state ids) filled with out-of-range values;
+- 2-D transfers (8.0.0) of no, empty, overlapping or out-of-bounds copies, with counts,
+  sizes and strides whose 64-bit products wrap;
 - GRAPH_RECOMPUTE after the graph's buffer was freed.
 What a correct server must do is worked out locally from the rules table (protocol.rules):
 a request that breaks a MUST rule must close the connection.  After every example the
@@ -58,6 +60,7 @@ C = Command
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 CANARY = bytes(range(256))
 TARGET_SIZE = 4096
+MAX_2D_DATA = 1 << 16  # the most data a SET_TENSOR_2D of an example carries
 INDEX_SOURCES = {"rows", "ids", "indices"}  # source roles holding indices into other tensors
 
 
@@ -257,6 +260,24 @@ def _region_attack(draw, s: Session) -> Attack:
     return Attack([(command, body, None, None)], command.name)
 
 
+def _transfer_2d_attack(draw, s: Session) -> Attack:
+    """SET_TENSOR_2D / GET_TENSOR_2D whose copies' count, size, stride and offset sit at the edges
+    (none, empty, overlapping, past the tensor or the buffer, products wrapping 64 bits).  A
+    SET_TENSOR_2D carries the data its head announces, up to MAX_2D_DATA bytes (beyond: less,
+    which a server must refuse too)."""
+    command = draw(st.sampled_from([C.SET_TENSOR_2D, C.GET_TENSOR_2D]))
+    size = draw(st.sampled_from([0, 1, 4, 16, 64, 2**32, 2**63]))
+    n_copies = draw(st.sampled_from([0, 1, 2, 3, 16, 2**32, 2**50]))
+    if draw(st.booleans()):
+        stride = draw(st.sampled_from([0, size // 2, size, size + 4]))  # overlapping, touching, apart
+    else:
+        stride = _edges(draw, s.target.size)
+    body = {"tensor": s.tensor(draw, hostile=draw(st.booleans())), "offset": _edges(draw, s.target.size),
+            "size": size, "n_copies": n_copies, "stride": stride}
+    data = bytes(min(size * n_copies, MAX_2D_DATA)) if command is C.SET_TENSOR_2D else None
+    return Attack([(command, body, data, None)], command.name)
+
+
 def _graph_attack(draw, s: Session) -> Attack:
     ggml = s.profile.ggml
     names = [op for op in ggml.ops if op in CATALOGUE and CATALOGUE[op].computes]
@@ -324,6 +345,8 @@ def attacks(draw, session: Session):
     kinds = [_region_attack, _graph_attack, _graph_attack]
     if C.GRAPH_RECOMPUTE in session.profile.commands:
         kinds.append(_recompute_after_free)
+    if C.SET_TENSOR_2D in session.profile.commands:
+        kinds.append(_transfer_2d_attack)
     return draw(st.sampled_from(kinds))(draw, session)
 
 
