@@ -75,6 +75,8 @@ class LinkPeer:
             if opened is None:
                 return
             self._sock, self.log.peer = opened
+            if self.stopping.is_set():  # closed while the link was being made
+                return
             self._sock.settimeout(self.timeout)
             self.log.handshake = bytes(take_turn(self._sock, handshake_first(self.rank), handshake(),
                                                  HANDSHAKE_SIZE))
