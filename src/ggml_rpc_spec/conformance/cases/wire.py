@@ -424,13 +424,16 @@ def hash_hit(ctx: Context) -> None:
 LAYOUTS_2D = ((20, 20, 6, 40), (3, 5, 4, 57), (16, 16, 8, 16), (7, 9, 1, 0))
 
 
-def _filled_q4_1(ctx: Context, rpc, seed: int):
-    """A Q4_1 [64, 6] tensor holding random bytes, and those bytes."""
+def _layouts_2d(ctx: Context):
+    """For each of LAYOUTS_2D: one fresh connection (the same for all), a seed, a Q4_1 [64, 6] tensor in a buffer of
+    it holding random bytes (new for each layout), those bytes and the layout."""
+    rpc = ctx.client()
     buf = rpc.alloc_buffer(256, ctx.device)
     tensor = rpc.tensor_for(buf, 0, shape=(64, 6), type="Q4_1")
-    raw = np.random.default_rng(seed).integers(0, 256, rpc.nbytes(tensor), dtype=np.uint8).tobytes()
-    rpc.set_tensor(tensor, raw)
-    return tensor, raw
+    for seed, layout in enumerate(LAYOUTS_2D):
+        raw = np.random.default_rng(seed).integers(0, 256, rpc.nbytes(tensor), dtype=np.uint8).tobytes()
+        rpc.set_tensor(tensor, raw)
+        yield rpc, seed, tensor, raw, layout
 
 
 def _copies(raw: bytes, offset: int, size: int, n_copies: int, stride: int) -> bytes:
@@ -439,6 +442,7 @@ def _copies(raw: bytes, offset: int, size: int, n_copies: int, stride: int) -> b
 
 
 def _require_bytes(got: bytes, want: bytes, expected: str) -> None:
+    """Fail naming where `got` first differs from `want`."""
     if got != want:
         common = min(len(got), len(want))
         at = next((i for i in range(common) if got[i] != want[i]), common)
@@ -448,9 +452,7 @@ def _require_bytes(got: bytes, want: bytes, expected: str) -> None:
 @checks.check("7.7", "SET_TENSOR_2D writes copy i at offset + i*stride and leaves the other bytes",
               needs=(C.SET_TENSOR_2D,))
 def set_tensor_2d(ctx: Context) -> None:
-    rpc = ctx.client()
-    for seed, (offset, size, n_copies, stride) in enumerate(LAYOUTS_2D):
-        tensor, before = _filled_q4_1(ctx, rpc, seed)
+    for rpc, seed, tensor, before, (offset, size, n_copies, stride) in _layouts_2d(ctx):
         data = np.random.default_rng(100 + seed).integers(0, 256, size * n_copies, dtype=np.uint8).tobytes()
         rpc.set_tensor_2d(tensor, data, offset=offset, n_copies=n_copies, stride=stride)
         want = bytearray(before)
@@ -464,9 +466,7 @@ def set_tensor_2d(ctx: Context) -> None:
 @checks.check("7.8", "GET_TENSOR_2D returns copy i from offset + i*stride, the copies back to back",
               needs=(C.GET_TENSOR_2D,))
 def get_tensor_2d(ctx: Context) -> None:
-    rpc = ctx.client()
-    for seed, (offset, size, n_copies, stride) in enumerate(LAYOUTS_2D):
-        tensor, raw = _filled_q4_1(ctx, rpc, seed)
+    for rpc, _, tensor, raw, (offset, size, n_copies, stride) in _layouts_2d(ctx):
         got = rpc.get_tensor_2d(tensor, offset=offset, size=size, n_copies=n_copies, stride=stride)
         _require_bytes(bytes(got), _copies(raw, offset, size, n_copies, stride),
                        f"offset {offset}, {n_copies} copies of {size} bytes at stride {stride}")
