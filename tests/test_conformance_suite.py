@@ -14,12 +14,17 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import CI_RELEASES, require_peer, require_tool
 from ggml_rpc_spec.protocol import PROFILES, Command, profile_for
-from ggml_rpc_spec.protocol.rules import BY_KEY
-from ggml_rpc_spec.netio import send_all
+from ggml_rpc_spec.protocol.columns import GRAPH_CACHE_LIMIT
+from ggml_rpc_spec.protocol.comm import decode_partial, partial_first, reduce, wire_size
+from ggml_rpc_spec.protocol.rules import BY_KEY, as_error
+from ggml_rpc_spec.netio import send_all, take_turn
+from ggml_rpc_spec.server.graphs import GraphStore
+from ggml_rpc_spec.server.link import Link
 from ggml_rpc_spec.server.service import ReferenceServer
 from ggml_rpc_spec.server.session import Session
 from ggml_rpc_spec.upstream_peers.server import _listening_ports
@@ -153,6 +158,58 @@ class KeepsGraphAfterFree(Session):
         return result
 
 
+class NoBounds2D(Session):
+    """GET_TENSOR_2D copies outside the tensor or its buffer are answered (zero-filled past the
+    buffer) instead of refused."""
+
+    IGNORED = ("tensor_2d.region", "tensor_2d.in-tensor")
+
+    def check(self, command, body, graph=None):
+        for rule, violation in self._checks[command].violations(self, body, graph):
+            if command is not Command.GET_TENSOR_2D or rule.key not in self.IGNORED:
+                raise as_error(command, (rule, violation))
+
+    def get_tensor_2d(self, request):
+        body = request.body
+        buf = self.buffers[body.tensor.buffer]
+        starts = (body.tensor.data + body.offset + i * body.stride - buf.base for i in range(body.n_copies))
+        return b"".join(bytes(buf.memory[start:start + body.size]).ljust(body.size, b"\0") for start in starts)
+
+
+class EarlyGraphStore(GraphStore):
+    def keep(self, device, uid, stored):
+        slot = self._device(device)
+        if uid and len(slot.kept) >= GRAPH_CACHE_LIMIT - 24:
+            slot.kept.clear()
+        super().keep(device, uid, stored)
+
+
+class ForgetsGraphsEarly(Session):
+    """Clears a device's graph cache at 1000 graphs, before the 1024 its clients count on."""
+
+    def use_profile(self, profile):
+        super().use_profile(profile)
+        self.graphs = EarlyGraphStore(profile.graphs)
+
+
+class F32Link(Link):
+    def all_reduce(self, values):
+        ours = np.ascontiguousarray(values, np.float32).view(np.uint8)  # F32 at any size: BF16 is due from 32768
+        theirs = take_turn(self.sock, partial_first(self.rank), ours, wire_size(values.size))
+        return reduce(values, decode_partial(theirs, values.size))
+
+
+class LinkSendsF32(Session):
+    """Its link sends partials as F32 however many elements they have."""
+
+    def comm_init(self, request):
+        reply = super().comm_init(request)
+        link = self.links.get(request.body.device)
+        if link is not None:
+            self.links[request.body.device] = F32Link(link.rank, link.sock, link.peer)
+        return reply
+
+
 class CorruptData(Session):
     def get_tensor(self, request):
         data = bytearray(super().get_tensor(request))
@@ -183,23 +240,26 @@ class ReplyToOneWay(ReferenceServer):
         super()._converse(sock, session)
 
 
-def serve_faulty(server_class=ReferenceServer, session_class=Session) -> ReferenceServer:
+def serve_faulty(server_class=ReferenceServer, session_class=Session, proto: str = "7.0.0") -> ReferenceServer:
     server_class = type(f"Faulty{server_class.__name__}", (server_class,), {"session_class": session_class})
-    return server_class(profile=profile_for("7.0.0"), memory=1 << 30).start()
+    return server_class(profile=profile_for(proto), memory=1 << 30).start()
 
 
-@pytest.mark.parametrize("server_class,session_class,section", [
-    (ReferenceServer, WrongVersion, "§3.2"),
-    (ReferenceServer, NoBoundsCheck, "§7.2"),
-    (ReferenceServer, CorruptData, "§7.2"),
-    (WrongReplySize, Session, "§5.2"),
-    (ReplyToOneWay, Session, "§7.1"),
-    (ReferenceServer, EchoesCaps, "§3.1"),
-    (ReferenceServer, KeepsGraphAfterFree, "§8.3"),
+@pytest.mark.parametrize("server_class,session_class,section,proto", [
+    (ReferenceServer, WrongVersion, "§3.2", "7.0.0"),
+    (ReferenceServer, NoBoundsCheck, "§7.2", "7.0.0"),
+    (ReferenceServer, CorruptData, "§7.2", "7.0.0"),
+    (WrongReplySize, Session, "§5.2", "7.0.0"),
+    (ReplyToOneWay, Session, "§7.1", "7.0.0"),
+    (ReferenceServer, EchoesCaps, "§3.1", "7.0.0"),
+    (ReferenceServer, KeepsGraphAfterFree, "§8.3", "7.0.0"),
+    (ReferenceServer, NoBounds2D, "§7.7", "8.0.0"),
+    (ReferenceServer, ForgetsGraphsEarly, "§8.3", "8.0.0"),
+    (ReferenceServer, LinkSendsF32, "§10.2", "8.0.0"),
 ], ids=["wrong-version", "missing-bounds-check", "data-corruption", "wrong-reply-size", "reply-to-one-way",
-        "echoes-caps", "recompute-after-free"])
-def test_the_suite_catches_a_broken_server(tmp_path, server_class, session_class, section):
-    server = serve_faulty(server_class, session_class)
+        "echoes-caps", "recompute-after-free", "missing-2d-bounds", "graph-cache-too-small", "link-f32-for-bf16"])
+def test_the_suite_catches_a_broken_server(tmp_path, server_class, session_class, section, proto):
+    server = serve_faulty(server_class, session_class, proto)
     try:
         result = run_suite(tmp_path, "--target", server.endpoint, "--fuzz-examples", "0")
     finally:

@@ -16,7 +16,6 @@ from conftest import require_peer
 from ggml_rpc_spec.client import RPCClient, ServerClosed, parse_endpoint
 from ggml_rpc_spec.client.graphs import GraphBuilder
 from ggml_rpc_spec.netio import Networks
-from ggml_rpc_spec.protocol import profile_for
 from ggml_rpc_spec.relay.cli import _serve_metrics
 from ggml_rpc_spec.relay.guard import UNENFORCEABLE, GuardSettings, enforced_rules
 from ggml_rpc_spec.relay.relay import Relay

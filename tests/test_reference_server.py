@@ -26,7 +26,7 @@ from ggml_rpc_spec.netio import DEFAULT_POLL, FramePace
 from ggml_rpc_spec.server.cli import build_parser
 from ggml_rpc_spec.server.service import ReferenceServer
 
-MAIN = ["3.6.1", "7.0.0"]
+MAIN = ["3.6.1", "7.0.0", "8.0.0"]
 
 
 @pytest.mark.parametrize("proto", [p.name for p in PROFILES])

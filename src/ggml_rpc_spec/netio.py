@@ -159,6 +159,30 @@ class Activity:
         self.last, self.in_frame = now, in_frame
 
 
+def receive_exactly(sock: socket.socket, size: int) -> bytearray:
+    """Exactly `size` bytes from `sock`; ConnectionError when the peer closes it before."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    got = 0
+    while got < size:
+        n = sock.recv_into(view[got:])
+        if not n:
+            raise ConnectionError(f"the peer closed the connection after {got} of {size} bytes")
+        got += n
+    return buffer
+
+
+def take_turn(sock: socket.socket, first: bool, ours, size: int) -> bytearray:
+    """One exchange of a turn-taking stream (a server-to-server link): send `ours` and receive
+    the other side's `size` bytes, sending `first` or second; the bytes received."""
+    if first:
+        sock.sendall(ours)
+        return receive_exactly(sock, size)
+    theirs = receive_exactly(sock, size)
+    sock.sendall(ours)
+    return theirs
+
+
 class ThreadedTCPService:
     """A listening socket whose connections each get a thread of their own.
 

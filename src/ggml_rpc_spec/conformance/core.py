@@ -18,12 +18,24 @@ from ggml_rpc_spec.protocol import Command
 from ggml_rpc_spec.protocol.messages import device_fields
 from ggml_rpc_spec.protocol.rules import MUST, SHOULD
 from ggml_rpc_spec.protocol.trace import CLIENT, SERVER, Trace, encode_trace, frame_records
-from ggml_rpc_spec.protocol.versions import Profile, parse_version
+from ggml_rpc_spec.protocol.versions import PROFILES, Profile, parse_version
 from ggml_rpc_spec.client.rpc import RPCClient
 
 from .probe import ANSWERED, CLOSED, SILENT, Transcript, Probe
 
 __all__ = ["CaseFailure", "Check", "Checks", "Context", "MUST", "SHOULD", "require"]
+
+
+def first_version(column: str, value) -> str:
+    """The first protocol version whose profile has `value` in `column`: a case of a feature
+    names the version it arrived in as the version table says, not as a number written down."""
+    return next(p.name for p in PROFILES if getattr(p, column) == value)
+
+
+def skip(reason: str) -> None:
+    """End the case as skipped: what it checks does not exist on this target (also from the
+    request builders of hostile cases, which see a probe rather than the context)."""
+    pytest.skip(reason)
 
 
 def missing_from(profile: Profile, *, needs=(), ops=(), since: str | None = None, protocols=()) -> str:
@@ -84,11 +96,12 @@ class Checks:
         return item
 
     def check(self, section: str, title: str, *, level: str = MUST, needs=(), destructive: bool = False,
-              advisory: str = "", kind: str = "semantics", key: str | None = None, rule: str = ""):
+              advisory: str = "", kind: str = "semantics", key: str | None = None, rule: str = "",
+              since: str | None = None):
         """Decorator: declare a function as a check of this module."""
         def wrap(function):
             self.add(Check(key or function.__name__, section, title, function, level, tuple(needs), destructive,
-                           advisory, kind, rule=rule))
+                           advisory, kind, rule=rule, since=since))
             return function
 
         return wrap
@@ -142,8 +155,12 @@ class Context:
         raise CaseFailure(message)
 
     def skip(self, reason: str) -> None:
-        """End the case as skipped: what it checks does not exist on this target."""
-        pytest.skip(reason)
+        skip(reason)
+
+    def attach(self, item):
+        """Close `item` (a link peer, say) with the case's connections; `item` back."""
+        self._open.append(item)
+        return item
 
     def close(self) -> None:
         for item in self._open:

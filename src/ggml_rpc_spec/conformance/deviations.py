@@ -2,7 +2,7 @@
 
 Measured by running the suite (with --level should --destructive --restart-cmd) against the
 upstream servers built from llama-cpp-python 0.3.16 (2.0.0), 0.3.20 (3.6.1), 0.3.34 (4.0.2),
-0.3.35 (5.0.0) and 0.3.36 (7.0.0).  The suite
+0.3.35 (5.0.0) and 0.3.36 (7.0.0), and llama-cpp-py-sync 0.11739 (8.0.0, llama.cpp 0ce8cd11).  The suite
 still runs these cases and reports them as expected failures naming the advisory or issue
 (never as silent skips); a server of that version that does better shows up as "xpassed".
 """
@@ -83,7 +83,27 @@ _BEFORE_3 = {
     "rule.exec.unsupported": "compute failure: 2.0.0 does not reject ROPE mode 1; the server answers",
 }
 
+# 8.0.0 deserializes tensors with a bounds check instead of GGML_ASSERT: these no longer abort.
+_BOUNDED_FROM_8 = ("rule.upstream-asserts.past-end", "rule.graph.bounds")
+
+# What 8.0.0 brought: 2-D transfers and the server-to-server link.
+_NEW_IN_8 = {
+    "rule.2d.set-overlap": "upstream does not check that the copies of a 2-D transfer are apart: SET_TENSOR_2D "
+                           "writes copies over one another and answers",
+    "rule.2d.stride-zero": "upstream bounds GET_TENSOR_2D's copies by the tensor only through their span, which is "
+                           "one copy at stride 0: it allocates size * n_copies bytes for the reply and aborts "
+                           "(std::bad_alloc)",
+    "rule.comm.f16": "upstream sums any type as raw bytes: COMM_ALLREDUCE of an F16 tensor exchanges its bytes over "
+                     "the link, adds in F16 and answers",
+    "comm_peers": "unauthenticated peering: upstream's rank 1 connects to whatever host COMM_INIT names (and answers "
+                  "ok=1 once the handshake is done)",
+    "comm_listen": "unauthenticated peering: upstream's rank 0 listens on 0.0.0.0 whatever address its RPC endpoint "
+                   "has, and takes the first connection from anywhere",
+}
+
 DEVIATIONS: dict[str, dict[str, str]] = {
+    "8.0.0": {**{k: v for k, v in _ABORTS.items() if k not in _BOUNDED_FROM_8}, **_CORRUPTS, **_SHOULDS,
+              **_NEW_IN_8},
     "7.0.0": {**_ABORTS, **_CORRUPTS, **_SHOULDS},
     "5.0.0": {**_ABORTS, **_CORRUPTS, **_SHOULDS, **_RECOMPUTE_AFTER_FREE},
     "4.0.2": {**_ABORTS, **_CORRUPTS, **_SHOULDS, **_RECOMPUTE_AFTER_FREE},

@@ -17,11 +17,12 @@ from construct import Container
 
 from ggml_rpc_spec.protocol import Command, Graph, build_request, make_tensor
 from ggml_rpc_spec.protocol.graph import tensors_from_containers
-from ggml_rpc_spec.protocol.messages import device_fields
+from ggml_rpc_spec.protocol.messages import device_fields, graph_fields
 from ggml_rpc_spec.protocol.versions import Profile
 from ggml_rpc_spec.client.rpc import RemoteBuffer, RPCClient
 
 CLOSED, ANSWERED, SILENT = "closed", "answered", "silent"
+GRAPH_UID = 1  # the uid of a probe's graphs where graphs are cached by uid (0 would not be cached)
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Probe:
         self.endpoint = endpoint
         self.timeout = timeout
         self.transcript = Transcript()
+        self._attached: list = []
         if handshake:
             self.rpc = RPCClient(endpoint, proto=profile, timeout=timeout, tap=self.transcript.add)
             self.profile = self.rpc.profile
@@ -82,6 +84,12 @@ class Probe:
 
     def device_body(self, device: int = 0) -> dict:
         return device_fields(self.profile, device)
+
+    def graph_body(self, device: int = 0, uid: int = GRAPH_UID) -> dict:
+        """GRAPH_COMPUTE's and GRAPH_RECOMPUTE's fixed fields: the device and, where graphs
+        are cached by uid, `uid` (by default one uid for all of a probe's graphs, so that a
+        recompute names the last graph computed, as in the versions without uids)."""
+        return graph_fields(self.profile, device, uid)
 
     # -- raw traffic -------------------------------------------------------------------------------
 
@@ -120,8 +128,16 @@ class Probe:
         self.transcript.add("received", chunk)
         return ANSWERED, chunk
 
+    def attach(self, item):
+        """Close `item` (a link peer, say) with this probe; `item` back."""
+        self._attached.append(item)
+        return item
+
     def close(self) -> None:
         try:
             self.sock.close()
         except OSError:
             pass
+        for item in self._attached:
+            item.close()
+        self._attached.clear()

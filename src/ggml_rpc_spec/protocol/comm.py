@@ -28,6 +28,23 @@ WORLD = 2  # the only pair size there is
 HOST_SIZE = 64
 
 
+def handshake() -> bytes:
+    """A rank's handshake: its conn_caps, all zero over plain TCP (no transport upgrade)."""
+    return bytes(HANDSHAKE_SIZE)
+
+
+def handshake_first(rank: int) -> bool:
+    """Whether `rank` sends its handshake before receiving the other's (rank 1, the one
+    that connected, speaks first)."""
+    return rank == 1
+
+
+def partial_first(rank: int) -> bool:
+    """Whether `rank` sends its partial before receiving the other's in an all-reduce (rank
+    0 first: the two turns alternate, so partials of any size never deadlock)."""
+    return rank == 0
+
+
 def wire_bf16(n_elements: int) -> bool:
     """Whether an F32 partial of `n_elements` travels as BF16."""
     return n_elements >= BF16_MIN_ELEMENTS

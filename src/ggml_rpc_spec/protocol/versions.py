@@ -73,8 +73,7 @@ PROFILES: tuple[Profile, ...] = (
     Profile((5, 1, 0), H.CAPS, D.MULTI, T.USE_COUNT, S.PLAIN, R.NONE, A.EMPTY, X.ZERO, G.LAST, "5.0.0",
             note="no release of its own was found; the 5.0.0 ggml enums are assumed"),
     Profile((7, 0, 0), H.CAPS, D.MULTI, T.USE_COUNT, S.CACHE_FLAG, R.NONE, A.NONE, X.ZERO, G.LAST, "7.0.0"),
-    Profile((8, 0, 0), H.CAPS, D.MULTI, T.USE_COUNT, S.CACHE_FLAG, R.NONE, A.NONE, X.ZERO, G.UID, "7.0.0",
-            note="its ggml enums are 7.0.0's"),
+    Profile((8, 0, 0), H.CAPS, D.MULTI, T.USE_COUNT, S.CACHE_FLAG, R.NONE, A.NONE, X.ZERO, G.UID, "8.0.0"),
 )
 
 BY_VERSION: dict[Version, Profile] = {p.version: p for p in PROFILES}

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ggml_rpc_spec.netio import Networks
-from ggml_rpc_spec.protocol.comm import HANDSHAKE_SIZE, decode_partial, encode_partial, reduce, wire_size
+from ggml_rpc_spec.netio import Networks, take_turn
+from ggml_rpc_spec.protocol.comm import (HANDSHAKE_SIZE, decode_partial, encode_partial, handshake, handshake_first,
+                                         partial_first, reduce, wire_size)
 
 log = logging.getLogger("ggml_rpc.server")
 
@@ -90,13 +91,8 @@ class Link:
             sock, peer = _connect(policy, host, port)
         sock.settimeout(policy.timeout)
         try:
-            if rank == 0:
-                _receive(sock, HANDSHAKE_SIZE)
-                sock.sendall(bytes(HANDSHAKE_SIZE))
-            else:
-                sock.sendall(bytes(HANDSHAKE_SIZE))
-                _receive(sock, HANDSHAKE_SIZE)
-        except (OSError, LinkError) as exc:
+            take_turn(sock, handshake_first(rank), handshake(), HANDSHAKE_SIZE)
+        except OSError as exc:
             sock.close()
             raise LinkError(f"handshake with {peer} failed: {exc}") from None
         return cls(rank, sock, peer)
@@ -108,12 +104,7 @@ class Link:
         size = wire_size(values.size)
         ours = encode_partial(values)
         try:
-            if self.rank == 0:
-                self.sock.sendall(ours)
-                theirs = _receive(self.sock, size)
-            else:
-                theirs = _receive(self.sock, size)
-                self.sock.sendall(ours)
+            theirs = take_turn(self.sock, partial_first(self.rank), ours, size)
         except OSError as exc:
             raise LinkError(f"the link to {self.peer} broke: {exc}") from None
         self.exchanged += 2 * size
@@ -167,18 +158,6 @@ def _connect(policy: LinkPolicy, host: str, port: int) -> tuple[socket.socket, s
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock, f"{address[0]}:{address[1]}"
     raise LinkError(f"cannot connect to rank 0 at {host}:{port}: {failure}")
-
-
-def _receive(sock: socket.socket, size: int) -> bytearray:
-    buffer = bytearray(size)
-    view = memoryview(buffer)
-    got = 0
-    while got < size:
-        n = sock.recv_into(view[got:])
-        if not n:
-            raise LinkError(f"the peer closed the link after {got} of {size} bytes")
-        got += n
-    return buffer
 
 
 def _family(host: str) -> int:

@@ -7,9 +7,9 @@ order below and makes sure no two share a key.
 from __future__ import annotations
 
 from ..core import Check
-from . import diff_fuzz, frame_fuzz, graphs, hostile_fuzz, negative, traces, wire
+from . import diff_fuzz, frame_fuzz, graphs, hostile_fuzz, link, negative, traces, wire
 
-MODULES = (wire, negative, graphs, traces, frame_fuzz, hostile_fuzz, diff_fuzz)
+MODULES = (wire, negative, graphs, link, traces, frame_fuzz, hostile_fuzz, diff_fuzz)
 
 
 def all_checks() -> tuple[Check, ...]:

@@ -6,14 +6,16 @@ from __future__ import annotations
 import numpy as np
 
 from ggml_rpc_spec.protocol import RPC_TENSOR_DTYPE, Command, Graph
+from ggml_rpc_spec.protocol.columns import GRAPH_CACHE_LIMIT, Graphs
 from ggml_rpc_spec.client.graphs import GraphBuilder
 
-from ..core import Check, Checks, Context, SHOULD, require
+from ..core import Check, Checks, Context, SHOULD, first_version, require
 from .op_cases import CASES
 
 checks = Checks()  # this module's cases (see conformance.cases)
 
 C = Command
+UIDS = first_version("graphs", Graphs.UID)  # the first version whose servers cache graphs by uid
 
 
 def _run_case(ctx: Context, case, device: int | None = None) -> None:
@@ -93,3 +95,79 @@ def every_device(ctx: Context) -> None:
     add = next(case for case in CASES if case.op == "ADD")
     for device in range(count):
         _run_case(ctx, add, device=device)
+
+
+# -- §8.3 graphs cached by uid ---------------------------------------------------------------------
+
+
+def _scalings(ctx: Context, rpc, factors, device: int | None = None):
+    """An input `a` on the device and one graph per factor f computing f*a into a tensor of its
+    own: (builder, a, [(graph, output)])."""
+    device = ctx.device if device is None else device
+    g = GraphBuilder(rpc.profile, rpc.alloc_buffer(4096, device))
+    a = g.input(np.arange(1, 5, dtype=np.float32), name="a")
+    outputs = [g.scale(a, factor, name=f"times{factor:g}") for factor in factors]
+    return g, a, [(g.graph([out]), out) for out in outputs]
+
+
+def _recomputed(g, rpc, a, outputs, factors, fresh: float) -> list[bool]:
+    """Which of `outputs` (f*a for each of `factors`) hold f times the `fresh` input."""
+    return [bool(np.allclose(g.read(rpc, out).ravel(), factor * fresh * np.arange(1, 5)))
+            for out, factor in zip(outputs, factors, strict=True)]
+
+
+@checks.check("8.3", "GRAPH_RECOMPUTE of a uid runs that uid's graph and no other cached one", since=UIDS)
+def recompute_by_uid(ctx: Context) -> None:
+    rpc = ctx.client()
+    factors = (2.0, 3.0, 5.0)
+    g, a, graphs = _scalings(ctx, rpc, factors)
+    g.upload(rpc)
+    for uid, (graph, _) in zip((11, 12, 13), graphs, strict=True):
+        rpc.graph_compute(graph, ctx.device, uid=uid)
+    outputs = [out for _, out in graphs]
+    for uid, fresh, want in ((12, 10.0, [False, True, False]), (11, 100.0, [True, False, False])):
+        rpc.set_tensor(a, fresh * np.arange(1, 5, dtype=np.float32))
+        rpc.graph_recompute(ctx.device, uid=uid)
+        got = _recomputed(g, rpc, a, outputs, factors, fresh)
+        require(got == want, f"after recomputing uid {uid}, fresh results in {want}", str(got))
+
+
+@checks.check("8.3", f"a device's graph cache keeps {GRAPH_CACHE_LIMIT} graphs; the next one clears it and is "
+              "kept", rule="graph-cache.keeps", since=UIDS)
+def graph_cache_keeps(ctx: Context) -> None:
+    rpc = ctx.client()
+    factors = (2.0, 3.0, 5.0)
+    g, a, ((first, out_first), (last, out_last), (next_one, out_next)) = _scalings(ctx, rpc, factors)
+    g.upload(rpc)
+    for uid in range(1, GRAPH_CACHE_LIMIT + 1):  # the first and the last graph differ from those between
+        rpc.graph_compute(last if uid == GRAPH_CACHE_LIMIT else first, ctx.device, uid=uid)
+    outputs = [out_first, out_last, out_next]
+    for uid, fresh, want in ((1, 10.0, [True, False, False]), (GRAPH_CACHE_LIMIT, 100.0, [False, True, False])):
+        rpc.set_tensor(a, fresh * np.arange(1, 5, dtype=np.float32))
+        rpc.graph_recompute(ctx.device, uid=uid)
+        got = _recomputed(g, rpc, a, outputs, factors, fresh)
+        require(got == want, f"with {GRAPH_CACHE_LIMIT} graphs cached, recomputing uid {uid} gives fresh "
+                f"results in {want}", str(got))
+    rpc.graph_compute(next_one, ctx.device, uid=GRAPH_CACHE_LIMIT + 1)
+    rpc.set_tensor(a, 1000.0 * np.arange(1, 5, dtype=np.float32))
+    rpc.graph_recompute(ctx.device, uid=GRAPH_CACHE_LIMIT + 1)
+    require(_recomputed(g, rpc, a, outputs, factors, 1000.0)[2], f"uid {GRAPH_CACHE_LIMIT + 1} kept after the "
+            "cache was cleared for it", "not recomputed")
+
+
+@checks.check("8.3", "the same uid names a graph of its own on each device", needs=(C.DEVICE_COUNT,), since=UIDS)
+def uids_per_device(ctx: Context) -> None:
+    rpc = ctx.client()
+    if rpc.device_count() < 2:
+        ctx.skip("the target has one device")
+    uid, fresh = 7, 10.0
+    built = [(factor, *_scalings(ctx, rpc, (factor,), device)) for device, factor in ((0, 2.0), (1, 3.0))]
+    for device, (_, g, a, ((graph, _),)) in enumerate(built):
+        g.upload(rpc)
+        rpc.graph_compute(graph, device, uid=uid)
+        rpc.set_tensor(a, fresh * np.arange(1, 5, dtype=np.float32))
+    for device, want in ((1, [False, True]), (0, [True, True])):
+        rpc.graph_recompute(device, uid=uid)
+        got = [_recomputed(g, rpc, a, [out], [factor], fresh)[0] for factor, g, a, ((_, out),) in built]
+        require(got == want, f"after recomputing uid {uid} on device {device}: fresh results on devices 0, 1: "
+                f"{want}", str(got))

@@ -16,12 +16,16 @@ from typing import Callable
 from construct import Container
 
 from ggml_rpc_spec.protocol import Command, build_request
+from ggml_rpc_spec.protocol.columns import GRAPH_CACHE_LIMIT, Graphs
 from ggml_rpc_spec.protocol.ops import spec_for
 from ggml_rpc_spec.protocol.rules import BY_KEY, Rule
 
-from ..core import missing_from
+from ..core import first_version, missing_from, skip
+from ..linkpeer import Exchange, linked
+from ..probe import GRAPH_UID
 
 C = Command
+UIDS = first_version("graphs", Graphs.UID)  # the first version whose servers cache graphs by uid
 
 
 @dataclass(frozen=True)
@@ -80,12 +84,67 @@ def _node(p, **fields):
 
 def _graph(p, tensors, nodes=None) -> None:
     nodes = nodes if nodes is not None else [tensors[-1].id]
-    p.send(C.GRAPH_COMPUTE, p.device_body(), graph=p.graph(tensors, nodes))
+    p.send(C.GRAPH_COMPUTE, p.graph_body(), graph=p.graph(tensors, nodes))
 
 
-def _noop_graph(p) -> None:
+def _noop_graph(p, uid: int = GRAPH_UID) -> None:
     """A graph whose single node computes nothing (op NONE), so any server can run it."""
-    p.send(C.GRAPH_COMPUTE, p.device_body(), graph=p.graph([p.tensor(0, id=0x77)], [0x77]))
+    p.send(C.GRAPH_COMPUTE, p.graph_body(uid=uid), graph=p.graph([p.tensor(0, id=0x77)], [0x77]))
+
+
+def _recompute_missing(p, uids, recompute: int, *, device: int = 0) -> None:
+    """Graphs computed under `uids` on device 0, then GRAPH_RECOMPUTE of uid `recompute` on
+    `device`."""
+    for uid in uids:
+        _noop_graph(p, uid)
+    p.send(C.GRAPH_RECOMPUTE, p.graph_body(device, recompute))
+
+
+def _recompute_on_another_device(p) -> None:
+    if p.rpc.device_count() < 2:
+        skip("the target has one device: its uids have no other device to be told apart from")
+    _recompute_missing(p, [GRAPH_UID], GRAPH_UID, device=1)
+
+
+def _2d(p, command: Command, tensor, *, offset: int = 0, size: int, n_copies: int, stride: int,
+        data: bytes | None = None) -> None:
+    """A 2-D transfer of `tensor`; SET_TENSOR_2D carries `data` (by default the zero bytes its
+    head announces)."""
+    body = {"tensor": tensor, "offset": offset, "size": size, "n_copies": n_copies, "stride": stride}
+    if command is C.SET_TENSOR_2D and data is None:
+        data = bytes(size * n_copies)
+    p.send(command, body, data=data)
+
+
+def _linked(p, exchanges=()) -> None:
+    """Device 0 of the probe's connection linked to the suite (the target is rank 1), the
+    suite doing `exchanges` on the link."""
+    if linked(p.rpc, p.attach, exchanges, timeout=p.timeout) is None:
+        skip("the target declined to link with the suite (COMM_INIT answered ok=0)")
+
+
+def _allreduce(p, tensor) -> None:
+    p.send(C.COMM_ALLREDUCE, {"device": 0, "tensor": tensor})
+
+
+def _allreduce_after_free(p) -> None:
+    _linked(p)
+    p.call(C.COMM_FREE, {"device": 0})
+    _allreduce(p, p.tensor(0))
+
+
+def _allreduce_f16(p) -> None:
+    """An F16 [16] tensor, the suite ready to exchange its 32 raw bytes as a server summing any
+    type would (so such a server answers instead of waiting for the suite)."""
+    _linked(p, [Exchange(bytes(32), 32)])
+    _allreduce(p, p.tensor(0, type=1, nb=[2, 32, 32, 32]))
+
+
+def _peer_stops_halfway(p) -> None:
+    """The suite (rank 0, first to send) sends 32 of the 64 bytes of an F32 [16] partial and
+    closes the link."""
+    _linked(p, [Exchange(bytes(32), 0)])
+    _allreduce(p, p.tensor(0))
 
 
 def _unknown_command(p) -> None:
@@ -99,13 +158,13 @@ def _wrong_size(p) -> None:
 def _graph_then_free_then_recompute(p) -> None:
     _noop_graph(p)
     p.call(C.FREE_BUFFER, {"remote_ptr": p.buffer.handle})  # consumes the ack where there is one
-    p.send(C.GRAPH_RECOMPUTE, {"device": 0})
+    p.send(C.GRAPH_RECOMPUTE, p.graph_body())
 
 
 def _bigger_graph_after_small(p) -> None:
     _noop_graph(p)
     tensors = [p.tensor(0, id=0x100 + i, name=f"n{i}") for i in range(200)]
-    p.send(C.GRAPH_COMPUTE, p.device_body(), graph=p.graph(tensors, [t.id for t in tensors]))
+    p.send(C.GRAPH_COMPUTE, p.graph_body(), graph=p.graph(tensors, [t.id for t in tensors]))
 
 
 def _rows(p, op: str, index_value: int) -> None:
@@ -136,7 +195,7 @@ def _graph_counts_too_big(p) -> None:
 
 
 def _graph_trailing(p) -> None:
-    raw = build_request(p.profile, C.GRAPH_COMPUTE, p.device_body(), graph=p.graph([p.tensor(0, id=0x77)], [0x77]))
+    raw = build_request(p.profile, C.GRAPH_COMPUTE, p.graph_body(), graph=p.graph([p.tensor(0, id=0x77)], [0x77]))
     raw = raw[:1] + struct.pack("<Q", len(raw) - 9 + 8) + raw[9:] + b"TRAILING"
     p.send_raw(raw)
 
@@ -283,7 +342,7 @@ CASES: tuple[HostileCase, ...] = (
                 "GHSA-2phh-px2f-2qmx", _graph_then_free_then_recompute, destructive=True, harmless_from=(7, 0, 0),
                 needs=(C.GRAPH_RECOMPUTE,)),  # 7.0.0 discards the graph on FREE_BUFFER and closes
     HostileCase("#25299", "graph.node-nonzero", "graph with node id 0 and no tensors", "llama.cpp #25299",
-                lambda p: p.send(C.GRAPH_COMPUTE, p.device_body(), graph=p.graph([], [0])), destructive=True),
+                lambda p: p.send(C.GRAPH_COMPUTE, p.graph_body(), graph=p.graph([], [0])), destructive=True),
     HostileCase("#25289", "graph.no-custom", "graph node with op CUSTOM", "llama.cpp #25289",
                 lambda p: _graph(p, _node(p, op=p.profile.ggml.op_value("CUSTOM"), op_params=[0x4141] * 16)),
                 destructive=True),
@@ -379,7 +438,80 @@ CASES += (
                                                         p.tensor(0, id=0xB2, name="b", buffer=0, data=0),
                                                         *_node(p)[2:]]), destructive=True),
     HostileCase("recompute.stored", "recompute.stored", "GRAPH_RECOMPUTE before any GRAPH_COMPUTE", "protocol",
-                lambda p: p.send(C.GRAPH_RECOMPUTE, {"device": 0}), needs=(C.GRAPH_RECOMPUTE,)),
+                lambda p: p.send(C.GRAPH_RECOMPUTE, p.graph_body()), needs=(C.GRAPH_RECOMPUTE,)),
+    HostileCase("frame.data-size", "frame.data-size", "SET_TENSOR_2D whose data is one byte short of size times "
+                "n_copies", "protocol", lambda p: _2d(p, C.SET_TENSOR_2D, p.tensor(0), size=16, n_copies=2,
+                                                      stride=16, data=bytes(31)), needs=(C.SET_TENSOR_2D,)),
+)
+
+# §7.7 2-D transfers: the copies' count, overlap and bounds.
+CASES += (
+    HostileCase("2d.no-copies", "tensor_2d.copies", "SET_TENSOR_2D of no copy", "protocol",
+                lambda p: _2d(p, C.SET_TENSOR_2D, p.tensor(0), size=16, n_copies=0, stride=16),
+                needs=(C.SET_TENSOR_2D,)),
+    HostileCase("2d.empty-copies", "tensor_2d.copies", "GET_TENSOR_2D of copies of 0 bytes", "protocol",
+                lambda p: _2d(p, C.GET_TENSOR_2D, p.tensor(0), size=0, n_copies=4, stride=16),
+                needs=(C.GET_TENSOR_2D,)),
+    HostileCase("2d.wrapping-count", "tensor_2d.copies", "SET_TENSOR_2D of 2^32 copies of 2^32 bytes (0 in 64 "
+                "bits) and no data", "protocol", lambda p: _2d(p, C.SET_TENSOR_2D, p.tensor(0), size=2**32,
+                                                               n_copies=2**32, stride=2**32, data=b""),
+                needs=(C.SET_TENSOR_2D,)),
+    HostileCase("2d.overflowing-count", "tensor_2d.copies", "GET_TENSOR_2D whose size times n_copies overflows 64 "
+                "bits", "protocol", lambda p: _2d(p, C.GET_TENSOR_2D, p.tensor(0), size=2**33, n_copies=2**32,
+                                                  stride=2**33), needs=(C.GET_TENSOR_2D,)),
+    HostileCase("2d.set-overlap", "tensor_2d.overlap", "SET_TENSOR_2D of copies of 16 bytes 8 bytes apart",
+                "2-D bounds (8.0.0)", lambda p: _2d(p, C.SET_TENSOR_2D, p.tensor(0), size=16, n_copies=3, stride=8),
+                needs=(C.SET_TENSOR_2D,)),
+    HostileCase("2d.stride-zero", "tensor_2d.overlap", "GET_TENSOR_2D of 2^50 copies at stride 0",
+                "upstream aborts (bad_alloc)", lambda p: _2d(p, C.GET_TENSOR_2D, p.tensor(0), size=64,
+                                                             n_copies=2**50, stride=0),
+                needs=(C.GET_TENSOR_2D,), destructive=True),
+    HostileCase("2d.null-buffer.set", "tensor_2d.buffer", "SET_TENSOR_2D on a tensor with buffer 0",
+                "null buffer (2025-07)", lambda p: _2d(p, C.SET_TENSOR_2D, p.tensor(0, buffer=0, data=0), size=4,
+                                                       n_copies=2, stride=8), needs=(C.SET_TENSOR_2D,)),
+    HostileCase("2d.null-buffer.get", "tensor_2d.buffer", "GET_TENSOR_2D on a tensor with buffer 0",
+                "null buffer (2025-07)", lambda p: _2d(p, C.GET_TENSOR_2D, p.tensor(0, buffer=0, data=0), size=4,
+                                                       n_copies=2, stride=8), needs=(C.GET_TENSOR_2D,)),
+    HostileCase("2d.past-buffer", "tensor_2d.region", "GET_TENSOR_2D whose second copy lies past the buffer",
+                "2-D bounds (8.0.0)", lambda p: _2d(p, C.GET_TENSOR_2D, p.tensor(0, n=p.buffer.size // 4),
+                                                    size=16, n_copies=2, stride=p.buffer.size),
+                needs=(C.GET_TENSOR_2D,)),
+    HostileCase("2d.wrapping-stride", "tensor_2d.region", "SET_TENSOR_2D whose stride of 2^63 wraps the last copy "
+                "round 64 bits", "2-D bounds (8.0.0)", lambda p: _2d(p, C.SET_TENSOR_2D, p.tensor(
+                    0, n=p.buffer.size // 4), size=16, n_copies=3, stride=2**63), needs=(C.SET_TENSOR_2D,)),
+    HostileCase("2d.set-past-tensor", "tensor_2d.in-tensor", "SET_TENSOR_2D inside the buffer but past the "
+                "tensor's nbytes", "2-D bounds (8.0.0)", lambda p: _2d(p, C.SET_TENSOR_2D, p.tensor(0, n=4), size=4,
+                                                                       n_copies=4, stride=8),
+                needs=(C.SET_TENSOR_2D,)),
+    HostileCase("2d.get-past-tensor", "tensor_2d.in-tensor", "GET_TENSOR_2D inside the buffer but past the "
+                "tensor's nbytes", "2-D bounds (8.0.0)", lambda p: _2d(p, C.GET_TENSOR_2D, p.tensor(0, n=4), size=4,
+                                                                       n_copies=4, stride=8),
+                needs=(C.GET_TENSOR_2D,)),
+)
+
+# §8.3 graphs cached by uid: GRAPH_RECOMPUTE names a graph the device's cache holds.
+CASES += (
+    HostileCase("recompute.unknown-uid", "recompute.stored", "GRAPH_RECOMPUTE of a uid never computed", "protocol",
+                lambda p: _recompute_missing(p, [GRAPH_UID], GRAPH_UID + 1), since=UIDS),
+    HostileCase("recompute.uid-zero", "recompute.stored", "GRAPH_RECOMPUTE of a graph computed with uid 0 (never "
+                "kept)", "protocol", lambda p: _recompute_missing(p, [0], 0), since=UIDS),
+    HostileCase("recompute.evicted", "recompute.stored", f"GRAPH_RECOMPUTE of the first of {GRAPH_CACHE_LIMIT + 1} "
+                f"graphs (the {GRAPH_CACHE_LIMIT + 1}th cleared the cache)", "protocol",
+                lambda p: _recompute_missing(p, range(1, GRAPH_CACHE_LIMIT + 2), 1), since=UIDS),
+    HostileCase("recompute.other-device", "recompute.stored", "GRAPH_RECOMPUTE on device 1 of a uid cached on "
+                "device 0", "protocol", _recompute_on_another_device, since=UIDS),
+)
+
+# §10.2 COMM_ALLREDUCE: only over a link, only contiguous F32, only while the peer keeps to it.
+CASES += (
+    HostileCase("comm.unlinked", "comm.linked", "COMM_ALLREDUCE before any COMM_INIT", "protocol",
+                lambda p: _allreduce(p, p.tensor(0)), needs=(C.COMM_ALLREDUCE,)),
+    HostileCase("comm.freed", "comm.linked", "COMM_ALLREDUCE after COMM_FREE of the device's link", "protocol",
+                _allreduce_after_free, needs=(C.COMM_ALLREDUCE,)),
+    HostileCase("comm.f16", "comm.f32", "COMM_ALLREDUCE of an F16 tensor", "upstream sums any type as raw bytes",
+                _allreduce_f16, needs=(C.COMM_ALLREDUCE,)),
+    HostileCase("comm.peer-stops", "comm.peer-agrees", "COMM_ALLREDUCE whose peer closes the link halfway through "
+                "its partial", "protocol", _peer_stops_halfway, needs=(C.COMM_ALLREDUCE,)),
 )
 
 # Cases a conforming server must *serve*, not close: fixed crashes that were triggered by

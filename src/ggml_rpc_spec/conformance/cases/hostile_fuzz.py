@@ -12,6 +12,8 @@ and sends one hostile request, or a short sequence ending in one:
   at the edges of their layout (bounds, 0, -1, INT32 extremes, NaN and infinities), node
   lists with missing, zero, duplicated or cyclic ids, views running past their source, and
   index tensors (rows, expert and state ids) filled with out-of-range values;
+- 2-D transfers (8.0.0) of no, empty, overlapping or out-of-bounds copies, with counts,
+  sizes and strides whose 64-bit products wrap;
 - GRAPH_RECOMPUTE after the graph's buffer was freed.
 What a correct server must do is worked out locally from the rules table (protocol.rules):
 a request that breaks a MUST rule must close the connection.  After every example the
@@ -43,14 +45,14 @@ from ggml_rpc_spec.protocol.errors import ProtocolError
 from ggml_rpc_spec.protocol.framing import NEED_DATA, ReplyParser
 from ggml_rpc_spec.protocol.ggml import TYPES
 from ggml_rpc_spec.protocol.graph import tensors_from_containers
-from ggml_rpc_spec.protocol.messages import device_fields
+from ggml_rpc_spec.protocol.messages import device_fields, graph_fields
 from ggml_rpc_spec.protocol.ops import CATALOGUE, Param
 from ggml_rpc_spec.protocol.rules import BY_KEY, MUST, BufferInfo, request_checks, sized_violation
 from ggml_rpc_spec.protocol.tensor import contiguous_strides
 from ggml_rpc_spec.client.rpc import ServerClosed
 
 from ..core import Checks, Context
-from ..probe import ANSWERED, CLOSED, SILENT
+from ..probe import ANSWERED, CLOSED, GRAPH_UID, SILENT
 
 checks = Checks()  # this module's cases (see conformance.cases)
 
@@ -58,6 +60,7 @@ C = Command
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 CANARY = bytes(range(256))
 TARGET_SIZE = 4096
+MAX_2D_DATA = 1 << 16  # the most data a SET_TENSOR_2D of an example carries
 INDEX_SOURCES = {"rows", "ids", "indices"}  # source roles holding indices into other tensors
 
 
@@ -257,6 +260,24 @@ def _region_attack(draw, s: Session) -> Attack:
     return Attack([(command, body, None, None)], command.name)
 
 
+def _transfer_2d_attack(draw, s: Session) -> Attack:
+    """SET_TENSOR_2D / GET_TENSOR_2D whose copies' count, size, stride and offset sit at the edges
+    (none, empty, overlapping, past the tensor or the buffer, products wrapping 64 bits).  A
+    SET_TENSOR_2D carries the data its head announces, up to MAX_2D_DATA bytes (beyond: less,
+    which a server must refuse too)."""
+    command = draw(st.sampled_from([C.SET_TENSOR_2D, C.GET_TENSOR_2D]))
+    size = draw(st.sampled_from([0, 1, 4, 16, 64, 2**32, 2**63]))
+    n_copies = draw(st.sampled_from([0, 1, 2, 3, 16, 2**32, 2**50]))
+    if draw(st.booleans()):
+        stride = draw(st.sampled_from([0, size // 2, size, size + 4]))  # overlapping, touching, apart
+    else:
+        stride = _edges(draw, s.target.size)
+    body = {"tensor": s.tensor(draw, hostile=draw(st.booleans())), "offset": _edges(draw, s.target.size),
+            "size": size, "n_copies": n_copies, "stride": stride}
+    data = bytes(min(size * n_copies, MAX_2D_DATA)) if command is C.SET_TENSOR_2D else None
+    return Attack([(command, body, data, None)], command.name)
+
+
 def _graph_attack(draw, s: Session) -> Attack:
     ggml = s.profile.ggml
     names = [op for op in ggml.ops if op in CATALOGUE and CATALOGUE[op].computes]
@@ -304,7 +325,7 @@ def _graph_attack(draw, s: Session) -> Attack:
     elif links == "view-past" and sources:
         sources[0].view_src, sources[0].view_offs = node.id, s.target.size
     graph = Graph(np.array(nodes, dtype="<u8"), tensors_from_containers(s.profile, tensors))
-    steps.append((C.GRAPH_COMPUTE, device_fields(s.profile, 0), None, graph))
+    steps.append((C.GRAPH_COMPUTE, graph_fields(s.profile, 0, GRAPH_UID), None, graph))
     return Attack(steps, f"GRAPH_COMPUTE({op}{'/' + sub if sub else ''})", hint)
 
 
@@ -314,9 +335,9 @@ def _recompute_after_free(draw, s: Session) -> Attack:
     node = s.tensor(draw, hostile=False, n=16, op=s.profile.ggml.op_value("ADD"), flags=s.profile.ggml.compute_flag,
                     src=[tensors[0].id, tensors[1].id] + [0] * 8)
     graph = Graph(np.array([node.id], dtype="<u8"), tensors_from_containers(s.profile, tensors + [node]))
-    return Attack([(C.GRAPH_COMPUTE, device_fields(s.profile, 0), None, graph),
+    return Attack([(C.GRAPH_COMPUTE, graph_fields(s.profile, 0, GRAPH_UID), None, graph),
                    (C.FREE_BUFFER, {"remote_ptr": s.target.handle}, None, None),
-                   (C.GRAPH_RECOMPUTE, {"device": 0}, None, None)], "GRAPH_RECOMPUTE", "recompute.after-free")
+                   (C.GRAPH_RECOMPUTE, graph_fields(s.profile, 0, GRAPH_UID), None, None)], "GRAPH_RECOMPUTE", "recompute.after-free")
 
 
 @st.composite
@@ -324,6 +345,8 @@ def attacks(draw, session: Session):
     kinds = [_region_attack, _graph_attack, _graph_attack]
     if C.GRAPH_RECOMPUTE in session.profile.commands:
         kinds.append(_recompute_after_free)
+    if C.SET_TENSOR_2D in session.profile.commands:
+        kinds.append(_transfer_2d_attack)
     return draw(st.sampled_from(kinds))(draw, session)
 
 

@@ -11,6 +11,7 @@ from itertools import pairwise
 import numpy as np
 
 from ggml_rpc_spec.protocol import Command, make_tensor, profile_for
+from ggml_rpc_spec.protocol.commands import ROW
 from ggml_rpc_spec.protocol.errors import UnsupportedVersion
 from ggml_rpc_spec.protocol.ggml import TYPES, nbytes
 from ggml_rpc_spec.protocol.hashing import fnv1a64
@@ -70,9 +71,10 @@ def hello_caps_zero(ctx: Context) -> None:
 
 
 def _fixed_size_checks() -> None:
-    """For every fixed-size request of the profile: a wrong size closes the connection."""
+    """For every fixed-size request of the profile: a wrong size closes the connection (HELLO's
+    sizes tell the version families apart: hello.size has its own case)."""
     for command in Command:
-        if command in (C.HELLO, C.SET_TENSOR, C.GRAPH_COMPUTE):
+        if command is C.HELLO or ROW[command].request_tail is not None:
             continue
 
         def run(ctx: Context, command=command) -> None:
@@ -412,3 +414,59 @@ def hash_hit(ctx: Context) -> None:
     tensor2 = other.tensor_for(buf2, 0, shape=(len(data),), type="I8")
     require(other.set_tensor_hash(tensor2, fnv1a64(data)), "result 1 (a cache hit)", "0")
     require(bytes(other.get_tensor(tensor2)) == data, "the cached bytes written", "other bytes")
+
+
+# -- §7.7, §7.8 2-D transfers ---------------------------------------------------------------------
+
+# (offset, size, n_copies, stride) in a Q4_1 [64, 6] tensor (6 rows of 40 bytes): a column slice of
+# every row (how split weights are written), copies further apart than rows, copies back to back
+# (stride = size), one copy
+LAYOUTS_2D = ((20, 20, 6, 40), (3, 5, 4, 57), (16, 16, 8, 16), (7, 9, 1, 0))
+
+
+def _layouts_2d(ctx: Context):
+    """For each of LAYOUTS_2D: one fresh connection (the same for all), a seed, a Q4_1 [64, 6] tensor in a buffer of
+    it holding random bytes (new for each layout), those bytes and the layout."""
+    rpc = ctx.client()
+    buf = rpc.alloc_buffer(256, ctx.device)
+    tensor = rpc.tensor_for(buf, 0, shape=(64, 6), type="Q4_1")
+    for seed, layout in enumerate(LAYOUTS_2D):
+        raw = np.random.default_rng(seed).integers(0, 256, rpc.nbytes(tensor), dtype=np.uint8).tobytes()
+        rpc.set_tensor(tensor, raw)
+        yield rpc, seed, tensor, raw, layout
+
+
+def _copies(raw: bytes, offset: int, size: int, n_copies: int, stride: int) -> bytes:
+    """The copies of a 2-D transfer out of a tensor's bytes, back to back."""
+    return b"".join(raw[offset + i * stride:offset + i * stride + size] for i in range(n_copies))
+
+
+def _require_bytes(got: bytes, want: bytes, expected: str) -> None:
+    """Fail naming where `got` first differs from `want`."""
+    if got != want:
+        common = min(len(got), len(want))
+        at = next((i for i in range(common) if got[i] != want[i]), common)
+        require(False, expected, f"{len(got)} bytes, the first difference at byte {at}")
+
+
+@checks.check("7.7", "SET_TENSOR_2D writes copy i at offset + i*stride and leaves the other bytes",
+              needs=(C.SET_TENSOR_2D,))
+def set_tensor_2d(ctx: Context) -> None:
+    for rpc, seed, tensor, before, (offset, size, n_copies, stride) in _layouts_2d(ctx):
+        data = np.random.default_rng(100 + seed).integers(0, 256, size * n_copies, dtype=np.uint8).tobytes()
+        rpc.set_tensor_2d(tensor, data, offset=offset, n_copies=n_copies, stride=stride)
+        want = bytearray(before)
+        for i in range(n_copies):
+            want[offset + i * stride:offset + i * stride + size] = data[i * size:(i + 1) * size]
+        _require_bytes(bytes(rpc.get_tensor(tensor)), bytes(want),
+                       f"offset {offset}, {n_copies} copies of {size} bytes at stride {stride} in place, the rest "
+                       "unchanged")
+
+
+@checks.check("7.8", "GET_TENSOR_2D returns copy i from offset + i*stride, the copies back to back",
+              needs=(C.GET_TENSOR_2D,))
+def get_tensor_2d(ctx: Context) -> None:
+    for rpc, _, tensor, raw, (offset, size, n_copies, stride) in _layouts_2d(ctx):
+        got = rpc.get_tensor_2d(tensor, offset=offset, size=size, n_copies=n_copies, stride=stride)
+        _require_bytes(bytes(got), _copies(raw, offset, size, n_copies, stride),
+                       f"offset {offset}, {n_copies} copies of {size} bytes at stride {stride}")
