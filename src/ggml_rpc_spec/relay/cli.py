@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ggml-rpc-proxy",
                                      description="Transparent recording proxy for GGML RPC: forwards every byte "
                                                  "between clients and an upstream server and writes one trace file "
-                                                 "per connection (SPEC.md §12).  With --bridge it translates "
+                                                 "per connection (SPEC.md §13).  With --bridge it translates "
                                                  "instead: clients of one protocol version use a server of another.")
     parser.add_argument("--listen", default="127.0.0.1:50053", metavar="HOST:PORT",
                         help="where clients connect (default 127.0.0.1:50053)")
