@@ -344,7 +344,7 @@ def test_the_reference_server_survives_the_hostile_fuzzer(tmp_path):
 
 @pytest.mark.upstream
 def test_the_hostile_fuzzer_alone_kills_the_real_server_four_ways(tmp_path):
-    """Within a minute, with no named §11 case selected, the fuzzer kills the real 7.0.0
+    """Within a minute, with no named §12 case selected, the fuzzer kills the real 7.0.0
     server in four distinct ways, each saved as a trace and matched to a rule; shrinking and
     restarts run against the live target."""
     with restartable_upstream("0.3.36") as (endpoint, command):

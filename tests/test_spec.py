@@ -36,5 +36,11 @@ def test_every_conformance_case_cites_an_existing_section():
 def test_spec_states_the_real_sizes():
     text = Path(SPEC).read_text()
     assert "Total: **296 bytes**." in text  # rpc_tensor
-    assert "| 13 | GET_ALLOC_SIZE | §5.5 | 3260 | 8 | 3.6.0 – 7.0.0 |" in text
-    assert "| 6 | SET_TENSOR | §7.1 | 305 + tail | none | 7.0.0 |" in text
+    assert "| 13 | GET_ALLOC_SIZE | §5.5 | 3260 | 8 | 3.6.0 – 8.0.0 |" in text
+    assert "| 6 | SET_TENSOR | §7.1 | 305 + tail | none | 7.0.0 – 8.0.0 |" in text
+    # 8.0.0 (observed on the wire with llama.cpp b11739): the graph uid, 2-D transfers, the link
+    assert "| 10 | GRAPH_COMPUTE | §8.1 | 12 + tail | none | 8.0.0 |" in text
+    assert "| 16 | GRAPH_RECOMPUTE | §8.3 | 12 | none | 8.0.0 |" in text
+    assert "| 18 | SET_TENSOR_2D | §7.7 | 328 + tail | none | 8.0.0 |" in text
+    assert "| 20 | COMM_INIT | §10.1 | 80 | 1 | 8.0.0 |" in text
+    assert "| 21 | COMM_ALLREDUCE | §10.2 | 300 | none | 8.0.0 |" in text

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from construct import Array, Bytes, FormatField, Rebuild, Renamed, Struct
 
+from ggml_rpc_spec.protocol import comm
+from ggml_rpc_spec.protocol.columns import GRAPH_CACHE_LIMIT, Graphs
 from ggml_rpc_spec.protocol.commands import ROW, Command
 from ggml_rpc_spec.protocol.ggml import GGML_RELEASES, TYPES
 from ggml_rpc_spec.protocol.messages import message_spec
@@ -66,13 +68,42 @@ def struct_rows(schema: Struct) -> list[tuple[int, str, str, int, str]]:
     return rows
 
 
-def struct_table(schema: Struct, tail: str | None = None) -> str:
+class _Field:
+    """A request field by name, for printing what a row's `data_size` computes from it."""
+
+    def __init__(self, text: str, product: bool = False) -> None:
+        self.text, self.product = text, product
+
+    def __mul__(self, other: "_Field") -> "_Field":
+        return _Field(f"{self.text} × {other.text}", True)
+
+
+def data_size_text(command: Command) -> str | None:
+    """What a command's data (a data reply, or a data tail the head announces) measures, as
+    the request fields it multiplies ("`size`", "`size` × `n_copies`"); None: the frame says."""
+    row = ROW[command]
+    if row.data_size is None:
+        return None
+    return row.data_size(_Fields()).text
+
+
+class _Fields(dict):
+    def __getitem__(self, name: str) -> _Field:
+        return _Field(f"`{name}`")
+
+
+def struct_table(schema: Struct, tail: str | None = None, data: str | None = None) -> str:
+    """A fixed part's fields; `tail` what follows it, `data` (a data tail) the length its
+    fields announce."""
     lines = ["| offset | field | type | bytes | meaning |", "|---:|---|---|---:|---|"]
     rows = struct_rows(schema)
     for offset, name, kind, size, doc in rows:
         lines.append(f"| {offset} | `{name}` | {kind} | {size} | {doc} |")
     end = schema.sizeof()
-    if tail == "data":
+    if tail == "data" and data is not None:
+        lines.append(f"| {end} | `data` | u8[…] | {data} | the copies back to back: exactly {data} bytes, "
+                     f"the frame's size − {end} |")
+    elif tail == "data":
         lines.append(f"| {end} | `data` | u8[…] | size − {end} | the bytes, up to the end of the payload |")
     elif tail == "graph":
         lines.append(f"| {end} | graph | §8.1 | size − {end} | node ids and tensors, see below |")
@@ -109,7 +140,7 @@ def command_block(command: Command) -> str:
         if command not in p.commands:
             return None
         spec = message_spec(p, command)
-        return struct_table(spec.request, spec.request_tail)
+        return struct_table(spec.request, spec.request_tail, data_size_text(command))
 
     def reply(p: Profile):
         if command not in p.commands:
@@ -118,7 +149,10 @@ def command_block(command: Command) -> str:
         if spec.reply is None:
             return "none: the command is one-way, the server sends nothing back"
         if spec.reply_tail == "data":
-            return "exactly `size` bytes (the request's `size`): the tensor data"
+            data = data_size_text(command)
+            if data == "`size`":
+                return "exactly `size` bytes (the request's `size`): the tensor data"
+            return f"exactly {data} bytes (the request's fields): the copies, back to back"
         return struct_table(spec.reply)
 
     out = [f"Command byte **{int(command)}**.", ""]
@@ -162,20 +196,20 @@ def graph_block() -> str:
 
 def profiles_block() -> str:
     head = ("| version | commands | HELLO | devices | rpc_tensor tail | SET_TENSOR | GRAPH_COMPUTE reply "
-            "| acks | host data | ggml enums |")
-    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
+            "| acks | host data | graphs | ggml enums |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in PROFILES:
         commands = f"0–{max(p.commands)}"
-        ggml = p.ggml_release + (" (assumed)" if p.note else "")
+        ggml = p.ggml_release + (" (assumed)" if "assumed" in p.note else "")
         lines.append(f"| {p.name} | {commands} | {p.hello} | {p.devices} | {p.tensor} | {p.set_tensor} "
-                     f"| {p.graph_reply} | {p.acks} | {p.host_data} | {ggml} |")
+                     f"| {p.graph_reply} | {p.acks} | {p.host_data} | {p.graphs} | {ggml} |")
     notes = [f"- {p.name}: {p.note}." for p in PROFILES if p.note]
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
 def differences_block() -> str:
     columns = ("commands", "hello", "devices", "tensor", "set_tensor", "graph_reply", "acks", "host_data",
-               "ggml_release")
+               "graphs", "ggml_release")
     lines = ["| from → to | what changes on the wire |", "|---|---|"]
     for old, new in zip(PROFILES, PROFILES[1:]):
         changes = []
@@ -189,6 +223,36 @@ def differences_block() -> str:
             else:
                 changes.append(f"`{column}`: {a} → {b}")
         lines.append(f"| {old.name} → {new.name} | {'; '.join(changes) or 'nothing (same wire)'} |")
+    return "\n".join(lines) + "\n"
+
+
+def graph_store_block() -> str:
+    """How each profile keeps graphs for GRAPH_RECOMPUTE (profile column `graphs`)."""
+    kept = {
+        Graphs.LAST: ("the last graph computed on the device, whatever it was", "`device`"),
+        Graphs.UID: (f"up to {GRAPH_CACHE_LIMIT} graphs per device, by the uid GRAPH_COMPUTE gave them (uid 0: "
+                     f"not kept); a GRAPH_COMPUTE with a non-zero uid when {GRAPH_CACHE_LIMIT} are kept first "
+                     "clears the device's cache", "`device`, `uid`"),
+    }
+    lines = ["| graphs | what a device keeps for GRAPH_RECOMPUTE | GRAPH_RECOMPUTE names | versions |",
+             "|---|---|---|---|"]
+    for mode, (what, names) in kept.items():
+        users = [p.name for p in PROFILES if p.graphs is mode and Command.GRAPH_RECOMPUTE in p.commands]
+        lines.append(f"| `{mode}` | {what} | {names} | {version_ranges(users)} |")
+    return "\n".join(lines) + "\n"
+
+
+def link_block() -> str:
+    """The bytes of the server-to-server link (protocol/comm.py): no frames, no headers."""
+    n = comm.BF16_MIN_ELEMENTS
+    lines = ["| step | from → to | bytes | content |", "|---|---|---:|---|",
+             f"| handshake | rank 1 → rank 0 | {comm.HANDSHAKE_SIZE} | rank 1's conn_caps (all zero over plain TCP) |",
+             f"| handshake | rank 0 → rank 1 | {comm.HANDSHAKE_SIZE} | rank 0's conn_caps (all zero over plain TCP) |",
+             f"| all-reduce of n < {n} elements | rank 0 → rank 1, then rank 1 → rank 0 | "
+             f"{comm.wire_size(1)} × n | the partial as F32, little-endian, in memory order |",
+             f"| all-reduce of n ≥ {n} elements | rank 0 → rank 1, then rank 1 → rank 0 | "
+             f"{comm.wire_size(n) // n} × n | the partial as BF16 (the upper 16 bits of ggml's rounded F32), "
+             "little-endian, in memory order |"]
     return "\n".join(lines) + "\n"
 
 
@@ -294,7 +358,7 @@ def summary_block() -> str:
             if spec.reply is None:
                 reply = "none"
             elif spec.reply_tail:
-                reply = "`size`"
+                reply = data_size_text(command)
             else:
                 reply = str(spec.reply_size)
             return f"{request} | {reply}"
@@ -314,6 +378,8 @@ def blocks() -> dict[str, str]:
         "ops": ops_block(),
         "op-reference": op_reference_block(),
         "graph": graph_block(),
+        "graph-store": graph_store_block(),
+        "link": link_block(),
         "security": security_block(),
         "summary": summary_block(),
     }

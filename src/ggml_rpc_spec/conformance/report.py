@@ -19,8 +19,9 @@ from pathlib import Path
 
 VERDICTS = ("passed", "failed", "xfailed", "xpassed", "skipped")
 SECTION_NAMES = {"2": "Framing", "3": "Handshake and versioning", "4": "rpc_tensor", "5": "Device queries",
-                 "6": "Buffers", "7": "Tensors", "8": "Graphs", "9": "Hash cache", "10": "Server-to-server link", "11": "Security considerations",
-                 "12": "Recorded traces", "13": "What real clients rely on"}
+                 "6": "Buffers", "7": "Tensors", "8": "Graphs", "9": "Hash cache", "10": "Server-to-server link",
+                 "11": "Version differences", "12": "Security considerations", "13": "Recorded traces",
+                 "14": "What real clients rely on"}
 
 
 @dataclass

@@ -465,7 +465,7 @@ RULES: tuple[Rule, ...] = (
     Rule(section="2.4", key="frame.data-size", title="data tail whose length differs from what the head announces "
          "closes the connection", level=MUST, scope="framing", commands=(C.SET_TENSOR_2D,)),
     Rule(section="2.4", key="frame.min-size", title="variable request shorter than its fixed part closes the "
-         "connection", level=MUST, scope="framing", commands=(C.SET_TENSOR, C.GRAPH_COMPUTE)),
+         "connection", level=MUST, scope="framing", commands=(C.SET_TENSOR, C.GRAPH_COMPUTE, C.SET_TENSOR_2D)),
     Rule(section="3.1", key="hello.first", title="first command other than HELLO closes the connection", level=MUST,
          scope="framing", commands=_ALL),
     Rule(section="3.1", key="hello.once", title="second HELLO closes the connection", level=MUST, scope="framing",
@@ -593,8 +593,9 @@ RULES: tuple[Rule, ...] = (
     Rule(section="8.3", key="recompute.after-free", title="GRAPH_RECOMPUTE after FREE_BUFFER of a buffer the graph "
          "uses is rejected", level=MUST, scope="behaviour", commands=(C.FREE_BUFFER, C.GRAPH_RECOMPUTE), check=None,
          advisory="GHSA-2phh-px2f-2qmx"),
-    Rule(section="8.3", key="graph-cache.keeps", title="a server caches every graph a client sent with a non-zero "
-         "uid until the device's cache holds 1024 of them, then clears it (the client mirrors the count)",
+    Rule(section="8.3", key="graph-cache.keeps", title="a server keeps every graph a client sent with a non-zero "
+         "uid, the latest under each uid, until the device's cache holds 1024 of them (then it clears the cache, "
+         "as the client clears its record) or a buffer is freed on the connection",
          level=MUST, scope="behaviour", commands=(C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE), serves=True),
     Rule(section="8.4", key="exec.rows-in-range", title="GET_ROWS/SET_ROWS/GET_ROWS_BACK with a row index out of "
          "range is rejected", level=MUST, scope="execution", commands=(C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE),
@@ -616,22 +617,40 @@ RULES: tuple[Rule, ...] = (
          advisory="compute failure aborts upstream"),
     # §10 the server-to-server link
     Rule(section="10.1", key="comm.ranks", title="COMM_INIT naming no device of the server, a world other than 2 "
-         "or a rank not below it is answered ok=0 and the connection kept", level=MUST, scope="behaviour", commands=(C.COMM_INIT,),
-         serves=True),
+         "or a rank not below it is answered ok=0 and the connection kept", level=MUST, scope="behaviour",
+         commands=(C.COMM_INIT,), serves=True),
+    Rule(section="10.1", key="comm.no-link", title="COMM_INIT whose link cannot be set up (a port outside 1-65535, "
+         "no listening socket, no peer within the timeout, a failed handshake) is answered ok=0 and the "
+         "connection kept", level=MUST, scope="behaviour", commands=(C.COMM_INIT,), serves=True,
+         advisory="a close on COMM_INIT aborts the client; an upstream rank 0 without a peer waits forever"),
+    Rule(section="10.1", key="comm.handshake", title="COMM_INIT answers ok=1 only once the link is up: rank 1 sent "
+         "its 24 bytes of conn_caps and rank 0 answered 24; a server without RDMA sends zeros and the link stays "
+         "on TCP", level=MUST, scope="behaviour", commands=(C.COMM_INIT,), serves=True),
     Rule(section="10.1", key="comm.peers", title="COMM_INIT naming a host the server does not admit is answered "
          "ok=0 without connecting", level=MUST, scope="behaviour", commands=(C.COMM_INIT,), serves=True,
          advisory="unauthenticated peering (upstream connects anywhere)"),
     Rule(section="10.1", key="comm.listen", title="rank 0 listens on the address of its own RPC endpoint, not on "
          "every interface, and only until rank 1 connects or a timeout", level=SHOULD, scope="behaviour",
          commands=(C.COMM_INIT,), serves=True, advisory="unauthenticated peering (upstream binds every interface)"),
+    Rule(section="10.1", key="comm.admit", title="rank 0 takes as its peer only a connection from an address it "
+         "admits; it closes others and waits on", level=SHOULD, scope="behaviour", commands=(C.COMM_INIT,),
+         serves=True, advisory="unauthenticated peering (upstream takes the first connection)"),
     Rule(section="10.2", key="comm.linked", title="COMM_ALLREDUCE on a device without a link is rejected",
          level=MUST, scope="request", commands=(C.COMM_ALLREDUCE,), check=_linked),
+    Rule(section="10.2", key="comm.buffer", title="COMM_ALLREDUCE on a tensor without a live buffer is rejected",
+         level=MUST, scope="request", commands=(C.COMM_ALLREDUCE,), check=_needs_buffer("tensor")),
     Rule(section="10.2", key="comm.f32", title="COMM_ALLREDUCE of a tensor that is not contiguous F32 is rejected",
          level=MUST, scope="request", commands=(C.COMM_ALLREDUCE,), check=_reduce_f32,
          advisory="upstream sums any type as raw bytes"),
+    Rule(section="10.2", key="comm.wire", title="an all-reduce sends rank 0's partial first, as F32 below 32768 "
+         "elements and as BF16 (ggml's rounding) from 32768 on, and leaves in the tensor its own partial plus the "
+         "peer's as received", level=MUST, scope="behaviour", commands=(C.COMM_ALLREDUCE,), serves=True),
     Rule(section="10.2", key="comm.peer-agrees", title="an all-reduce whose peer sends another size, or stops "
          "sending, ends the link and closes the connection", level=MUST, scope="behaviour",
          commands=(C.COMM_ALLREDUCE,), advisory="upstream desynchronises or waits forever"),
+    Rule(section="10.3", key="comm.free", title="COMM_FREE closes the device's link if it has one and is no error "
+         "without one; a later COMM_INIT may set up a new link", level=MUST, scope="behaviour",
+         commands=(C.COMM_FREE,), serves=True),
 )
 
 BY_KEY: dict[str, Rule] = {rule.key: rule for rule in RULES}

@@ -1,4 +1,4 @@
-"""The trace file format: one connection's bytes, both directions, in order (SPEC §12).
+"""The trace file format: one connection's bytes, both directions, in order (SPEC §13).
 
     magic    "GGMLRPCT"                 8 bytes
     version  u16                        format version (1)
@@ -34,7 +34,7 @@ CLIENT, SERVER = 0, 1
 MAX_HEADER = 1 << 20
 MAX_RECORD = 2**32 - 1  # a longer frame is split into consecutive records of one direction
 
-# The layouts (SPEC §12 is generated from these); struct twins do the reading.
+# The layouts (SPEC §13 is generated from these); struct twins do the reading.
 PREAMBLE = Struct(
     "magic" / Bytes(8) * 'ASCII "GGMLRPCT"',
     "version" / Int16ul * "trace format version (1)",

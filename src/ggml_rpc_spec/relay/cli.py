@@ -37,7 +37,7 @@ def build_parser(prog: str, *, guard: bool) -> argparse.ArgumentParser:
                        "never reaches the server.  Bulk data is streamed through.")
     else:
         description = ("Transparent recording proxy for GGML RPC: forwards every byte between clients and an "
-                       "upstream server and writes one trace file per connection (SPEC.md §12).  With --bridge it "
+                       "upstream server and writes one trace file per connection (SPEC.md §13).  With --bridge it "
                        "translates instead: clients of one protocol version use a server of another; with --guard "
                        "it checks every request first (see ggml-rpc-guard).")
     parser = argparse.ArgumentParser(prog=prog, description=description,

@@ -5,7 +5,7 @@
 
 Import reassembles every TCP connection to the server port from the captured segments
 (in sequence order, whatever order they were captured in; a retransmitted byte counts once)
-and writes each connection as a trace file (SPEC §12), which `show` and `replay` then use
+and writes each connection as a trace file (SPEC §13), which `show` and `replay` then use
 as they are.  What a capture can lack is reported per connection, never papered over:
 - a connection whose start was not captured: both streams are cut to its first HELLO;
 - bytes never captured (snaplen truncation, lost segments): zeros stand in for them, and

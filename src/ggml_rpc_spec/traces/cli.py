@@ -108,7 +108,7 @@ def export_command(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ggml-rpc-trace", description="Decode and replay GGML RPC trace files.",
                                      epilog="Trace files are written by ggml-rpc-proxy --record and by the conformance "
-                                            "suite; their format is SPEC.md §12.")
+                                            "suite; their format is SPEC.md §13.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     show_parser = commands.add_parser("show", help="decode every frame (command, fields, tensors, sizes)")
     show_parser.add_argument("files", nargs="+", metavar="FILE", help="trace files or directories of them")

@@ -518,7 +518,7 @@ class StopCampaign(Exception):
 ROUND = 100  # examples per round of a --fuzz-seconds campaign
 
 
-@checks.check("11", "structure-aware hostile requests: closed where a rule says, and the server survives",
+@checks.check("12", "structure-aware hostile requests: closed where a rule says, and the server survives",
        kind="fuzz", destructive=True)
 def hostile_fuzz(ctx: Context) -> None:
     run = ctx.run

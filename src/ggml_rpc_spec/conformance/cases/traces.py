@@ -1,4 +1,4 @@
-"""§12: replay every recorded fixture whose protocol version is the target's.
+"""§13: replay every recorded fixture whose protocol version is the target's.
 
 The fixtures are sessions between the real upstream client and server (fixtures/, see
 tools/record_fixtures.py); replaying one relocates it onto the target and judges every
@@ -42,5 +42,5 @@ def _replays(trace: Trace):
 
 for _name, _raw in fixtures():
     _trace = decode_trace(_raw)
-    checks.add(Check(f"trace.{_name}", "12", f"replays fixtures/{_name} ({_trace.header.get('note', 'recorded session')})",
+    checks.add(Check(f"trace.{_name}", "13", f"replays fixtures/{_name} ({_trace.header.get('note', 'recorded session')})",
                    _replays(_trace), kind="trace", protocols=(_trace.protocol,)))
