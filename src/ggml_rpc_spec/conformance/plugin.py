@@ -10,6 +10,7 @@ Options (also `pytest --help`, group "GGML RPC conformance"):
   --device N              device index to use for device-specific cases
   --level must|should     MUST cases only (default), or SHOULD cases too
   --section S             only the cases of SPEC.md section S and its subsections (repeatable)
+  --skip-rule KEY         leave out the cases of a rule, and fuzzing aimed at it (repeatable)
   --destructive           also run cases known to kill vulnerable servers
   --restart-cmd CMD       shell command that restarts the target after it died
   --fuzz-examples N       hypothesis examples per fuzz case (0 disables them)
@@ -50,6 +51,9 @@ OPTIONS = (
                      help="must: MUST-level cases only (default); should: SHOULD-level cases too")),
     ("--section", dict(action="append", default=[], metavar="S",
                        help="only the cases of SPEC.md section S (e.g. 7, 8.2) and its subsections; repeatable")),
+    ("--skip-rule", dict(action="append", default=[], metavar="KEY[,KEY]",
+                         help="leave out the cases of these protocol.rules keys, and hostile fuzzing aimed at them "
+                              "(e.g. the data-dependent rules a guard cannot enforce); repeatable")),
     ("--destructive", dict(action="store_true",
                            help="also run cases that kill vulnerable servers (pair with --restart-cmd)")),
     ("--restart-cmd", dict(default=None, metavar="CMD",
@@ -119,13 +123,15 @@ def pytest_generate_tests(metafunc):
 
 def pytest_collection_modifyitems(config, items):
     sections = config.getoption("--section")
-    if not sections:
+    skipped = {key for keys in config.getoption("--skip-rule") for key in keys.split(",") if key}
+    if not sections and not skipped:
         return
     chosen, dropped = [], []
     for item in items:
         check = getattr(getattr(item, "callspec", None), "params", {}).get("check")
-        inside = check is not None and any(check.section == s or check.section.startswith(s + ".") for s in sections)
-        (chosen if inside or check is None else dropped).append(item)
+        inside = check is None or ((not sections or any(check.section == s or check.section.startswith(s + ".")
+                                                         for s in sections)) and check.rule not in skipped)
+        (chosen if inside else dropped).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = chosen

@@ -77,6 +77,7 @@ class Conformance:
         self.profile, self.reported = negotiate(self.endpoint, forced, self.timeout)
         self.device = option("--device")
         self.fuzz_seconds = option("--fuzz-seconds")
+        self.skip_rules = frozenset(key for keys in option("--skip-rule") for key in keys.split(",") if key)
         self.oracle = option("--oracle")
         self._oracle_server = None
         from .cases.hostile_fuzz import Campaign

@@ -61,7 +61,6 @@ I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 CANARY = bytes(range(256))
 TARGET_SIZE = 4096
 MAX_2D_DATA = 1 << 16  # the most data a SET_TENSOR_2D of an example carries
-INDEX_SOURCES = {"rows", "ids", "indices"}  # source roles holding indices into other tensors
 
 
 # -- what the server knows, as the rules see it ------------------------------------------------------
@@ -170,8 +169,9 @@ def _param_word(draw, param: Param) -> int:
 class Session:
     """The buffers of one example's connection and tensors placed in them."""
 
-    def __init__(self, probe, profile) -> None:
+    def __init__(self, probe, profile, skip_rules: frozenset[str] = frozenset()) -> None:
         self.probe, self.profile = probe, profile
+        self.skip_rules = skip_rules  # rules no attack may aim at (--skip-rule)
         self.target = probe.buffer
         self.canary = probe.rpc.alloc_buffer(len(CANARY))
         probe.rpc.set_tensor(probe.rpc.tensor_for(self.canary, 0, shape=(len(CANARY),), type="I8"), CANARY)
@@ -287,7 +287,7 @@ def _graph_attack(draw, s: Session) -> Attack:
     for source in spec.sources:
         if source.optional and draw(st.booleans()):
             break
-        if source.role in INDEX_SOURCES:
+        if source.index_rule and source.index_rule not in s.skip_rules:
             index = s.tensor(draw, hostile=False, type_name=draw(st.sampled_from(["I32", "I64"])), n=4)
             values = [draw(st.sampled_from([0, 1, -1, 2**31 - 1, -(2**31), 1 << 20, 3])) for _ in range(4)]
             raw = b"".join(struct.pack("<q" if index.type == 27 else "<i", v) for v in values)
@@ -295,7 +295,7 @@ def _graph_attack(draw, s: Session) -> Attack:
             if s.profile.set_tensor == "cache_flag":
                 body["cache_flag"] = 0
             steps.append((C.SET_TENSOR, body, raw, None))
-            hint = "out-of-range index values" if any(v < 0 or v >= 1 << 20 for v in values) else ""
+            hint = source.index_rule if any(v < 0 or v >= 1 << 20 for v in values) else hint
             sources.append(index)
         else:
             sources.append(s.tensor(draw, hostile=draw(st.integers(0, 3)) == 0,
@@ -464,7 +464,7 @@ def _example(ctx: Context, run, campaign: Campaign, draw_attack) -> Finding | No
     ctx.transcripts.clear()  # each example's exchange stands alone (findings save their own)
     try:
         probe = ctx.probe(buffer_size=TARGET_SIZE)
-        session = Session(probe, ctx.profile)
+        session = Session(probe, ctx.profile, run.skip_rules if run is not None else frozenset())
     except (OSError, ServerClosed, ProtocolError) as exc:
         if campaign.session is None:
             raise  # not even the first example could start: nothing to fuzz

@@ -38,7 +38,7 @@ SPECS = (
         sources=(
             Source("a", "the values [n, used, tokens, 1]"),
             Source("b", "one bias row per expert [n, experts]"),
-            Source("ids", "I32 expert ids [used, tokens] (a view; only its first plane is read)"),
+            Source("ids", "I32 expert ids [used, tokens] (a view; only its first plane is read)", index_rule="exec.expert-ids"),
         ),
         params=(),
         types="a, b and result F32; ids I32",

@@ -41,7 +41,7 @@ SPECS = (
         sources=(
             Source("as", "one weight matrix per expert [K, N, E, 1], any readable type"),
             Source("b", "activations [K, B, T, 1]; B is the number of used experts, or 1 to share one row"),
-            Source("ids", "I32 expert ids [U, T] (U used experts per token; B divides U)"),
+            Source("ids", "I32 expert ids [U, T] (U used experts per token; B divides U)", index_rule="exec.expert-ids"),
         ),
         params=(
             Param(0, "prec", PREC, "least accumulator precision requested (ggml_prec_set_acc; 0.3.36)"),

@@ -47,7 +47,7 @@ SPECS = (
             Source("A", "decay [d_state, n_head] (Mamba-1) or [1, n_head] (Mamba-2)"),
             Source("B", "input projection [d_state, n_group, n_t, n_s]"),
             Source("C", "output projection [d_state, n_group, n_t, n_s]"),
-            Source("ids", "I32 [n_s]: the state each sequence starts from, each in [0, n_states)"),
+            Source("ids", "I32 [n_s]: the state each sequence starts from, each in [0, n_states)", index_rule="exec.state-ids"),
         ),
         params=(_snapshots("5.0.0"),),
         types="F32, ids I32",

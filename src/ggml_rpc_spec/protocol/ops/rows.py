@@ -5,7 +5,7 @@ from .spec import OpSpec, Source
 SPECS = (
     OpSpec(
         name="GET_ROWS",
-        sources=(Source("a", "the table [C, R, a2, a3]"), Source("rows", "I32 row indices [n, a2, a3]")),
+        sources=(Source("a", "the table [C, R, a2, a3]"), Source("rows", "I32 row indices [n, a2, a3]", index_rule="exec.rows-in-range")),
         params=(),
         types="a any type ggml's CPU reads (element or block type), rows I32, result F32 (I32 for an I32 table)",
         result="[C, n, a2, a3]",
@@ -16,7 +16,7 @@ SPECS = (
         name="SET_ROWS",
         sources=(
             Source("a", "the new rows [C, n, a2, a3]"),
-            Source("rows", "I64 or I32 destination rows [n, r2, r3]"),
+            Source("rows", "I64 or I32 destination rows [n, r2, r3]", index_rule="exec.rows-in-range"),
             Source("dst", "the destination (the result is a view of it)"),
         ),
         params=(),
@@ -29,7 +29,7 @@ SPECS = (
         name="GET_ROWS_BACK",
         sources=(
             Source("grad", "the gradient rows [C, n] (F32 or F16)"),
-            Source("rows", "I32 indices [n], contiguous"),
+            Source("rows", "I32 indices [n], contiguous", index_rule="exec.rows-in-range"),
         ),
         params=(),
         types="grad F32/F16, rows I32, result F32 (contiguous)",

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..ggml import MAX_OP_PARAMS
+from ..rules import BY_KEY
 from ..versions import parse_version
 
 WORDS = MAX_OP_PARAMS // 4  # op_params is 16 int32 words
@@ -79,11 +80,17 @@ class Param:
 
 @dataclass(frozen=True)
 class Source:
-    """One src[] slot: its role, what it holds, and whether a node may leave it empty."""
+    """One src[] slot: its role, what it holds, and whether a node may leave it empty.
+    `index_rule` names the rule that bounds its values where it holds indices into another
+    source (rows, expert ids, state ids): values a server sees only when it computes."""
 
     role: str
     meaning: str
     optional: bool = False
+    index_rule: str = ""
+
+    def __post_init__(self) -> None:
+        assert not self.index_rule or self.index_rule in BY_KEY, f"{self.role}: no rule {self.index_rule!r}"
 
 
 @dataclass(frozen=True)
