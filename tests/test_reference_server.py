@@ -18,7 +18,7 @@ import pytest
 
 from ggml_rpc_spec.conformance.cases.hostile import CASES, SURVIVAL_CASES
 from ggml_rpc_spec.conformance.probe import ANSWERED, CLOSED, Probe
-from ggml_rpc_spec.protocol import PROFILES, Command, profile_for
+from ggml_rpc_spec.protocol import PROFILES, Command, encode_request, profile_for
 from ggml_rpc_spec.protocol.hashing import fnv1a64
 from ggml_rpc_spec.protocol.ops import spec_for
 from ggml_rpc_spec.client.rpc import RPCClient, ServerClosed
@@ -395,3 +395,25 @@ def test_the_pace_of_a_frame():
     assert pace.timeout(100.0, 10**9, 100.0) == 60  # never more than the gap between bytes
     assert pace.timeout(100.0, 0, 200.0) == 0.001
     assert FramePace(gap=None, min_rate=0).timeout(0.0, 0, 1e9) is None
+
+
+def test_the_pace_bounds_receiving_only(reference_server):
+    """A large reply goes out at the client's speed, whatever the pace of the request before it."""
+    server = reference_server("7.0.0", memory=128 << 20)
+    server.pace = FramePace(gap=5, min_rate=10**9, grace=0.05)  # a pace that allows a request 50 ms
+    with RPCClient(server.endpoint) as rpc:
+        size = 32 << 20
+        buf = rpc.alloc_buffer(size)
+        tensor = rpc.tensor_for(buf, 0, shape=(size,), type="I8")
+        request = b"".join(bytes(p) for p in encode_request(rpc.profile, Command.GET_TENSOR,
+                                                              {"tensor": tensor, "offset": 0, "size": size}))
+        rpc.sock.sendall(request[:1])
+        time.sleep(0.02)  # a request in two pieces: the server receives the rest inside a started frame
+        rpc.sock.sendall(request[1:])
+        time.sleep(0.3)  # a slow reader: the behaviour under test, not a synchronisation
+        rpc.sock.settimeout(10)
+        got = 0
+        while got < 8 + size:
+            chunk = rpc.sock.recv(1 << 20)
+            assert chunk, f"the server closed the connection after {got} bytes of its reply"
+            got += len(chunk)

@@ -125,12 +125,16 @@ def receive_paced(sock: socket.socket, parser, activity: "Activity", pace: Frame
     now = time.monotonic()
     if received and not activity.in_frame:
         activity.mark(True)
-    sock.settimeout(pace.timeout(activity.frame_started, received, now) if received else None)
+    timeout = pace.timeout(activity.frame_started, received, now) if received else None
+    sock.settimeout(timeout)
     view = parser.get_buffer()
     try:
         n = receive_into(sock, view, poll)
     except TimeoutError:
         raise FrameStalled(pace.describe(activity.frame_started, received, time.monotonic())) from None
+    finally:
+        if timeout is not None:
+            sock.settimeout(None)  # the pace bounds receiving only: replies go out at the client's speed
     if n:
         if seen is not None:
             seen(view[:n])
