@@ -4,7 +4,6 @@ reference server's end of it, with the test playing the other rank where the byt
 from __future__ import annotations
 
 import errno
-import ipaddress
 import socket
 import struct
 import threading
@@ -15,6 +14,7 @@ import pytest
 
 from ggml_rpc_spec.client.rpc import RPCClient, ServerClosed
 from ggml_rpc_spec.protocol import comm
+from ggml_rpc_spec.netio import Networks
 from ggml_rpc_spec.server.link import Link, LinkError, LinkPolicy
 
 PROTO = "8.0.0"
@@ -258,7 +258,7 @@ def test_rank0_listens_on_its_own_address_only_and_serves_others_meanwhile(refer
 
 def test_rank0_admits_only_allowed_peers():
     port = _free_port()
-    policy = LinkPolicy("127.0.0.1", (ipaddress.ip_network("10.0.0.0/8"),), timeout=1.0)
+    policy = LinkPolicy("127.0.0.1", Networks(["10.0.0.0/8"]), timeout=1.0)
     pending = _in_thread(lambda: Link.open(policy, 0, "", port))
     stranger = _connect_retrying(port)
     stranger.settimeout(2)

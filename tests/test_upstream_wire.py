@@ -12,7 +12,7 @@ import pytest
 from client_steps import X, Y, labelled, session_steps
 from conftest import CI_RELEASES, require_peer
 from ggml_rpc_spec.protocol import Command, decode_name, make_tensor, profile_for
-from ggml_rpc_spec.protocol.graph import decode_graph
+from ggml_rpc_spec.protocol.graph import decode_graph, encode_graph
 from ggml_rpc_spec.protocol.exchanges import decode_connection
 from ggml_rpc_spec.relay.proxy import RecordingProxy
 from ggml_rpc_spec.upstream_peers.client import run_client
@@ -152,6 +152,6 @@ def test_real_llama_session_decodes(release, upstream_server, tiny_models):
     types = {profile.ggml.tensor_type(int(t)).name for t in biggest.tensors["type"]}
     assert {"F32", "F16", "Q8_0", "Q4_1", "I32"} <= types
     # the fast decoder reads the same payload straight from the frame, without copying
-    raw = bytearray(b"".join(bytes(p) for p in __import__("protocol").encode_graph(profile, biggest)))
+    raw = bytearray(b"".join(bytes(p) for p in encode_graph(profile, biggest)))
     again = decode_graph(profile, raw)
     assert again == biggest and np.shares_memory(again.tensors, np.frombuffer(raw, np.uint8))

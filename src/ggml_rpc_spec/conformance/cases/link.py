@@ -13,10 +13,12 @@ then reduces through itself); the cases that need one are skipped then.
 from __future__ import annotations
 
 import socket
+import time
 
 import numpy as np
 
-from ggml_rpc_spec.protocol import Command
+from ggml_rpc_spec.client.rpc import ServerClosed
+from ggml_rpc_spec.protocol import Command, make_tensor
 from ggml_rpc_spec.protocol.comm import (
     BF16_MIN_ELEMENTS,
     WORLD,
@@ -114,6 +116,113 @@ def comm_listen(ctx: Context) -> None:
     rpc.comm_free(ctx.device)
 
 
+@checks.check("10.1", "COMM_INIT whose link cannot be set up (port 0) answers ok=0 and keeps the connection",
+              rule="comm.no-link", needs=(C.COMM_INIT,))
+def comm_no_link(ctx: Context) -> None:
+    rpc = ctx.client()
+    host = rpc.sock.getsockname()[0]
+    require(not rpc.comm_init(rank=1, host=host, port=0, device=ctx.device), "ok=0", "ok=1 for a link to port 0")
+    require(rpc.device_count() >= 1, "the connection kept", "closed")
+
+
+@checks.check("10.1", "COMM_INIT answers ok=1 once the 24-byte handshake is done, with all-zero caps",
+              rule="comm.handshake", needs=(C.COMM_INIT,))
+def comm_handshake(ctx: Context) -> None:
+    rpc = ctx.client()
+    peer = linked(rpc, ctx.attach, device=ctx.device, timeout=ctx.timeout)
+    if peer is None:
+        ctx.skip("the target declined to link with the suite (COMM_INIT answered ok=0)")
+    log = peer.finish()
+    require(log.handshake == bytes(24), "24 zero bytes of conn_caps from the target on the link",
+            f"{log.handshake.hex() or 'nothing'} {log.error}")
+    rpc.comm_free(ctx.device)
+
+
+@checks.check("10.1", "rank 0 takes as its peer only an address it admits and waits on for one", level=SHOULD,
+              rule="comm.admit", needs=(C.COMM_INIT,), advisory=UNAUTHENTICATED)
+def comm_admit(ctx: Context) -> None:
+    rpc = ctx.client()
+    host = rpc.address[0]
+    stranger = other_loopback(host)
+    if stranger is None:
+        ctx.skip(f"the target is not on an IPv4 loopback address ({host}): the suite cannot connect from an "
+                 "address it must not admit")
+    port = rank0_port(rpc.address)
+
+    def stranger_first(peer: LinkPeer, deadline: float):
+        # From an address the target's default allow-list lacks: a careful rank 0 closes it
+        # and waits on; then the suite connects from the address it did call from.
+        peer.log.notes["stranger"] = _handshake_from(stranger, (host, port), deadline)
+        return connect((host, port), peer, deadline)
+
+    peer = ctx.attach(LinkPeer(1, stranger_first, timeout=ctx.timeout)).start()
+    ok = rpc.comm_init(rank=0, port=port, device=ctx.device)
+    log = peer.finish()
+    if not ok and not log.peer:
+        ctx.skip(f"the target declined to listen as rank 0 (COMM_INIT answered ok=0): {log.error}")
+    require(log.notes.get("stranger") != "linked", f"a connection from {stranger} closed without a handshake",
+            f"the target linked with {stranger}, which it was not told about")
+    require(ok and log.peer, "ok=1 once the suite connected from its own address", f"ok={int(ok)} {log.error}")
+    rpc.comm_free(ctx.device)
+
+
+def _handshake_from(source: str, address: tuple[str, int], deadline: float) -> str:
+    """Connect to `address` from `source` and try the rank-1 handshake: "linked" when the
+    target answered it, else what happened."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind((source, 0))
+        while True:
+            try:
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                sock.connect(address)
+                break
+            except ConnectionRefusedError:
+                if time.monotonic() >= deadline:
+                    return "nothing listened"
+                time.sleep(0.05)  # polling for a listener that starts when COMM_INIT arrives
+        sock.settimeout(2.0)
+        sock.sendall(bytes(24))
+        return "linked" if len(sock.recv(24)) == 24 else "closed"
+    except OSError as exc:
+        return f"closed ({exc})"
+    finally:
+        sock.close()
+
+
+@checks.check("10.2", "COMM_ALLREDUCE on a tensor without a live buffer closes the connection",
+              rule="comm.buffer", needs=(C.COMM_ALLREDUCE,))
+def comm_buffer(ctx: Context) -> None:
+    rpc = ctx.client()
+    peer = linked(rpc, ctx.attach, device=ctx.device, timeout=ctx.timeout)
+    if peer is None:
+        ctx.skip("the target declined to link with the suite (COMM_INIT answered ok=0)")
+    orphan = make_tensor(rpc.profile.tensor, id=0x51, type=0, ne=[16, 1, 1, 1], nb=[4, 64, 64, 64], buffer=0)
+    rpc.comm_allreduce(orphan, ctx.device)
+    try:
+        rpc.device_count()
+    except ServerClosed:
+        return
+    ctx.fail("expected: the server closes the connection (COMM_ALLREDUCE of a tensor without a buffer)\n"
+             "actual:   it answered the next request")
+
+
+@checks.check("10.3", "COMM_FREE without a link is no error, and a new COMM_INIT may follow one",
+              rule="comm.free", needs=(C.COMM_FREE,))
+def comm_free(ctx: Context) -> None:
+    rpc = ctx.client()
+    rpc.comm_free(ctx.device)
+    require(rpc.device_count() >= 1, "the connection kept after COMM_FREE without a link", "closed")
+    for attempt in ("first", "second"):
+        peer = linked(rpc, ctx.attach, device=ctx.device, timeout=ctx.timeout)
+        if peer is None:
+            if attempt == "first":
+                ctx.skip("the target declined to link with the suite (COMM_INIT answered ok=0)")
+            ctx.fail("expected: a new link after COMM_FREE\nactual:   COMM_INIT answered ok=0")
+        peer.finish()
+        rpc.comm_free(ctx.device)
+
+
 # -- COMM_ALLREDUCE over the link ---------------------------------------------------------------------
 
 
@@ -165,7 +274,7 @@ def _allreduce_check(target_rank: int, n: int) -> None:
 
     checks.add(Check(f"link.allreduce.rank{target_rank}.{n}", "10.2",
                      f"COMM_ALLREDUCE of {n} F32 elements on rank {target_rank} sums with the peer's partial, which "
-                     f"the link carries as {fmt}", run, needs=(C.COMM_ALLREDUCE,)))
+                     f"the link carries as {fmt}", run, needs=(C.COMM_ALLREDUCE,), rule="comm.wire"))
 
 
 for _rank in (1, 0):
