@@ -108,7 +108,13 @@ class Checks:
 
 
 class CaseFailure(AssertionError):
-    pass
+    """A case's verdict: the server did not do what SPEC.md says.  `rules` are the rule keys
+    of what failed, where a case finds several (the hostile fuzzer's findings): a run that
+    knows the target's deviations forgives the failure only if it lists every one of them."""
+
+    def __init__(self, message: str, rules: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.rules = rules
 
 
 class Context:

@@ -1,10 +1,15 @@
-"""Known deviations of the real upstream servers, by the protocol version they report.
+"""Known deviations of the real upstream servers, by protocol version.
 
 Measured by running the suite (with --level should --destructive --restart-cmd) against the
 upstream servers built from llama-cpp-python 0.3.16 (2.0.0), 0.3.20 (3.6.1), 0.3.34 (4.0.2),
-0.3.35 (5.0.0) and 0.3.36 (7.0.0), and llama-cpp-py-sync 0.11739 (8.0.0, llama.cpp 0ce8cd11).  The suite
-still runs these cases and reports them as expected failures naming the advisory or issue
-(never as silent skips); a server of that version that does better shows up as "xpassed".
+0.3.35 (5.0.0) and 0.3.36 (7.0.0), and llama-cpp-py-sync 0.11739 (8.0.0, llama.cpp 0ce8cd11).
+
+They apply only when the run is told the target is upstream's own server (`--upstream`, or
+`--known-deviations VERSION`): then these cases still run and are reported as expected
+failures naming the entry (never as silent skips), and a server that does better shows up as
+"xpassed".  Any other server is judged against SPEC.md alone, whatever version it reports.
+The hostile fuzzer's findings are matched one by one, by the rule each breaks, against the
+rules of the listed negative cases (`rule_deviations`).
 """
 
 from __future__ import annotations
@@ -46,8 +51,6 @@ _ABORTS = {
     "rule.graph.blocks": "llama.cpp #25288: quantized ne[0] not a multiple of the block size; the server aborts",
     "rule.graph.bounds": "upstream asserts: a graph tensor past its buffer trips GGML_ASSERT; the server aborts",
     "rule.exec.unsupported": "compute failure: an unsupported ROPE mode aborts the CPU backend",
-    "hostile_fuzz": "the hostile fuzzer finds the aborts above (and more) on its own: each is listed with its "
-                    "rule and trace",
     "rule.exec.no-memory": "compute failure: a source with buffer 0 reaches the CPU backend as a NULL data "
                            "pointer; the server crashes (SIGSEGV)",
 }
@@ -112,5 +115,17 @@ DEVIATIONS: dict[str, dict[str, str]] = {
 }
 
 
-def known_deviation(version: str, check_key: str) -> str | None:
-    return DEVIATIONS.get(version, {}).get(check_key)
+def deviations_of(version: str) -> dict[str, str]:
+    """The measured deviations of upstream's server of `version` (KeyError: none measured)."""
+    if version not in DEVIATIONS:
+        raise KeyError(f"no measured deviations of upstream's {version} server; known: {', '.join(DEVIATIONS)}")
+    return DEVIATIONS[version]
+
+
+def rule_deviations(deviations: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """Rule key -> (entry, reason) for the negative cases among `deviations`: the rules
+    upstream breaks, against which the hostile fuzzer's findings are matched."""
+    from .cases.hostile import CASES
+
+    by_key = {f"rule.{case.key}": case.rule for case in CASES if case.rule}
+    return {by_key[entry]: (entry, reason) for entry, reason in deviations.items() if entry in by_key}

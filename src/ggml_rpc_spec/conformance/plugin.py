@@ -12,6 +12,8 @@ Options (also `pytest --help`, group "GGML RPC conformance"):
   --section S             only the cases of SPEC.md section S and its subsections (repeatable)
   --skip-rule KEY         leave out the cases of a rule, and fuzzing aimed at it (repeatable)
   --destructive           also run cases known to kill vulnerable servers
+  --upstream              the target is upstream's own server: its measured deviations are
+                          expected failures (--known-deviations VERSION: of that version)
   --restart-cmd CMD       shell command that restarts the target after it died
   --fuzz-examples N       hypothesis examples per fuzz case (0 disables them)
   --fuzz-seconds S        run the hostile fuzzer for S seconds instead
@@ -56,6 +58,11 @@ OPTIONS = (
                               "(e.g. the data-dependent rules a guard cannot enforce); repeatable")),
     ("--destructive", dict(action="store_true",
                            help="also run cases that kill vulnerable servers (pair with --restart-cmd)")),
+    ("--upstream", dict(action="store_true",
+                        help="the target is upstream's own server: its measured deviations (of the version it "
+                             "reports) are expected failures, each named in the summary and the reports")),
+    ("--known-deviations", dict(default=None, metavar="VERSION",
+                                help="as --upstream, with the deviations of upstream's server of VERSION")),
     ("--restart-cmd", dict(default=None, metavar="CMD",
                            help="shell command that restarts the target after a case killed it")),
     ("--fuzz-examples", dict(type=int, default=25, metavar="N",
@@ -150,7 +157,7 @@ def pytest_runtest_makereport(item, call):
     run = item.config.stash.get(_RUN, None)
     if check is None or run is None or not (report.when == "call" or report.skipped):
         return
-    case = record(check, report, run.case_traces.get(check.key, []))
+    case = record(check, report, run.case_traces.get(check.key, []), run.forgiven.get(check.case_id, ""))
     run.records.append(case)
     run.results[check.section.split(".")[0]][case.verdict] += 1
 

@@ -37,6 +37,7 @@ class CaseRecord:
     advisory: str = ""
     traces: list[str] = field(default_factory=list)
     exchange: str = ""  # the traces' frames, decoded
+    forgiven: str = ""  # the known-deviation entry (--upstream) that made a failure expected
 
 
 def requirement_of(check) -> str:
@@ -64,7 +65,7 @@ def decoded(paths: list[str]) -> str:
     return "\n".join(parts)
 
 
-def record(check, report, traces: list[str]) -> CaseRecord:
+def record(check, report, traces: list[str], forgiven: str = "") -> CaseRecord:
     if hasattr(report, "wasxfail"):  # an expected failure keeps what failed, after the deviation it is
         verdict = "xfailed" if report.skipped else "xpassed"
         reason = report.wasxfail + (f"\n\n{report.longreprtext}" if report.skipped and report.longreprtext else "")
@@ -74,7 +75,7 @@ def record(check, report, traces: list[str]) -> CaseRecord:
     else:
         verdict, reason = report.outcome, (report.longreprtext if report.failed else "")
     return CaseRecord(check.case_id, check.section, check.level, check.kind, verdict, round(report.duration, 4),
-                      reason.strip(), requirement_of(check), check.advisory, traces, decoded(traces))
+                      reason.strip(), requirement_of(check), check.advisory, traces, decoded(traces), forgiven)
 
 
 def summary(records: list[CaseRecord]) -> dict[str, dict[str, int]]:
@@ -87,6 +88,7 @@ def summary(records: list[CaseRecord]) -> dict[str, dict[str, int]]:
 
 def as_json(run, records: list[CaseRecord]) -> dict:
     return {"target": run.endpoint, "target_kind": run.kind, "reported_version": run.reported,
+            "known_deviations": run.deviation_source or None,
             "protocol": run.profile.name, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "summary": summary(records), "killers": run.killers,
             "fuzz_findings": [asdict(f) for f in run.campaign.findings.values()],
@@ -126,6 +128,8 @@ def as_html(run, records: list[CaseRecord]) -> str:
         body = [f"<p><b>Requirement:</b> {e(r.requirement)}</p>"]
         if r.advisory:
             body.append(f"<p><b>Regression for:</b> {e(r.advisory)}</p>")
+        if r.forgiven:
+            body.append(f"<p><b>Forgiven as a known deviation:</b> {e(r.forgiven)}</p>")
         body.append(f"<p><b>Level:</b> {r.level} &middot; <b>kind:</b> {e(r.kind)} &middot; "
                     f"<b>duration:</b> {r.duration:.3f} s</p>")
         if r.reason:

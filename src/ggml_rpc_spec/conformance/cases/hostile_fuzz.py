@@ -51,7 +51,7 @@ from ggml_rpc_spec.protocol.rules import BY_KEY, MUST, BufferInfo, request_check
 from ggml_rpc_spec.protocol.tensor import contiguous_strides
 from ggml_rpc_spec.client.rpc import ServerClosed
 
-from ..core import Checks, Context
+from ..core import CaseFailure, Checks, Context
 from ..probe import ANSWERED, CLOSED, GRAPH_UID, SILENT
 
 checks = Checks()  # this module's cases (see conformance.cases)
@@ -384,8 +384,12 @@ def _send(probe, attack: Attack) -> list[tuple[Command, int | None]]:
     return due
 
 
-def _outcome(probe, due, session: Session, timeout: float) -> tuple[str, bytes | None]:
-    """CLOSED, SILENT, or ANSWERED with the canary's bytes read back after the attack."""
+MALFORMED = "answered malformed bytes"
+
+
+def _outcome(probe, due, session: Session, timeout: float) -> tuple[str, bytes | str | None]:
+    """CLOSED, SILENT, MALFORMED with what was wrong, or ANSWERED with the canary's bytes read
+    back after the attack."""
     if any(size is not None and size > (1 << 24) for _, size in due):
         return probe.outcome()[0], None  # a huge read was served: do not try to take it all
     canary = session.probe.rpc.tensor_for(session.canary, 0, shape=(len(CANARY),), type="I8")
@@ -411,12 +415,13 @@ def _outcome(probe, due, session: Session, timeout: float) -> tuple[str, bytes |
         return SILENT, None
     except OSError:
         return CLOSED, None
-    except Exception:  # a malformed reply: the server answered something
-        return ANSWERED, None
+    except ProtocolError as exc:  # replies that break the framing: a finding of their own
+        return MALFORMED, str(exc)
     return ANSWERED, bytes(replies[-1].data)
 
 
-def judge(ctx: Context, run, attack: Attack, rule: str | None, verdict: str, canary: bytes | None) -> Finding | None:
+def judge(ctx: Context, run, attack: Attack, rule: str | None, verdict: str, canary) -> Finding | None:
+    """What the attack's outcome says of the target (None: what a correct server does)."""
     if not run.alive():
         return Finding("killed the server", attack.describe(), rule or "no rule: new finding",
                        "the server stopped serving after this request")
@@ -426,9 +431,12 @@ def judge(ctx: Context, run, attack: Attack, rule: str | None, verdict: str, can
     if verdict == ANSWERED and rule is not None and rule in BY_KEY and not BY_KEY[rule].serves:
         return Finding("served a request breaking a MUST rule", attack.describe(), rule,
                        f"{BY_KEY[rule].title}, yet the connection stayed open")
+    if verdict == MALFORMED:
+        return Finding("answered malformed bytes", attack.describe(), rule or "no rule: new finding", str(canary))
     if verdict == ANSWERED and canary is not None and canary != CANARY:
+        changed = sum(a != b for a, b in zip(canary, CANARY, strict=True))
         return Finding("canary changed", attack.describe(), rule or "no rule: new finding",
-                       "bytes of another buffer changed")
+                       f"{changed} of the {len(CANARY)} bytes of another buffer of the connection changed")
     return None
 
 
@@ -563,5 +571,6 @@ def hostile_fuzz(ctx: Context) -> None:
     if campaign.findings:
         lines = [f"{f.kind}: {f.what} -- rule {f.rule}: {f.detail}\n    trace: {f.trace or '(not saved)'}"
                  for f in campaign.findings.values()]
-        ctx.fail(f"{len(campaign.findings)} distinct finding(s) in {campaign.examples} examples"
-                 f"{' (' + stopped + ')' if stopped else ''}:\n" + "\n".join(lines))
+        raise CaseFailure(f"{len(campaign.findings)} distinct finding(s) in {campaign.examples} examples"
+                          f"{' (' + stopped + ')' if stopped else ''}:\n" + "\n".join(lines),
+                          rules=tuple(f.rule for f in campaign.findings.values()))
