@@ -85,8 +85,8 @@ class Networks:
 
 
 DEFAULT_FRAME_TIMEOUT = 60.0  # seconds a started frame may go without a byte (§2.5); 0/None: forever
-DEFAULT_MIN_RATE = 16 * 1024  # bytes per second a started frame must average, after its grace period
-FRAME_GRACE = 10.0  # seconds a started frame may take before the minimum rate applies
+DEFAULT_MIN_RATE = 1024  # bytes per second a started frame must average, after its grace period
+FRAME_GRACE = 30.0  # seconds a started frame may take before the minimum rate applies
 
 
 @dataclass
@@ -123,8 +123,8 @@ def receive_paced(sock: socket.socket, parser, activity: "Activity", pace: Frame
     `seen(view)`, if given, is shown the bytes received (a recorder)."""
     received = parser.frame_bytes
     now = time.monotonic()
-    if received and not activity.in_frame:
-        activity.mark(True)
+    if received and (not activity.in_frame or activity.frame_offset != parser.frame_offset):
+        activity.mark(True, parser.frame_offset)  # a frame started with the last bytes received
     timeout = pace.timeout(activity.frame_started, received, now) if received else None
     sock.settimeout(timeout)
     view = parser.get_buffer()
@@ -139,7 +139,7 @@ def receive_paced(sock: socket.socket, parser, activity: "Activity", pace: Frame
         if seen is not None:
             seen(view[:n])
         parser.buffer_updated(n)
-        activity.mark(parser.frame_bytes > 0)
+        activity.mark(parser.frame_bytes > 0, parser.frame_offset)
     else:
         parser.receive_eof()
     return n
@@ -155,12 +155,15 @@ class Activity:
     last: float = field(default_factory=time.monotonic)
     in_frame: bool = False
     frame_started: float = 0.0
+    frame_offset: int = -1  # where in the stream the frame under way began
 
-    def mark(self, in_frame: bool) -> None:
+    def mark(self, in_frame: bool, frame_offset: int = -1) -> None:
+        """Progress now; `in_frame`: a frame is under way, the one that began at `frame_offset`
+        (a new offset: a new frame, whose clock starts now)."""
         now = time.monotonic()
-        if in_frame and not self.in_frame:
+        if in_frame and (not self.in_frame or frame_offset != self.frame_offset):
             self.frame_started = now
-        self.last, self.in_frame = now, in_frame
+        self.last, self.in_frame, self.frame_offset = now, in_frame, frame_offset
 
 
 def receive_exactly(sock: socket.socket, size: int) -> bytearray:

@@ -284,6 +284,11 @@ class _FrameParser:
         """Bytes of the unfinished frame received so far (0 at a frame boundary)."""
         return self._partial_frame()
 
+    @property
+    def frame_offset(self) -> int:
+        """Where in the stream the current (or next) frame begins."""
+        return self._frame_start
+
     def _partial_frame(self) -> int:
         """Bytes of an unfinished frame received so far (0 at a frame boundary)."""
         partial = self._bulk.filled if self._bulk is not None else 0

@@ -69,7 +69,7 @@ def build_parser(prog: str, *, guard: bool) -> argparse.ArgumentParser:
                         help=f"close a client whose started request sends no byte for this long (default: "
                              f"{DEFAULT_FRAME_TIMEOUT:g})")
     parser.add_argument("--min-rate", type=float, default=DEFAULT_MIN_RATE, metavar="BYTES",
-                        help="bytes per second a started request must average after its first 10 s (default: "
+                        help="bytes per second a started request must average after its first 30 s (default: "
                              f"{DEFAULT_MIN_RATE})")
     parser.add_argument("--max-connections", type=int, default=64, metavar="N",
                         help="clients at once; when all are open, the one quiet for longest makes room (default: 64)")

@@ -126,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "connections between requests are not timed out (default: "
                              f"{DEFAULT_FRAME_TIMEOUT:g}; 0: never)")
     parser.add_argument("--min-rate", type=parse_size, default=DEFAULT_MIN_RATE, metavar="BYTES",
-                        help="bytes per second a started request must average after its first 10 s, so that a peer "
-                             "trickling bytes cannot hold a connection (default: 16K; 0: no minimum)")
+                        help="bytes per second a started request must average after its first 30 s, so that a peer "
+                             "trickling bytes cannot hold a connection (default: 1K; 0: no minimum)")
     parser.add_argument("--link-allow", default="", metavar="CIDR[,CIDR]",
                         help="protocol 8.0.0 tensor parallelism: networks whose servers may pair with this one over a "
                              "server-to-server link, besides 127.0.0.1, ::1 and the address bound with --host ('any': "

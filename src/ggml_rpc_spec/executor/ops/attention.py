@@ -23,6 +23,56 @@ F32 = np.float32
 BLOCK_BUDGET = 1 << 23  # scores (float32) computed per block of queries: 32 MiB
 ITEM_LIMIT = 1 << 28  # ... and at most this many for a single query: 1 GiB
 PREC_DEFAULT, PREC_F32 = 0, 10
+FA_TILE_Q = 64  # ggml's CPU computes this many queries of one head at a time, in float32 (its tiled path)
+
+
+def ggml_path(n_q: int, k_type: str, v_type: str) -> str:
+    """Which of ggml's CPU flash attentions computes a node: "tiled" (float32 throughout:
+    queries kept as they are, keys and values widened) for at least FA_TILE_Q queries with F32
+    or F16 keys and values of one type; else "row" (each query row converted to the keys'
+    dot-product type, and the values summed in F16 when they are F16)."""
+    same = k_type == v_type and k_type in ("F32", "F16")
+    return "tiled" if same and n_q >= FA_TILE_Q else "row"
+
+
+def online_f16(scores: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ggml's row path with F16 values: keys in order, a running maximum M, the sum S in
+    float32 and the weighted values summed in an F16 accumulator (rescaled in F16 when M grows,
+    each product added and rounded to F16).  scores (..., n_kv) float32 (-inf: masked, skipped);
+    values (..., n_kv, d_v) F16 values as float32.  Returns the accumulator as float32, S and M."""
+    shape = scores.shape[:-1]
+    top = np.full(shape, -np.inf, dtype=F32)
+    total = np.zeros(shape, dtype=F32)
+    acc = np.zeros(shape + (values.shape[-1],), dtype=np.float16)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for ic in range(scores.shape[-1]):
+            s = scores[..., ic]
+            valid = s != -np.inf
+            grows = valid & (s > top)
+            ms = np.where(grows, np.exp(top - s), F32(1)).astype(F32)
+            vs = np.where(grows, F32(1), np.where(valid, np.exp(s - top), F32(0))).astype(F32)
+            if grows.any():
+                acc = np.where(grows[..., None], (acc.astype(F32) * ms[..., None]).astype(np.float16), acc)
+            added = (acc.astype(F32) + values[..., ic, :] * vs[..., None]).astype(np.float16)
+            acc = np.where(valid[..., None], added, acc)
+            top = np.where(grows, s, top)
+            total = np.where(valid, total * ms + vs, total).astype(F32)
+    return acc.astype(F32), total, top
+
+
+def _normalized(acc: np.ndarray, total: np.ndarray, top: np.ndarray, sink) -> np.ndarray:
+    """The row path's end: the sink joins the running maximum and sum last, then the weighted
+    values are divided by the sum (0 where every key was masked)."""
+    if sink is not None:
+        sink = np.broadcast_to(sink[..., 0], top.shape)
+        with np.errstate(invalid="ignore", over="ignore"):
+            grows = sink > top
+            ms = np.where(grows, np.exp(top - sink), F32(1)).astype(F32)
+            vs = np.where(grows, F32(1), np.exp(sink - top)).astype(F32)
+        acc = acc * ms[..., None]
+        total = total * ms + vs
+    with np.errstate(divide="ignore"):
+        return acc * np.where(total == 0, F32(0), F32(1) / total)[..., None]
 
 
 def alibi_slopes(n_head: int, max_bias: float) -> np.ndarray:
@@ -153,9 +203,12 @@ def build_flash_attn(node: TensorRef, ctx: ExecContext) -> Step:
     scale = F32(p.scale) / softcap if softcap != 0 else F32(p.scale)
     alibi = bool(p.max_bias > 0) and mask is not None
     slopes = alibi_slopes(n_head, p.max_bias)[None, :, None, None]
-    # ggml converts each query row to K's dot-product type before q.k (F16 for F16 keys, Q8
-    # blocks for quantized ones); with "ggml" numerics the queries round the same way
-    rounding = ROUNDING.get(k.kind.name) if ctx.numerics == "ggml" else None
+    # ggml's row path converts each query row to K's dot-product type before q.k (F16 for F16
+    # keys, Q8 blocks for quantized ones) and sums F16 values in F16; its tiled path computes in
+    # float32.  "ggml" numerics do what the path ggml would take does.
+    row_path = ctx.numerics == "ggml" and ggml_path(n_q, k.kind.name, v.kind.name) == "row"
+    rounding = ROUNDING.get(k.kind.name) if row_path else None
+    f16_sums = row_path and v.kind.name == "F16"
     rk2, rv2, k3, v3 = n_head // kv_heads, n_head // v_heads, k.ne[3], v.ne[3]
     rk3, rv3 = ne3 // k3, ne3 // v3
     _bounded(node, ne3 * n_head * n_kv, "scores of one query")
@@ -187,6 +240,12 @@ def build_flash_attn(node: TensorRef, ctx: ExecContext) -> Step:
             if sink is not None:
                 top = np.maximum(top, sink)
             top[np.isneginf(top)] = 0  # every key masked: weights 0, result 0 (as ggml's S == 0)
+            if f16_sums:
+                grouped = s.reshape(v3, rv3, v_heads, rv2 * n, n_kv)
+                acc, total, top = online_f16(grouped, values[:, :, :, None])  # values per row's head
+                out[:, :, rows] = _normalized(acc.reshape(ne3, n_head, n, d_v), total.reshape(ne3, n_head, n),
+                                              top.reshape(ne3, n_head, n), sink)
+                continue
             s -= top
             weights = np.exp(s, out=s).reshape(v3, rv3, v_heads, rv2 * n, n_kv)
             total = s.sum(axis=-1, keepdims=True)
