@@ -238,7 +238,7 @@ def test_a_replaced_server_is_learned_again_and_its_trace_holds_one_hello(refere
     assert session.error is None and [e.request.command for e in session.exchanges] == [Command.HELLO]
 
 
-PAIRS = [("0.3.20", "0.3.36"), ("0.3.36", "0.3.20")]  # (client release, server release)
+PAIRS = [("0.3.20", "0.3.36"), ("0.3.36", "0.3.20"), ("0.11739", "0.3.36"), ("0.3.36", "0.11739")]  # (client, server)
 
 
 @pytest.mark.upstream
@@ -254,7 +254,9 @@ def test_real_clients_use_a_real_server_of_another_version(client, server, model
 
     client_peer, server_peer = require_peer(client), require_peer(server)
     target = upstream_server(server)
-    bridge = Relay(parse_endpoint(target.endpoint), client_profiles=(V36, V70), record=tmp_path).start()
+    client_profile = profile_for(client_peer.protocol)  # a caps HELLO says nothing of 7.0.0 or 8.0.0: the bridge is told
+    bridge = Relay(parse_endpoint(target.endpoint), client_profiles=(V36, client_profile) if client_profile != V36
+                   else (V36, V70), record=tmp_path).start()
     try:
         remote = run_llama(client_peer, tiny_models[model], rpc=bridge.endpoint, text=TEXT, generate=8)
     finally:
