@@ -13,7 +13,7 @@ from ggml_rpc_spec.upstream_peers import find_built, peer_for
 from ggml_rpc_spec.upstream_peers.server import UpstreamServer
 
 REQUIRE_PEERS = os.environ.get("GGML_RPC_REQUIRE_PEERS") == "1"
-CI_RELEASES = ("0.3.20", "0.3.36")  # protocol 3.6.1 and 7.0.0
+CI_RELEASES = ("0.3.20", "0.3.36", "0.11739")  # protocol 3.6.1, 7.0.0 and 8.0.0
 V36, V70 = profile_for("3.6.1"), profile_for("7.0.0")  # the design target and the newest version
 
 

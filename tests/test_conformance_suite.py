@@ -113,7 +113,7 @@ def restartable_upstream(release: str):
 def test_destructive_run_against_upstream_restarts_and_lists_killers(tmp_path, release):
     with restartable_upstream(release) as (endpoint, command):
         result = run_suite(tmp_path, "--target", endpoint, "--destructive", "--restart-cmd", command,
-                           "--fuzz-examples", "0")
+                           "--fuzz-examples", "0", "--upstream")
     assert result["code"] == 0 and not failing(result), result["output"][-3000:]
     assert "cases that killed the server:" in result["output"]
     assert "[llama.cpp #25299]" in result["output"].split("cases that killed the server:")[1]

@@ -102,6 +102,8 @@ _NEW_IN_8 = {
                   "ok=1 once the handshake is done)",
     "comm_listen": "unauthenticated peering: upstream's rank 0 listens on 0.0.0.0 whatever address its RPC endpoint "
                    "has, and takes the first connection from anywhere",
+    "comm_admit": "unauthenticated peering: upstream's rank 0 links with the first connection it accepts, from "
+                  "whatever address",
 }
 
 DEVIATIONS: dict[str, dict[str, str]] = {
