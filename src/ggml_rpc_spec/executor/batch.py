@@ -4,8 +4,6 @@ plain float32 views, and the steps that make that call (used by the elementwise 
 from __future__ import annotations
 
 import itertools
-from functools import partial
-
 import numpy as np
 
 from ggml_rpc_spec.protocol.ggml import TYPE_BY_NAME
@@ -26,16 +24,15 @@ def plain_f32(binder, rows: np.ndarray, *operands: np.ndarray) -> np.ndarray:
 
 def ufunc_steps(binder, function, rows: np.ndarray, ok: np.ndarray, flat: np.ndarray, sources,
                 scalars: np.ndarray | None = None) -> Taken:
-    """Steps `function(*sources, [scalar,] out)` for the nodes `ok` (a batch kernel's answer):
+    """Calls `function(*sources, [scalar,] out)` for the nodes `ok` (a batch kernel's answer):
     over 1-D slices where `flat` (every operand packed, all of one shape), otherwise over
     strided views, where the ufunc broadcasts a source of size 1 as ggml repeats it."""
-    taken, steps = [], []
+    taken, calls = [], []
     for mask, views in ((flat, binder.flat), (ok & ~flat, binder.views)):
         at = np.flatnonzero(mask)
         columns = views(*(source[at] for source in sources), rows[at])
         if scalars is not None:
             columns.insert(-1, scalars[at])
         taken.append(at)
-        # partial(function, *operands, out): `out` given positionally is cheaper to call
-        steps += map(partial, itertools.repeat(function), *columns)
-    return np.concatenate(taken), steps
+        calls += zip(itertools.repeat(function), zip(*columns))  # `out` positional: the cheaper call
+    return np.concatenate(taken), calls

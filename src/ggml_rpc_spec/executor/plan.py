@@ -19,7 +19,7 @@ from ggml_rpc_spec.protocol.graph import distinct
 from .binder import Binder
 from .errors import ExecutionError
 from .ops import BATCHED, KERNELS
-from .registry import ExecContext, Step
+from .registry import Call, ExecContext, Step
 from .stepkeys import StepKeys
 from .tensors import TensorRef
 
@@ -30,18 +30,18 @@ UNBUILT = object()  # a node whose step is not taken over from the previous plan
 class GraphPlan:
     ctx: ExecContext  # its memo is the steps' per-run scratch
     handles: set[int]  # every buffer the graph reaches
-    steps: list[Step]
+    steps: list[Call]
     written: list  # buffers its nodes write
     keys: StepKeys  # for the next plan to take steps over: the key of each node
-    node_steps: list  # and its step (None: nothing to run)
+    node_steps: list  # and its call (None: nothing to run)
 
     def run(self) -> None:
         for buffer in self.written:
             buffer.touched()  # retire cached dequantized copies of what the graph overwrites
         self.ctx.memo.clear()
         with np.errstate(all="ignore"):  # overflow, 0/0 and the like give inf/nan, as in C
-            for step in self.steps:
-                step()
+            for function, arguments in self.steps:
+                function(*arguments)
 
 
 def plan_graph(graph, buffers: dict, profile, ctx: ExecContext, previous: GraphPlan | None = None) -> GraphPlan:
@@ -84,7 +84,8 @@ def build_steps(binder: Binder, rows: np.ndarray, todo: np.ndarray, steps: list,
             for i, step in zip(at.tolist(), made):
                 steps[i] = step
     for i, row in zip(np.flatnonzero(pending).tolist(), rows[pending].tolist()):
-        steps[i] = _build(binder.node(row), ctx, profile)
+        step = _build(binder.node(row), ctx, profile)
+        steps[i] = None if step is None else (step, ())
 
 
 def _build(node: TensorRef, ctx: ExecContext, profile) -> Step | None:

@@ -40,7 +40,10 @@ EXPERT_IDS = rule("exec.expert-ids")
 STATE_IDS = rule("exec.state-ids")
 
 Step = Callable[[], None]
-Taken = tuple[np.ndarray, list]  # a batch kernel's answer: the nodes it takes (indices into its rows), their steps
+# A batch kernel's steps are calls: (function, its arguments), made in C by zip without a
+# closure or partial per node; a plan runs every step as a call, a kernel's Step as (step, ()).
+Call = tuple[Callable, tuple]
+Taken = tuple[np.ndarray, list]  # a batch kernel's answer: the nodes it takes (indices into its rows), their calls
 
 # rpc_tensor fields a kernel may consult.  "memory" stands for the fields that place a tensor
 # in memory and give its layout: type, buffer, ne, nb, data.  `name` only ever appears in
@@ -177,5 +180,5 @@ def optional_src(node: TensorRef, index: int) -> TensorRef | None:
 
 
 __all__ = ["EXPERT_IDS", "OP_PARAMS", "ROWS_IN_RANGE", "STATE_IDS", "UNSUPPORTED", "VIEW_PARAMS", "ExecContext",
-           "ExecutionError", "Kernel", "Kernels", "Step", "Taken", "float_like", "key_fields", "map_values",
+           "ExecutionError", "Kernel", "Kernels", "Call", "Step", "Taken", "float_like", "key_fields", "map_values",
            "optional_src", "readable", "repeat", "require", "same_shape"]
