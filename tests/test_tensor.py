@@ -61,6 +61,12 @@ def test_types_come_from_gguf():
     assert 4 not in TYPES and 5 not in TYPES
 
 
+def test_sizes_are_ggml_s_where_gguf_differs():
+    # block_q8_1: F16 d, F16 s, 32 int8 quants (ggml-common.h's static_assert); gguf says 40
+    assert (TYPES[9].name, TYPES[9].block_size, TYPES[9].type_size) == ("Q8_1", 32, 2 + 2 + 32)
+    assert nbytes(TYPES[9], [64, 2, 1, 1], [36, 72, 144, 144]) == 144
+
+
 def test_valid_types_per_release():
     v36, v70 = GGML_RELEASES["3.6.1"], GGML_RELEASES["7.0.0"]
     assert v36.type_count == 41 and v70.type_count == 43

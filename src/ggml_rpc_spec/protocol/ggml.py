@@ -33,6 +33,9 @@ MAX_NAME = 64
 
 # Types that ggml still numbers but that `gguf` does not know yet (block size, type size).
 _EXTRA_TYPES = {42: ("Q2_0", 64, 18)}
+# Where `gguf`'s sizes are not ggml's: ggml's block_q8_1 holds d and s as F16 (2 + 2 + 32
+# bytes; ggml-common.h asserts it), `gguf` counts them as F32 (40).
+_GGML_SIZES = {"Q8_1": (32, 36)}
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class TensorType:
 
 def _all_types() -> dict[int, TensorType]:
     types = {
-        int(t): TensorType(int(t), t.name, *GGML_QUANT_SIZES[t])
+        int(t): TensorType(int(t), t.name, *_GGML_SIZES.get(t.name, GGML_QUANT_SIZES[t]))
         for t in GGMLQuantizationType
         if t in GGML_QUANT_SIZES
     }
