@@ -123,6 +123,35 @@ def test_acc_into_a_gapped_destination_is_refused(reference_server, proto):
         assert_closed_and_still_serving(rpc, server)
 
 
+@pytest.mark.parametrize("op,types", [("ADD", ("F16", "F16", "F32")), ("MUL", ("F32", "F16", "F32")),
+                                      ("SUB", ("Q8_0", "F32", "F32")), ("NORM", ("F16", None, "F32")),
+                                      ("RMS_NORM", ("F32", None, "F16"))])
+def test_types_ggml_does_not_compute_are_refused(reference_server, op, types):
+    """ggml's CPU aborts on these (binary-ops.cpp's type table; the norms compute F32 only,
+    and would write floats into an F16 result): a guard in front of it must refuse them, so
+    the reference server refuses them too."""
+    server = reference_server("7.0.0")
+    with RPCClient(server.endpoint, proto=server.profile) as rpc:
+        g = GraphBuilder(rpc.profile, rpc.alloc_buffer(1 << 16))
+        srcs = [g.new(kind, [32]) for kind in types[:2] if kind is not None]
+        node = g.new(types[2], [32], op=op, srcs=srcs, op_params=params(op, eps=1e-5) if "NORM" in op else ())
+        g.upload(rpc)
+        rpc.graph_compute(g.graph([node]))
+        assert_closed_and_still_serving(rpc, server)
+
+
+@pytest.mark.parametrize("types", [("F16", "F32", "F32"), ("BF16", "F32", "BF16"), ("Q8_0", "F32", "F32")])
+def test_types_ggml_computes_are_computed(reference_server, types):
+    server = reference_server("7.0.0")
+    with RPCClient(server.endpoint, proto=server.profile) as rpc:
+        g = GraphBuilder(rpc.profile, rpc.alloc_buffer(1 << 16))
+        a, b = g.new(types[0], [32]), g.new(types[1], [32])
+        node = g.new(types[2], [32], op="ADD", srcs=[a, b])
+        g.upload(rpc)
+        rpc.graph_compute(g.graph([node]))
+        assert rpc.device_count() >= 1  # still served
+
+
 @pytest.mark.parametrize("proto", ["3.6.1", "7.0.0"])
 def test_batched_elementwise_nodes_follow_strided_layouts_and_leave_the_rest(reference_server, proto):
     """ADD/SUB/MUL/DIV/SCALE nodes are built a whole op at a time: packed operands as 1-D

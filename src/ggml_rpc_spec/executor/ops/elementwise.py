@@ -33,6 +33,23 @@ def _operand(node: TensorRef, tensor: TensorRef) -> None:
     readable(node, tensor)
 
 
+# (a, b, result) types ggml's CPU computes a binary op on (binary-ops.cpp); any other aborts it
+BINARY_TYPES = frozenset({("F32", "F32", "F32"), ("F16", "F16", "F16"), ("BF16", "BF16", "BF16"),
+                          ("BF16", "F32", "BF16"), ("BF16", "F32", "F32"), ("F16", "F32", "F16"),
+                          ("F16", "F32", "F32")})
+
+
+def _binary_types(node: TensorRef, a: TensorRef, b: TensorRef) -> None:
+    """The type combinations of BINARY_TYPES; ADD also adds F32 rows to a quantized a of the
+    same shape (ggml's add_q_f32)."""
+    if node.op == "ADD" and a.quantized:
+        require(b.kind.name == "F32" and a.ne == b.ne, node, "a quantized a ({}) takes an F32 b of its shape, not {} {}",
+                a.kind.name, b.kind.name, b.ne)
+        return
+    require((a.kind.name, b.kind.name, node.kind.name) in BINARY_TYPES, node,
+            "{} of {} and {} into {} is not computed by ggml", node.op, a.kind.name, b.kind.name, node.kind.name)
+
+
 def _result(node: TensorRef) -> None:
     """A result written from float32: a float type, or a quantized type gguf can write."""
     require(node.kind.name in ("F32", "F16", "BF16") or node.kind.name in QUANTIZABLE, node, "cannot write {} results",
@@ -85,6 +102,7 @@ def build_binary(node: TensorRef, ctx: ExecContext) -> Step | None:
     _operand(node, a)
     _operand(node, b)
     _result(node)
+    _binary_types(node, a, b)
     same_shape(node, node, a)
     if b.n_elements == 0 or a.n_elements == 0:
         require(a.n_elements == 0, node, "an empty src1 {} does not repeat to {}", b.ne, a.ne)

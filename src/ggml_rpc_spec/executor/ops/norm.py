@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import ExecContext, Kernels, OP_PARAMS, Step, float_like, readable, require, same_shape
+from ..registry import ExecContext, Kernels, OP_PARAMS, Step, readable, require, same_shape
 from ..tensors import TensorRef
 
 kernels = Kernels()  # this family's kernels (see executor.ops)
@@ -18,8 +18,11 @@ F32 = np.float32
 
 
 def _rows(node: TensorRef) -> TensorRef:
+    """ggml's CPU normalises F32 rows only and writes floats into the result whatever its
+    type (any other type aborts it, or overruns an F16 result)."""
     src = node.src(0)
-    float_like(node, src, node)
+    require(src.kind.name == "F32" and node.kind.name == "F32", node, "{} of {} into {}: ggml computes F32 only",
+            node.op, src.kind.name, node.kind.name)
     readable(node, src)
     same_shape(node, node, src)
     return src
