@@ -291,9 +291,11 @@ def freed_on_disconnect(ctx: Context) -> None:
     probe = ctx.client()
     after, _ = probe.device_memory(ctx.device)
     deadline = time.monotonic() + 2.0
-    while after != before and time.monotonic() < deadline:  # the release may run on another thread
+    while after < before and time.monotonic() < deadline:  # the release may run on another thread
         after, _ = probe.device_memory(ctx.device)
-    require(after == before, f"free memory back to {before} within 2 s", str(after))
+    # at least back to `before`: a buffer of an earlier case's closed connection may have been
+    # released after `before` was read
+    require(after >= before, f"free memory back to {before} within 2 s", str(after))
 
 
 @checks.check("6.4", "BUFFER_CLEAR sets every byte of the buffer")
