@@ -335,7 +335,8 @@ def rules_block(section: str) -> str:
     lines = ["| rule | level | the server | regression for |", "|---|---|---|---|"]
     for rule in chosen:
         answer = "serves the request" if rule.serves else "closes the connection"
-        lines.append(f"| `{rule.key}`: {rule.title} | {rule.level} | {answer} | {rule.advisory or '–'} |")
+        level = f"{rule.level}, stricter than upstream ({rule.stricter})" if rule.stricter else rule.level
+        lines.append(f"| `{rule.key}`: {rule.title} | {level} | {answer} | {rule.advisory or '–'} |")
     return "\n".join(lines) + "\n"
 
 

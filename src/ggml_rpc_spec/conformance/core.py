@@ -121,12 +121,14 @@ class Context:
     """One case's view of the target."""
 
     def __init__(self, endpoint: str, profile: Profile, *, device: int = 0, timeout: float = 10.0,
-                 cache: bool = False, fuzz_examples: int = 25, live_fuzz: bool = True, run=None) -> None:
+                 cache: bool = False, cache_dir: str | None = None, fuzz_examples: int = 25, live_fuzz: bool = True,
+                 run=None) -> None:
         self.endpoint = endpoint
         self.profile = profile
         self.device = device
         self.timeout = timeout
-        self.cache = cache  # the target is known to have a hash cache directory
+        self.cache = cache or bool(cache_dir)  # the target is known to have a hash cache directory
+        self.cache_dir = cache_dir  # ... and the suite can read and damage its files there (None: not known)
         self.fuzz_examples = fuzz_examples
         self.live_fuzz = live_fuzz  # generate without shrinking (external targets)
         self.run = run  # the run (runner.Conformance): liveness, restarts, fuzzing campaign, trace folder

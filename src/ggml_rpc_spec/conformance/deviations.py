@@ -53,6 +53,25 @@ _ABORTS = {
     "rule.exec.unsupported": "compute failure: an unsupported ROPE mode aborts the CPU backend",
     "rule.exec.no-memory": "compute failure: a source with buffer 0 reaches the CPU backend as a NULL data "
                            "pointer; the server crashes (SIGSEGV)",
+    "rule.ops.scale-f16": "compute failure: ggml's CPU has no F16 SCALE (GGML_ABORT); the server aborts",
+    "rule.ops.rope-odd-dims": "compute failure: ggml's CPU asserts an even ROPE n_dims; the server aborts",
+    "rule.ops.mamba1-snapshots": "compute failure: ggml's CPU asserts K = 1 for SSM_SCAN over Mamba-1 states; the "
+                                 "server aborts",
+    "rule.ops.im2col-f16-image": "compute failure: ggml's CPU asserts an F32 image for an F32 IM2COL result; the "
+                                 "server aborts",
+    "rule.ops.flash-attn-prec": "compute failure: ggml's CPU aborts on a FLASH_ATTN_EXT precision other than 0 and "
+                                "10; the server aborts",
+}
+
+# GET_ALLOC_SIZE: a source that fails deserialize_tensor (an invalid type) is left out, not refused.
+_ALLOC_SIZE_SOURCES = {
+    "rule.alloc-size.bad-source": "upstream drops a GET_ALLOC_SIZE source of an invalid type and answers (SPEC §5.5)",
+}
+
+# 7.0.0's CPU backend fuses RMS_NORM with the next MUL on use_count alone (SPEC §4.1, §8.4).
+_FUSES = {
+    "use_count_changes_nothing": "ggml's CPU fuses an RMS_NORM whose use_count is 1 into the next MUL and never "
+                                 "writes the RMS_NORM's result, which its other users then read stale",
 }
 
 # SHOULD-level behaviour upstream does not have (only with --level should).
@@ -108,11 +127,11 @@ _NEW_IN_8 = {
 
 DEVIATIONS: dict[str, dict[str, str]] = {
     "8.0.0": {**{k: v for k, v in _ABORTS.items() if k not in _BOUNDED_FROM_8}, **_CORRUPTS, **_SHOULDS,
-              **_NEW_IN_8},
-    "7.0.0": {**_ABORTS, **_CORRUPTS, **_SHOULDS},
-    "5.0.0": {**_ABORTS, **_CORRUPTS, **_SHOULDS, **_RECOMPUTE_AFTER_FREE},
-    "4.0.2": {**_ABORTS, **_CORRUPTS, **_SHOULDS, **_RECOMPUTE_AFTER_FREE},
-    "3.6.1": {**_ABORTS, **_SHOULDS, **_RECOMPUTE_AFTER_FREE},
+              **_NEW_IN_8, **_ALLOC_SIZE_SOURCES, **_FUSES},
+    "7.0.0": {**_ABORTS, **_CORRUPTS, **_SHOULDS, **_ALLOC_SIZE_SOURCES, **_FUSES},
+    "5.0.0": {**_ABORTS, **_CORRUPTS, **_SHOULDS, **_RECOMPUTE_AFTER_FREE, **_ALLOC_SIZE_SOURCES},
+    "4.0.2": {**_ABORTS, **_CORRUPTS, **_SHOULDS, **_RECOMPUTE_AFTER_FREE, **_ALLOC_SIZE_SOURCES},
+    "3.6.1": {**_ABORTS, **_SHOULDS, **_RECOMPUTE_AFTER_FREE, **_ALLOC_SIZE_SOURCES},
     "2.0.0": {**_ABORTS, **_SHOULDS, **_BEFORE_3},
 }
 

@@ -19,6 +19,8 @@ Options (also `pytest --help`, group "GGML RPC conformance"):
   --fuzz-seconds S        run the hostile fuzzer for S seconds instead
   --oracle HOST:PORT      the server differential fuzzing compares the target with
   --target-has-cache      the target runs with a hash cache directory
+  --target-cache-dir DIR  that directory, readable and writable here (enables the §9 cases
+                          that damage cache files)
   --trace-dir DIR         where failing exchanges are saved as trace files
   --conformance-json F    a JSON report; --conformance-html F: a self-contained HTML report
 
@@ -74,6 +76,9 @@ OPTIONS = (
                            "a reference server started here when the target is another server)")),
     ("--target-has-cache", dict(action="store_true",
                                 help="the target runs with a hash cache directory (enables the cache-hit cases)")),
+    ("--target-cache-dir", dict(default=None, metavar="DIR",
+                                help="the target's hash cache directory, on this machine and writable: enables the "
+                                     "cases that damage cache files (implies --target-has-cache)")),
     ("--case-timeout", dict(type=float, default=10.0, metavar="SECONDS",
                             help="how long a case waits for any reply (default 10)")),
     ("--conformance-json", dict(default=None, metavar="FILE",

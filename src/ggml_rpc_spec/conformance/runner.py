@@ -53,6 +53,7 @@ class Conformance:
         self.timeout = option("--case-timeout")
         self.trace_dir = Path(option("--trace-dir"))
         self.cache = option("--target-has-cache")
+        self.cache_dir = option("--target-cache-dir")
         self.started = None
         self._tmp = None
         self._restarted: list[subprocess.Popen] = []
@@ -74,6 +75,7 @@ class Conformance:
             self.endpoint = self.started.endpoint
             self.kind = "reference server started by the suite"
             self.cache = True
+            self.cache_dir = self._tmp.name
         self.profile, self.reported = negotiate(self.endpoint, forced, self.timeout)
         self.dead = ""  # the case during which the target stopped answering for good ("" while it answers)
         self.forgiven: dict[str, str] = {}  # case id -> the deviation entry that forgave it
@@ -112,6 +114,7 @@ class Conformance:
 
     def context(self) -> Context:
         return Context(self.endpoint, self.profile, device=self.device, timeout=self.timeout, cache=self.cache,
+                       cache_dir=self.cache_dir,
                        fuzz_examples=self.config.getoption("--fuzz-examples"), live_fuzz=self.started is None,
                        run=self)
 

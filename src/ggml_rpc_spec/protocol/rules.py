@@ -87,6 +87,7 @@ class Rule:
     check: Callable | None = None
     advisory: str = ""
     serves: bool = False  # the rule obliges the server to serve what it describes (not to close)
+    stricter: str = ""  # where the rule is stricter than the upstream server: what upstream does instead
 
     @property
     def case_id(self) -> str:
@@ -543,7 +544,8 @@ RULES: tuple[Rule, ...] = (
          commands=(C.SET_TENSOR_2D, C.GET_TENSOR_2D), check=_copies),
     Rule(section="7.7", key="tensor_2d.overlap", title="2-D transfer whose copies overlap (stride below size) is "
          "rejected", level=MUST, scope="request", commands=(C.SET_TENSOR_2D, C.GET_TENSOR_2D), check=_no_overlap,
-         advisory="GET_TENSOR_2D with stride 0 and a huge n_copies (upstream aborts allocating the reply)"),
+         advisory="GET_TENSOR_2D with stride 0 and a huge n_copies (upstream aborts allocating the reply)",
+         stricter="upstream writes and reads overlapping copies one after the other"),
     Rule(section="7.7", key="tensor_2d.buffer", title="2-D transfer on a tensor without a live buffer is rejected",
          level=MUST, scope="request", commands=(C.SET_TENSOR_2D, C.GET_TENSOR_2D), check=_needs_buffer("tensor")),
     Rule(section="7.7", key="tensor_2d.region", title="2-D transfer whose copies reach outside the buffer is "
@@ -555,16 +557,21 @@ RULES: tuple[Rule, ...] = (
     Rule(section="8.1", key="graph.counts", title="GRAPH_COMPUTE whose counts exceed the payload is rejected",
          level=MUST, scope="framing", commands=(C.GRAPH_COMPUTE,)),
     Rule(section="8.1", key="graph.trailing", title="GRAPH_COMPUTE with bytes after the tensor array is rejected",
-         level=SHOULD, scope="framing", commands=(C.GRAPH_COMPUTE,)),
+         level=SHOULD, scope="framing", commands=(C.GRAPH_COMPUTE,), stricter="upstream ignores the bytes"),
     Rule(section="8.2", key="graph.node-nonzero", title="graph node id 0 is rejected", level=MUST, scope="graph",
          commands=(C.GRAPH_COMPUTE,), check=_graph_node_nonzero, advisory="llama.cpp #25299"),
     Rule(section="8.2", key="graph.ids-known", title="graph node, src or view_src id missing from the tensors is "
          "rejected", level=MUST, scope="graph", commands=(C.GRAPH_COMPUTE,), check=_graph_ids_known,
          advisory="input validation (2025-04)"),
     Rule(section="8.2", key="graph.ids-unique", title="graph with duplicate or zero tensor ids is rejected",
-         level=SHOULD, scope="graph", commands=(C.GRAPH_COMPUTE,), check=_graph_ids_unique),
-    Rule(section="8.2", key="graph.acyclic", title="graph whose links form a cycle is rejected", level=SHOULD,
-         scope="graph", commands=(C.GRAPH_COMPUTE,), check=_graph_acyclic),
+         level=SHOULD, scope="graph", commands=(C.GRAPH_COMPUTE,), check=_graph_ids_unique,
+         stricter="upstream keeps the first tensor of an id"),
+    Rule(section="8.2", key="graph.acyclic", title="graph whose links form a cycle is rejected (a tensor naming "
+         "itself is no cycle)", level=SHOULD, scope="graph", commands=(C.GRAPH_COMPUTE,), check=_graph_acyclic,
+         stricter="upstream does not look for cycles"),
+    Rule(section="8.2", key="graph.self-reference", title="a tensor naming itself among its sources (ggml_cast's "
+         "CPY, src[1] = the result) is no cycle: the graph is computed", level=MUST, scope="behaviour",
+         commands=(C.GRAPH_COMPUTE,), serves=True),
     Rule(section="8.2", key="graph.types", title="graph tensor of an unknown or removed type is rejected", level=MUST,
          scope="graph", commands=(C.GRAPH_COMPUTE,), check=_graph_types, advisory="CVE-2024-42477"),
     Rule(section="8.2", key="graph.blocks", title="graph tensor with ne[0] not a multiple of its block size is "
@@ -603,7 +610,7 @@ RULES: tuple[Rule, ...] = (
     Rule(section="8.4", key="exec.expert-ids", title="MUL_MAT_ID/ADD_ID with an expert id out of range is rejected",
          level=MUST, scope="execution", commands=(C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE), check=None,
          advisory="mixture-of-experts ids (OOB read)"),
-    Rule(section="8.4", key="exec.state-ids", title="SSM_SCAN/SSM_CONV/recurrent state ids out of range are "
+    Rule(section="8.4", key="exec.state-ids", title="SSM_SCAN state ids (its ids source) out of range are "
          "rejected", level=MUST, scope="execution", commands=(C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE), check=None,
          advisory="llama.cpp #25765"),
     Rule(section="8.4", key="exec.op-params", title="op_params outside what the op accepts (geometry, counts, "
@@ -615,6 +622,17 @@ RULES: tuple[Rule, ...] = (
     Rule(section="8.4", key="exec.unsupported", title="an op, type or parameter the server cannot run is rejected, "
          "not crashed on", level=MUST, scope="execution", commands=(C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE), check=None,
          advisory="compute failure aborts upstream"),
+    Rule(section="8.4", key="exec.use-count", title="results do not depend on use_count: a count that misstates "
+         "a node's users makes no node skip writing its result", level=SHOULD, scope="behaviour",
+         commands=(C.GRAPH_COMPUTE, C.GRAPH_RECOMPUTE), serves=True,
+         stricter="7.0.0's CPU fuses an RMS_NORM whose use_count is 1 into the next MUL and never writes its result"),
+    # §9 the hash cache
+    Rule(section="9", key="cache.atomic", title="a cache entry never appears under its final name before it holds "
+         "all its bytes (written elsewhere, then renamed)", level=MUST, scope="behaviour",
+         commands=(C.SET_TENSOR,), serves=True, stricter="upstream writes straight to the final name"),
+    Rule(section="9", key="cache.verified", title="a cache file whose bytes do not hash to its name is a miss "
+         "(SET_TENSOR_HASH answers 0), never a hit", level=MUST, scope="behaviour", commands=(C.SET_TENSOR_HASH,),
+         serves=True, stricter="upstream loads the file and never hashes it again"),
     # §10 the server-to-server link
     Rule(section="10.1", key="comm.ranks", title="COMM_INIT naming no device of the server, a world other than 2 "
          "or a rank not below it is answered ok=0 and the connection kept", level=MUST, scope="behaviour",
@@ -641,7 +659,7 @@ RULES: tuple[Rule, ...] = (
          level=MUST, scope="request", commands=(C.COMM_ALLREDUCE,), check=_needs_buffer("tensor")),
     Rule(section="10.2", key="comm.f32", title="COMM_ALLREDUCE of a tensor that is not contiguous F32 is rejected",
          level=MUST, scope="request", commands=(C.COMM_ALLREDUCE,), check=_reduce_f32,
-         advisory="upstream sums any type as raw bytes"),
+         advisory="upstream sums any type as raw bytes", stricter="upstream sums any type ADD takes"),
     Rule(section="10.2", key="comm.wire", title="an all-reduce sends rank 0's partial first, as F32 below 32768 "
          "elements and as BF16 (ggml's rounding) from 32768 on, and leaves in the tensor its own partial plus the "
          "peer's as received", level=MUST, scope="behaviour", commands=(C.COMM_ALLREDUCE,), serves=True),

@@ -25,6 +25,9 @@ yields one result.  Operations (names in quotes, arguments after):
     "free"          buffer                           -> null
     "add"           name, a, b, buffer, offset       -> {"nbytes"}: out = a + b, computed on the server
     "compute"       output, device                   -> null (GRAPH_COMPUTE, or RECOMPUTE when unchanged)
+    "compute_empty" device                           -> null (a graph without nodes: the client asserts)
+    "add_server"                                     -> int or null (the devices of the server's registry, as
+                                                        llama.cpp's --rpc registers it; null: no registry)
 """
 
 from __future__ import annotations
@@ -230,6 +233,24 @@ class ClientSession:
         self.g.ggml_backend_synchronize(backend)
         if status != 0:
             raise RuntimeError(f"graph compute returned status {status}")
+
+
+    def op_compute_empty(self, step):
+        backend = self.backend(step.get("device", 0))
+        self.g.ggml_backend_graph_compute(backend, self.g.ggml_new_graph(self.ctx))
+
+    def op_add_server(self, step):
+        add = getattr(self.rpc, "ggml_backend_rpc_add_server", None) if self.multi else None
+        if add is None:
+            raise RuntimeError(f"{self.peer.release}'s RPC backend has no ggml_backend_rpc_add_server")
+        add.restype, add.argtypes = c_void_p, [c_char_p]
+        reg = add(self.endpoint)
+        if not reg:
+            return None
+        ggml = self.libs.ggml
+        ggml.ggml_backend_reg_dev_count.restype = c_size_t
+        ggml.ggml_backend_reg_dev_count.argtypes = [c_void_p]
+        return ggml.ggml_backend_reg_dev_count(reg)
 
 
 def _child_main() -> None:

@@ -116,10 +116,11 @@ class _Model:
 
 def write_tiny_llama(path: Path, *, n_layer: int = 2, n_embd: int = 64, n_head: int = 4, n_head_kv: int = 2,
                      n_ff: int = 128, n_ctx: int = 256, n_expert: int = 0, n_expert_used: int = 0,
-                     seed: int = 0) -> Path:
+                     seed: int = 0, weight_types: tuple[Q, ...] = WEIGHT_TYPES) -> Path:
     """A llama GGUF with random weights; with `n_expert` a Mixtral-style mixture of experts
     (each token's feed-forward runs through the `n_expert_used` experts its router picks).
-    Deterministic for a seed; returns its path."""
+    Layer i's matrices are of type `weight_types[i % len(weight_types)]` (the embeddings and
+    the output matrix are Q8_0).  Deterministic for a seed; returns its path."""
     m = _Model(path, "llama", n_ctx=n_ctx, n_embd=n_embd, n_layer=n_layer, seed=seed)
     w = m.writer
     head_dim = n_embd // n_head
@@ -133,7 +134,7 @@ def write_tiny_llama(path: Path, *, n_layer: int = 2, n_embd: int = 64, n_head: 
         w.add_expert_used_count(n_expert_used)
     m.embeddings_and_output()
     for i in range(n_layer):
-        kind = WEIGHT_TYPES[i % len(WEIGHT_TYPES)]
+        kind = weight_types[i % len(weight_types)]
         m.vector(f"blk.{i}.attn_norm.weight", n_embd)
         m.weight(f"blk.{i}.attn_q.weight", (n_embd, n_embd), kind, 0.25)
         m.weight(f"blk.{i}.attn_k.weight", (n_head_kv * head_dim, n_embd), kind, 0.25)
@@ -153,9 +154,12 @@ def write_tiny_llama(path: Path, *, n_layer: int = 2, n_embd: int = 64, n_head: 
 
 
 def write_tiny_mamba(path: Path, *, n_layer: int = 2, n_embd: int = 64, d_state: int = 16, d_conv: int = 4,
-                     dt_rank: int = 8, n_ctx: int = 256, seed: int = 0) -> Path:
+                     dt_rank: int = 8, n_ctx: int = 256, seed: int = 0,
+                     weight_types: tuple[Q, ...] = WEIGHT_TYPES) -> Path:
     """A Mamba (selective state-space, recurrent) GGUF with random weights; llama.cpp wants
-    an inner size of twice the embedding.  Deterministic for a seed; returns its path."""
+    an inner size of twice the embedding.  Layer i's matrices are of type
+    `weight_types[i % len(weight_types)]` (as write_tiny_llama).  Deterministic for a seed;
+    returns its path."""
     m = _Model(path, "mamba", n_ctx=n_ctx, n_embd=n_embd, n_layer=n_layer, seed=seed)
     w = m.writer
     d_inner = 2 * n_embd
@@ -165,7 +169,7 @@ def write_tiny_mamba(path: Path, *, n_layer: int = 2, n_embd: int = 64, d_state:
     w.add_ssm_time_step_rank(dt_rank)
     m.embeddings_and_output()
     for i in range(n_layer):
-        kind = WEIGHT_TYPES[i % len(WEIGHT_TYPES)]
+        kind = weight_types[i % len(weight_types)]
         m.vector(f"blk.{i}.attn_norm.weight", n_embd)
         m.weight(f"blk.{i}.ssm_in.weight", (2 * d_inner, n_embd), kind, 0.2)
         m.weight(f"blk.{i}.ssm_conv1d.weight", (d_inner, d_conv), Q.F32, 0.4)

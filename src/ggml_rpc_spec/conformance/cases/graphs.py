@@ -171,3 +171,49 @@ def uids_per_device(ctx: Context) -> None:
         got = [_recomputed(g, rpc, a, [out], [factor], fresh)[0] for factor, g, a, ((_, out),) in built]
         require(got == want, f"after recomputing uid {uid} on device {device}: fresh results on devices 0, 1: "
                 f"{want}", str(got))
+
+
+# -- §8.2 a tensor naming itself, §8.4 use_count ---------------------------------------------------
+
+
+@checks.check("8.2", "a CPY naming itself (ggml_cast: src[1] is the result) is computed, not taken for a cycle",
+              rule="graph.self-reference")
+def self_cpy(ctx: Context) -> None:
+    rpc = ctx.client()
+    g = GraphBuilder(rpc.profile, rpc.alloc_buffer(4096, ctx.device))
+    values = np.arange(-4, 4, dtype=np.float32) * np.float32(0.375)
+    a = g.input(values, name="a")
+    casts = []
+    for kind, source in (("F16", a), ("F32", None)):
+        cast = g.new(kind, a.ne, op="CPY", srcs=[source if source is not None else casts[-1]], name=f"cast_{kind}")
+        cast.src[1] = cast.id  # as ggml_cast builds it
+        casts.append(cast)
+    half, back = g.run(rpc, casts, device=ctx.device)
+    require(np.array_equal(half.ravel(), values.astype(np.float16)) and np.array_equal(back.ravel(), values),
+            f"F32 -> F16 -> F32 of {values.tolist()}", f"{half.ravel().tolist()}, {back.ravel().tolist()}")
+
+
+@checks.check("8.4", "a use_count that misstates a node's users changes no result", rule="exec.use-count",
+              level=SHOULD)
+def use_count_changes_nothing(ctx: Context) -> None:
+    if ctx.profile.tensor != "use_count":
+        ctx.skip(f"protocol {ctx.profile.name}'s rpc_tensor has no use_count")
+    rpc = ctx.client()
+    g = GraphBuilder(rpc.profile, rpc.alloc_buffer(4096, ctx.device))
+    x = g.input(np.linspace(-2, 2, 32, dtype=np.float32).reshape(2, 16), name="x")
+    w = g.input(np.linspace(0.5, 1.5, 16, dtype=np.float32), name="w")
+    normed = g.rms_norm(x, 1e-5, name="normed")
+    scaled = g.mul(normed, w, name="scaled")  # an RMS_NORM then a MUL of it: what ggml's CPU fuses
+    shifted = g.add(normed, w, name="shifted")  # a second user of normed
+    normed.use_count, scaled.use_count, shifted.use_count = 1, 0, 0  # the truth is 2 for normed
+    g.upload(rpc)
+    rpc.set_tensor(normed, np.full(32, 1000.0, np.float32))  # what a skipped write would leave
+    rpc.graph_compute(g.graph([normed, scaled, shifted]), ctx.device)
+    rows = np.linspace(-2, 2, 32, dtype=np.float32).reshape(2, 16)
+    want = rows / np.sqrt((rows * rows).mean(axis=1, keepdims=True) + np.float32(1e-5))
+    weights = np.linspace(0.5, 1.5, 16, dtype=np.float32)
+    for label, tensor, expected in (("normed", normed, want), ("scaled", scaled, want * weights),
+                                    ("shifted", shifted, want + weights)):
+        got = g.read(rpc, tensor).reshape(2, 16)
+        require(np.allclose(got, expected, rtol=1e-4, atol=1e-5), f"{label} as without the wrong use_count",
+                f"{got.ravel()[:4].tolist()}...")

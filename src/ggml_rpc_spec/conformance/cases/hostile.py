@@ -15,7 +15,7 @@ from typing import Callable
 
 from construct import Container
 
-from ggml_rpc_spec.protocol import Command, build_request
+from ggml_rpc_spec.protocol import Command, build_request, make_tensor
 from ggml_rpc_spec.protocol.columns import GRAPH_CACHE_LIMIT, Graphs
 from ggml_rpc_spec.protocol.ops import spec_for
 from ggml_rpc_spec.protocol.rules import BY_KEY, Rule
@@ -278,6 +278,64 @@ def _gated_delta_net_past_the_result(p) -> None:
     _graph(p, [*tensors, node])
 
 
+def _f16(p, offset: int, n: int = 16, **fields) -> Container:
+    """An F16 [n] tensor at buffer.base + offset."""
+    return p.tensor(offset, n, type=1, nb=[2, 2 * n, 2 * n, 2 * n], **fields)
+
+
+def _scale_f16(p) -> None:
+    """SCALE of an F16 tensor into an F16 result: ggml's CPU has no F16 SCALE."""
+    a = _f16(p, 0, id=0xA1, name="a")
+    out = _f16(p, 64, id=0xC3, name="out", op=p.profile.ggml.op_value("SCALE"), src=[0xA1] + [0] * 9,
+               op_params=spec_for("SCALE").pack(s=2.0))
+    _graph(p, [a, out])
+
+
+def _rope_odd_dims(p) -> None:
+    """ROPE turning n_dims = 3 of 4 elements (ggml's CPU asserts an even n_dims)."""
+    positions = p.tensor(64, id=0xB2, n=1, type=26, name="pos")  # I32 [1]
+    _set(p, positions, struct.pack("<i", 3))
+    x = p.tensor(0, id=0xA1, n=16, name="x", ne=[4, 4, 1, 1], nb=[4, 16, 64, 64])
+    rope = p.tensor(128, id=0xC3, n=16, name="rope", ne=[4, 4, 1, 1], nb=[4, 16, 64, 64],
+                    op=p.profile.ggml.op_value("ROPE"), src=[0xA1, 0xB2] + [0] * 8,
+                    op_params=spec_for("ROPE").pack(n_dims=3, mode=0))
+    _graph(p, [x, positions, rope])
+
+
+def _mamba1_snapshots(p) -> None:
+    """SSM_SCAN with Mamba-1's A [d_state, n_head] and K = 2 snapshots, the result sized for them
+    (ggml's CPU asserts K = 1 for Mamba-1)."""
+    d_state = 2
+    sources = [[d_state, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1], [d_state, 1], [d_state, 1, 1, 1], [d_state, 1, 1, 1]]
+    _op_with_ids(p, "SSM_SCAN", sources, [0], [1 + 2 * d_state], op_params=spec_for("SSM_SCAN").pack(K=2))
+
+
+def _im2col_f16_into_f32(p) -> None:
+    """IM2COL of an F16 image into an F32 result (ggml's CPU asserts an F32 image there)."""
+    kernel = _dense(p, 0, [1, 1, 1, 1], id=0xA0, name="kernel")
+    image = _f16(p, 256, 4, id=0xA1, name="image", ne=[4, 1, 1, 1])
+    out = _dense(p, 512, [1, 4, 1, 1], id=0xC0, name="out", op=p.profile.ggml.op_value("IM2COL"),
+                 src=[0xA0, 0xA1] + [0] * 8, op_params=spec_for("IM2COL").pack(s0=1, d0=1, is_2d=0))
+    _graph(p, [kernel, image, out])
+
+
+def _flash_attn_prec_f16(p) -> None:
+    """FLASH_ATTN_EXT asking for precision 20 (GGML_PREC_F16), which ggml's CPU aborts on."""
+    q = _dense(p, 0, [4, 1, 1, 1], id=0xA0, name="q")
+    k = _f16(p, 256, 4, id=0xA1, name="k", ne=[4, 1, 1, 1])
+    v = _f16(p, 512, 4, id=0xA2, name="v", ne=[4, 1, 1, 1])
+    out = _dense(p, 768, [4, 1, 1, 1], id=0xC0, name="out", op=p.profile.ggml.op_value("FLASH_ATTN_EXT"),
+                 src=[0xA0, 0xA1, 0xA2] + [0] * 7, op_params=spec_for("FLASH_ATTN_EXT").pack(scale=0.5, prec=20))
+    _graph(p, [q, k, v, out])
+
+
+def _alloc_size_bad_source(p) -> None:
+    """GET_ALLOC_SIZE whose src[0] has a type past GGML_TYPE_COUNT."""
+    srcs = [p.tensor(0, id=0xA1, type=p.profile.ggml.type_count)] + [make_tensor(p.profile.tensor)] * 9
+    p.send(C.GET_ALLOC_SIZE, {**p.device_body(), "tensor": p.tensor(64, id=0xC3, op=p.profile.ggml.op_value("ADD"),
+                                                                    src=[0xA1] + [0] * 9), "srcs": srcs})
+
+
 CASES: tuple[HostileCase, ...] = (
     # protocol abuse
     HostileCase("protocol.hello-not-first", "hello.first", "first command other than HELLO", "protocol",
@@ -397,6 +455,22 @@ CASES: tuple[HostileCase, ...] = (
     HostileCase("#25288", "tensor.blocks", "SET_TENSOR of a Q4_0 tensor with ne[0] = 33", "llama.cpp #25288",
                 lambda p: _set(p, p.tensor(0, type=2, ne=[33, 1, 1, 1], nb=[18, 18, 18, 18]), bytes(18)),
                 destructive=True),
+)
+
+# What ggml's CPU asserts on (SPEC §8.5): a server refuses the graph instead of aborting.
+CASES += (
+    HostileCase("ops.scale-f16", "exec.unsupported", "SCALE of an F16 tensor", "compute failure", _scale_f16,
+                destructive=True),
+    HostileCase("ops.rope-odd-dims", "exec.op-params", "ROPE rotating an odd n_dims", "compute failure",
+                _rope_odd_dims, destructive=True),
+    HostileCase("ops.mamba1-snapshots", "exec.op-params", "SSM_SCAN keeping K = 2 snapshots of Mamba-1 states",
+                "compute failure", _mamba1_snapshots, destructive=True, since=spec_for("SSM_SCAN").param("K").since),
+    HostileCase("ops.im2col-f16-image", "exec.unsupported", "IM2COL of an F16 image into an F32 result",
+                "compute failure", _im2col_f16_into_f32, destructive=True),
+    HostileCase("ops.flash-attn-prec", "exec.op-params", "FLASH_ATTN_EXT asking for precision 20 (F16)",
+                "compute failure", _flash_attn_prec_f16, destructive=True),
+    HostileCase("alloc-size.bad-source", "tensor.type", "GET_ALLOC_SIZE whose source has a type past "
+                "GGML_TYPE_COUNT", "CVE-2024-42477", _alloc_size_bad_source, needs=(C.DEVICE_COUNT,)),
 )
 
 # Rules without a published advisory: one case each, so every rule has a negative case.

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ggml_rpc_spec.protocol.versions import parse_version
+
 from ..registry import ExecContext, Kernels, OP_PARAMS, Step, readable, require
 from ..tensors import TensorRef
 
@@ -237,7 +239,11 @@ def build_im2col(node: TensorRef, ctx: ExecContext) -> Step:
     """dst[n, oh, ow, (ic, kh, kw)] = image[n, ic, oh*s1 + kh*d1 - p1, ow*s0 + kw*d0 - p0], 0 outside."""
     kern, image = node.src(0), node.src(1)
     kinds(node, node, ("F32", "F16"), "the result")
-    kinds(node, image, ("F32", "F16", "BF16"), "the image")
+    # ggml's CPU: an F32 result asserts an F32 image; an F16 result takes an F16 or F32 image
+    # (3.6.1's ggml and older: and an F16 kernel)
+    kinds(node, image, ("F32",) if node.kind.name == "F32" else ("F32", "F16"), "the image")
+    if node.kind.name == "F16" and parse_version(ctx.ggml.release) <= (3, 6, 1):
+        kinds(node, kern, ("F16",), f"the kernel of an F16 result (ggml {ctx.ggml.release})")
     readable(node, image)
     p = node.params()
     n, ic, axes = _im2col_geometry(node, kern, image, p)

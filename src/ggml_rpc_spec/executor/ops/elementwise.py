@@ -13,6 +13,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ggml_rpc_spec.protocol.ops import spec_for
+from ggml_rpc_spec.protocol.versions import parse_version
 
 from ..batch import plain_f32, ufunc_steps
 from ..registry import (EXPERT_IDS, ExecContext, Kernels, Step, Taken, float_like, in_range, map_values, readable,
@@ -201,6 +202,11 @@ def batch_scale(binder, op: str, rows: np.ndarray, ctx: ExecContext) -> Taken:
 
 @kernels.kernel("SCALE")
 def build_scale(node: TensorRef, ctx: ExecContext) -> Step | None:
+    """F32, and BF16 after 3.6.1's ggml; ggml's CPU aborts on F16."""
+    allowed = ("F32",) if parse_version(ctx.ggml.release) <= (3, 6, 1) else ("F32", "BF16")
+    for tensor in (node, node.src(0)):
+        require(tensor.kind.name in allowed, node, "SCALE takes {} here, not {}", " or ".join(allowed),
+                tensor.kind.name)
     p = node.params()
     scale, bias = F32(p.s), F32(p.b)
     return _mapped(node, ctx, lambda x: x * scale + bias if bias != 0 else x * scale)

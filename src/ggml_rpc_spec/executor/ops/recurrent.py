@@ -101,6 +101,8 @@ def build_ssm_scan(node: TensorRef, ctx: ExecContext) -> Step:
     require(n_group >= 1 and n_head % n_group == 0, node, "{} groups do not divide {} heads", n_group, n_head)
     require(ids.ne == (n_seqs, 1, 1, 1), node, "ids {} must hold one state id per sequence", ids.ne)
     snapshots = _snapshot_count(node, ctx)
+    require(a.ne[0] == 1 or snapshots == 1, node, "K = {} snapshots need Mamba-2's A [1, n_head], not {}",
+            snapshots, a.ne, rule=OP_PARAMS)
     y_size, state_size = x.n_elements, d_state * head_dim * n_head * n_seqs
     require(node.n_elements == y_size + snapshots * state_size, node,
             "K = {} states of {} values after {} outputs do not fit the result of {}",

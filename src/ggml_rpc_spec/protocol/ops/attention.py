@@ -54,7 +54,10 @@ SPECS = (
             Param(0, "scale", "f32", "factor applied to q.k"),
             Param(1, "max_bias", "f32", "ALiBi max bias", 0),
             Param(2, "logit_softcap", "f32", "0, or c: scores become c * tanh(scores / c)"),
-            Param(3, "prec", "enum:DEFAULT=0,F32=10", "requested accumulator precision (ggml's CPU: F32 for both)"),
+            Param(3, "prec", "enum:DEFAULT=0,F32=10,BF16=15,F16=20",
+                  "requested accumulator precision, any ggml_prec (BF16 and F16 from 0.3.36's ggml); ggml's CPU "
+                  "aborts on any but DEFAULT and F32 and ignores which of the two it is: it accumulates in F32, "
+                  "except the weighted sum of V, which its row-at-a-time path accumulates in F16 when V is F16"),
             Param(
                 4,
                 "n_kv_max",

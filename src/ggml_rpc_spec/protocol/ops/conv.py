@@ -44,7 +44,8 @@ SPECS = (
             Source("image", "[IW, IH, IC, N] (1-D: [IW, IC, N])"),
         ),
         params=_IM2COL_PARAMS,
-        types="image F32 or F16; result F32 or F16",
+        types="result F32 from an F32 image; result F16 from an F16 or F32 image (ggml's CPU asserts both; 3.6.1's "
+        "ggml also asserts an F16 kernel for an F16 result)",
         result="[IC * KH * KW, OW, OH, N] (1-D: [IC * KW, OW, N])",
         semantics="every kernel-sized window of the image as one row, (ic, kh, kw) order, zeros where it "
         "reaches into the padding",

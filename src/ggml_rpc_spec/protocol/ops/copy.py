@@ -36,7 +36,9 @@ SPECS = (
         types="as DUP, the result's type being b's",
         result="as b",
         semantics="a converted to b's type and written over b, element i of a to element i of b in row-major order; "
-        "same type: bytes copied, never re-encoded; into a block type: ggml's from_float per row",
+        "same type: bytes copied, never re-encoded; into a block type: ggml's from_float per row.  ggml_cast "
+        "makes a CPY whose b (src[1]) is the result itself, not a view of another tensor: such a node names "
+        "itself, which is no cycle (§8.2 graph.self-reference), and it writes a converted into its own memory",
     ),
     OpSpec(
         name="ACC",

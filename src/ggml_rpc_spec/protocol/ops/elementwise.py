@@ -60,7 +60,7 @@ SPECS = (
         name="SCALE",
         sources=_UNARY,
         params=(Param(0, "s", "f32", "factor"), Param(1, "b", "f32", "bias (0 before ggml added it)")),
-        types=_FLOATS,
+        types="F32, BF16 (a and result alike); 3.6.1's ggml and older: F32 only.  ggml's CPU aborts on F16",
         result="as a",
         semantics="result = a * s + b",
     ),

@@ -4,8 +4,9 @@ Every op here returns one F32 tensor holding the per-token outputs followed by t
 states, and runs a recurrence over the tokens of each sequence.  The state ids of SSM_SCAN
 are read from a tensor: each MUST name one of the states of `s` (exec.state-ids).  The
 snapshot count K of SSM_SCAN (from 5.0.0) and GATED_DELTA_NET (from 4.0.2) places the
-states in the result: K MUST be at least 1 and the result exactly as large as K says
-(exec.op-params).  Older releases ignore that word and keep one state.
+states in the result: K MUST be at least 1, 1 for SSM_SCAN with Mamba-1 states, and the
+result exactly as large as K says (exec.op-params).  Older releases ignore that word and
+keep one state.
 """
 
 from .spec import OpSpec, Param, Source
@@ -16,7 +17,8 @@ def _snapshots(since: str) -> Param:
         0,
         "K",
         "i32",
-        "state snapshots kept in the result: the last K states, most recent first "
+        "state snapshots kept in the result: the last K states, most recent first; with fewer tokens than K "
+        "only slots 0 .. n_t - 1 are written, the older ones keep what the result's memory held "
         "(older releases ignore the word and keep one)",
         1,
         since=since,
@@ -50,7 +52,7 @@ SPECS = (
             Source("ids", "I32 [n_s]: the state each sequence starts from, each in [0, n_states)", index_rule="exec.state-ids"),
         ),
         params=(_snapshots("5.0.0"),),
-        types="F32, ids I32",
+        types="F32, ids I32; K > 1 only with Mamba-2's A [1, n_head] (ggml's CPU asserts K = 1 for Mamba-1)",
         result="F32 [n_elements(x) + K * d_state * head_dim * n_head * n_s]",
         semantics="per token, state = state * exp(softplus(dt) * A) + B * x * softplus(dt) and y = state . C; the "
         "result is y [head_dim, n_head, n_t, n_s] then the final state per sequence, then (K > 1) the states "

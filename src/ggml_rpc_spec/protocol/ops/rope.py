@@ -15,7 +15,8 @@ _SOURCES = (
 )
 
 _PARAMS = (
-    Param(1, "n_dims", "i32", "elements of each vector that rotate (vision: half the vector, which all turns)", 0),
+    Param(1, "n_dims", "i32", "elements of each vector that rotate (vision: half the vector, which all turns); "
+          "even and at most ne0 (ggml's CPU asserts both)", 0),
     Param(
         2,
         "mode",
@@ -45,7 +46,8 @@ _PARAMS = (
         "offset",
         "i32",
         "first rotated element of each vector (set by ggml_rope_set_offset, 0.3.36 on; "
-        "earlier releases leave the word 0 and ignore it); not for VISION",
+        "earlier releases leave the word 0 and ignore it); even, with offset + n_dims <= ne0 (ggml's CPU "
+        "asserts both); not for VISION",
         0,
     ),
 )
