@@ -27,6 +27,7 @@ from ggml_rpc_spec.protocol.rules import RULES
 from ggml_rpc_spec.protocol.tensor import RPC_TENSOR
 from ggml_rpc_spec.protocol.trace import PREAMBLE, RECORD_HEAD
 from ggml_rpc_spec.protocol.versions import PROFILES, Profile
+from ggml_rpc_spec.relay.guard import UNENFORCEABLE
 
 SPEC = Path(__file__).resolve().parent.parent / "SPEC.md"
 BLOCK = re.compile(r"(<!-- BEGIN GENERATED (\S+) -->\n)(.*?)(<!-- END GENERATED \2 -->)", re.S)
@@ -348,6 +349,15 @@ def security_block() -> str:
     return "\n".join(lines) + "\n"
 
 
+def guard_block() -> str:
+    """The rules that refuse a request but cannot be decided by watching the wire."""
+    lines = ["| rule | why it cannot be decided from the wire, and what to do |", "|---|---|"]
+    by_key = {r.key: r for r in RULES}
+    for key, why in UNENFORCEABLE.items():
+        lines.append(f"| §{by_key[key].section} `{key}` | {why} |")
+    return "\n".join(lines) + "\n"
+
+
 def summary_block() -> str:
     lines = ["| # | command | section | request bytes | reply bytes | versions |", "|---:|---|---|---|---|---|"]
     for command in SPECIFIED:
@@ -382,6 +392,7 @@ def blocks() -> dict[str, str]:
         "graph-store": graph_store_block(),
         "link": link_block(),
         "security": security_block(),
+        "guard": guard_block(),
         "summary": summary_block(),
     }
     found["trace:preamble"] = struct_table(PREAMBLE) + "\n"

@@ -42,15 +42,22 @@ C = Command
 
 # Rules that depend on what the guard never sees, with what an operator can do about them.
 UNENFORCEABLE: dict[str, str] = {
-    "exec.rows-in-range": "row indices computed inside a graph; upstream builds with the row checks (#26825, "
-                          "#26912 fixed) are safe",
-    "exec.expert-ids": "expert ids computed by the graph's router; run upstream builds that check them",
-    "exec.state-ids": "state ids computed inside a graph (#25765); run a fixed upstream build",
-    "set_tensor_hash.region": "the size of the server's cached file; run upstream without -c (no cache)",
-    "set_tensor_hash.in-tensor": "the size of the server's cached file; run upstream without -c (no cache)",
-    "set_tensor_hash.buffer": "checked only when the server has the hash cached; the guard refuses it always",
-    "comm.peer-agrees": "the bytes between two servers; the link does not pass the guard",
-    "comm.listen": "where upstream listens; the guard allows rank 0 only with --link-listen",
+    "exec.rows-in-range": "row indices are tensor data, set by the client or computed inside the graph; the real "
+                          "3.6.1, 7.0.0 and 8.0.0 servers abort on one out of range: admit trusted clients only",
+    "exec.expert-ids": "expert ids are computed by the graph's router from the activations; the real servers abort "
+                       "on one out of range: admit trusted clients only",
+    "exec.state-ids": "state ids are tensor data (#25765); the real servers abort on one out of range: admit "
+                      "trusted clients only",
+    "set_tensor_hash.region": "whether the cached file fits depends on its size on the server: run upstream "
+                              "without -c (no cache)",
+    "set_tensor_hash.in-tensor": "whether the cached file fits depends on its size on the server: run upstream "
+                                 "without -c (no cache)",
+    "set_tensor_hash.buffer": "decided only when the server has the file; the guard refuses a foreign buffer "
+                              "whether or not it has",
+    "comm.peer-agrees": "the bytes between two linked servers do not pass the guard: filter the link port to the "
+                        "other server",
+    "comm.listen": "where upstream listens is upstream's choice (every interface): the guard declines rank 0 "
+                   "unless --link-listen",
 }
 
 
