@@ -86,6 +86,26 @@ def test_recompute_after_free_is_refused(guarded):
     assert server.rejections == 0 and guard.stats.refused == {"recompute.stored": 1}
 
 
+@pytest.mark.parametrize("guard", [True, False], ids=["guard", "bridge"])
+def test_two_dimensional_transfers_pass_through_between_8_0_0_peers(reference_server, guard):
+    """SET_TENSOR_2D's data tail goes on to a server that has the command, as SET_TENSOR's
+    does; GET_TENSOR_2D reads the copies back."""
+    server = reference_server("8.0.0")
+    settings = GuardSettings(LinkPolicy.for_endpoint("127.0.0.1"), False) if guard else None
+    relay = Relay(parse_endpoint(server.endpoint), client_profiles=(server.profile,), guard=settings).start()
+    try:
+        with RPCClient(relay.endpoint) as rpc:
+            tensor = rpc.tensor_for(rpc.alloc_buffer(4096), 0, shape=(1024,), type="I8")
+            rpc.set_tensor(tensor, bytes(1024))
+            copies = bytes(range(48))
+            rpc.set_tensor_2d(tensor, copies, offset=8, n_copies=3, stride=100)
+            assert bytes(rpc.get_tensor_2d(tensor, offset=8, size=16, n_copies=3, stride=100)) == copies
+            assert bytes(rpc.get_tensor(tensor, 0, 8 + 100 + 16)) == bytes(8) + copies[:16] + bytes(84) + copies[16:32]
+    finally:
+        relay.shutdown()
+    assert server.rejections == 0
+
+
 def test_bulk_data_passes_through_without_being_stored(guarded):
     """64 MiB up and down through the guard: its memory grows by a piece, not by the data."""
     guard, server = guarded()

@@ -351,11 +351,12 @@ class BridgeConnection:
         self._answer(C.HELLO, hello_reply(self.client))  # the bridge speaks TCP only
         return []
 
-    def _on_set_tensor(self, req: Request) -> list[ToServer]:
+    def _on_data_request(self, req: Request) -> list[ToServer]:
+        """SET_TENSOR, SET_TENSOR_2D: the head translated, the data tail passed on as it is."""
         if req.data is None:  # streamed: the pieces follow (`data`)
             self._route = _DataRoute([([], req.data_size)])
-            return self._forward(C.SET_TENSOR, self._body(req, data_size=req.data_size), data_size=req.data_size)
-        return self._forward(C.SET_TENSOR, self._body(req, data_size=len(req.data)), data=req.data)
+            return self._forward(req.command, self._body(req, data_size=req.data_size), data_size=req.data_size)
+        return self._forward(req.command, self._body(req, data_size=len(req.data)), data=req.data)
 
     def data(self, piece: Data) -> list:
         """The bytes to send the server for a piece of the current request's streamed data."""
@@ -524,7 +525,8 @@ class BridgeConnection:
 # Commands the bridge translates itself, when the server has them.
 _OWN_HANDLERS = {
     C.HELLO: BridgeConnection._on_hello,
-    C.SET_TENSOR: BridgeConnection._on_set_tensor,
+    C.SET_TENSOR: BridgeConnection._on_data_request,
+    C.SET_TENSOR_2D: BridgeConnection._on_data_request,
     C.FREE_BUFFER: BridgeConnection._on_free_buffer,
     C.GRAPH_COMPUTE: BridgeConnection._on_graph_compute,
     C.GRAPH_RECOMPUTE: BridgeConnection._on_graph_recompute,
