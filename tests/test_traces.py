@@ -229,3 +229,87 @@ def test_replay_reports_a_server_that_answers_differently(reference_server, tmp_
     server = reference_server("7.0.0")
     results = replay(trace, server.endpoint)
     assert not passed(results) and any(r.verdict == "differs" and r.command == "GET_TENSOR" for r in results)
+
+
+# -- link traces (a server-to-server link of 8.0.0, SPEC §10) ---------------------------------------
+
+
+def link_trace(partials: list[tuple[np.ndarray, np.ndarray]], *, elements="counts", caps: bytes = bytes(24),
+               extra: bytes = b"") -> Trace:
+    """A link trace of these all-reduces ((rank 0's, rank 1's) partials), framed as recorded."""
+    from ggml_rpc_spec.protocol.comm import encode_partial
+    from ggml_rpc_spec.protocol.trace import link_records
+
+    counts = [a.size for a, _ in partials]
+    chunks = [(CLIENT, 0.0, caps), (SERVER, 0.001, bytes(24))]
+    for i, (rank0, rank1) in enumerate(partials):
+        chunks += [(SERVER, 0.01 * (i + 1), encode_partial(rank0).tobytes()),
+                   (CLIENT, 0.01 * (i + 1) + 0.005, encode_partial(rank1).tobytes())]
+    chunks.append((CLIENT, 1.0, extra))
+    header = {"kind": "link", "protocol": "8.0.0", "peer": "127.0.0.1:19603", "client": "127.0.0.1:40000"}
+    if elements == "counts":
+        header.update(elements=counts, tensors=[f"attn_out-{i}" for i in range(len(counts))])
+    return decode_trace(encode_trace(Trace(header, link_records(chunks, header.get("elements")))))
+
+
+SMALL = (np.linspace(-1, 1, 64, dtype=np.float32), np.linspace(2, 3, 64, dtype=np.float32))
+LARGE = (np.full(32768, 1.5, dtype=np.float32), np.full(32768, 0.25, dtype=np.float32))
+
+
+def test_a_trace_without_a_kind_is_a_client_connection_and_an_unknown_kind_is_refused():
+    assert decode_trace(sample()).kind == "connection"
+    raw = encode_trace(Trace({"protocol": "8.0.0", "kind": "telepathy"}, []))
+    with pytest.raises(TraceError, match="kind is 'telepathy'"):
+        decode_trace(raw)
+    with pytest.raises(TraceError, match="elements must be a list"):
+        decode_trace(encode_trace(Trace({"kind": "link", "elements": [64, -1]}, [])))
+
+
+def test_a_link_trace_splits_into_the_handshake_and_each_all_reduce():
+    """F32 below 32768 elements, BF16 from there; each partial is one record, rank 0's first."""
+    trace = link_trace([SMALL, LARGE])
+    assert [len(r.data) for r in trace.records] == [24, 24, 256, 256, 65536, 65536]
+    assert [r.direction for r in trace.records[2:]] == [SERVER, CLIENT, SERVER, CLIENT]  # rank 0 (1) first
+    link = trace.link()
+    assert link.problems == [] and link.unsplit == {CLIENT: 0, SERVER: 0}
+    small, large = link.exchanges
+    assert (small.elements, small.bf16, small.wire_size) == (64, False, 256)
+    assert (large.elements, large.bf16, large.wire_size) == (32768, True, 65536)
+    assert small.values(SERVER) == SMALL[0][:4].tolist() and large.values(CLIENT) == [0.25] * 4
+
+
+@pytest.mark.parametrize("change,problem", [
+    (dict(elements=None), "names no all-reduce sizes"),
+    (dict(extra=b"\1" * 10), "rank 1 sent 10 bytes more than the 2 all-reduces"),
+    (dict(caps=b"\1" + bytes(23)), "rank 1's conn_caps are not all zero"),
+])
+def test_a_link_trace_says_what_it_cannot_split(change, problem):
+    trace = link_trace([SMALL, SMALL], **change)
+    link = trace.link()
+    assert any(problem in p for p in link.problems), link.problems
+    if change.get("elements", "counts") is None:
+        assert link.exchanges == [] and link.unsplit == {CLIENT: 512, SERVER: 512}
+
+
+def test_a_link_trace_with_sizes_that_are_not_its_own_stops_where_they_fail():
+    trace = link_trace([SMALL, SMALL])
+    trace.header["elements"] = [64, 100]
+    link = trace.link()
+    assert len(link.exchanges) == 1 and link.unsplit == {CLIENT: 256, SERVER: 256}
+    assert "all-reduce #2 of 100 elements needs 400 bytes each way; rank 0 has 256 left" in link.problems[0]
+
+
+def test_show_decodes_a_link_trace(tmp_path):
+    path = tmp_path / "link.ggmlrpc"
+    path.write_bytes(encode_trace(link_trace([SMALL, LARGE])))
+    cli = [sys.executable, "-m", "ggml_rpc_spec.traces.cli", "show"]
+    text = subprocess.run(cli + [str(path)], capture_output=True, text=True, check=True).stdout
+    assert "server-to-server link" in text and "all zero (plain TCP)" in text
+    assert re.search(r"#1 .*'attn_out-0' 64 elements, F32, 256 bytes each way", text)
+    assert re.search(r"#2 .*'attn_out-1' 32768 elements, BF16, 65536 bytes each way", text)
+    assert re.search(r"rank 1 .*\[0\.25, 0\.25, 0\.25, 0\.25, \.\.\.\]", text)
+    shown = json.loads(subprocess.run(cli + ["--json", str(path)], capture_output=True, text=True, check=True).stdout)
+    assert shown["kind"] == "link" and shown["problems"] == [] and shown["handshake"]["rank0"] == "00" * 24
+    assert [(e["elements"], e["format"], e["tensor"]) for e in shown["exchanges"]] == [
+        (64, "F32", "attn_out-0"), (32768, "BF16", "attn_out-1")]
+    assert shown["exchanges"][1]["rank0"]["values"] == [1.5] * 4
