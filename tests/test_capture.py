@@ -46,7 +46,7 @@ def rewrite(pcap: Path, out: Path, change, snaplen: int = 262144) -> None:
 
 
 def imported(path: Path, tmp_path: Path, port: int = 50052):
-    results = import_capture(path, port, tmp_path / "traces", log=lambda *a: None)
+    results = import_capture(path, [port], tmp_path / "traces", log=lambda *a: None)
     assert len(results) == 1
     return results[0]
 
@@ -60,7 +60,7 @@ def test_the_dissector_is_generated_from_the_protocol_package():
 @pytest.mark.parametrize("fixture", [FIXTURES[0], FIXTURES[-1]], ids=lambda p: p.parent.name)
 def test_export_then_import_gives_the_trace_back(fixture, tmp_path):
     trace = decode_trace(fixture.read_bytes())
-    export_capture(trace, tmp_path / "one.pcap")
+    export_capture([trace], tmp_path / "one.pcap")
     back = imported(tmp_path / "one.pcap", tmp_path)
     assert back.notes == [] and frames(back.trace) == frames(trace)
     assert back.trace.header["protocol"] == trace.header["protocol"]
@@ -68,7 +68,7 @@ def test_export_then_import_gives_the_trace_back(fixture, tmp_path):
 
 def test_out_of_order_and_retransmitted_segments_are_reassembled(tmp_path):
     trace = decode_trace(FIXTURES[-1].read_bytes())
-    export_capture(trace, tmp_path / "one.pcap")
+    export_capture([trace], tmp_path / "one.pcap")
 
     def shuffle(packets):
         rng = random.Random(7)
@@ -84,7 +84,7 @@ def test_out_of_order_and_retransmitted_segments_are_reassembled(tmp_path):
 
 def test_a_capture_that_starts_mid_connection_is_cut_to_its_hello(tmp_path):
     trace = decode_trace(FIXTURES[-1].read_bytes())
-    export_capture(trace, tmp_path / "one.pcap")
+    export_capture([trace], tmp_path / "one.pcap")
     rewrite(tmp_path / "one.pcap", tmp_path / "late.pcap", lambda packets: packets[3:])  # no handshake
     back = imported(tmp_path / "late.pcap", tmp_path)
     assert frames(back.trace) == frames(trace) and "mid-connection" in back.notes[0]
@@ -94,7 +94,7 @@ def test_a_capture_that_starts_mid_connection_is_cut_to_its_hello(tmp_path):
 
 def test_bytes_the_capture_did_not_keep_are_named_by_frame(tmp_path):
     trace = decode_trace((FIXTURE_DIR / "llama-7.0.0" / "conn-016.ggmlrpc").read_bytes())  # 22 KB SET_TENSORs
-    export_capture(trace, tmp_path / "one.pcap")
+    export_capture([trace], tmp_path / "one.pcap")
     rewrite(tmp_path / "one.pcap", tmp_path / "short.pcap", lambda packets: [
         (when, frame[:2000]) for when, frame in packets], snaplen=2000)
     back = imported(tmp_path / "short.pcap", tmp_path)
@@ -155,7 +155,7 @@ def test_a_real_session_captured_imports_as_the_proxy_recorded_it(release, tmp_p
         # wait (bounded) until the capture holds the whole session before stopping it
         deadline = time.monotonic() + 60
         while True:
-            results = import_capture(tmp_path / "session.pcap", server.port, tmp_path / "traces",
+            results = import_capture(tmp_path / "session.pcap", [server.port], tmp_path / "traces",
                                      log=lambda *a: None)
             theirs = sorted(per_direction(r.trace) for r in results if r.trace is not None)
             if theirs == ours or time.monotonic() > deadline:
