@@ -19,8 +19,8 @@ from ggml_rpc_spec.protocol.exchanges import decode_connection
 from ggml_rpc_spec.protocol import profile_for
 from ggml_rpc_spec.protocol.trace import CLIENT, SERVER, Record, Trace, TraceError, decode_trace, encode_trace, frame_records
 from ggml_rpc_spec.client.rpc import RPCClient
-from ggml_rpc_spec.traces.replay import passed, replay
-from ggml_rpc_spec.traces.show import decode
+from ggml_rpc_spec.traces.replay import link_of, passed, replay
+from ggml_rpc_spec.traces.show import decode, decode_link
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_DIR = ROOT / "src" / "ggml_rpc_spec" / "fixtures"  # shipped as package data
@@ -86,13 +86,19 @@ def test_show_cli_errors_without_traceback(tmp_path):
 
 def test_fixtures_are_small_and_cover_every_version_with_a_real_peer():
     assert sum(p.stat().st_size for p in (FIXTURE_DIR).rglob("*") if p.is_file()) < 10_000_000
-    versions = {decode_trace(p.read_bytes()).protocol for p in FIXTURES}
-    assert {"2.0.0", "3.6.1", "4.0.2", "5.0.0", "7.0.0"} <= versions
+    traces = [decode_trace(p.read_bytes()) for p in FIXTURES]
+    assert {"2.0.0", "3.6.1", "4.0.2", "5.0.0", "7.0.0", "8.0.0"} <= {t.protocol for t in traces}
+    assert any(t.kind == "link" for t in traces)  # a tensor-parallel session's server-to-server link
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: str(p.relative_to(FIXTURE_DIR)))
 def test_show_decodes_every_fixture(path):
     trace = decode_trace(path.read_bytes())
+    if trace.kind == "link":  # split exactly into the all-reduces its rank's client asked for
+        link, rows = decode_link(trace)
+        assert link.problems == [] and rows and len(rows) == len(trace.header["elements"])
+        json.dumps(rows)
+        return
     session, rows = decode(trace)
     assert session.error is None and rows
     assert decode_connection(trace.stream(CLIENT), trace.stream(SERVER)).profile.name == trace.protocol  # by HELLO
@@ -108,25 +114,28 @@ def test_show_cli_prints_tensors_and_graphs():
 
 
 def replay_fixtures(endpoint: str, proto: str) -> int:
-    """Replay every fixture of version `proto` against `endpoint`, each green; how many."""
+    """Replay every fixture of version `proto` against `endpoint`, each green, a connection
+    that set up a link with its folder's link trace (the replayer the other rank); how many."""
     replayed = 0
-    for path in FIXTURES:
-        trace = decode_trace(path.read_bytes())
-        if trace.protocol == proto:
-            results = replay(trace, endpoint)
+    traces = {path: decode_trace(path.read_bytes()) for path in FIXTURES}
+    for path, trace in traces.items():
+        if trace.protocol == proto and trace.kind != "link":
+            link = link_of(trace, [t for p, t in traces.items() if p.parent == path.parent])
+            results = replay(trace, endpoint, link=link)
             assert passed(results), (path, [r for r in results if r.verdict == "differs"])
+            assert (link is None) == all(r.command != "(link)" for r in results)
             replayed += 1
     return replayed
 
 
-@pytest.mark.parametrize("proto", ["2.0.0", "3.6.1", "4.0.2", "5.0.0", "7.0.0"])
+@pytest.mark.parametrize("proto", ["2.0.0", "3.6.1", "4.0.2", "5.0.0", "7.0.0", "8.0.0"])
 def test_fixtures_replay_green_against_the_reference_server(reference_server, proto):
     server = reference_server(proto, memory=1 << 30)
     assert replay_fixtures(server.endpoint, proto) >= 10  # every fixture of this version: llama, graphs, ...
 
 
 @pytest.mark.upstream
-@pytest.mark.parametrize("release", CI_RELEASES)
+@pytest.mark.parametrize("release", [*CI_RELEASES, "0.11739"])
 def test_fixtures_replay_green_against_the_real_server(release, upstream_server):
     proto = require_peer(release).protocol
     server = upstream_server(release)
@@ -313,3 +322,27 @@ def test_show_decodes_a_link_trace(tmp_path):
     assert [(e["elements"], e["format"], e["tensor"]) for e in shown["exchanges"]] == [
         (64, "F32", "attn_out-0"), (32768, "BF16", "attn_out-1")]
     assert shown["exchanges"][1]["rank0"]["values"] == [1.5] * 4
+
+
+TENSOR_SPLIT = FIXTURE_DIR / "llama-tensor-8.0.0"
+
+
+def test_a_connection_that_set_up_a_link_replays_only_with_the_link(reference_server):
+    """Without its link trace there is no other rank to send the partials: refused before a
+    byte goes out.  With it (the CLI finds it among the files) the replayer is the other
+    rank, and the target's partials are judged against the recorded ones."""
+    from ggml_rpc_spec.protocol.errors import ProtocolError
+
+    server = reference_server("8.0.0", memory=1 << 30)
+    ranks = [t for t in (decode_trace(p.read_bytes()) for p in sorted(TENSOR_SPLIT.glob("conn-*.ggmlrpc")))
+             if any(e.request.command.name == "COMM_INIT" for e in t.decoded().exchanges)]
+    assert len(ranks) == 2
+    with pytest.raises(ProtocolError, match="replay it with its link trace"):
+        replay(ranks[0], server.endpoint)
+    with pytest.raises(ProtocolError, match="a link trace is replayed with the client connection"):
+        replay(decode_trace((TENSOR_SPLIT / "link-001.ggmlrpc").read_bytes()), server.endpoint)
+    out = subprocess.run([sys.executable, "-m", "ggml_rpc_spec.traces.cli", "replay", str(TENSOR_SPLIT), "--target",
+                          server.endpoint, "-v"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert len(re.findall(r"\(link\) +ok: 10 partials of rank [01] as recorded", out.stdout)) == 2, out.stdout[-3000:]
+    assert "link-001.ggmlrpc" not in out.stdout
