@@ -33,9 +33,9 @@ from ggml_rpc_spec.protocol import profile_for  # noqa: E402
 from ggml_rpc_spec.protocol.trace import encode_trace  # noqa: E402
 from ggml_rpc_spec.relay.proxy import RecordingProxy  # noqa: E402
 from ggml_rpc_spec.relay.recording import to_trace  # noqa: E402
-from ggml_rpc_spec.protocol.comm import HANDSHAKE_SIZE, PORT_OFFSET, looks_like_link  # noqa: E402
+from ggml_rpc_spec.protocol.comm import PORT_OFFSET  # noqa: E402
 from ggml_rpc_spec.protocol.trace import LINK  # noqa: E402
-from ggml_rpc_spec.traces.capture import imported_traces, read_capture  # noqa: E402
+from ggml_rpc_spec.traces.capture import holds_closed_link, imported_traces  # noqa: E402
 from ggml_rpc_spec.traces.tcpdump import Tcpdump  # noqa: E402
 from ggml_rpc_spec.upstream_peers.models import write_tiny_llama  # noqa: E402
 from ggml_rpc_spec.upstream_peers import ensure_built, peer_for  # noqa: E402
@@ -97,7 +97,7 @@ def record_tensor_split(release: str, model: Path, tmp: Path) -> None:
         with Tcpdump(pcap, ports + [rank0.port + PORT_OFFSET]) as capture:
             run_llama(peer, model, rpc=f"{rank0.endpoint},{rank1.endpoint}", split_mode="tensor", flash_attn_type=1,
                       text=PROMPT, generate=4)
-            if not capture.stop(until=lambda: session_closed(pcap)):
+            if not capture.stop(until=lambda: holds_closed_link(pcap)):
                 raise SystemExit(f"{pcap}: the capture never held the whole session (every connection closed)")
     numbers = {"conn": 0, "link": 0}
     for imported in imported_traces(pcap, ports):
@@ -114,15 +114,6 @@ def record_tensor_split(release: str, model: Path, tmp: Path) -> None:
             imported.trace.header["client"] = f"real upstream client (llama-cpp-py-sync {peer.release})"
         (folder / f"{kind}-{numbers[kind]:03d}.ggmlrpc").write_bytes(encode_trace(imported.trace))
     print(f"{folder.relative_to(ROOT)}: {numbers['conn']} client connection(s), {numbers['link']} link(s)")
-
-
-def session_closed(pcap: Path) -> bool:
-    """Whether the capture holds a server-to-server link and every connection has closed
-    (the link closes last: when its client connections have ended)."""
-    connections = read_capture(pcap) if pcap.exists() and pcap.stat().st_size else []
-    links = [conn for conn in connections
-             if conn.client and looks_like_link(conn.up.head(HANDSHAKE_SIZE), conn.down.head(HANDSHAKE_SIZE))]
-    return bool(links) and all(conn.closed for conn in connections)
 
 
 def main(argv: list[str]) -> int:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -254,11 +255,11 @@ def to_trace(conn: Connection, capture: str) -> tuple[Imported, list[LinkUse]]:
                          f"incomplete frames: {', '.join(hit) or 'none (after the last frame)'}")
     if session.error is not None:
         notes.append(f"framing stopped: {session.error}")
-    header = {"protocol": session.profile.name, **_header(conn, capture, notes)}
+    chunks, t0 = _both_chunks(conn, up, up_times, down, down_times)
+    header = {"protocol": session.profile.name, **_header(conn, capture, notes, t0)}
     uses = [LinkUse(plan, _time_at(up_times, requests[plan.request][2]), session.profile.name, "%s:%d" % conn.server)
             for plan in link_plans(session)]
-    return Imported(conn, Trace(header, frame_records(_both_chunks(conn, up, up_times, down, down_times), session)),
-                    notes), uses
+    return Imported(conn, Trace(header, frame_records(chunks, session)), notes), uses
 
 
 def to_link_trace(conn: Connection, capture: str, rank0: LinkUse | None, rank1: LinkUse | None) -> Imported:
@@ -284,32 +285,37 @@ def to_link_trace(conn: Connection, capture: str, rank0: LinkUse | None, rank1: 
         if rank0 is not None and rank1 is not None and rank0.plan.elements != rank1.plan.elements:
             notes.append(f"the ranks' clients asked for different all-reduces ({len(rank0.plan.elements)} on rank 0, "
                          f"{len(rank1.plan.elements)} on rank 1, not all of the same sizes): split by rank 0's")
-    header = {"kind": LINK, "protocol": use.protocol if use else None, **_header(conn, capture, notes)}
+    chunks, t0 = _both_chunks(conn, up, up_times, down, down_times)
+    header = {"kind": LINK, "protocol": use.protocol if use else None, **_header(conn, capture, notes, t0)}
     if elements is not None:
         header.update(elements=elements, tensors=use.plan.tensors)
     for rank, which in ((0, rank0), (1, rank1)):
         if which is not None:
             header[f"rank{rank}_server"] = which.server
-    records = link_records(_both_chunks(conn, up, up_times, down, down_times), elements)
+    records = link_records(chunks, elements)
     return Imported(conn, Trace(header, records), notes)
 
 
-def _header(conn: Connection, capture: str, notes: list[str]) -> dict:
-    """The header fields every imported trace has: who, where, when, what was wrong."""
+def _header(conn: Connection, capture: str, notes: list[str], t0: float) -> dict:
+    """The header fields every imported trace has: who, where, what was wrong, and when its
+    first byte was captured (to the microsecond: the traces of one capture exported together
+    keep their order)."""
+    date = datetime.fromtimestamp(t0, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     header = {"recorder": "ggml-rpc-trace import", "capture": capture, "peer": "%s:%d" % conn.server,
-              "client": "%s:%d" % conn.client, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(conn.started))}
+              "client": "%s:%d" % conn.client, "date": date}
     if notes:
         header["note"] = "; ".join(notes)
     return header
 
 
-def _both_chunks(conn: Connection, up: bytes, up_times, down: bytes, down_times) -> list[tuple[int, float, bytes]]:
+def _both_chunks(conn: Connection, up: bytes, up_times, down: bytes, down_times
+                 ) -> tuple[list[tuple[int, float, bytes]], float]:
     """Both directions' bytes as (direction, seconds since the connection's first byte, bytes)
-    chunks in arrival order."""
+    chunks in arrival order, and the capture time of that first byte."""
     t0 = min([when for _, when in up_times[:1] + down_times[:1]] or [conn.started])
     chunks = _chunks(up, up_times, CLIENT, t0) + _chunks(down, down_times, SERVER, t0)
     chunks.sort(key=lambda chunk: chunk[1])
-    return chunks
+    return chunks, t0
 
 
 def _first_hello(stream: bytes) -> int | None:
@@ -354,6 +360,16 @@ def _chunks(data: bytes, times, direction: int, t0: float) -> list[tuple[int, fl
     bounds = [at for at, _ in times] + [len(data)]
     return [(direction, when - t0, data[at:end]) for (at, when), end in zip(times, bounds[1:], strict=True)
             if end > at]
+
+
+def holds_closed_link(path: Path) -> bool:
+    """Whether a capture being written holds a server-to-server link and every connection in
+    it has closed: a tensor-parallel session is complete (its link closes last, once the
+    client connections have ended)."""
+    connections = read_capture(path) if path.exists() and path.stat().st_size else []
+    links = [conn for conn in connections
+             if conn.client and looks_like_link(conn.up.head(HANDSHAKE_SIZE), conn.down.head(HANDSHAKE_SIZE))]
+    return bool(links) and all(conn.closed for conn in connections)
 
 
 def rpc_ports(connections: list[Connection]) -> set[int]:
@@ -420,7 +436,9 @@ def _link_use(uses: list[LinkUse], link: Connection, rank: int) -> LinkUse | Non
 def export_capture(traces: list[Trace], out: Path) -> int:
     """Write `traces` as a pcap, one TCP connection each (a tensor-parallel session's client
     connections and link side by side); returns the number of packets."""
-    packets = [packet for trace in traces for packet in _packets(trace)]
+    # a trace whose header names no client address gets a port of its own (the traces of a
+    # session recorded by the proxy would otherwise all be one reused connection)
+    packets = [packet for number, trace in enumerate(traces) for packet in _packets(trace, 40000 + number)]
     packets.sort(key=lambda packet: packet[0])  # stable: each connection's own order within equal times
     with open(out, "wb") as handle:
         writer = dpkt.pcap.Writer(handle, snaplen=262144, linktype=dpkt.pcap.DLT_EN10MB)
@@ -429,9 +447,10 @@ def export_capture(traces: list[Trace], out: Path) -> int:
     return len(packets)
 
 
-def _packets(trace: Trace) -> list[tuple[float, bytes]]:
-    """One trace as the (time, Ethernet frame) packets of a TCP connection."""
-    client = _endpoint(trace.header.get("client"), ("127.0.0.1", 40000))
+def _packets(trace: Trace, client_port: int) -> list[tuple[float, bytes]]:
+    """One trace as the (time, Ethernet frame) packets of a TCP connection (from
+    `client_port` unless the header names the client's address)."""
+    client = _endpoint(trace.header.get("client"), ("127.0.0.1", client_port))
     server = _endpoint(trace.header.get("peer"), ("127.0.0.1", 50052))
     seq = {CLIENT: 1000, SERVER: 5000}
     ends = {CLIENT: (client, server), SERVER: (server, client)}
@@ -476,7 +495,8 @@ def _endpoint(text, default: tuple[str, int]) -> tuple[str, int]:
 
 
 def _epoch(date) -> float:
+    """A header's date (ISO 8601 in UTC, to the second or finer) as seconds since the epoch."""
     try:
-        return float(time.mktime(time.strptime(str(date), "%Y-%m-%dT%H:%M:%SZ"))) - time.timezone
+        return datetime.fromisoformat(str(date).replace("Z", "+00:00")).timestamp()
     except ValueError:
         return time.time()
