@@ -346,3 +346,23 @@ def test_a_connection_that_set_up_a_link_replays_only_with_the_link(reference_se
     assert out.returncode == 0, out.stdout[-3000:]
     assert len(re.findall(r"\(link\) +ok: 10 partials of rank [01] as recorded", out.stdout)) == 2, out.stdout[-3000:]
     assert "link-001.ggmlrpc" not in out.stdout
+
+
+def test_replay_compares_the_data_of_2d_reads(reference_server):
+    """GET_TENSOR_2D's reply is tensor data like GET_TENSOR's: a recording whose copies
+    differ from what the server holds fails the replay."""
+    server = reference_server("8.0.0")
+    chunks = []
+    with RPCClient(server.endpoint, tap=lambda d, data: chunks.append((CLIENT if d == "sent" else SERVER,
+                                                                        len(chunks) * 1e-3, bytes(data)))) as rpc:
+        buf = rpc.alloc_buffer(4096)
+        values = np.arange(64, dtype=np.float32)
+        tensor = rpc.tensor_for(buf, 0, values, name="rows")
+        rpc.set_tensor_2d(tensor, values[:32].tobytes(), n_copies=4, stride=64)
+        rpc.get_tensor_2d(tensor, size=32, n_copies=4, stride=64)
+    trace = Trace({"protocol": "8.0.0"}, frame_records(chunks))
+    assert passed(replay(trace, server.endpoint))
+    read = next(r for r in trace.records if r.direction == SERVER and len(r.data) == 8 + 128)
+    read.data = read.data[:-1] + b"\xff"
+    results = replay(trace, server.endpoint)
+    assert any(r.verdict == "differs" and r.command == "GET_TENSOR_2D" for r in results)

@@ -38,6 +38,7 @@ OK, TOLERATED, INFORMATIONAL, DIFFERS = "ok", "within tolerance", "informational
 # what two correct backends may differ by (ggml's CPU rounds activations to 8-bit blocks
 # before quantized products, and F16/BF16 results round once more).
 TOLERANCE = {"F32": 0.08, "F16": 0.08, "BF16": 0.1}  # the end-to-end bound of tests/test_llama_e2e.py
+READS = (Command.GET_TENSOR, Command.GET_TENSOR_2D)  # replies that are tensor data
 INFORMATIONAL_REPLIES = {Command.GET_DEVICE_MEMORY, Command.GET_ALIGNMENT, Command.GET_MAX_SIZE,
                          Command.DEVICE_COUNT, Command.SET_TENSOR_HASH}
 
@@ -79,7 +80,7 @@ def judge(command: Command, recorded, got, *, computed: bool, tensor_type: str |
     if command in INFORMATIONAL_REPLIES:
         same = got.body == recorded.body
         return (OK if same else INFORMATIONAL), "" if same else f"{dict(got.body)} (recorded {dict(recorded.body)})"
-    if command is Command.GET_TENSOR:
+    if command in READS:
         a, b = bytes(recorded.data), bytes(got.data)
         if a == b:
             return OK, f"{len(b)} bytes identical"
@@ -92,6 +93,14 @@ def judge(command: Command, recorded, got, *, computed: bool, tensor_type: str |
     if got.body == recorded.body:
         return OK, ""
     return DIFFERS, f"{dict(got.body)} (recorded {dict(recorded.body)})"
+
+
+def read_span(body) -> int:
+    """Bytes from the read's offset to the end of its last byte: GET_TENSOR's size, or
+    GET_TENSOR_2D's copies at their stride (8.0.0)."""
+    if "n_copies" not in body:
+        return body.size
+    return (body.n_copies - 1) * body.stride + body.size if body.n_copies else 0
 
 
 class Written:
@@ -251,10 +260,10 @@ def replay(trace: Trace, endpoint: str, *, timeout: float = 60.0, tolerance: dic
                 break
             else:
                 kind, computed = None, False
-                if request.command is Command.GET_TENSOR:
+                if request.command in READS:
                     body = request.body
                     kind = profile.ggml.tensor_type(body.tensor.type)
-                    computed = written.overlaps(body.tensor, body.offset, body.size)
+                    computed = written.overlaps(body.tensor, body.offset, read_span(body))
                 verdict, detail = judge(request.command, recorded, got, computed=computed,
                                         tensor_type=kind.name if kind is not None else None, tolerance=tolerance)
                 results.append(FrameResult(index, name, verdict, detail))
