@@ -116,6 +116,11 @@ RANK1, RANK0 = 0, 1  # a link trace's directions (trace.CLIENT, trace.SERVER): r
 SHOWN_VALUES = 4  # values of each partial a decoded all-reduce keeps for display
 
 
+def rank_direction(rank: int) -> int:
+    """The direction of a link trace in which `rank` sends."""
+    return RANK0 if rank == 0 else RANK1
+
+
 @dataclass
 class AllReduce:
     """One all-reduce as the link carried it: each rank's partial, as sent."""

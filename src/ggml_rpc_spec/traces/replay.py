@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ggml_rpc_spec.protocol import Command, message_spec
-from ggml_rpc_spec.protocol.comm import RANK0, RANK1, decode_partial, link_plans
+from ggml_rpc_spec.protocol.comm import decode_partial, link_plans, rank_direction
 from ggml_rpc_spec.protocol.errors import ProtocolError
 from ggml_rpc_spec.protocol.ggml import ELEMENT_DTYPES, nbytes, nbytes_array
 from ggml_rpc_spec.protocol.ops import CATALOGUE
@@ -157,8 +157,8 @@ class OtherRank:
     """The replayer as the other rank of the link a replayed connection sets up: the recorded
     partials of that rank go out, the target's come in and are judged against the recorded."""
 
-    def __init__(self, link: Trace | None, timeout: float) -> None:
-        self.link = link.link() if link is not None else None
+    def __init__(self, link: Trace, timeout: float) -> None:
+        self.link = link.link()
         self.timeout = timeout
         self.peer: LinkPeer | None = None
         self.target_rank = 0
@@ -166,11 +166,8 @@ class OtherRank:
     def init(self, rpc: RPCClient, request) -> bool:
         """Stand in for COMM_INIT: make the target the recorded rank, the replayer the other;
         whether the target answered ok."""
-        if self.link is None:
-            raise ProtocolError("the connection sets up a server-to-server link (COMM_INIT answered ok=1): replay it "
-                                "with its link trace, whose partials the replayer sends as the other rank")
         self.target_rank = request.body.rank
-        ours = RANK1 if self.target_rank == 0 else RANK0
+        ours = rank_direction(1 - self.target_rank)
         exchanges = [LinkExchange(e.partials[ours], e.wire_size) for e in self.link.exchanges]
         self.peer = linked(rpc, lambda peer: peer, exchanges, target_rank=self.target_rank,
                            device=request.body.device, timeout=self.timeout)
@@ -180,11 +177,12 @@ class OtherRank:
         """The target's partials, once the link is done, against the recorded ones of its rank
         (computed floats: within `tolerance`, as F32 data a graph wrote)."""
         log = self.peer.finish()
-        theirs = RANK0 if self.target_rank == 0 else RANK1
+        theirs = rank_direction(self.target_rank)
         problems = [log.error] if log.error else []
+        done = min(len(log.received), len(self.link.exchanges))
         if len(log.received) != len(self.link.exchanges):
             problems.append(f"{len(log.received)} of {len(self.link.exchanges)} partials received")
-        for exchange, got in zip(self.link.exchanges, log.received, strict=False):
+        for exchange, got in zip(self.link.exchanges[:done], log.received[:done], strict=True):
             want = exchange.partials[theirs]
             if want != got:
                 ok, detail = _tolerance_compare(decode_partial(want, exchange.elements).tobytes(),
@@ -211,12 +209,15 @@ def replay(trace: Trace, endpoint: str, *, timeout: float = 60.0, tolerance: dic
     session = trace.decoded()
     if session.profile is None:
         raise ProtocolError(f"cannot decode the trace: {session.error}")
+    if link is None and link_plans(session):
+        raise ProtocolError("the connection sets up a server-to-server link (COMM_INIT answered ok=1): replay it "
+                            "with its link trace, whose partials the replayer sends as the other rank")
     profile = session.profile
     results: list[FrameResult] = []
     relocator = Relocator(profile)
     written = Written(profile)
     stored = {}  # uid (None before 8.0.0) -> the graph GRAPH_RECOMPUTE runs again
-    other = OtherRank(link, timeout)
+    other = OtherRank(link, timeout) if link is not None else None
     rpc = RPCClient(endpoint, proto=profile, timeout=timeout)
     try:
         for index, exchange in enumerate(session.exchanges, 1):
@@ -227,7 +228,7 @@ def replay(trace: Trace, endpoint: str, *, timeout: float = 60.0, tolerance: dic
                 verdict = OK if rpc.server_version == profile.version else DIFFERS
                 results.append(FrameResult(index, name, verdict, f"server reports {reported}"))
                 continue
-            if request.command is Command.COMM_INIT and recorded is not None and recorded.body.ok:
+            if other is not None and request.command is Command.COMM_INIT and recorded is not None and recorded.body.ok:
                 ok = other.init(rpc, request)
                 results.append(FrameResult(index, name, OK if ok else DIFFERS, "linked to the replayer as rank "
                                            f"{1 - request.body.rank}" if ok else "ok=0: no link"))
@@ -270,11 +271,12 @@ def replay(trace: Trace, endpoint: str, *, timeout: float = 60.0, tolerance: dic
                 relocator.learn(request, recorded, got)
             relocator.forget(request)
         else:  # every request replayed: the target's side of the link is complete
-            if other.peer is not None:
+            if other is not None and other.peer is not None:
                 results.append(other.result(len(session.exchanges) + 1, tolerance["F32"]))
     finally:
         rpc.close()
-        other.close()
+        if other is not None:
+            other.close()
     results.append(_still_serving(endpoint, profile, len(results) + 1))
     return results
 
