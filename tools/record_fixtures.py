@@ -30,11 +30,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from client_steps import session_steps  # noqa: E402
 from ggml_rpc_spec.protocol import profile_for  # noqa: E402
-from ggml_rpc_spec.protocol.trace import encode_trace  # noqa: E402
+from ggml_rpc_spec.protocol.comm import PORT_OFFSET  # noqa: E402
+from ggml_rpc_spec.protocol.trace import LINK, encode_trace  # noqa: E402
 from ggml_rpc_spec.relay.proxy import RecordingProxy  # noqa: E402
 from ggml_rpc_spec.relay.recording import to_trace  # noqa: E402
-from ggml_rpc_spec.protocol.comm import PORT_OFFSET  # noqa: E402
-from ggml_rpc_spec.protocol.trace import LINK  # noqa: E402
 from ggml_rpc_spec.traces.capture import holds_closed_link, imported_traces  # noqa: E402
 from ggml_rpc_spec.traces.tcpdump import Tcpdump  # noqa: E402
 from ggml_rpc_spec.upstream_peers.models import write_tiny_llama  # noqa: E402
