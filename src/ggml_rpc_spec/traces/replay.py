@@ -30,8 +30,8 @@ from ggml_rpc_spec.protocol.ops import CATALOGUE
 from ggml_rpc_spec.protocol.relocate import RelocationError, Relocator
 from ggml_rpc_spec.protocol.trace import LINK, Trace
 
+from ggml_rpc_spec.client.linkpeer import Exchange as LinkExchange, LinkPeer, linked
 from ggml_rpc_spec.client.rpc import RPCClient, ServerClosed
-from ggml_rpc_spec.conformance.linkpeer import Exchange as LinkExchange, LinkPeer, linked
 
 OK, TOLERATED, INFORMATIONAL, DIFFERS = "ok", "within tolerance", "informational", "differs"
 # Largest error in data a graph computed, relative to the tensor's largest value, per type:
