@@ -141,6 +141,24 @@ def test_a_tensor_split_captured_imports_its_connections_and_its_link(tmp_path):
     assert len(clients) < len(connections)  # one server's connections: half of them
 
 
+def test_a_link_captured_from_its_middle_gives_no_trace(tmp_path):
+    """Nothing on a link says where a partial begins: without its start (its SYN, handshake
+    and first bytes) the link cannot be placed, and the import says so."""
+    connections, link = split_fixtures()
+    export_capture(connections + [link], tmp_path / "split.pcap")
+    port = int(link.header["peer"].rsplit(":", 1)[1])
+
+    def mid_link(packets):
+        segments = (dpkt.ethernet.Ethernet(frame).data.data for _, frame in packets)
+        on_link = [i for i, tcp in enumerate(segments) if port in (tcp.sport, tcp.dport)]
+        dropped = set(on_link[:4])  # SYN, SYN-ACK, ACK and rank 1's handshake
+        return [packet for i, packet in enumerate(packets) if i not in dropped]
+
+    rewrite(tmp_path / "split.pcap", tmp_path / "late.pcap", mid_link)
+    (late,) = [r for r in imported_traces(tmp_path / "late.pcap", None) if r.connection.server[1] == port]
+    assert late.trace is None and "the capture starts mid-link" in late.notes[0]
+
+
 def test_a_link_without_its_client_connections_stays_unsplit(tmp_path):
     _, link = split_fixtures()
     export_capture([link], tmp_path / "link.pcap")

@@ -13,7 +13,7 @@ opens with HELLO.  A tensor-parallel session's server-to-server link (protocol 8
 of the client connection that set it up, in the same capture.  What a capture can lack is
 reported per connection, never papered over:
 - a connection whose start was not captured: both streams are cut to its first HELLO (a
-  link's payload is then left unsplit);
+  link, which has no frames to find again, gives no trace);
 - bytes never captured (snaplen truncation, lost segments): zeros stand in for them, and
   the frames they fall in are listed as incomplete;
 - a connection without a complete HELLO: no trace.
@@ -271,13 +271,14 @@ def to_link_trace(conn: Connection, capture: str, rank0: LinkUse | None, rank1: 
     if not up and not down:
         return Imported(conn, None, ["no bytes: a refused or abandoned try (rank 1 tries again until rank 0 "
                                      "listens)"])
+    if not conn.saw_syn:
+        return Imported(conn, None, ["the capture starts mid-link: nothing on a link says where a partial begins, "
+                                     "so bytes without the handshake before them cannot be placed"])
     notes = [f"{end - start} bytes of rank {rank} at {start} were not captured (snaplen or lost segments)"
              for holes, rank in ((up_holes, 1), (down_holes, 0)) for start, end in holes]
     use = rank0 or rank1
     elements = None
-    if not conn.saw_syn:
-        notes.append("the capture starts mid-link: without the handshake the payload cannot be split")
-    elif use is None:
+    if use is None:
         notes.append(f"no client connection of the capture set up a link on port {conn.server[1]} (COMM_INIT): "
                      "the all-reduce sizes are unknown, the payload cannot be split")
     else:
