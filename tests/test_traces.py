@@ -19,8 +19,8 @@ from ggml_rpc_spec.protocol.exchanges import decode_connection
 from ggml_rpc_spec.protocol import profile_for
 from ggml_rpc_spec.protocol.trace import CLIENT, SERVER, Record, Trace, TraceError, decode_trace, encode_trace, frame_records
 from ggml_rpc_spec.client.rpc import RPCClient
-from ggml_rpc_spec.traces.replay import passed, replay
-from ggml_rpc_spec.traces.show import decode
+from ggml_rpc_spec.traces.replay import link_of, passed, replay
+from ggml_rpc_spec.traces.show import decode, decode_link
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_DIR = ROOT / "src" / "ggml_rpc_spec" / "fixtures"  # shipped as package data
@@ -86,13 +86,19 @@ def test_show_cli_errors_without_traceback(tmp_path):
 
 def test_fixtures_are_small_and_cover_every_version_with_a_real_peer():
     assert sum(p.stat().st_size for p in (FIXTURE_DIR).rglob("*") if p.is_file()) < 10_000_000
-    versions = {decode_trace(p.read_bytes()).protocol for p in FIXTURES}
-    assert {"2.0.0", "3.6.1", "4.0.2", "5.0.0", "7.0.0"} <= versions
+    traces = [decode_trace(p.read_bytes()) for p in FIXTURES]
+    assert {"2.0.0", "3.6.1", "4.0.2", "5.0.0", "7.0.0", "8.0.0"} <= {t.protocol for t in traces}
+    assert any(t.kind == "link" for t in traces)  # a tensor-parallel session's server-to-server link
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: str(p.relative_to(FIXTURE_DIR)))
 def test_show_decodes_every_fixture(path):
     trace = decode_trace(path.read_bytes())
+    if trace.kind == "link":  # split exactly into the all-reduces its rank's client asked for
+        link, rows = decode_link(trace)
+        assert link.problems == [] and rows and len(rows) == len(trace.header["elements"])
+        json.dumps(rows)
+        return
     session, rows = decode(trace)
     assert session.error is None and rows
     assert decode_connection(trace.stream(CLIENT), trace.stream(SERVER)).profile.name == trace.protocol  # by HELLO
@@ -108,25 +114,28 @@ def test_show_cli_prints_tensors_and_graphs():
 
 
 def replay_fixtures(endpoint: str, proto: str) -> int:
-    """Replay every fixture of version `proto` against `endpoint`, each green; how many."""
+    """Replay every fixture of version `proto` against `endpoint`, each green, a connection
+    that set up a link with its folder's link trace (the replayer the other rank); how many."""
     replayed = 0
-    for path in FIXTURES:
-        trace = decode_trace(path.read_bytes())
-        if trace.protocol == proto:
-            results = replay(trace, endpoint)
+    traces = {path: decode_trace(path.read_bytes()) for path in FIXTURES}
+    for path, trace in traces.items():
+        if trace.protocol == proto and trace.kind != "link":
+            link = link_of(trace, [t for p, t in traces.items() if p.parent == path.parent])
+            results = replay(trace, endpoint, link=link)
             assert passed(results), (path, [r for r in results if r.verdict == "differs"])
+            assert (link is None) == all(r.command != "(link)" for r in results)
             replayed += 1
     return replayed
 
 
-@pytest.mark.parametrize("proto", ["2.0.0", "3.6.1", "4.0.2", "5.0.0", "7.0.0"])
+@pytest.mark.parametrize("proto", ["2.0.0", "3.6.1", "4.0.2", "5.0.0", "7.0.0", "8.0.0"])
 def test_fixtures_replay_green_against_the_reference_server(reference_server, proto):
     server = reference_server(proto, memory=1 << 30)
     assert replay_fixtures(server.endpoint, proto) >= 10  # every fixture of this version: llama, graphs, ...
 
 
 @pytest.mark.upstream
-@pytest.mark.parametrize("release", CI_RELEASES)
+@pytest.mark.parametrize("release", [*CI_RELEASES, "0.11739"])
 def test_fixtures_replay_green_against_the_real_server(release, upstream_server):
     proto = require_peer(release).protocol
     server = upstream_server(release)
@@ -229,3 +238,131 @@ def test_replay_reports_a_server_that_answers_differently(reference_server, tmp_
     server = reference_server("7.0.0")
     results = replay(trace, server.endpoint)
     assert not passed(results) and any(r.verdict == "differs" and r.command == "GET_TENSOR" for r in results)
+
+
+# -- link traces (a server-to-server link of 8.0.0, SPEC §10) ---------------------------------------
+
+
+def link_trace(partials: list[tuple[np.ndarray, np.ndarray]], *, elements="counts", caps: bytes = bytes(24),
+               extra: bytes = b"") -> Trace:
+    """A link trace of these all-reduces ((rank 0's, rank 1's) partials), framed as recorded."""
+    from ggml_rpc_spec.protocol.comm import encode_partial
+    from ggml_rpc_spec.protocol.trace import link_records
+
+    counts = [a.size for a, _ in partials]
+    chunks = [(CLIENT, 0.0, caps), (SERVER, 0.001, bytes(24))]
+    for i, (rank0, rank1) in enumerate(partials):
+        chunks += [(SERVER, 0.01 * (i + 1), encode_partial(rank0).tobytes()),
+                   (CLIENT, 0.01 * (i + 1) + 0.005, encode_partial(rank1).tobytes())]
+    chunks.append((CLIENT, 1.0, extra))
+    header = {"kind": "link", "protocol": "8.0.0", "peer": "127.0.0.1:19603", "client": "127.0.0.1:40000"}
+    if elements == "counts":
+        header.update(elements=counts, tensors=[f"attn_out-{i}" for i in range(len(counts))])
+    return decode_trace(encode_trace(Trace(header, link_records(chunks, header.get("elements")))))
+
+
+SMALL = (np.linspace(-1, 1, 64, dtype=np.float32), np.linspace(2, 3, 64, dtype=np.float32))
+LARGE = (np.full(32768, 1.5, dtype=np.float32), np.full(32768, 0.25, dtype=np.float32))
+
+
+def test_a_trace_without_a_kind_is_a_client_connection_and_an_unknown_kind_is_refused():
+    assert decode_trace(sample()).kind == "connection"
+    raw = encode_trace(Trace({"protocol": "8.0.0", "kind": "telepathy"}, []))
+    with pytest.raises(TraceError, match="kind is 'telepathy'"):
+        decode_trace(raw)
+    with pytest.raises(TraceError, match="elements must be a list"):
+        decode_trace(encode_trace(Trace({"kind": "link", "elements": [64, -1]}, [])))
+
+
+def test_a_link_trace_splits_into_the_handshake_and_each_all_reduce():
+    """F32 below 32768 elements, BF16 from there; each partial is one record, rank 0's first."""
+    trace = link_trace([SMALL, LARGE])
+    assert [len(r.data) for r in trace.records] == [24, 24, 256, 256, 65536, 65536]
+    assert [r.direction for r in trace.records[2:]] == [SERVER, CLIENT, SERVER, CLIENT]  # rank 0 (1) first
+    link = trace.link()
+    assert link.problems == [] and link.unsplit == {CLIENT: 0, SERVER: 0}
+    small, large = link.exchanges
+    assert (small.elements, small.bf16, small.wire_size) == (64, False, 256)
+    assert (large.elements, large.bf16, large.wire_size) == (32768, True, 65536)
+    assert small.values(SERVER) == SMALL[0][:4].tolist() and large.values(CLIENT) == [0.25] * 4
+
+
+@pytest.mark.parametrize("change,problem", [
+    (dict(elements=None), "names no all-reduce sizes"),
+    (dict(extra=b"\1" * 10), "rank 1 sent 10 bytes more than the 2 all-reduces"),
+    (dict(caps=b"\1" + bytes(23)), "rank 1's conn_caps are not all zero"),
+])
+def test_a_link_trace_says_what_it_cannot_split(change, problem):
+    trace = link_trace([SMALL, SMALL], **change)
+    link = trace.link()
+    assert any(problem in p for p in link.problems), link.problems
+    if change.get("elements", "counts") is None:
+        assert link.exchanges == [] and link.unsplit == {CLIENT: 512, SERVER: 512}
+
+
+def test_a_link_trace_with_sizes_that_are_not_its_own_stops_where_they_fail():
+    trace = link_trace([SMALL, SMALL])
+    trace.header["elements"] = [64, 100]
+    link = trace.link()
+    assert len(link.exchanges) == 1 and link.unsplit == {CLIENT: 256, SERVER: 256}
+    assert "all-reduce #2 of 100 elements needs 400 bytes each way; rank 0 has 256 left" in link.problems[0]
+
+
+def test_show_decodes_a_link_trace(tmp_path):
+    path = tmp_path / "link.ggmlrpc"
+    path.write_bytes(encode_trace(link_trace([SMALL, LARGE])))
+    cli = [sys.executable, "-m", "ggml_rpc_spec.traces.cli", "show"]
+    text = subprocess.run(cli + [str(path)], capture_output=True, text=True, check=True).stdout
+    assert "server-to-server link" in text and "all zero (plain TCP)" in text
+    assert re.search(r"#1 .*'attn_out-0' 64 elements, F32, 256 bytes each way", text)
+    assert re.search(r"#2 .*'attn_out-1' 32768 elements, BF16, 65536 bytes each way", text)
+    assert re.search(r"rank 1 .*\[0\.25, 0\.25, 0\.25, 0\.25, \.\.\.\]", text)
+    shown = json.loads(subprocess.run(cli + ["--json", str(path)], capture_output=True, text=True, check=True).stdout)
+    assert shown["kind"] == "link" and shown["problems"] == [] and shown["handshake"]["rank0"] == "00" * 24
+    assert [(e["elements"], e["format"], e["tensor"]) for e in shown["exchanges"]] == [
+        (64, "F32", "attn_out-0"), (32768, "BF16", "attn_out-1")]
+    assert shown["exchanges"][1]["rank0"]["values"] == [1.5] * 4
+
+
+TENSOR_SPLIT = FIXTURE_DIR / "llama-tensor-8.0.0"
+
+
+def test_a_connection_that_set_up_a_link_replays_only_with_the_link(reference_server):
+    """Without its link trace there is no other rank to send the partials: refused before a
+    byte goes out.  With it (the CLI finds it among the files) the replayer is the other
+    rank, and the target's partials are judged against the recorded ones."""
+    from ggml_rpc_spec.protocol.errors import ProtocolError
+
+    server = reference_server("8.0.0", memory=1 << 30)
+    ranks = [t for t in (decode_trace(p.read_bytes()) for p in sorted(TENSOR_SPLIT.glob("conn-*.ggmlrpc")))
+             if any(e.request.command.name == "COMM_INIT" for e in t.decoded().exchanges)]
+    assert len(ranks) == 2
+    with pytest.raises(ProtocolError, match="replay it with its link trace"):
+        replay(ranks[0], server.endpoint)
+    with pytest.raises(ProtocolError, match="a link trace is replayed with the client connection"):
+        replay(decode_trace((TENSOR_SPLIT / "link-001.ggmlrpc").read_bytes()), server.endpoint)
+    out = subprocess.run([sys.executable, "-m", "ggml_rpc_spec.traces.cli", "replay", str(TENSOR_SPLIT), "--target",
+                          server.endpoint, "-v"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert len(re.findall(r"\(link\) +ok: 10 partials of rank [01] as recorded", out.stdout)) == 2, out.stdout[-3000:]
+    assert "link-001.ggmlrpc" not in out.stdout
+
+
+def test_replay_compares_the_data_of_2d_reads(reference_server):
+    """GET_TENSOR_2D's reply is tensor data like GET_TENSOR's: a recording whose copies
+    differ from what the server holds fails the replay."""
+    server = reference_server("8.0.0")
+    chunks = []
+    with RPCClient(server.endpoint, tap=lambda d, data: chunks.append((CLIENT if d == "sent" else SERVER,
+                                                                        len(chunks) * 1e-3, bytes(data)))) as rpc:
+        buf = rpc.alloc_buffer(4096)
+        values = np.arange(64, dtype=np.float32)
+        tensor = rpc.tensor_for(buf, 0, values, name="rows")
+        rpc.set_tensor_2d(tensor, values[:32].tobytes(), n_copies=4, stride=64)
+        rpc.get_tensor_2d(tensor, size=32, n_copies=4, stride=64)
+    trace = Trace({"protocol": "8.0.0"}, frame_records(chunks))
+    assert passed(replay(trace, server.endpoint))
+    read = next(r for r in trace.records if r.direction == SERVER and len(r.data) == 8 + 128)
+    read.data = read.data[:-1] + b"\xff"
+    results = replay(trace, server.endpoint)
+    assert any(r.verdict == "differs" and r.command == "GET_TENSOR_2D" for r in results)

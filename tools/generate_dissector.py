@@ -3,8 +3,8 @@
 The dissector's code is tools/dissector.lua.in; everything it knows about the protocol is
 written into it here as Lua tables: the version profiles and, per profile, every request and
 reply layout (field names, sizes, kinds and SPEC.md meanings, from the construct schemas),
-rpc_tensor's layouts, every ggml release's enums and the type table, and the rules it can
-check without server state.  tests/test_dissector.py fails when the file is stale.
+rpc_tensor's layouts, every ggml release's enums and the type table, the rules it can
+check without server state, and the sizes of the server-to-server link (protocol/comm.py).  tests/test_dissector.py fails when the file is stale.
 
     python tools/generate_dissector.py          # rewrite wireshark/ggml_rpc.lua
     python tools/generate_dissector.py --check  # exit 1 if it is stale
@@ -19,6 +19,7 @@ from pathlib import Path
 from construct import Array, Bytes, FormatField, Rebuild, Renamed, Struct
 
 from ggml_rpc_spec.protocol.commands import Command
+from ggml_rpc_spec.protocol.comm import BF16_MIN_ELEMENTS, HANDSHAKE_SIZE, PORT_OFFSET
 from ggml_rpc_spec.protocol.ggml import GGML_RELEASES, TYPES
 from ggml_rpc_spec.protocol.messages import message_spec
 from ggml_rpc_spec.protocol.rules import BY_KEY
@@ -118,6 +119,7 @@ def data_section() -> str:
         "RELEASES": releases,
         "PROFILES": {p.name: profile_table(p) for p in PROFILES},
         "RULES": {key: f"§{BY_KEY[key].section} {key}: {BY_KEY[key].title}" for key in STATELESS_RULES},
+        "LINK": {"handshake": HANDSHAKE_SIZE, "bf16_min": BF16_MIN_ELEMENTS, "port_offset": PORT_OFFSET},
     }
     return "\n".join(f"local {name} = {lua(value)}" for name, value in tables.items())
 

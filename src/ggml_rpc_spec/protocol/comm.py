@@ -11,15 +11,21 @@ no frame headers at all:
                 the tensor has at least 32768 elements (halving the bytes)
 
 Each side knows every length from the tensor its own client named in COMM_ALLREDUCE: the
-two clients' requests must agree, nothing on the link says so.  Everything here is pure
-computation; the reference server's link (server/link.py) and the trace tools use it.
+two clients' requests must agree, nothing on the link says so.  A recorded link (a trace of
+kind "link", SPEC §13) is therefore split into all-reduces only with the element counts
+taken from a rank's client connection; without them its payload stays bytes.  Everything
+here is pure computation; the reference server's link (server/link.py) and the trace tools
+use it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
-from .commands import CONN_CAPS_SIZE
+from .commands import CONN_CAPS_SIZE, Command
+from .tensor import decode_name
 
 HANDSHAKE_SIZE = CONN_CAPS_SIZE  # bytes each way, rank 1 first
 PORT_OFFSET = 1000  # the upstream client names rank 0's RPC port + 1000 as the link's port
@@ -102,3 +108,130 @@ def encode_host(host: str) -> bytes:
         raise ValueError(f"host {host!r} is longer than {HOST_SIZE - 1} bytes")
     return raw.ljust(HOST_SIZE, b"\0")
 
+
+
+# -- a recorded link, decoded ------------------------------------------------------------------
+
+RANK1, RANK0 = 0, 1  # a link trace's directions (trace.CLIENT, trace.SERVER): rank 1 connected
+SHOWN_VALUES = 4  # values of each partial a decoded all-reduce keeps for display
+
+
+def rank_direction(rank: int) -> int:
+    """The direction of a link trace in which `rank` sends."""
+    return RANK0 if rank == 0 else RANK1
+
+
+@dataclass
+class AllReduce:
+    """One all-reduce as the link carried it: each rank's partial, as sent."""
+
+    index: int  # 1-based, in link order
+    elements: int
+    partials: dict[int, bytes]  # RANK0 / RANK1 -> the bytes that rank sent
+    starts: dict[int, int]  # RANK0 / RANK1 -> offset of the partial in that rank's stream
+
+    @property
+    def bf16(self) -> bool:
+        return wire_bf16(self.elements)
+
+    @property
+    def wire_size(self) -> int:
+        return wire_size(self.elements)
+
+    def values(self, rank_direction: int, count: int = SHOWN_VALUES) -> list[float]:
+        """The first `count` values a rank sent, as float32 (BF16 widened exactly)."""
+        return decode_partial(self.partials[rank_direction], self.elements)[:count].tolist()
+
+
+@dataclass
+class DecodedLink:
+    """Both directions of a server-to-server link: the handshake, the all-reduces the given
+    element counts split the payload into, what is left unsplit and what was wrong."""
+
+    handshake: dict[int, bytes] = field(default_factory=dict)  # RANK0 / RANK1 -> its conn_caps (maybe cut)
+    exchanges: list[AllReduce] = field(default_factory=list)
+    unsplit: dict[int, int] = field(default_factory=dict)  # RANK0 / RANK1 -> bytes past the last all-reduce
+    problems: list[str] = field(default_factory=list)
+
+
+def looks_like_link(connector: bytes, acceptor: bytes) -> bool:
+    """Whether a TCP connection has a link's shape: the side that connected opens with a
+    handshake of 24 zero bytes (a client opens with HELLO, whose first byte is 14) and the
+    other side answers 24 bytes of its own."""
+    return (len(connector) >= HANDSHAKE_SIZE and len(acceptor) >= HANDSHAKE_SIZE
+            and connector[:HANDSHAKE_SIZE] == handshake())
+
+
+def decode_link(rank1: bytes, rank0: bytes, elements: list[int] | None) -> DecodedLink:
+    """Split a link's two streams (what rank 1, the connector, and rank 0 sent) into the
+    handshake and one all-reduce per entry of `elements`.  Without `elements` the payload
+    cannot be split: nothing on the link says where a partial ends."""
+    streams = {RANK1: rank1, RANK0: rank0}
+    link = DecodedLink()
+    for rank, data in streams.items():
+        link.handshake[rank] = data[:HANDSHAKE_SIZE]
+        if len(data) < HANDSHAKE_SIZE:
+            link.problems.append(f"{_rank(rank)}'s handshake is cut short: {len(data)} of {HANDSHAKE_SIZE} bytes")
+        elif data[:HANDSHAKE_SIZE] != handshake():
+            link.problems.append(f"{_rank(rank)}'s conn_caps are not all zero: not a plain TCP link (SPEC §10.1)")
+    at = HANDSHAKE_SIZE
+    if elements is None:
+        link.problems.append("the trace names no all-reduce sizes (header field `elements`): the link carries no "
+                             "frame headers, so its payload cannot be split into all-reduces")
+    else:
+        for index, count in enumerate(elements, 1):
+            size = wire_size(count)
+            if any(len(data) < at + size for data in streams.values()):
+                link.problems.append(
+                    f"all-reduce #{index} of {count} elements needs {size} bytes each way; rank 0 has "
+                    f"{max(len(rank0) - at, 0)} left, rank 1 {max(len(rank1) - at, 0)}: the recording ends inside "
+                    "it, or the sizes are not this link's")
+                break
+            link.exchanges.append(AllReduce(index, count, {r: d[at:at + size] for r, d in streams.items()},
+                                            dict.fromkeys(streams, at)))
+            at += size
+    for rank, data in streams.items():
+        link.unsplit[rank] = max(len(data) - at, 0)
+    if elements is not None and len(link.exchanges) == len(elements):
+        link.problems += [f"{_rank(rank)} sent {extra} bytes more than the {len(elements)} all-reduces account for"
+                          for rank, extra in link.unsplit.items() if extra]
+    return link
+
+
+def _rank(direction: int) -> str:
+    return "rank 1" if direction == RANK1 else "rank 0"
+
+
+@dataclass
+class LinkPlan:
+    """A link as one client connection set it up and used it: its COMM_INIT (which rank,
+    where rank 0 listens) and, in order, the element count and tensor name of every
+    COMM_ALLREDUCE on that device until COMM_FREE or the connection's end.  This is what
+    a link trace needs to be split into all-reduces."""
+
+    rank: int
+    device: int
+    port: int
+    host: str
+    request: int  # index of the COMM_INIT among the connection's requests (0-based)
+    elements: list[int] = field(default_factory=list)
+    tensors: list[str] = field(default_factory=list)
+
+
+def link_plans(session) -> list[LinkPlan]:
+    """Every link a decoded client connection (protocol.exchanges.DecodedSession) set up,
+    i.e. every COMM_INIT answered ok=1, with the all-reduces it then asked for."""
+    plans, open_links = [], {}
+    for index, exchange in enumerate(session.exchanges):
+        request, body = exchange.request, exchange.request.body
+        if request.command is Command.COMM_INIT and exchange.reply is not None and exchange.reply.body.ok:
+            if body.device not in open_links:  # a COMM_INIT on a linked device keeps the link it has
+                open_links[body.device] = LinkPlan(body.rank, body.device, body.port, host_of(body.host), index)
+                plans.append(open_links[body.device])
+        elif request.command is Command.COMM_ALLREDUCE and body.device in open_links:
+            plan = open_links[body.device]
+            plan.elements.append(int(np.prod(body.tensor.ne, dtype=np.int64)))
+            plan.tensors.append(decode_name(body.tensor.name))
+        elif request.command is Command.COMM_FREE:
+            open_links.pop(body.device, None)
+    return plans

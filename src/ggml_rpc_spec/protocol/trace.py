@@ -3,15 +3,20 @@
     magic    "GGMLRPCT"                 8 bytes
     version  u16                        format version (1)
     hlen     u32                        length of the header
-    header   JSON, UTF-8                format, protocol, recorder, peer, date, note
+    header   JSON, UTF-8                format, kind, protocol, recorder, peer, date, note
     body     zlib stream of records:
         direction u8   0 = client to server, 1 = server to client
         time_us   u64  microseconds since the connection opened
         length    u32  bytes in this record
         bytes
 
-A record is one protocol frame when the stream could be framed (requests from the client,
-replies from the server) and otherwise whatever arrived.  Everything is little-endian.
+A trace is of one of two kinds (header field `kind`): a client's connection to a server
+("connection", also every trace without the field), or a server-to-server link of protocol
+8.0.0 ("link", SPEC §10), whose direction 0 is rank 1 (the side that connected) and 1 is
+rank 0, and whose header may name each all-reduce's element count (`elements`), without
+which its payload cannot be split.  A record is one protocol frame when the stream could
+be framed (requests from the client, replies from the server; a link's handshake and
+partials) and otherwise whatever arrived.  Everything is little-endian.
 Decoding checks every length against the bytes present and reports the offset of the
 first damage; it never trusts a length to allocate.
 """
@@ -26,11 +31,14 @@ from dataclasses import dataclass, field
 
 from construct import Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Struct
 
+from .comm import HANDSHAKE_SIZE, decode_link, wire_size
 from .errors import ProtocolError
 
 MAGIC = b"GGMLRPCT"
 FORMAT_VERSION = 1
 CLIENT, SERVER = 0, 1
+CONNECTION, LINK = "connection", "link"  # the kinds of trace
+KINDS = (CONNECTION, LINK)
 MAX_HEADER = 1 << 20
 MAX_RECORD = 2**32 - 1  # a longer frame is split into consecutive records of one direction
 
@@ -70,6 +78,10 @@ class Trace:
     def protocol(self) -> str | None:
         return self.header.get("protocol")
 
+    @property
+    def kind(self) -> str:
+        return self.header.get("kind", CONNECTION)
+
     def stream(self, direction: int) -> bytes:
         return b"".join(r.data for r in self.records if r.direction == direction)
 
@@ -86,6 +98,11 @@ class Trace:
             except ProtocolError:
                 profile = None
         return decode_connection(self.stream(CLIENT), self.stream(SERVER), profile)
+
+    def link(self):
+        """A link trace decoded (protocol.comm.DecodedLink): the handshake, and the
+        all-reduces when the header names their element counts."""
+        return decode_link(self.stream(CLIENT), self.stream(SERVER), self.header.get("elements"))
 
 
 class StreamClock:
@@ -142,6 +159,12 @@ def decode_trace(raw: bytes, *, max_size: int = 1 << 34) -> Trace:
     if not isinstance(header.get("protocol", ""), (str, type(None))):
         raise TraceError(f"header field protocol must be a version string, not {header['protocol']!r}",
                          offset=start)
+    if header.get("kind", CONNECTION) not in KINDS:
+        raise TraceError(f"header field kind is {header['kind']!r}: this tool reads {' and '.join(KINDS)} traces",
+                         offset=start)
+    elements = header.get("elements", [])
+    if not isinstance(elements, list) or not all(type(n) is int and n >= 0 for n in elements):
+        raise TraceError("header field elements must be a list of element counts (integers from 0)", offset=start)
     body_start = start + header_length
     inflater = zlib.decompressobj()
     try:
@@ -175,23 +198,54 @@ def frame_records(chunks: list[tuple[int, float, bytes]], session=None) -> list[
     the connection already decoded (protocol.session.decode_connection), if the caller has it."""
     from .exchanges import decode_connection
 
-    streams = {CLIENT: bytearray(), SERVER: bytearray()}  # each direction's bytes, in order
-    for direction, _, data in chunks:
-        streams[direction] += data
-    clock = StreamClock((direction, int(seconds * 1e6), len(data)) for direction, seconds, data in chunks)
+    streams, clock = _streams(chunks)
     if session is None:
         session = decode_connection(bytes(streams[CLIENT]), bytes(streams[SERVER]))
+    sizes = []
+    for exchange in session.exchanges:
+        sizes += [(direction, event.frame_size) for direction, event in ((CLIENT, exchange.request),
+                                                                         (SERVER, exchange.reply)) if event is not None]
+    return _cut(streams, clock, sizes)
+
+
+def link_records(chunks: list[tuple[int, float, bytes]], elements: list[int] | None) -> list[Record]:
+    """Records of a server-to-server link from what it carried, (direction, seconds, bytes)
+    chunks in arrival order (direction 0: rank 1): each side's handshake, then each partial
+    of the all-reduces whose element counts `elements` gives; the rest one trailing record
+    per direction."""
+    streams, clock = _streams(chunks)
+    sizes = []
+    for size in [HANDSHAKE_SIZE] + [wire_size(n) for n in elements or ()]:
+        sizes += [(CLIENT, size), (SERVER, size)]
+    return _cut(streams, clock, sizes)
+
+
+def _streams(chunks) -> tuple[dict[int, bytearray], StreamClock]:
+    """Each direction's bytes in order, and when they arrived."""
+    streams = {CLIENT: bytearray(), SERVER: bytearray()}
+    for direction, _, data in chunks:
+        streams[direction] += data
+    return streams, StreamClock((direction, int(seconds * 1e6), len(data)) for direction, seconds, data in chunks)
+
+
+def _cut(streams: dict[int, bytearray], clock: StreamClock, sizes: list[tuple[int, int]]) -> list[Record]:
+    """Records of (direction, size) pieces cut in order from each direction's stream, as far
+    as its bytes go, each stamped with the time its first byte arrived; what follows the
+    last piece of a direction is one more record.  Sorted by time, stable: the given order
+    within equal times."""
     framed = []
     at = {CLIENT: 0, SERVER: 0}
-    for exchange in session.exchanges:
-        for direction, event in ((CLIENT, exchange.request), (SERVER, exchange.reply)):
-            if event is not None:
-                framed.append((direction, at[direction], event.frame_size))
-                at[direction] += event.frame_size
+    cut_short = set()  # directions whose bytes ended inside a piece: the rest of them is one record
+    for direction, size in sizes:
+        if direction in cut_short or at[direction] + size > len(streams[direction]):
+            cut_short.add(direction)
+            continue
+        framed.append((direction, at[direction], size))
+        at[direction] += size
     for direction in (CLIENT, SERVER):
         if at[direction] < len(streams[direction]):
             framed.append((direction, at[direction], len(streams[direction]) - at[direction]))
     views = {d: memoryview(stream) for d, stream in streams.items()}
     records = [Record(d, clock.time_of(d, start), bytes(views[d][start:start + size])) for d, start, size in framed]
-    records.sort(key=lambda r: r.time_us)  # stable: conversation order within equal times
+    records.sort(key=lambda r: r.time_us)
     return records

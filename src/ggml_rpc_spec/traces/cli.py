@@ -2,9 +2,13 @@
 
     ggml-rpc-trace show FILE [--json] [--graphs]       decode every frame with the protocol schemas
     ggml-rpc-trace replay FILE... --target HOST:PORT   replay the client side, relocated, and judge
-                                                       the replies (exit 1 if any differ)
-    ggml-rpc-trace import CAPTURE --out DIR [--port P] one trace per connection of a pcap/pcapng capture
-    ggml-rpc-trace export TRACE --pcap OUT             a trace as a capture (for Wireshark)
+                                                       the replies (exit 1 if any differ); a connection
+                                                       that set up a server-to-server link replays with
+                                                       the link trace among FILEs, the replayer the
+                                                       other rank
+    ggml-rpc-trace import CAPTURE --out DIR [--port P[,Q]] one trace per connection of a pcap/pcapng capture,
+                                                       one link trace per server-to-server link
+    ggml-rpc-trace export TRACE... --pcap OUT          traces as a capture (for Wireshark)
 """
 
 from __future__ import annotations
@@ -15,11 +19,11 @@ import sys
 from pathlib import Path
 
 from ggml_rpc_spec.protocol.errors import ProtocolError
-from ggml_rpc_spec.protocol.trace import Trace, TraceError, decode_trace
+from ggml_rpc_spec.protocol.trace import LINK, Trace, TraceError, decode_trace
 
 from ggml_rpc_spec.client.rpc import ServerClosed
-from .replay import DIFFERS, TOLERANCE, passed, replay
-from .show import decode, render
+from .replay import DIFFERS, TOLERANCE, link_of, passed, replay
+from .show import as_json, render
 
 
 def load(path: str) -> Trace:
@@ -46,10 +50,7 @@ def show(args) -> int:
     for path in expand(args.files):
         trace = load(path)
         if args.json:
-            session, rows = decode(trace)
-            print(json.dumps({"file": path, "header": trace.header, "protocol": session.profile.name
-                              if session.profile else None, "exchanges": rows,
-                              "error": str(session.error) if session.error else None}, indent=1))
+            print(json.dumps(as_json(trace, path), indent=1))
         else:
             print(f"== {path}")
             print(render(trace, graphs=args.graphs))
@@ -58,11 +59,14 @@ def show(args) -> int:
 
 def replay_command(args) -> int:
     failures = 0
-    for path in expand(args.files):
-        trace = load(path)
+    traces = {path: load(path) for path in expand(args.files)}
+    for path, trace in traces.items():
+        if trace.kind == LINK:
+            continue  # replayed with the connection that set the link up
         try:
             tolerance = None if args.tolerance is None else dict.fromkeys(TOLERANCE, args.tolerance)
-            results = replay(trace, args.target, timeout=args.timeout, tolerance=tolerance)
+            results = replay(trace, args.target, timeout=args.timeout, tolerance=tolerance,
+                             link=link_of(trace, list(traces.values())))
         except (ProtocolError, ServerClosed, OSError, TimeoutError) as exc:
             print(f"{path}: cannot replay: {exc}")
             failures += 1
@@ -88,21 +92,33 @@ def import_command(args) -> int:
         print(f"error: {args.capture}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         return 1
     written = sum(r.trace is not None for r in results)
-    print(f"{written} of {len(results)} connection(s) to port {args.port} written to {args.out}")
+    links = sum(r.trace is not None and r.trace.kind == LINK for r in results)
+    print(f"{written} of {len(results)} connection(s) written to {args.out}, {links} of them server-to-server links")
     return 0 if written else 1
 
 
 def export_command(args) -> int:
     from .capture import export_capture
 
-    trace = load(args.trace)
+    traces = [load(path) for path in expand(args.traces)]
     try:
-        count = export_capture(trace, Path(args.pcap))
+        count = export_capture(traces, Path(args.pcap))
     except OSError as exc:
         print(f"error: cannot write {args.pcap}: {exc.strerror}", file=sys.stderr)
         return 1
     print(f"{args.pcap}: {count} packets")
     return 0
+
+
+def ports(text: str) -> list[int]:
+    """`--port` values: one port or several separated by commas."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port or a comma-separated list of ports: {text!r}") from None
+    if not all(0 < value < 65536 for value in values):
+        raise argparse.ArgumentTypeError(f"ports are 1-65535: {text!r}")
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     show_parser.add_argument("--graphs", action="store_true", help="list every tensor of every graph")
     show_parser.set_defaults(run=show)
     replay_parser = commands.add_parser("replay", help="replay the client side against a server and compare")
-    replay_parser.add_argument("files", nargs="+", metavar="FILE", help="trace files or directories of them")
+    replay_parser.add_argument("files", nargs="+", metavar="FILE",
+                               help="trace files or directories of them; a connection that set up a server-to-server "
+                                    "link (COMM_INIT) needs the link's trace among them: the replayer is then the "
+                                    "other rank, sending that rank's recorded partials")
     replay_parser.add_argument("--target", required=True, metavar="HOST:PORT", help="server to replay against")
     replay_parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each reply")
     replay_parser.add_argument("--tolerance", type=float, default=None,
@@ -128,11 +147,20 @@ def main(argv: list[str] | None = None) -> int:
     import_parser = commands.add_parser("import", help="one trace per connection of a pcap/pcapng capture (tcpdump, "
                                                        "Wireshark)")
     import_parser.add_argument("capture", metavar="CAPTURE", help="a .pcap or .pcapng file")
-    import_parser.add_argument("--port", type=int, default=50052, help="the server's port (default 50052)")
+    import_parser.add_argument("--port", type=ports, action="extend", metavar="P[,Q...]",
+                               help="the RPC servers' ports (repeat the option or separate with commas); default: "
+                                    "every port a captured connection opens with HELLO (which needs the connections' "
+                                    "starts in the capture).  The server-to-server links of a tensor-parallel session "
+                                    "(protocol 8.0.0) are found on the ports the clients' COMM_INIT requests name "
+                                    "(upstream: rank 0's RPC port + 1000) and by their shape, and written as link "
+                                    "traces; capture them too (e.g. tcpdump 'tcp port P or tcp port Q or tcp port "
+                                    "P+1000')")
     import_parser.add_argument("--out", required=True, metavar="DIR", help="folder for the trace files")
     import_parser.set_defaults(run=import_command)
-    export_parser = commands.add_parser("export", help="write a trace as a pcap capture")
-    export_parser.add_argument("trace", metavar="TRACE", help="a trace file")
+    export_parser = commands.add_parser("export", help="write traces as a pcap capture, one TCP connection each")
+    export_parser.add_argument("traces", nargs="+", metavar="TRACE",
+                               help="trace files or directories of them (e.g. a tensor-parallel session's client "
+                                    "connections and its link)")
     export_parser.add_argument("--pcap", required=True, metavar="OUT", help="the capture to write")
     export_parser.set_defaults(run=export_command)
     args = parser.parse_args(argv)

@@ -8,6 +8,12 @@ the session wrote to it (the nodes' memory, as recorded); then floats are compar
 tolerance per type, relative to the largest value of that tensor (two correct backends
 round differently).  A replay ends by checking that the server still accepts connections:
 a trace that killed a server shows it.
+
+A connection that set up a server-to-server link (8.0.0's COMM_INIT answered ok=1, SPEC §10)
+replays only with the link's trace: the replayer is then the other rank, opening the link
+where the target's COMM_INIT says, sending the other rank's partials as recorded, and
+judging the target's partials against the recorded ones (within the tolerance: they are
+computed).  A link trace is no client connection and is not replayed by itself.
 """
 
 from __future__ import annotations
@@ -17,12 +23,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ggml_rpc_spec.protocol import Command, message_spec
+from ggml_rpc_spec.protocol.comm import decode_partial, link_plans, rank_direction
 from ggml_rpc_spec.protocol.errors import ProtocolError
-from ggml_rpc_spec.protocol.ggml import ELEMENT_DTYPES, nbytes_array
+from ggml_rpc_spec.protocol.ggml import ELEMENT_DTYPES, nbytes, nbytes_array
 from ggml_rpc_spec.protocol.ops import CATALOGUE
 from ggml_rpc_spec.protocol.relocate import RelocationError, Relocator
-from ggml_rpc_spec.protocol.trace import Trace
+from ggml_rpc_spec.protocol.trace import LINK, Trace
 
+from ggml_rpc_spec.client.linkpeer import Exchange as LinkExchange, LinkPeer, linked
 from ggml_rpc_spec.client.rpc import RPCClient, ServerClosed
 
 OK, TOLERATED, INFORMATIONAL, DIFFERS = "ok", "within tolerance", "informational", "differs"
@@ -30,6 +38,7 @@ OK, TOLERATED, INFORMATIONAL, DIFFERS = "ok", "within tolerance", "informational
 # what two correct backends may differ by (ggml's CPU rounds activations to 8-bit blocks
 # before quantized products, and F16/BF16 results round once more).
 TOLERANCE = {"F32": 0.08, "F16": 0.08, "BF16": 0.1}  # the end-to-end bound of tests/test_llama_e2e.py
+READS = (Command.GET_TENSOR, Command.GET_TENSOR_2D)  # replies that are tensor data
 INFORMATIONAL_REPLIES = {Command.GET_DEVICE_MEMORY, Command.GET_ALIGNMENT, Command.GET_MAX_SIZE,
                          Command.DEVICE_COUNT, Command.SET_TENSOR_HASH}
 
@@ -71,7 +80,7 @@ def judge(command: Command, recorded, got, *, computed: bool, tensor_type: str |
     if command in INFORMATIONAL_REPLIES:
         same = got.body == recorded.body
         return (OK if same else INFORMATIONAL), "" if same else f"{dict(got.body)} (recorded {dict(recorded.body)})"
-    if command is Command.GET_TENSOR:
+    if command in READS:
         a, b = bytes(recorded.data), bytes(got.data)
         if a == b:
             return OK, f"{len(b)} bytes identical"
@@ -84,6 +93,14 @@ def judge(command: Command, recorded, got, *, computed: bool, tensor_type: str |
     if got.body == recorded.body:
         return OK, ""
     return DIFFERS, f"{dict(got.body)} (recorded {dict(recorded.body)})"
+
+
+def read_span(body) -> int:
+    """Bytes from the read's offset to the end of its last byte: GET_TENSOR's size, or
+    GET_TENSOR_2D's copies at their stride (8.0.0)."""
+    if "n_copies" not in body:
+        return body.size
+    return (body.n_copies - 1) * body.stride + body.size if body.n_copies else 0
 
 
 class Written:
@@ -109,25 +126,98 @@ class Written:
             if handle:
                 self.regions.append((handle, start, start + size))
 
+    def add_tensor(self, tensor) -> None:
+        """A tensor computed in place outside a graph (an all-reduce's sum)."""
+        kind = self.profile.ggml.tensor_type(tensor.type)
+        if kind is not None:
+            self.regions.append((tensor.buffer, tensor.data, tensor.data + nbytes(kind, tensor.ne, tensor.nb)))
+
     def overlaps(self, tensor, offset: int, size: int) -> bool:
         start = tensor.data + offset
         return any(handle == tensor.buffer and start < end and lo < start + size
                    for handle, lo, end in self.regions)
 
 
-def replay(trace: Trace, endpoint: str, *, timeout: float = 60.0, tolerance: dict | None = None
-           ) -> list[FrameResult]:
-    """Replay `trace` against `endpoint`; one FrameResult per recorded request, and one for
-    the server's health afterwards."""
+def link_of(trace: Trace, candidates: list[Trace]) -> Trace | None:
+    """The link trace among `candidates` of the link `trace` set up (the one whose rank 0
+    listened on the port its COMM_INIT named), or None."""
+    links = [c for c in candidates if c.kind == LINK]
+    ports = {plan.port for plan in link_plans(trace.decoded())} if links else set()
+    return next((c for c in links if _port(c.header.get("peer")) in ports), None)
+
+
+def _port(address) -> int | None:
+    try:
+        return int(str(address).rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+class OtherRank:
+    """The replayer as the other rank of the link a replayed connection sets up: the recorded
+    partials of that rank go out, the target's come in and are judged against the recorded."""
+
+    def __init__(self, link: Trace, timeout: float) -> None:
+        self.link = link.link()
+        self.timeout = timeout
+        self.peer: LinkPeer | None = None
+        self.target_rank = 0
+
+    def init(self, rpc: RPCClient, request) -> bool:
+        """Stand in for COMM_INIT: make the target the recorded rank, the replayer the other;
+        whether the target answered ok."""
+        self.target_rank = request.body.rank
+        ours = rank_direction(1 - self.target_rank)
+        exchanges = [LinkExchange(e.partials[ours], e.wire_size) for e in self.link.exchanges]
+        self.peer = linked(rpc, lambda peer: peer, exchanges, target_rank=self.target_rank,
+                           device=request.body.device, timeout=self.timeout)
+        return self.peer is not None
+
+    def result(self, index: int, tolerance: float) -> FrameResult:
+        """The target's partials, once the link is done, against the recorded ones of its rank
+        (computed floats: within `tolerance`, as F32 data a graph wrote)."""
+        log = self.peer.finish()
+        theirs = rank_direction(self.target_rank)
+        problems = [log.error] if log.error else []
+        done = min(len(log.received), len(self.link.exchanges))
+        if len(log.received) != len(self.link.exchanges):
+            problems.append(f"{len(log.received)} of {len(self.link.exchanges)} partials received")
+        for exchange, got in zip(self.link.exchanges[:done], log.received[:done], strict=True):
+            want = exchange.partials[theirs]
+            if want != got:
+                ok, detail = _tolerance_compare(decode_partial(want, exchange.elements).tobytes(),
+                                                decode_partial(got, exchange.elements).tobytes(), "F32", tolerance)
+                problems += [] if ok else [f"all-reduce #{exchange.index}: {detail}"]
+        if problems:
+            return FrameResult(index, "(link)", DIFFERS, "; ".join(problems[:4]))
+        return FrameResult(index, "(link)", OK, f"{len(log.received)} partials of rank {self.target_rank} as recorded "
+                                                "(computed: within the F32 tolerance)")
+
+    def close(self) -> None:
+        if self.peer is not None:
+            self.peer.close()
+
+
+def replay(trace: Trace, endpoint: str, *, timeout: float = 60.0, tolerance: dict | None = None,
+           link: Trace | None = None) -> list[FrameResult]:
+    """Replay `trace` against `endpoint`; one FrameResult per recorded request, one for the
+    link (`link`: the trace of the link the connection set up, if it set one up) and one
+    for the server's health afterwards."""
     tolerance = TOLERANCE if tolerance is None else tolerance
+    if trace.kind == LINK:
+        raise ProtocolError("a link trace is replayed with the client connection that set the link up, not alone")
     session = trace.decoded()
     if session.profile is None:
         raise ProtocolError(f"cannot decode the trace: {session.error}")
+    if link is None and link_plans(session):
+        raise ProtocolError("the connection sets up a server-to-server link (COMM_INIT answered ok=1): replay it "
+                            "with its link trace, whose partials the replayer sends as the other rank")
     profile = session.profile
     results: list[FrameResult] = []
     relocator = Relocator(profile)
     written = Written(profile)
-    stored = None  # the graph GRAPH_RECOMPUTE runs again
+    stored = {}  # uid (None before 8.0.0) -> the graph GRAPH_RECOMPUTE runs again
+    other = OtherRank(link, timeout) if link is not None else None
     rpc = RPCClient(endpoint, proto=profile, timeout=timeout)
     try:
         for index, exchange in enumerate(session.exchanges, 1):
@@ -138,6 +228,13 @@ def replay(trace: Trace, endpoint: str, *, timeout: float = 60.0, tolerance: dic
                 verdict = OK if rpc.server_version == profile.version else DIFFERS
                 results.append(FrameResult(index, name, verdict, f"server reports {reported}"))
                 continue
+            if other is not None and request.command is Command.COMM_INIT and recorded is not None and recorded.body.ok:
+                ok = other.init(rpc, request)
+                results.append(FrameResult(index, name, OK if ok else DIFFERS, "linked to the replayer as rank "
+                                           f"{1 - request.body.rank}" if ok else "ok=0: no link"))
+                continue
+            if request.command is Command.COMM_ALLREDUCE:
+                written.add_tensor(request.body.tensor)
             try:
                 moved = relocator.request(request)
             except RelocationError as exc:
@@ -152,10 +249,11 @@ def replay(trace: Trace, endpoint: str, *, timeout: float = 60.0, tolerance: dic
                 else:
                     results.append(FrameResult(index, name, DIFFERS, str(exc)))
                 break
+            uid = request.body.get("uid")
             if request.graph is not None:
-                stored = request.graph
-            if request.command in (Command.GRAPH_COMPUTE, Command.GRAPH_RECOMPUTE) and stored is not None:
-                written.add(stored)
+                stored[uid] = request.graph
+            if request.command in (Command.GRAPH_COMPUTE, Command.GRAPH_RECOMPUTE) and uid in stored:
+                written.add(stored[uid])
             if not expects_reply:
                 results.append(FrameResult(index, name, OK, "one-way"))
             elif recorded is None:
@@ -163,18 +261,23 @@ def replay(trace: Trace, endpoint: str, *, timeout: float = 60.0, tolerance: dic
                 break
             else:
                 kind, computed = None, False
-                if request.command is Command.GET_TENSOR:
+                if request.command in READS:
                     body = request.body
                     kind = profile.ggml.tensor_type(body.tensor.type)
-                    computed = written.overlaps(body.tensor, body.offset, body.size)
+                    computed = written.overlaps(body.tensor, body.offset, read_span(body))
                 verdict, detail = judge(request.command, recorded, got, computed=computed,
                                         tensor_type=kind.name if kind is not None else None, tolerance=tolerance)
                 results.append(FrameResult(index, name, verdict, detail))
                 relocator.learn(request, recorded, got)
             relocator.forget(request)
+        else:  # every request replayed: the target's side of the link is complete
+            if other is not None and other.peer is not None:
+                results.append(other.result(len(session.exchanges) + 1, tolerance["F32"]))
     finally:
         rpc.close()
-    results.append(_still_serving(endpoint, profile, len(session.exchanges) + 1))
+        if other is not None:
+            other.close()
+    results.append(_still_serving(endpoint, profile, len(results) + 1))
     return results
 
 

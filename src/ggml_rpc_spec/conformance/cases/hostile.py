@@ -15,13 +15,13 @@ from typing import Callable
 
 from construct import Container
 
+from ggml_rpc_spec.client.linkpeer import Exchange, linked
 from ggml_rpc_spec.protocol import Command, build_request, make_tensor
 from ggml_rpc_spec.protocol.columns import GRAPH_CACHE_LIMIT, Graphs
 from ggml_rpc_spec.protocol.ops import spec_for
 from ggml_rpc_spec.protocol.rules import BY_KEY, Rule
 
 from ..core import first_version, missing_from, skip
-from ..linkpeer import Exchange, linked
 from ..probe import GRAPH_UID
 
 C = Command

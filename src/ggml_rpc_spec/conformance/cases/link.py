@@ -17,6 +17,8 @@ import time
 
 import numpy as np
 
+from ggml_rpc_spec.client.linkpeer import (Exchange, LinkPeer, accepting, connect, linked, listener, other_loopback,
+                                            rank0_port)
 from ggml_rpc_spec.client.rpc import ServerClosed
 from ggml_rpc_spec.protocol import Command, make_tensor
 from ggml_rpc_spec.protocol.comm import (
@@ -30,7 +32,6 @@ from ggml_rpc_spec.protocol.comm import (
 )
 
 from ..core import Check, Checks, Context, SHOULD, require
-from ..linkpeer import Exchange, LinkPeer, accepting, connect, linked, listener, other_loopback, rank0_port
 
 checks = Checks()  # this module's cases (see conformance.cases)
 

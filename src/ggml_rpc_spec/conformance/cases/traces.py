@@ -2,15 +2,18 @@
 
 The fixtures are sessions between the real upstream client and server (fixtures/, see
 tools/record_fixtures.py); replaying one relocates it onto the target and judges every
-reply (exact, structural, or within a tolerance for computed floats).
+reply (exact, structural, or within a tolerance for computed floats).  A connection of a
+tensor-parallel session that set up a server-to-server link replays with the link trace
+of its folder: the suite is the other rank and sends that rank's recorded partials.  Link
+traces are no cases of their own.
 """
 
 from __future__ import annotations
 
 from importlib.resources import files
 
-from ggml_rpc_spec.protocol.trace import Trace, decode_trace
-from ggml_rpc_spec.traces.replay import DIFFERS, TOLERANCE, passed, replay
+from ggml_rpc_spec.protocol.trace import LINK, Trace, decode_trace
+from ggml_rpc_spec.traces.replay import DIFFERS, TOLERANCE, link_of, passed, replay
 
 from ..core import Check, Checks, Context, require
 
@@ -29,9 +32,9 @@ def fixtures() -> list[tuple[str, bytes]]:
     return sorted(found)
 
 
-def _replays(trace: Trace):
+def _replays(trace: Trace, link: Trace | None):
     def run(ctx: Context) -> None:
-        results = replay(trace, ctx.endpoint, timeout=ctx.timeout * 6)
+        results = replay(trace, ctx.endpoint, timeout=ctx.timeout * 6, link=link)
         bad = [f"#{r.index} {r.command}: {r.detail}" for r in results if r.verdict == DIFFERS]
         require(passed(results), "every reply as recorded (relocated; computed floats within " + ", ".join(
                     f"{k} {v:.0%}" for k, v in TOLERANCE.items()) + " of each tensor's largest value)",
@@ -40,7 +43,10 @@ def _replays(trace: Trace):
     return run
 
 
-for _name, _raw in fixtures():
-    _trace = decode_trace(_raw)
+_TRACES = {name: decode_trace(raw) for name, raw in fixtures()}
+for _name, _trace in _TRACES.items():
+    if _trace.kind == LINK:
+        continue
+    _folder = [t for n, t in _TRACES.items() if n.split("/")[0] == _name.split("/")[0]]
     checks.add(Check(f"trace.{_name}", "13", f"replays fixtures/{_name} ({_trace.header.get('note', 'recorded session')})",
-                   _replays(_trace), kind="trace", protocols=(_trace.protocol,)))
+                   _replays(_trace, link_of(_trace, _folder)), kind="trace", protocols=(_trace.protocol,)))

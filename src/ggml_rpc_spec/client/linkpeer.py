@@ -1,12 +1,14 @@
-"""The suite as the other rank of a target's server-to-server link (SPEC §10).
+"""A client-side program as the other rank of a target's server-to-server link (SPEC §10):
+the conformance suite's link cases, and the trace replayer replaying one rank of a recorded
+tensor-parallel session.
 
 A target's COMM_INIT answers only once its link is up, and its COMM_ALLREDUCE ends only once
-the peer's partial arrived, so the suite's end of the link runs in a thread of its own while
-the case talks to the target over RPC.  The thread opens the link (accepting as rank 0 or
-connecting as rank 1), does the handshake and then the case's exchanges in the rank's turn
-order, and records what the target sent; protocol/comm.py has the bytes.  A case stops the
-thread when it knows nothing more will come (the target answered without linking), and the
-context closes it with the case's connections.
+the peer's partial arrived, so this end of the link runs in a thread of its own while the
+caller talks to the target over RPC.  The thread opens the link (accepting as rank 0 or
+connecting as rank 1), does the handshake and then the scripted exchanges in the rank's turn
+order, and records what the target sent; protocol/comm.py has the bytes.  A caller stops
+the thread when it knows nothing more will come (the target answered without linking), and
+closes it with its connections.
 """
 
 from __future__ import annotations
