@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from conftest import CI_RELEASES, require_peer
 from ggml_rpc_spec.protocol.exchanges import decode_connection
-from ggml_rpc_spec.protocol import profile_for
+from ggml_rpc_spec.protocol import Command, profile_for
 from ggml_rpc_spec.protocol.trace import CLIENT, SERVER, Record, Trace, TraceError, decode_trace, encode_trace, frame_records
 from ggml_rpc_spec.client.rpc import RPCClient
 from ggml_rpc_spec.traces.replay import link_of, passed, replay
@@ -206,6 +206,23 @@ def test_replay_compares_exactly_what_no_graph_computed(reference_server):
 
     assert any(r.verdict == "differs" and r.command == "GET_TENSOR" for r in replay_with(0))  # x: exact
     assert passed(replay_with(1))  # y: computed, within tolerance
+
+
+@pytest.mark.parametrize("factor,verdict", [(1.01, "differs"), (1.0001, "within tolerance")])
+def test_a_one_percent_drift_in_a_computed_tensor_fails_the_replay(reference_server, factor, verdict):
+    """The real 7.0.0 session of the tiny llama, its logits (the last computed read) recorded
+    `factor` times larger: a systematic 1% drift (NMSE 1e-4) differs, 0.01% is rounding."""
+    path = next(p for p in FIXTURES if "llama-7.0.0" in str(p) and p.stat().st_size > 10000)
+    trace = decode_trace(path.read_bytes())
+    session = trace.decoded()
+    last = max(i for i, e in enumerate(session.exchanges) if e.request.command is Command.GET_TENSOR)
+    logits = session.exchanges[last].reply.data
+    record = next(r for r in trace.records if r.direction == SERVER and r.data[8:] == bytes(logits))
+    record.data = record.data[:8] + (np.frombuffer(logits, np.float32) * np.float32(factor)).tobytes()
+    results = replay(trace, reference_server("7.0.0", memory=1 << 30).endpoint)
+    judged = results[last]
+    assert (judged.command, judged.verdict) == ("GET_TENSOR", verdict), judged
+    assert "NMSE" in judged.detail
 
 
 def test_replay_reports_a_server_that_died(tmp_path):

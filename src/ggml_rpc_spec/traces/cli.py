@@ -139,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     replay_parser.add_argument("--target", required=True, metavar="HOST:PORT", help="server to replay against")
     replay_parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each reply")
     replay_parser.add_argument("--tolerance", type=float, default=None,
-                               help="largest error for data a graph computed, relative to the tensor's largest "
-                                    "value (default per type: " + ", ".join(f"{k} {v:g}" for k, v in TOLERANCE.items())
+                               help="largest NMSE (normalised mean squared error, as upstream's op test program "
+                                    "measures) of data a graph computed, for every type (default per type: "
+                                    + ", ".join(f"{k} {v:g}" for k, v in TOLERANCE.items())
                                     + "); other data must be identical")
     replay_parser.add_argument("-v", "--verbose", action="store_true", help="print every frame, not only differences")
     replay_parser.set_defaults(run=replay_command)

@@ -36,8 +36,8 @@ def _replays(trace: Trace, link: Trace | None):
     def run(ctx: Context) -> None:
         results = replay(trace, ctx.endpoint, timeout=ctx.timeout * 6, link=link)
         bad = [f"#{r.index} {r.command}: {r.detail}" for r in results if r.verdict == DIFFERS]
-        require(passed(results), "every reply as recorded (relocated; computed floats within " + ", ".join(
-                    f"{k} {v:.0%}" for k, v in TOLERANCE.items()) + " of each tensor's largest value)",
+        require(passed(results), "every reply as recorded (relocated; computed floats within an NMSE of " + ", ".join(
+                    f"{k} {v:g}" for k, v in TOLERANCE.items()) + ")",
                 "; ".join(bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""))
 
     return run
