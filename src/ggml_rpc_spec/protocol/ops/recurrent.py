@@ -8,7 +8,7 @@ states in the result: K MUST be at least 1 and the result exactly as large as K 
 (exec.op-params).  Older releases ignore that word and keep one state.
 """
 
-from .spec import OpSpec, Param, Source
+from .spec import Draw, OpSpec, Param, Source
 
 
 def _snapshots(since: str) -> Param:
@@ -121,3 +121,30 @@ SPECS = (
         "state per head and sequence, then (K > 1) the states 1 .. K-1 tokens back",
     ),
 )
+
+_SEQ = "S=1..4 H=1..3 NS=1..2 TS=1..3 T=NS*TS"
+_STATE_RESULT = "[S*H, T+S*NS] F32"
+
+# How to draw a valid node of each op (differential fuzzing; see spec.Draw).  SSM_SCAN: Mamba-2
+# (A [1, heads]) or Mamba-1 (A [d_state, heads], head_dim 1).
+DRAWS = {
+    "SSM_CONV": Draw("DC=1..4 DI=1..6 NT=1..4 NS=1..2", ("[DC-1+NT, DI, NS] F32 rows", "[DC, DI] F32 cont"),
+                     "[DI, NT, NS] F32"),
+    "SSM_SCAN": Draw(
+        "M2=0|1 DS=1..8 HX=1..3 HD=1+M2*(HX-1) NG=1..2 G=1..2 NH=NG*G NT=1..4 NS=1..2 NST=NS..NS+2 K=1..3",
+        ("[DS, HD, NH, NST] F32", "[HD, NH, NT, NS] F32", "[NH, NT, NS] F32", "[1 if M2 else DS, NH] F32",
+         "[DS, NG, NT, NS] F32", "[DS, NG, NT, NS] F32", "[NS] I32 cont ids<NST distinct"),
+        "[HD*NH*NT*NS+K*DS*HD*NH*NS] F32",
+        nmse=2e-7,
+    ),
+    "RWKV_WKV6": Draw(_SEQ, ("[S, H, T] F32 cont",) * 3 + ("[S, H] F32 cont", "[S, H, T] F32 cont",
+                                                            "[S*S*H, NS] F32 cont"), _STATE_RESULT),
+    "GATED_LINEAR_ATTN": Draw(_SEQ, ("[S, H, T] F32 cont",) * 4 + ("[S*S*H, NS] F32 cont",), _STATE_RESULT),
+    "RWKV_WKV7": Draw(_SEQ, ("[S, H, T] F32 cont",) * 6 + ("[S*S*H, NS] F32 cont",), _STATE_RESULT, nmse=5e-4),
+    "GATED_DELTA_NET": Draw(
+        "S=1..4 HQ=1..2 G=1..2 H=HQ*G T=1..3 NS=1..2 GS=1|S K=1..3",
+        ("[S, HQ, T, NS] F32 cont", "[S, HQ, T, NS] F32 cont", "[S, H, T, NS] F32 cont", "[GS, H, T, NS] F32 cont",
+         "[1, H, T, NS] F32 cont", "[S, S, H, NS] F32 cont"),
+        "[S*H, T*NS+K*S*NS] F32",
+    ),
+}

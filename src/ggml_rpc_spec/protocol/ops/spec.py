@@ -102,6 +102,37 @@ class SubOp:
     params: tuple[Param, ...] = ()
 
 
+@dataclass(frozen=True)
+class Draw:
+    """How to draw a valid node of the op, for differential fuzzing: the facts about shapes,
+    types and values that the prose of `result` and `types` states, as data a generator reads.
+
+    `vars` is a space-separated list of `NAME=SPEC`, drawn left to right: SPEC is `LO..HI`
+    (integers, bounds included), or choices `A|B|C`; each bound or choice is an expression
+    over the names drawn before it.  A NAME that is one of the op's params sets that word
+    (an enum's choices by name); params not named are drawn from their kind and range
+    (Param.low/high).  Names in capitals that are ggml types (`T=F32|F16`) are type variables.
+    Each of `sources` is `[e0, e1, e2, e3] TYPES FLAGS`: the shape (expressions), the types
+    (`F32|F16`, or a type variable), then flags: `cont` (ggml reads it as contiguous memory:
+    no view or permutation), `rows` (rows contiguous: views with padded rows, no
+    permutation), `ids<EXPR` (I32/I64 values in [0, EXPR)), `distinct` (no id twice in a row; such a source
+    is a plain leaf), `pos` (positive values),
+    `mask` (0 or -inf, a causal pattern), `absent` (an optional source left empty when the
+    expression after it is true: `absent:EXPR`).  `result` is `[e0, e1, e2, e3] TYPE`, or
+    `view N` for a result that is source N's memory.  `nmse` is the bound of upstream's op
+    test program (max_nmse_err) for the op; `order` says the result's order within a row is
+    not part of the contract (TOP_K): compared sorted."""
+
+    vars: str = ""
+    sources: tuple[str, ...] = ()
+    result: str = ""
+    nmse: float = 1e-7
+    order: bool = True
+
+    def var_specs(self) -> list[tuple[str, str]]:
+        return [tuple(item.split("=", 1)) for item in self.vars.split()]
+
+
 @dataclass(frozen=True, kw_only=True)
 class OpSpec:
     """One ggml op."""
@@ -114,6 +145,7 @@ class OpSpec:
     semantics: str  # one line
     sub_ops: tuple[SubOp, ...] = ()
     computes: bool = True  # False: a view or no-op; the node's memory is its source's
+    draw: Draw | None = None  # how to draw a valid node (differential fuzzing)
     family: str = ""  # the module that declares it, and the executor's module that computes it (set by the catalogue)
 
     def __post_init__(self) -> None:
