@@ -98,7 +98,9 @@ def draw_node(draw, op: str, profile) -> Drawn:
     while sources and sources[-1] is None:
         sources.pop()
     words = spec.pack(sub, **{p.name: names[p.name] for p in spec.layout(sub)})
-    return Drawn(op, sub, names, words, sources, _result(spec, names), spec.draw.nmse, spec.draw.order)
+    in_place = bool(spec.draw.inplace) and bool(_eval(spec, spec.draw.inplace, names))
+    return Drawn(op, sub, names, words, sources, 0 if in_place else _result(spec, names), spec.draw.nmse,
+                 spec.draw.order)
 
 
 def _sub_ops(spec: OpSpec, profile) -> list[str]:
@@ -167,10 +169,9 @@ def _source(draw, spec: OpSpec, text: str, names: dict) -> DrawnSource | None:
     match = SOURCE.match(text)
     if match is None:
         raise DrawError(f"{spec.name}: source {text!r} is not '[shape] TYPES flags'")
-    flags = match["flags"].split()
-    for flag in flags:
-        if flag.startswith("absent:") and _eval(spec, flag[7:], names):
-            return None
+    flags = [_flag(spec, flag, names) for flag in match["flags"].split()]
+    if "absent" in flags:
+        return None
     ne = [int(n) for n in _eval(spec, match["shape"], names)]
     ne += [1] * (4 - len(ne))
     choices = [names.get(t, t) for t in match["types"].split("|")]
@@ -186,18 +187,28 @@ def _source(draw, spec: OpSpec, text: str, names: dict) -> DrawnSource | None:
                          seed=draw(st.integers(0, 2**32 - 1), label="seed"))
     quantized = TYPE_BY_NAME[kind].block_size > 1
     allowed = (("NONE",) if "cont" in flags or source.distinct else
-               ROW_LAYOUTS if "rows" in flags or values == "mask" or quantized else LAYOUTS)
-    return _lay_out(draw, source, draw(st.sampled_from(allowed), label="layout"))
+               ROW_LAYOUTS if {"cont1", "rows", "mask"} & set(flags) or values == "mask" or quantized else LAYOUTS)
+    # ggml_is_contiguous_1 lets only the rows be padded, and only where dimension 1 is not 1
+    padded = (1 if ne[1] > 1 else 0) if "cont1" in flags else 4
+    return _lay_out(draw, source, draw(st.sampled_from(allowed), label="layout"), padded)
 
 
-def _lay_out(draw, source: DrawnSource, layout: str) -> DrawnSource:
-    """The layout's own draws: the permutation, or the padding and offset of the view."""
+def _flag(spec: OpSpec, flag: str, names: dict) -> str:
+    """A source's flag; `FLAG:EXPR` is FLAG where EXPR holds, else nothing ("")."""
+    name, colon, condition = flag.partition(":")
+    return name if not colon or _eval(spec, condition, names) else ""
+
+
+def _lay_out(draw, source: DrawnSource, layout: str, padded: int = 4) -> DrawnSource:
+    """The layout's own draws: the permutation, or the padding (of the first `padded`
+    dimensions) and offset of the view."""
     source.layout = layout
     if layout == "PERMUTE":
         source.axes = tuple(draw(st.permutations(range(4)), label="axes"))
     elif layout == "VIEW":
         row_pad = 0 if TYPE_BY_NAME[source.type].block_size > 1 else 3
-        source.pads = tuple(draw(st.integers(0, row_pad if d == 0 else 2), label="pad") for d in range(4))
+        source.pads = tuple(draw(st.integers(0, (row_pad if d == 0 else 2) if d < padded else 0), label="pad")
+                            for d in range(4))
         source.starts = tuple(draw(st.integers(0, pad), label="start") for pad in source.pads)
     return source
 

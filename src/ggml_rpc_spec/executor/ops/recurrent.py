@@ -14,7 +14,8 @@ import numpy as np
 
 from ggml_rpc_spec.protocol.ops import spec_for
 
-from ..registry import ExecContext, Kernels, OP_PARAMS, STATE_IDS, Step, in_range, readable, require
+from ..registry import (ExecContext, Kernels, OP_PARAMS, STATE_IDS, Step, dense_rows, in_range, readable,
+                        require)
 from ..tensors import TensorRef
 
 kernels = Kernels()  # this family's kernels (see executor.ops)
@@ -66,6 +67,7 @@ def build_ssm_conv(node: TensorRef, ctx: ExecContext) -> Step:
     """result[s, t, i] = sum_k sx[s, i, t + k] * c[i, k], summed in float in tap order."""
     sx, c = node.src(0), node.src(1)
     _f32(node, sx=sx, c=c)
+    require(sx.nb[0] == 4 and sx.nb[1] == 4 * sx.ne[0], node, "sx rows must be packed (nb {}): ggml asserts it", sx.nb)
     n_conv, n_inner = c.ne[0], c.ne[1]
     n_tokens, n_seqs = node.ne[1], node.ne[2]
     require(n_conv >= 1 and c.ne[2] == c.ne[3] == 1, node, "c must be a [d_conv, d_inner] matrix")
@@ -88,6 +90,7 @@ def build_ssm_conv(node: TensorRef, ctx: ExecContext) -> Step:
 def build_ssm_scan(node: TensorRef, ctx: ExecContext) -> Step:
     s, x, dt, a, b, c, ids = (node.src(i) for i in range(7))
     _f32(node, s=s, x=x, dt=dt, A=a, B=b, C=c)
+    dense_rows(node, s, x, dt, a, b, c)  # ggml asserts src0..src5 nb0 == sizeof(float)
     readable(node, ids)
     require(ids.kind.name == "I32", node, "ids must be I32")
     d_state, head_dim, n_head, n_states = s.ne

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import ExecContext, Kernels, OP_PARAMS, Step, readable, require, same_shape
+from ..registry import ExecContext, Kernels, OP_PARAMS, Step, contiguous, map_rows, readable, require, same_shape
 from ..tensors import TensorRef
 
 kernels = Kernels()  # this family's kernels (see executor.ops)
@@ -37,12 +37,11 @@ def build_silu_back(node: TensorRef, ctx: ExecContext) -> Step:
     require(dy.kind == x.kind == node.kind, node, "dy, x and the result must share one type")
     _alike(node, dy, x)
 
-    def run():
-        xs = x.read()
+    def silu_back(grad, xs):
         s = F32(1) / (F32(1) + np.exp(-xs))
-        node.write(dy.read() * s * (F32(1) + xs * (F32(1) - s)))
+        return grad * s * (F32(1) + xs * (F32(1) - s))
 
-    return run
+    return map_rows(node, silu_back, dy, x)  # ggml steps from row to row by nb1 alone
 
 
 @kernels.kernel("RMS_NORM_BACK")
@@ -70,6 +69,7 @@ def build_soft_max_back(node: TensorRef, ctx: ExecContext) -> Step:
     """dx = scale * y * (dy - y . dy), per row."""
     dy, y = node.src(0), node.src(1)
     _types(node, dy=dy, y=y, result=node)
+    contiguous(node, dy, y)
     _alike(node, dy, y)
     p = node.params()
     require(p.max_bias == 0, node, "max_bias {} is not 0 (ggml's CPU takes no ALiBi here)", p.max_bias,

@@ -238,7 +238,7 @@ SPECS = (
             Source("pw", "F32 [w, A, B, heads]"),
             Source("ph", "F32 [w, A, B, heads]"),
         ),
-        params=(Param(0, "inplace", "bool", "the result is a's memory"),),
+        params=(Param(0, "inplace", "bool", "the result is a's memory: ggml adds into it without copying a first"),),
         types="F32 (every source and the result)",
         result="as a",
         semantics="a viewed as [w, w, rows]: result[r, i, j] = a[r, i, j] + ph[r, i] + pw[r, j] (SAM's decomposed "
@@ -266,18 +266,18 @@ DRAWS = {
     "IM2COL": Draw(
         f"{_IM2COL} RT=F32|F16",
         ("[KW, KH if is_2d else IC, IC if is_2d else OC, OC if is_2d else 1] F32|F16",
-         "[IW, IH if is_2d else IC, IC if is_2d else N, N if is_2d else 1] F32"),
+         "[IW, IH if is_2d else IC, IC if is_2d else N, N if is_2d else 1] F32 rows"),
         "[IC*KH*KW, OW, OH if is_2d else N, N if is_2d else 1] RT",
     ),
     "IM2COL_BACK": Draw(
         _IM2COL,
-        ("[IC*KH*KW, OW, OH if is_2d else N, N if is_2d else 1] F32",
+        ("[IC*KH*KW, OW, OH if is_2d else N, N if is_2d else 1] F32 cont",
          "[KW, KH if is_2d else IC, IC if is_2d else OC, OC if is_2d else 1] F32"),
         "[IW, IH if is_2d else IC, IC if is_2d else N, N if is_2d else 1] F32",
     ),
     "IM2COL_3D": Draw(
         f"{_3D} ic=1..2 OC=1..2 N=1..2 RT=F32|F16",
-        ("[KW, KH, KD, ic*OC] F32|F16", "[IW, IH, ID, ic*N] F32"),
+        ("[KW, KH, KD, ic*OC] F32|F16", "[IW, IH, ID, ic*N] F32 rows"),
         "[ic*KD*KH*KW, OW, OH, OD*N] RT",
         nmse=5e-4,
     ),
@@ -287,7 +287,7 @@ DRAWS = {
                     "[OW, OH, OC, N] F32", nmse=5e-4),
     "CONV_3D": Draw(f"{_3D} c=1..2 n=1..2 oc=1..2", ("[KW, KH, KD, c*oc] F32|F16 cont", "[IW, IH, ID, c*n] F32"),
                     "[OW, OH, OD, oc*n] F32", nmse=5e-4),
-    "CONV_2D_DW": Draw(f"{_2D} C=1..3 N=1..2", ("[KW, KH, 1, C] F32 cont", "[IW, IH, C, N] F32"),
+    "CONV_2D_DW": Draw(f"{_2D} C=1..3 N=1..2", ("[KW, KH, 1, C] F32 cont", "[IW, IH, C, N] F32 cont"),
                        "[OW, OH, C, N] F32", nmse=5e-4),
     "CONV_TRANSPOSE_1D": Draw("K=1..4 OC=1..3 IC=1..3 L=1..6 s0=1..3", ("[K, OC, IC] F32|F16 cont", "[L, IC] F32 cont"),
                               "[(L-1)*s0+K, OC] F32"),
@@ -317,5 +317,6 @@ DRAWS = {
         "w=1..4 A=1..3 B=1..3 heads=1..2",
         ("[w*w, A*B, heads] F32 cont", "[w, A, B, heads] F32 cont", "[w, A, B, heads] F32 cont"),
         "[w*w, A*B, heads] F32",
+        inplace="inplace",
     ),
 }

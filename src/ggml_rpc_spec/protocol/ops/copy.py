@@ -7,7 +7,7 @@ _WINDOW = (
     Param(1, "nb2", "i32", "byte stride of the window's dimension 2", 0),
     Param(2, "nb3", "i32", "byte stride of the window's dimension 3", 0),
     Param(3, "offset", "i32", "byte offset of the window's first element", 0),
-    Param(4, "inplace", "bool", "1: the result is a's memory (informational; the addresses say it)"),
+    Param(4, "inplace", "bool", "1: the result is a's memory: ggml does not copy a into it first"),
 )
 
 SPECS = (
@@ -69,12 +69,12 @@ DRAWS = {
     "DUP": Draw(f"T=F32|F16|BF16|I32 {_DIMS}", ("[A0, A1, A2, A3] T",), "[A0, A1, A2, A3] T"),
     "CONT": Draw(f"T=F32|F16|BF16|I32 {_DIMS}", ("[A0, A1, A2, A3] T",), "[A0, A1, A2, A3] T"),
     "CPY": Draw(
-        "S=F32|F16|BF16 T=F32|F16|BF16|Q8_0|Q4_0|Q4_1|Q5_0 R=1..2 A0=32*R A1=1..6 A2=1..3 A3=1..2",
-        ("[A0, A1, A2, A3] S", "[A0, A1, A2, A3] T cont"),
+        "S=F32|F16|BF16 T=F32|F16|BF16|Q8_0|Q4_0|Q4_1|Q5_0 Q=T[0]=='Q' R=1..2 A0=32*R A1=1..6 A2=1..3 A3=1..2",
+        ("[A0, A1, A2, A3] S rows:Q", "[A0, A1, A2, A3] T cont"),
         "view 1",
     ),
     "ACC": Draw(f"{_DIMS} {_WINDOW_VARS}", ("[A0, A1, A2, A3] F32 cont", "[B0, B1, B2, B3] F32 rows"),
-                "[A0, A1, A2, A3] F32"),
+                "[A0, A1, A2, A3] F32", inplace="inplace"),
     "SET": Draw(f"T=F32|I32 {_DIMS} {_WINDOW_VARS}", ("[A0, A1, A2, A3] T cont", "[B0, B1, B2, B3] T rows"),
-                "[A0, A1, A2, A3] T"),
+                "[A0, A1, A2, A3] T", inplace="inplace"),
 }

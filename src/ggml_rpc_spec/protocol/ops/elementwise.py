@@ -109,7 +109,7 @@ DRAWS = {
     "LOG": _unary(values="pos"),
     "SIN": _unary(),
     "COS": _unary(),
-    "SCALE": _unary("F32"),
+    "SCALE": Draw(f"{_DIMS}", ("[A0, A1, A2, A3] F32 cont",), "[A0, A1, A2, A3] F32"),
     "CLAMP": Draw(f"T=F32|F16 {_DIMS} min=-1|-0.5 max=0.5|1", ("[A0, A1, A2, A3] T rows",), "[A0, A1, A2, A3] T"),
     "LEAKY_RELU": _unary("F32"),
 }

@@ -108,9 +108,9 @@ _PAD_VARS = " ".join(f"lp{d}=0..min(2,A{d}) rp{d}=0..min(2,A{d})" for d in range
 
 # How to draw a valid node of each op (differential fuzzing; see spec.Draw).
 DRAWS = {
-    "REPEAT": Draw(f"T=F32|F16|BF16|I32|I16 {_DIMS} R0=1..3 R1=1..3 R2=1..2 R3=1..2", ("[A0, A1, A2, A3] T",),
+    "REPEAT": Draw(f"T=F32|F16|BF16|I32|I16 {_DIMS} R0=1..3 R1=1..3 R2=1..2 R3=1..2", ("[A0, A1, A2, A3] T rows",),
                    "[A0*R0, A1*R1, A2*R2, A3*R3] T"),
-    "REPEAT_BACK": Draw(f"{_DIMS} R0=1..3 R1=1..3 R2=1..2 R3=1..2", ("[A0*R0, A1*R1, A2*R2, A3*R3] F32",),
+    "REPEAT_BACK": Draw(f"{_DIMS} R0=1..3 R1=1..3 R2=1..2 R3=1..2", ("[A0*R0, A1*R1, A2*R2, A3*R3] F32 rows",),
                         "[A0, A1, A2, A3] F32"),
     "CONCAT": Draw(
         f"T=F32|F16|I32 {_DIMS} B=1..4",
@@ -125,6 +125,6 @@ DRAWS = {
                  ("[A0, A1, A2, A3] F32 rows",), "[A0, A1, A2, A3] F32"),
     "FILL": Draw(_DIMS, ("[A0, A1, A2, A3] F32",), "[A0, A1, A2, A3] F32"),
     "ARANGE": Draw("start=-2|0|1.5 step=0.5|1|3 N=1..9 stop=start+step*(N-0.5)", (), "[N] F32"),
-    "DIAG": Draw("N=1..8 A2=1..3 A3=1..2", ("[N, 1, A2, A3] F32",), "[N, N, A2, A3] F32"),
-    "TRI": Draw("N=1..8 A2=1..3 A3=1..2", ("[N, N, A2, A3] F32",), "[N, N, A2, A3] F32"),
+    "DIAG": Draw("N=1..8 A2=1..3 A3=1..2", ("[N, 1, A2, A3] F32 rows",), "[N, N, A2, A3] F32"),
+    "TRI": Draw("N=1..8 A2=1..3 A3=1..2", ("[N, N, A2, A3] F32 cont",), "[N, N, A2, A3] F32"),
 }

@@ -85,7 +85,7 @@ _WEIGHTS = "W=F32|F16|BF16|Q8_0|Q4_0|Q4_1|Q5_0|Q5_1|Q4_K|Q6_K QB=256*(W[-1]=='K'
 DRAWS = {
     "MUL_MAT": Draw(
         f"{_WEIGHTS} N=1..8 M=1..6 B2=1..3 R2=1..2 B3=1..2 R3=1..2 hint=0",
-        ("[K, N, B2, B3] W rows", "[K, M, B2*R2, B3*R3] F32"),
+        ("[K, N, B2, B3] W rows", "[K, M, B2*R2, B3*R3] F32 rows"),
         "[N, M, B2*R2, B3*R3] F32",
         nmse=5e-4,
     ),
@@ -96,7 +96,7 @@ DRAWS = {
         nmse=5e-4,
     ),
     "OUT_PROD": Draw(
-        "T=F32|F16 M=1..8 K=1..8 N=1..6 A2=1..2 R2=1..2 A3=1..2 R3=1..2",
+        "T=F32|F16 M=1..8 K=1..8 N=1..6 A2=1..2 R2=1|1+(T=='F32') A3=1..2 R3=1|1+(T=='F32')",
         ("[M, K, A2, A3] T rows", "[N, K, A2*R2, A3*R3] F32"),
         "[M, N, A2*R2, A3*R3] F32",
         nmse=5e-4,

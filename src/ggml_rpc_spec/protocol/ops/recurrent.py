@@ -128,12 +128,13 @@ _STATE_RESULT = "[S*H, T+S*NS] F32"
 # How to draw a valid node of each op (differential fuzzing; see spec.Draw).  SSM_SCAN: Mamba-2
 # (A [1, heads]) or Mamba-1 (A [d_state, heads], head_dim 1).
 DRAWS = {
-    "SSM_CONV": Draw("DC=1..4 DI=1..6 NT=1..4 NS=1..2", ("[DC-1+NT, DI, NS] F32 rows", "[DC, DI] F32 cont"),
+    "SSM_CONV": Draw("DC=1..4 DI=1..6 NT=1..4 NS=1..2", ("[DC-1+NT, DI, NS] F32 cont", "[DC, DI] F32 cont"),
                      "[DI, NT, NS] F32"),
     "SSM_SCAN": Draw(
         "M2=0|1 DS=1..8 HX=1..3 HD=1+M2*(HX-1) NG=1..2 G=1..2 NH=NG*G NT=1..4 NS=1..2 NST=NS..NS+2 K=1..3",
-        ("[DS, HD, NH, NST] F32", "[HD, NH, NT, NS] F32", "[NH, NT, NS] F32", "[1 if M2 else DS, NH] F32",
-         "[DS, NG, NT, NS] F32", "[DS, NG, NT, NS] F32", "[NS] I32 cont ids<NST distinct"),
+        ("[DS, HD, NH, NST] F32 rows", "[HD, NH, NT, NS] F32 rows", "[NH, NT, NS] F32 rows",
+         "[1 if M2 else DS, NH] F32 rows", "[DS, NG, NT, NS] F32 rows", "[DS, NG, NT, NS] F32 rows",
+         "[NS] I32 cont ids<NST distinct"),
         "[HD*NH*NT*NS+K*DS*HD*NH*NS] F32",
         nmse=2e-7,
     ),

@@ -113,13 +113,15 @@ class Draw:
     (an enum's choices by name); params not named are drawn from their kind and range
     (Param.low/high).  Names in capitals that are ggml types (`T=F32|F16`) are type variables.
     Each of `sources` is `[e0, e1, e2, e3] TYPES FLAGS`: the shape (expressions), the types
-    (`F32|F16`, or a type variable), then flags: `cont` (ggml reads it as contiguous memory:
-    no view or permutation), `rows` (rows contiguous: views with padded rows, no
-    permutation), `ids<EXPR` (I32/I64 values in [0, EXPR)), `distinct` (no id twice in a row; such a source
+    (`F32|F16`, or a type variable), then flags for what ggml's CPU asserts about its memory:
+    `cont` (ggml_is_contiguous: no view or permutation), `cont1` (ggml_is_contiguous_1: views
+    with padded rows only), `rows` (nb0 the element size: views with any padding, no
+    permutation); and about its values: `ids<EXPR` (I32/I64 values in [0, EXPR)), `distinct` (no id twice in a row; such a source
     is a plain leaf), `pos` (positive values),
-    `mask` (0 or -inf, a causal pattern), `absent` (an optional source left empty when the
-    expression after it is true: `absent:EXPR`).  `result` is `[e0, e1, e2, e3] TYPE`, or
-    `view N` for a result that is source N's memory.  `nmse` is the bound of upstream's op
+    `mask` (0 or -inf in each row but its first), `absent` (an optional source left empty).
+    `FLAG:EXPR` is FLAG where the expression holds (`absent:not(HM)`, `rows:Q`).  `result` is `[e0, e1, e2, e3] TYPE`, or
+    `view N` for a result that is source N's memory; `inplace` an expression under which the
+    result is source 0's memory (ggml's *_inplace constructors, which set a word saying so).  `nmse` is the bound of upstream's op
     test program (max_nmse_err) for the op; `order` says the result's order within a row is
     not part of the contract (TOP_K): compared sorted."""
 
@@ -128,6 +130,7 @@ class Draw:
     result: str = ""
     nmse: float = 1e-7
     order: bool = True
+    inplace: str = ""
 
     def var_specs(self) -> list[tuple[str, str]]:
         return [tuple(item.split("=", 1)) for item in self.vars.split()]

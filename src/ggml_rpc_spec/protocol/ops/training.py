@@ -105,7 +105,7 @@ DRAWS = {
     "SILU_BACK": Draw(f"T=F32|F16 {_DIMS}", ("[A0, A1, A2, A3] T rows", "[A0, A1, A2, A3] T rows"),
                       "[A0, A1, A2, A3] T"),
     "RMS_NORM_BACK": Draw(_DIMS, _SAME, "[A0, A1, A2, A3] F32"),
-    "SOFT_MAX_BACK": Draw(_DIMS, _SAME, "[A0, A1, A2, A3] F32"),
+    "SOFT_MAX_BACK": Draw(_DIMS, ("[A0, A1, A2, A3] F32 cont", "[A0, A1, A2, A3] F32 cont"), "[A0, A1, A2, A3] F32"),
     "CROSS_ENTROPY_LOSS": Draw("A0=1..9 A1=1..6", ("[A0, A1] F32 cont", "[A0, A1] F32 cont pos"), "[1, 1, 1, 1] F32"),
     "CROSS_ENTROPY_LOSS_BACK": Draw("A0=1..9 A1=1..6", ("[1] F32", "[A0, A1] F32 cont", "[A0, A1] F32 cont pos"),
                                     "[A0, A1] F32"),
