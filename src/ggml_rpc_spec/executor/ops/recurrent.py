@@ -14,7 +14,7 @@ import numpy as np
 
 from ggml_rpc_spec.protocol.ops import spec_for
 
-from ..registry import (ExecContext, Kernels, OP_PARAMS, STATE_IDS, Step, dense_rows, in_range, readable,
+from ..registry import (ExecContext, Kernels, OP_PARAMS, STATE_IDS, Step, contiguous, in_range, readable,
                         require)
 from ..tensors import TensorRef
 
@@ -90,7 +90,9 @@ def build_ssm_conv(node: TensorRef, ctx: ExecContext) -> Step:
 def build_ssm_scan(node: TensorRef, ctx: ExecContext) -> Step:
     s, x, dt, a, b, c, ids = (node.src(i) for i in range(7))
     _f32(node, s=s, x=x, dt=dt, A=a, B=b, C=c)
-    dense_rows(node, s, x, dt, a, b, c)  # ggml asserts src0..src5 nb0 == sizeof(float)
+    # ggml asserts only nb0 of each; it reads within each token's slice as packed memory (and
+    # writes the result's states at s's nb3): other layouts are refused rather than guessed
+    contiguous(node, s, x, dt, a, b, c)
     readable(node, ids)
     require(ids.kind.name == "I32", node, "ids must be I32")
     d_state, head_dim, n_head, n_states = s.ne
@@ -104,6 +106,8 @@ def build_ssm_scan(node: TensorRef, ctx: ExecContext) -> Step:
     require(n_group >= 1 and n_head % n_group == 0, node, "{} groups do not divide {} heads", n_group, n_head)
     require(ids.ne == (n_seqs, 1, 1, 1), node, "ids {} must hold one state id per sequence", ids.ne)
     snapshots = _snapshot_count(node, ctx)
+    require(a.ne[0] == 1 or snapshots == 1, node, "Mamba-1 (A [d_state, heads]) keeps one state, not K = {} "
+            "(ggml asserts it)", snapshots, rule=OP_PARAMS)
     y_size, state_size = x.n_elements, d_state * head_dim * n_head * n_seqs
     require(node.n_elements == y_size + snapshots * state_size, node,
             "K = {} states of {} values after {} outputs do not fit the result of {}",

@@ -59,7 +59,8 @@ def build_rms_norm_back(node: TensorRef, ctx: ExecContext) -> Step:
         sum_xdz = (xs * grads).sum(axis=-1, keepdims=True, dtype=np.float64)
         rrms = F32(1) / np.sqrt(sum_xx / n + eps)
         scale_x = (-sum_xdz).astype(F32) / (sum_xx + eps * n)
-        node.write((grads + xs * scale_x) * rrms)
+        fused = (xs.astype(np.float64) * scale_x + grads).astype(F32)  # the compiler's fma(x, scale_x, dz)
+        node.write(fused * rrms)
 
     return run
 

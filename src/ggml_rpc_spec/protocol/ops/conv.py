@@ -261,12 +261,14 @@ _IM2COL = f"is_2d=0|1 {_axis('0', 'KW', 'IW', 'OW')} {_axis('1', 'KH', 'IH', 'OH
 _POOL = ("k0=1..3 k1=1..3 s0=1..2 s1=1..2 p0=0..k0//2 p1=0..k1//2 W=max(1,k0-2*p0)..k0+5 H=max(1,k1-2*p1)..k1+4 "
          "PW=(W+2*p0-k0)//s0+1 PH=(H+2*p1-k1)//s1+1 C=1..3 N=1..2")
 
-# How to draw a valid node of each op (differential fuzzing; see spec.Draw).
+# How to draw a valid node of each op (differential fuzzing; see spec.Draw).  An F16 result of
+# IM2COL takes an F16 kernel (0.3.20 asserts it); CONV_TRANSPOSE_2D computes one image (0.3.20
+# computes batch 0 only).
 DRAWS = {
     "IM2COL": Draw(
-        f"{_IM2COL} RT=F32|F16",
-        ("[KW, KH if is_2d else IC, IC if is_2d else OC, OC if is_2d else 1] F32|F16",
-         "[IW, IH if is_2d else IC, IC if is_2d else N, N if is_2d else 1] F32 rows"),
+        f"{_IM2COL} RT=F32|F16 KT=RT|F16",
+        ("[KW, KH if is_2d else IC, IC if is_2d else OC, OC if is_2d else 1] KT",
+         "[IW, IH if is_2d else IC, IC if is_2d else N, N if is_2d else 1] F32 rows cont:RT=='F16'"),
         "[IC*KH*KW, OW, OH if is_2d else N, N if is_2d else 1] RT",
     ),
     "IM2COL_BACK": Draw(
@@ -276,8 +278,8 @@ DRAWS = {
         "[IW, IH if is_2d else IC, IC if is_2d else N, N if is_2d else 1] F32",
     ),
     "IM2COL_3D": Draw(
-        f"{_3D} ic=1..2 OC=1..2 N=1..2 RT=F32|F16",
-        ("[KW, KH, KD, ic*OC] F32|F16", "[IW, IH, ID, ic*N] F32 rows"),
+        f"{_3D} ic=1..2 OC=1..2 N=1..2 RT=F32|F16 KT=RT|F16",
+        ("[KW, KH, KD, ic*OC] KT", "[IW, IH, ID, ic*N] F32 rows"),
         "[ic*KD*KH*KW, OW, OH, OD*N] RT",
         nmse=5e-4,
     ),
@@ -292,7 +294,7 @@ DRAWS = {
     "CONV_TRANSPOSE_1D": Draw("K=1..4 OC=1..3 IC=1..3 L=1..6 s0=1..3", ("[K, OC, IC] F32|F16 cont", "[L, IC] F32 cont"),
                               "[(L-1)*s0+K, OC] F32"),
     "CONV_TRANSPOSE_2D": Draw(
-        "KW=1..3 KH=1..3 OC=1..3 IC=1..3 W=1..5 H=1..4 N=1..2 stride=1..3",
+        "KW=1..3 KH=1..3 OC=1..3 IC=1..3 W=1..5 H=1..4 N=1 stride=1..3",
         ("[KW, KH, OC, IC] F32|F16 cont", "[W, H, IC, N] F32 cont"),
         "[(W-1)*stride+KW, (H-1)*stride+KH, OC, N] F32",
         nmse=5e-4,

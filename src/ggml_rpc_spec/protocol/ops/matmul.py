@@ -82,6 +82,7 @@ _WEIGHTS = "W=F32|F16|BF16|Q8_0|Q4_0|Q4_1|Q5_0|Q5_1|Q4_K|Q6_K QB=256*(W[-1]=='K'
 
 # How to draw a valid node of each op (differential fuzzing; see spec.Draw).  The MUL_MAT hint
 # SRC0_IS_HADAMARD is a promise about src0's values that random weights do not keep: 0 here.
+# OUT_PROD's src0 is F32 or quantized (0.3.20 has no F16 kernel; only F32 repeats over src1).
 DRAWS = {
     "MUL_MAT": Draw(
         f"{_WEIGHTS} N=1..8 M=1..6 B2=1..3 R2=1..2 B3=1..2 R3=1..2 hint=0",
@@ -96,7 +97,7 @@ DRAWS = {
         nmse=5e-4,
     ),
     "OUT_PROD": Draw(
-        "T=F32|F16 M=1..8 K=1..8 N=1..6 A2=1..2 R2=1|1+(T=='F32') A3=1..2 R3=1|1+(T=='F32')",
+        "T=F32|Q8_0 MB=1..4 M=MB*(2+30*(T=='Q8_0')) K=1..8 N=1..6 A2=1..2 R2=1|1+(T=='F32') A3=1..2 R3=1|1+(T=='F32')",
         ("[M, K, A2, A3] T rows", "[N, K, A2*R2, A3*R3] F32"),
         "[M, N, A2*R2, A3*R3] F32",
         nmse=5e-4,

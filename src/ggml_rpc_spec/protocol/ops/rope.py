@@ -47,6 +47,8 @@ _PARAMS = (
         "first rotated element of each vector (set by ggml_rope_set_offset, 0.3.36 on; "
         "earlier releases leave the word 0 and ignore it); not for VISION",
         0,
+        since="7.0.0",
+        legacy=0,
     ),
 )
 
