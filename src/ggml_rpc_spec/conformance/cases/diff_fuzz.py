@@ -194,14 +194,18 @@ def fuzz_op(ctx: Context, oracle: str, op: str, examples: int, coverage: Coverag
             stem = "diff-" + "".join(ch if ch.isalnum() else "-" for ch in drawn.label)
             paths = [] if run is None else (run.save_transcript(ctx, f"{stem}-target", ours.exchange)
                                             + run.save_transcript(ctx, f"{stem}-oracle", theirs.exchange))
-            raise CaseFailure(f"{drawn.label} {drawn.names}: {why}\ntraces: {', '.join(paths) or 'none'}")
+            failure = f"{drawn.label} {drawn.names}: {why}\ntraces: {', '.join(paths) or 'none'}"
+            tally = coverage.tally(op)
+            tally.mismatches += 1  # noted now: the example may have killed a server that hypothesis asks again
+            tally.first = tally.first or failure
+            raise CaseFailure(failure)
 
     try:
         example()
     except (CaseFailure, Flaky) as exc:
         tally = coverage.tally(op)
-        tally.mismatches += 1
-        tally.first = str(exc)
+        tally.first = tally.first or str(exc)
+        tally.mismatches = max(tally.mismatches, 1)
 
 
 def differential_run(ctx: Context, oracle: str, ops: list[str], examples: int, coverage: Coverage) -> list[str]:

@@ -113,7 +113,7 @@ def _variables(draw, spec: OpSpec, sub: str | None, profile) -> dict:
     see; a word the profile's ggml does not read holds its legacy value (or 0)."""
     params = {p.name: p for p in spec.layout(sub)}
     declared = dict(spec.draw.var_specs())
-    names: dict = {}
+    names: dict = {"sub": sub} if sub is not None else {}
     for param in params.values():
         if param.name not in declared:
             names[param.name] = _default(draw, spec, param, sub, profile)
@@ -276,8 +276,8 @@ def _leaf(g: GraphBuilder, source: DrawnSource, ne: list[int]):
         values = rng.integers(0, source.bound, shape)
     elif source.values == "ints":
         values = rng.integers(0, 4, shape)
-    elif source.values == "mask":
-        values = np.where(rng.random(shape) < 0.25, -np.inf, 0.0)
+    elif source.values == "mask":  # finite biases (ALiBi scales them) and -inf
+        values = np.where(rng.random(shape) < 0.25, -np.inf, rng.standard_normal(shape))
         values[..., 0] = 0.0  # every row keeps a finite column
     else:
         values = rng.standard_normal(shape)

@@ -240,10 +240,9 @@ def build_im2col(node: TensorRef, ctx: ExecContext) -> Step:
     kinds(node, image, ("F32", "F16", "BF16"), "the image")
     readable(node, image)
     dense_rows(node, image)  # ggml asserts nb10 == the image's type size
-    require(node.kind.name == "F32" or image.nb[1] == image.ne[0] * image.kind.type_size, node,
-            "an F16 result: ggml reads each image plane as packed rows (nb1 {} is not IW * size): refused",
-            image.nb[1])
     p = node.params()
+    require(not p.is_2d or image.nb[1] == image.ne[0] * image.kind.type_size, node,
+            "ggml reads each image plane as packed rows (nb1 {} is not IW * size): refused", image.nb[1])
     n, ic, axes = _im2col_geometry(node, kern, image, p)
     if p.is_2d:
         require(kern.ne[2] == ic, node, "kernel channels {} differ from the image's {}", kern.ne[2], ic)

@@ -162,6 +162,8 @@ def _glu_inputs(node: TensorRef) -> Callable:
 
 
 def _swiglu_oai(node: TensorRef):
+    require(node.src(0).kind.name == "F32", node, "SWIGLU_OAI takes F32 only (ggml's CPU aborts on {})",
+            node.src(0).kind.name)
     p = node.params()
     alpha, limit = F32(p.alpha), F32(p.limit)
 

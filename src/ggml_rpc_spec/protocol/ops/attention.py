@@ -54,7 +54,8 @@ SPECS = (
             Param(0, "scale", "f32", "factor applied to q.k"),
             Param(1, "max_bias", "f32", "ALiBi max bias", 0),
             Param(2, "logit_softcap", "f32", "0, or c: scores become c * tanh(scores / c)"),
-            Param(3, "prec", "enum:DEFAULT=0,F32=10", "requested accumulator precision (ggml's CPU: F32 for both)"),
+            Param(3, "prec", "enum:DEFAULT=0,F32=10", "requested accumulator precision (ggml's CPU: F32 for both)",
+                  inert=True),
             Param(
                 4,
                 "n_kv_max",
@@ -62,6 +63,7 @@ SPECS = (
                 "0.3.36 on: bound on the finite entries of every mask row, a hint for "
                 "sparse backends (0: off); the result does not depend on it",
                 0,
+                inert=True,
             ),
         ),
         types="q F32, k/v F32, F16, BF16 or quantized, result F32",

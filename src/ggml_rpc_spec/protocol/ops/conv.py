@@ -238,7 +238,8 @@ SPECS = (
             Source("pw", "F32 [w, A, B, heads]"),
             Source("ph", "F32 [w, A, B, heads]"),
         ),
-        params=(Param(0, "inplace", "bool", "the result is a's memory: ggml adds into it without copying a first"),),
+        params=(Param(0, "inplace", "bool", "the result is a's memory: ggml adds into it without copying a first",
+                      inert=True),),
         types="F32 (every source and the result)",
         result="as a",
         semantics="a viewed as [w, w, rows]: result[r, i, j] = a[r, i, j] + ph[r, i] + pw[r, j] (SAM's decomposed "
@@ -268,7 +269,7 @@ DRAWS = {
     "IM2COL": Draw(
         f"{_IM2COL} RT=F32|F16 KT=RT|F16",
         ("[KW, KH if is_2d else IC, IC if is_2d else OC, OC if is_2d else 1] KT",
-         "[IW, IH if is_2d else IC, IC if is_2d else N, N if is_2d else 1] F32 rows cont:RT=='F16'"),
+         "[IW, IH if is_2d else IC, IC if is_2d else N, N if is_2d else 1] F32 rows cont:is_2d"),
         "[IC*KH*KW, OW, OH if is_2d else N, N if is_2d else 1] RT",
     ),
     "IM2COL_BACK": Draw(
@@ -299,8 +300,8 @@ DRAWS = {
         "[(W-1)*stride+KW, (H-1)*stride+KH, OC, N] F32",
         nmse=5e-4,
     ),
-    "POOL_1D": Draw("k0=1..3 s0=k0 p0=0 A0=k0..k0+8 A1=1..4 A2=1..2 A3=1..2", ("[A0, A1, A2, A3] F32|F16 cont",),
-                    "[(A0-k0)//s0+1, A1, A2, A3] F32"),
+    "POOL_1D": Draw("k0=1..3 s0=1..2 p0=0..k0//2 A0=max(1,k0-2*p0)..k0+8 A1=1..4 A2=1..2 A3=1..2",
+                    ("[A0, A1, A2, A3] F32|F16 cont",), "[(A0+2*p0-k0)//s0+1, A1, A2, A3] F32"),
     "POOL_2D": Draw(_POOL, ("[W, H, C, N] F32|F16 cont",), "[PW, PH, C, N] F32"),
     "POOL_2D_BACK": Draw(_POOL, ("[PW, PH, C, N] F32 cont", "[W, H, C, N] F32 cont"), "[W, H, C, N] F32"),
     "UPSCALE": Draw(

@@ -7,7 +7,7 @@ _WINDOW = (
     Param(1, "nb2", "i32", "byte stride of the window's dimension 2", 0),
     Param(2, "nb3", "i32", "byte stride of the window's dimension 3", 0),
     Param(3, "offset", "i32", "byte offset of the window's first element", 0),
-    Param(4, "inplace", "bool", "1: the result is a's memory: ggml does not copy a into it first"),
+    Param(4, "inplace", "bool", "1: the result is a's memory: ggml does not copy a into it first", inert=True),
 )
 
 SPECS = (
@@ -31,7 +31,7 @@ SPECS = (
     ),
     OpSpec(
         name="CPY",
-        sources=(Source("a", "the values"), Source("b", "the destination (the result is a view of b)")),
+        sources=(Source("a", "the values"), Source("b", "the destination (the result is a view of b)", inert=True)),
         params=(),
         types="as DUP, the result's type being b's",
         result="as b",

@@ -67,7 +67,7 @@ SPECS = (
     ),
     OpSpec(
         name="FILL",
-        sources=_A,
+        sources=(Source("a", "the tensor filled (its values are not read)", inert=True),),
         params=(Param(0, "c", "f32", "the value"),),
         types="F32, F16 (0.3.20: F32)",
         result="as a",

@@ -21,15 +21,17 @@ SPECS = (
             Source("b", "activations [K, M, b2, b3]; a2 divides b2 and a3 divides b3"),
         ),
         params=(
-            Param(0, "prec", PREC, "least accumulator precision requested (ggml_prec_set_acc)"),
+            Param(0, "prec", PREC, "least accumulator precision requested (ggml_prec_set_acc)", inert=True),
             Param(
                 1,
                 "hint",
                 "enum:NONE=0,SRC0_IS_HADAMARD=1",
                 "what src0 is promised to be (0.3.36: a Hadamard matrix lets a backend use a fast transform)",
+                inert=True,
             ),
             Param(
-                3, "prec_src1", PREC, "least precision src1 may be rounded to (ggml_prec_set_src(t, p, 1); 0.3.36)"
+                3, "prec_src1", PREC, "least precision src1 may be rounded to (ggml_prec_set_src(t, p, 1); 0.3.36)",
+                inert=True,
             ),
         ),
         types="a any readable type, b F32 (or F16 / BF16), result F32",
@@ -44,9 +46,10 @@ SPECS = (
             Source("ids", "I32 expert ids [U, T] (U used experts per token; B divides U)", index_rule="exec.expert-ids"),
         ),
         params=(
-            Param(0, "prec", PREC, "least accumulator precision requested (ggml_prec_set_acc; 0.3.36)"),
+            Param(0, "prec", PREC, "least accumulator precision requested (ggml_prec_set_acc; 0.3.36)", inert=True),
             Param(
-                3, "prec_src1", PREC, "least precision src1 may be rounded to (ggml_prec_set_src(t, p, 1); 0.3.36)"
+                3, "prec_src1", PREC, "least precision src1 may be rounded to (ggml_prec_set_src(t, p, 1); 0.3.36)",
+                inert=True,
             ),
         ),
         types="as any readable type, b F32 (or F16 / BF16), ids I32, result F32",

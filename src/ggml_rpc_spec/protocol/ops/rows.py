@@ -17,7 +17,7 @@ SPECS = (
         sources=(
             Source("a", "the new rows [C, n, a2, a3]"),
             Source("rows", "I64 or I32 destination rows [n, r2, r3]", index_rule="exec.rows-in-range"),
-            Source("dst", "the destination (the result is a view of it)"),
+            Source("dst", "the destination (the result is a view of it)", inert=True),
         ),
         params=(),
         types="a F32 (F16 since 0.3.36's ggml), rows I32/I64, result any type ggml's CPU writes (its from_float)",
