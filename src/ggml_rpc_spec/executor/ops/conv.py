@@ -243,6 +243,8 @@ def build_im2col(node: TensorRef, ctx: ExecContext) -> Step:
     p = node.params()
     require(not p.is_2d or image.nb[1] == image.ne[0] * image.kind.type_size, node,
             "ggml reads each image plane as packed rows (nb1 {} is not IW * size): refused", image.nb[1])
+    if node.kind.name == "F16":
+        dense_rows(node, kern)  # 0.3.20 asserts nb00 == sizeof(ggml_fp16_t) for an F16 result
     n, ic, axes = _im2col_geometry(node, kern, image, p)
     if p.is_2d:
         require(kern.ne[2] == ic, node, "kernel channels {} differ from the image's {}", kern.ne[2], ic)

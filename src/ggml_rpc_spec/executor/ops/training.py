@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ggml_rpc_spec.protocol.versions import parse_version
+
 from ..registry import ExecContext, Kernels, OP_PARAMS, Step, contiguous, map_rows, readable, require, same_shape
 from ..tensors import TensorRef
 
@@ -44,6 +46,9 @@ def build_silu_back(node: TensorRef, ctx: ExecContext) -> Step:
     return map_rows(node, silu_back, dy, x)  # ggml steps from row to row by nb1 alone
 
 
+FUSED_RMS_NORM_BACK = (7, 0, 0)  # 0.3.36's ggml computes dx in one expression, 0.3.20's in vector calls
+
+
 @kernels.kernel("RMS_NORM_BACK")
 def build_rms_norm_back(node: TensorRef, ctx: ExecContext) -> Step:
     """dx = (dz + x * (-sum(x dz) / (sum(x x) + eps n))) / sqrt(sum(x x) / n + eps), per row."""
@@ -52,6 +57,7 @@ def build_rms_norm_back(node: TensorRef, ctx: ExecContext) -> Step:
     _alike(node, dz, x)
     eps = F32(node.params().eps)
     n = F32(x.ne[0])
+    fused = parse_version(ctx.ggml.release) >= FUSED_RMS_NORM_BACK
 
     def run():
         xs, grads = x.read(), dz.read()
@@ -59,8 +65,10 @@ def build_rms_norm_back(node: TensorRef, ctx: ExecContext) -> Step:
         sum_xdz = (xs * grads).sum(axis=-1, keepdims=True, dtype=np.float64)
         rrms = F32(1) / np.sqrt(sum_xx / n + eps)
         scale_x = (-sum_xdz).astype(F32) / (sum_xx + eps * n)
-        fused = (xs.astype(np.float64) * scale_x + grads).astype(F32)  # the compiler's fma(x, scale_x, dz)
-        node.write(fused * rrms)
+        if fused:  # one expression, which the compiler contracts to fma(x, scale_x, dz)
+            node.write((xs.astype(np.float64) * scale_x + grads).astype(F32) * rrms)
+        else:  # vector calls, each rounding: x * scale_x, + dz, * rrms
+            node.write((xs * scale_x + grads) * rrms)
 
     return run
 

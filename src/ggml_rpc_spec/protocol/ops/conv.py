@@ -263,12 +263,12 @@ _POOL = ("k0=1..3 k1=1..3 s0=1..2 s1=1..2 p0=0..k0//2 p1=0..k1//2 W=max(1,k0-2*p
          "PW=(W+2*p0-k0)//s0+1 PH=(H+2*p1-k1)//s1+1 C=1..3 N=1..2")
 
 # How to draw a valid node of each op (differential fuzzing; see spec.Draw).  An F16 result of
-# IM2COL takes an F16 kernel (0.3.20 asserts it); CONV_TRANSPOSE_2D computes one image (0.3.20
-# computes batch 0 only).
+# IM2COL takes an F16 kernel with dense rows (0.3.20 asserts both); CONV_TRANSPOSE_2D computes
+# one image (0.3.20 computes batch 0 only).
 DRAWS = {
     "IM2COL": Draw(
         f"{_IM2COL} RT=F32|F16 KT=RT|F16",
-        ("[KW, KH if is_2d else IC, IC if is_2d else OC, OC if is_2d else 1] KT",
+        ("[KW, KH if is_2d else IC, IC if is_2d else OC, OC if is_2d else 1] KT rows",
          "[IW, IH if is_2d else IC, IC if is_2d else N, N if is_2d else 1] F32 rows cont:is_2d"),
         "[IC*KH*KW, OW, OH if is_2d else N, N if is_2d else 1] RT",
     ),
