@@ -23,7 +23,6 @@ finds the combinations they miss.
 from __future__ import annotations
 
 import socket
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import numpy as np

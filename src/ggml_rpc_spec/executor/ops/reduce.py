@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import ExecContext, Kernels, OP_PARAMS, Step, as_ggml_reads, dense_rows, optional_src, require, same_shape
+from ..registry import (ExecContext, Kernels, OP_PARAMS, Step, as_ggml_reads, dense_rows, optional_src, require,
+                        same_shape)
 from ..tensors import TensorRef
 
 kernels = Kernels()  # this family's kernels (see executor.ops)

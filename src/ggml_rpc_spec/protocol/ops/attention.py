@@ -110,7 +110,8 @@ DRAWS = {
     ),
     "LIGHTNING_INDEXER": Draw(
         "D=8|32 H=1..4 Tk=1..4 NKV=1..9 S=1..2",
-        ("[D, H, Tk, S] F32 cont", "[D, 1, NKV, S] F32|F16 cont", "[H, Tk, 1, S] F32 cont", "[NKV, Tk, 1, S] F16 mask cont"),
+        ("[D, H, Tk, S] F32 cont", "[D, 1, NKV, S] F32|F16 cont", "[H, Tk, 1, S] F32 cont",
+         "[NKV, Tk, 1, S] F16 mask cont"),
         "[NKV, Tk, 1, S] F32",
         nmse=1e-6,
     ),

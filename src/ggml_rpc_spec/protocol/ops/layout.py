@@ -114,7 +114,8 @@ DRAWS = {
                         "[A0, A1, A2, A3] F32"),
     "CONCAT": Draw(
         f"T=F32|F16|I32 {_DIMS} B=1..4",
-        ("[A0, A1, A2, A3] T", "[B if dim==0 else A0, B if dim==1 else A1, B if dim==2 else A2, B if dim==3 else A3] T"),
+        ("[A0, A1, A2, A3] T",
+         "[B if dim==0 else A0, B if dim==1 else A1, B if dim==2 else A2, B if dim==3 else A3] T"),
         "[A0+B*(dim==0), A1+B*(dim==1), A2+B*(dim==2), A3+B*(dim==3)] T",
     ),
     "PAD": Draw(f"{_DIMS} {_PAD_VARS}", ("[A0, A1, A2, A3] F32",),

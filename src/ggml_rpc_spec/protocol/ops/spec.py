@@ -117,20 +117,23 @@ class Draw:
     `vars` is a space-separated list of `NAME=SPEC`, drawn left to right: SPEC is `LO..HI`
     (integers, bounds included), or choices `A|B|C`; each bound or choice is an expression
     over the names drawn before it (`sub` is the sub-op's name, for UNARY and GLU).  A NAME
-    that is one of the op's params sets that word
-    (an enum's choices by name); params not named are drawn from their kind and range
-    (Param.low/high).  Names in capitals that are ggml types (`T=F32|F16`) are type variables.
+    that is one of the op's params sets that word (an enum's choices by name); params not
+    named are drawn from their kind and range (Param.low/high).  Names whose choices are
+    ggml types (`T=F32|F16`) are type variables.
+
     Each of `sources` is `[e0, e1, e2, e3] TYPES FLAGS`: the shape (expressions), the types
-    (`F32|F16`, or a type variable), then flags for what ggml's CPU asserts about its memory:
+    (`F32|F16`, or a type variable), then flags.  What ggml's CPU asserts about the memory:
     `cont` (ggml_is_contiguous: no view or permutation), `cont1` (ggml_is_contiguous_1: views
     with padded rows only), `rows` (nb0 the element size: views with any padding, no
-    permutation); and about its values: `ids<EXPR` (I32/I64 values in [0, EXPR)), `distinct` (no id twice in a row; such a source
-    is a plain leaf), `pos` (positive values),
-    `mask` (finite biases and -inf, each row's first 0), `absent` (an optional source left empty).
-    `FLAG:EXPR` is FLAG where the expression holds (`absent:not(HM)`, `rows:Q`).  `result` is `[e0, e1, e2, e3] TYPE`, or
-    `view N` for a result that is source N's memory; `inplace` an expression under which the
-    result is source 0's memory (ggml's *_inplace constructors, which set a word saying so).  `nmse` is the bound of upstream's op
-    test program (max_nmse_err) for the op; `order` says the result's order within a row is
+    permutation).  What the source holds: `ids<EXPR` (I32/I64 values in [0, EXPR)),
+    `distinct` (no id twice in a row; a plain leaf), `pos` (positive values), `mask` (finite
+    biases and -inf, each row's first 0), `absent` (an optional source left empty).
+    `FLAG:EXPR` is FLAG where the expression holds (`absent:not(HM)`, `rows:Q`).
+
+    `result` is `[e0, e1, e2, e3] TYPE`, or `view N` for a result that is source N's memory;
+    `inplace` an expression under which the result is source 0's memory (ggml's *_inplace
+    constructors, which set a word saying so).  `nmse` is the bound of upstream's op test
+    program (max_nmse_err) for the op; `order` False says the order within a result's row is
     not part of the contract (TOP_K): compared sorted."""
 
     vars: str = ""
