@@ -62,6 +62,17 @@ def test_totals_on_the_line_of_the_allocation_failures_are_read():
     assert [verdict for _, verdict in verdicts(output("nothing-allocated.0.3.20.txt"))] == ["failed"] * 3
 
 
+def test_a_run_that_died_inside_a_case_names_it():
+    """The program prints a case's name before its verdict; a run that died (the upstream
+    client aborts when a server closes the connection) ends inside that line."""
+    text = output("passed.0.3.36.txt")
+    died = text[:text.index("SUM(type=f32,ne=[33,1,1,1]): ") + len("SUM(type=f32,ne=[33,1,1,1]): ")]
+    parsed = parse_output(died)
+    assert parsed.unfinished == "SUM(type=f32,ne=[33,1,1,1])" and parsed.unknown == []
+    assert [case.verdict for case in parsed.results()] == ["passed", "passed"]
+    assert "the run stopped inside SUM(type=f32,ne=[33,1,1,1])" in parsed.problems(-6)
+
+
 # Each: (file, how it is altered, exit status, words of the problem reported).
 BROKEN = {
     "exit 1 with every case passed": ("passed.0.3.36.txt", lambda s: s, 1, "exit status 1 after 3/3"),

@@ -199,12 +199,15 @@ class ProgramOutput:
     totals: tuple[int, int] | None = None  # (passed, run) of "N/M tests passed"; None: not printed
     failing: list[str] | None = None  # the names under "Failing tests:"; None: no such list
     unknown: list[str] = field(default_factory=list)  # lines of no shape the parser knows
+    unfinished: str = ""  # a case whose line the program began and never ended: the case it died in
 
     def problems(self, exit_status: int | None) -> list[str]:
         """Why the run cannot be taken as it reads (none: every case is accounted for): of a
         finished run, the case lines, the totals, the failing list and the exit status must
         tell one story."""
         found = self.unknown_lines()
+        if self.unfinished:
+            found.append(f"the run stopped inside {self.unfinished}")
         if self.totals is None:
             return found + [f"no 'N/M tests passed' summary ({_status(exit_status)}): the run did not finish"]
         passed, run = self.totals
@@ -255,6 +258,10 @@ def parse_output(stdout: str) -> ProgramOutput:
             output.cases.append(case)
         elif not FRAME_LINES.match(line):
             output.unknown.append(raw)
+    started = CASE_LINE.match(ANSI.sub("", output.unknown[-1])) if output.unknown else None
+    if started and not started["rest"].strip() and stdout.rstrip("\n").endswith(output.unknown[-1]):
+        output.unfinished = f"{started['op']}({started['vars']})"  # the last line, begun: the run died in it
+        output.unknown.pop()
     return output
 
 
