@@ -104,6 +104,7 @@ def draw_node(draw, op: str, profile) -> Drawn:
 
 
 def _sub_ops(spec: OpSpec, profile) -> list[str]:
+    """UNARY's or GLU's sub-ops that both the catalogue and the profile's ggml have."""
     have = {"UNARY": profile.ggml.unary_ops, "GLU": profile.ggml.glu_ops}[spec.name]
     return [sub.name for sub in spec.sub_ops if sub.name in have]
 
@@ -119,18 +120,21 @@ def _variables(draw, spec: OpSpec, sub: str | None, profile) -> dict:
             names[param.name] = _default(draw, spec, param, sub, profile)
     for name, text in spec.draw.var_specs():
         param = params.get(name)
-        if param is not None and not param.read_by(profile.name):
-            names[name] = param.legacy or 0
-            continue
-        names[name] = _pick(draw, spec, name, text, names, param)
+        unread = param is not None and not param.read_by(profile.name)
+        names[name] = _unread_value(param) if unread else _pick(draw, spec, name, text, names, param)
     return names
+
+
+def _unread_value(param: Param) -> int:
+    """What a word the profile's ggml does not read holds: its legacy value, else 0."""
+    return param.legacy or 0
 
 
 def _default(draw, spec: OpSpec, param: Param, sub: str | None, profile):
     """A word's value drawn from its kind and declared range."""
     label = f"{spec.name}.{param.name}"
     if not param.read_by(profile.name):
-        return param.legacy or 0
+        return _unread_value(param)
     if param.kind in ("unary_op", "glu_op"):
         return getattr(profile.ggml, f"{param.kind}s").index(sub)
     if param.kind == "bool":
@@ -159,6 +163,7 @@ def _pick(draw, spec: OpSpec, name: str, text: str, names: dict, param: Param | 
 
 
 def _eval(spec: OpSpec, text: str, names: dict, scope: dict | None = None):
+    """An expression of the op's Draw over the variables drawn so far (and an enum's names)."""
     try:
         return eval(text, {"__builtins__": {}, **FUNCTIONS}, {**(scope or {}), **names})  # the catalogue's own text
     except Exception as exc:
@@ -166,6 +171,8 @@ def _eval(spec: OpSpec, text: str, names: dict, scope: dict | None = None):
 
 
 def _source(draw, spec: OpSpec, text: str, names: dict) -> DrawnSource | None:
+    """One source of the Draw: its shape, type, values and a layout its flags allow; None
+    where it is an optional source left empty."""
     match = SOURCE.match(text)
     if match is None:
         raise DrawError(f"{spec.name}: source {text!r} is not '[shape] TYPES flags'")
@@ -214,6 +221,7 @@ def _lay_out(draw, source: DrawnSource, layout: str, padded: int = 4) -> DrawnSo
 
 
 def _result(spec: OpSpec, names: dict) -> tuple[list[int], str] | int:
+    """The node's (ne, type), or the index of the source whose memory the node is."""
     text = spec.draw.result
     view = RESULT_VIEW.match(text)
     if view:
@@ -237,13 +245,13 @@ def build(g: GraphBuilder, drawn: Drawn):
                      view_src=target, op_params=drawn.words)
     else:
         ne, kind = drawn.result
-        kind = g.type_of(sources[int(kind[3:])]) if kind.startswith("src") else kind
         node = g.new(kind, ne, op=drawn.op, srcs=sources, op_params=drawn.words)
     drawn.ops = {g.profile.ggml.op_name(t.op) for t in g.tensors}
     return node
 
 
 def _build_source(g: GraphBuilder, source: DrawnSource):
+    """The source's tensor, laid out as drawn over a leaf that holds its values."""
     ne = source.ne
     if source.layout == "PERMUTE":  # the leaf's dimension i holds the result's dimension axes[i]
         leaf = _leaf(g, source, [ne[axis] for axis in source.axes])
