@@ -473,8 +473,9 @@ def test_differential_fuzzing_fails_a_server_that_ignores_a_source(op, role, ind
 
 def test_the_suite_fails_a_server_that_misreads_one_word(tmp_path):
     """End to end: the suite's differential case, the broken server as the target and a correct
-    one as the oracle, fails; its report has a coverage line per op."""
-    broken = serve_faulty(ReferenceServer, type("Misread", (Misreads,), {"op": "SOFT_MAX", "word": 0}), "8.0.0")
+    one as the oracle, fails; its report has a coverage line per op.  The word (POOL_2D's window
+    width) is never 0 in a valid node, so any of the op's 4 examples shows it read wrong."""
+    broken = serve_faulty(ReferenceServer, type("Misread", (Misreads,), {"op": "POOL_2D", "word": 1}), "8.0.0")
     oracle = ReferenceServer(memory=1 << 30).start()
     try:
         result = run_suite(tmp_path, "--target", broken.endpoint, "--oracle", oracle.endpoint, "-k", "oracle",
@@ -483,7 +484,7 @@ def test_the_suite_fails_a_server_that_misreads_one_word(tmp_path):
         broken.shutdown()
         oracle.shutdown()
     assert result["code"] == 1, result["output"][-3000:]
-    assert re.search(r"SOFT_MAX +\d+ examples +\d+ graphs +[1-9]", result["output"]), result["output"][-3000:]
+    assert re.search(r"POOL_2D +\d+ examples +\d+ graphs +[1-9]", result["output"]), result["output"][-3000:]
     coverage = json.loads((tmp_path / "report.json").read_text())["differential"]["ops"]
     assert set(coverage) == set(CATALOGUE) and all(tally["examples"] for tally in coverage.values())
 

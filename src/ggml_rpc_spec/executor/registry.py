@@ -176,12 +176,13 @@ def dense_rows(node: TensorRef, *tensors: TensorRef) -> None:
                 "(nb0 {} != {})", tensor.name, tensor.nb[0], tensor.kind.type_size)
 
 
-def packed(tensor: TensorRef, from_dim: int = 0) -> bool:
+def packed(tensor: TensorRef, from_dim: int = 0, upto: int = 4) -> bool:
     """ggml_is_contiguous (from_dim 0), or ggml_is_contiguous_1 (from_dim 1: rows of consecutive
-    elements, dimension 1 at any stride, dimensions 2 and 3 packed after it)."""
+    elements, dimension 1 at any stride, dimensions 2 and 3 packed after it); with `upto`,
+    only the dimensions below it count."""
     expected = tensor.kind.type_size * (tensor.ne[0] // tensor.kind.block_size)
     ok = tensor.nb[0] == tensor.kind.type_size or tensor.ne[0] == tensor.kind.block_size
-    for dim in range(1, 4):
+    for dim in range(1, upto):
         if tensor.ne[dim] != 1:
             ok = ok and (dim <= from_dim or tensor.nb[dim] == expected)
             expected = tensor.ne[dim] * (tensor.nb[dim] if dim <= from_dim else expected)

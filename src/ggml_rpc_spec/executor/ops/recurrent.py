@@ -14,7 +14,7 @@ import numpy as np
 
 from ggml_rpc_spec.protocol.ops import spec_for
 
-from ..registry import (ExecContext, Kernels, OP_PARAMS, STATE_IDS, Step, contiguous, in_range, readable,
+from ..registry import (ExecContext, Kernels, OP_PARAMS, STATE_IDS, Step, in_range, packed, readable,
                         require)
 from ..tensors import TensorRef
 
@@ -90,9 +90,12 @@ def build_ssm_conv(node: TensorRef, ctx: ExecContext) -> Step:
 def build_ssm_scan(node: TensorRef, ctx: ExecContext) -> Step:
     s, x, dt, a, b, c, ids = (node.src(i) for i in range(7))
     _f32(node, s=s, x=x, dt=dt, A=a, B=b, C=c)
-    # ggml asserts only nb0 of each; it reads within each token's slice as packed memory (and
-    # writes the result's states at s's nb3): other layouts are refused rather than guessed
-    contiguous(node, s, x, dt, a, b, c)
+    # ggml asserts only nb0 of each, steps by nb over tokens and sequences, and reads within a
+    # token's slice as packed memory (writing the result's states at s's nb3): layouts that
+    # are not packed there are refused rather than guessed
+    for tensor, dims in ((s, 4), (x, 2), (dt, 1), (a, 2), (b, 2), (c, 2)):
+        require(packed(tensor, upto=dims), node, "{!r} must be packed in its first {} dimensions (ne {}, nb {}): "
+                "ggml reads it so", tensor.name, dims, tensor.ne, tensor.nb)
     readable(node, ids)
     require(ids.kind.name == "I32", node, "ids must be I32")
     d_state, head_dim, n_head, n_states = s.ne
