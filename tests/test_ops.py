@@ -171,3 +171,32 @@ def test_packed_means_blocks_back_to_back_from_an_aligned_address():
         tensors[i]["type"], tensors[i]["ne"], tensors[i]["nb"], tensors[i]["data"] = kind, ne, nb, data
     binder = Binder(Graph(np.array([1], dtype="<u8"), tensors), {}, profile.ggml)
     assert binder.packed.tolist() == [True, False, False, False, True, False]
+
+
+@pytest.mark.parametrize("proto", ["3.6.1", "8.0.0"])
+def test_every_op_draws_nodes_the_reference_server_computes(reference_server, proto):
+    """The catalogue's Draws (differential fuzzing) give valid nodes: the reference server, which
+    refuses what ggml's CPU asserts on, computes 8 drawn nodes of every op its ggml has."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from ggml_rpc_spec.conformance.cases.op_draw import build, draw_node, drawable
+
+    server = reference_server(proto, memory=1 << 30)
+    refused = {}
+    for op in drawable(server.profile):
+        @settings(max_examples=8, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))
+        @given(st.data())
+        def compute(data):
+            drawn = draw_node(data.draw, op, server.profile)
+            with RPCClient(server.endpoint, proto=server.profile) as rpc:
+                g = GraphBuilder(rpc.profile, rpc.alloc_buffer(1 << 22))
+                node = build(g, drawn)
+                g.run(rpc, [node], nodes=g.ops())
+
+        try:
+            compute()
+        except ServerClosed as exc:
+            refused[op] = str(exc)
+    assert not refused, refused
