@@ -4,8 +4,10 @@ the real upstream ones with their documented deviations) and catches broken ones
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import html
 import json
+import os
 import re
 import socket
 import subprocess
@@ -17,12 +19,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from conftest import CI_RELEASES, require_peer, require_tool
-from ggml_rpc_spec.protocol import PROFILES, Command, profile_for
+from ggml_rpc_spec.conformance.cases.diff_fuzz import Coverage, differential_run
+from ggml_rpc_spec.conformance.core import Context
+from ggml_rpc_spec.protocol import PROFILES, Command, Graph, profile_for
 from ggml_rpc_spec.protocol.columns import GRAPH_CACHE_LIMIT
 from ggml_rpc_spec.protocol.comm import decode_partial, partial_first, reduce, wire_size
 from ggml_rpc_spec.conformance.deviations import deviations_of, rule_deviations
+from ggml_rpc_spec.protocol.ops import CATALOGUE
 from ggml_rpc_spec.protocol.rules import BY_KEY, as_error
 from ggml_rpc_spec.netio import send_all, take_turn
 from ggml_rpc_spec.server.graphs import GraphStore
@@ -499,3 +505,109 @@ def test_the_hostile_fuzzer_reports_a_corrupted_canary_and_malformed_replies(tmp
         server.shutdown()
     findings = json.loads((tmp_path / "report.json").read_text())["fuzz_findings"]
     assert result["code"] == 1 and kind in {f["kind"] for f in findings}, (findings, result["output"][-2000:])
+# -- servers that misread one op_params word, or ignore one source ------------------------------------
+
+class Misreads(Session):
+    """Computes every node of `op` with op_params word `word` zeroed, or with source `source`
+    dropped: a server that misreads one word or ignores one source of one op."""
+
+    op, word, source = "", None, None
+
+    def graph_compute(self, request):
+        tensors = request.graph.tensors.copy()
+        hit = tensors["op"] == self.profile.ggml.op_value(self.op)
+        if self.word is not None:
+            tensors["op_params"][hit, self.word] = 0
+        else:
+            tensors["src"][hit, self.source] = 0
+        return super().graph_compute(dataclasses.replace(request, graph=Graph(request.graph.nodes, tensors)))
+
+
+def misreadable_words() -> list[tuple[str, str, int]]:
+    """(op, word name, index) of every op_params word whose misreading a result can show:
+    not the inert ones, nor those whose only valid value is 0 (zeroing them changes nothing)."""
+    found = []
+    for op, spec in CATALOGUE.items():
+        words = {p.index: p for p in spec.params} | {p.index: p for sub in spec.sub_ops for p in sub.params}
+        found += [(op, p.name, p.index) for p in words.values()
+                  if spec.computes and not p.inert and not (p.low == p.high == 0)]
+    return found
+
+
+def droppable_sources() -> list[tuple[str, str, int]]:
+    """(op, role, index) of every source whose values the op reads (not the inert ones)."""
+    return [(op, source.role, index) for op, spec in CATALOGUE.items() if spec.computes
+            for index, source in enumerate(spec.sources) if not source.inert]
+
+
+# CI runs every SAMPLE-th of each list; GGML_RPC_FULL_SWEEP=1 runs them all (README).
+SAMPLE = 1 if os.environ.get("GGML_RPC_FULL_SWEEP") == "1" else 4
+# examples of the op (the fuzzer stops at the first mismatch): a sub-op's word needs its sub-op
+# drawn among UNARY's 22, and XIELU's eps a negative value
+MISREAD_EXAMPLES = 600
+
+
+@pytest.fixture
+def derandomized():
+    """Hypothesis draws the same examples on every run (the fuzzer's own settings inherit it)."""
+    settings.register_profile("misreads", derandomize=True)
+    previous = settings._current_profile
+    settings.load_profile("misreads")
+    yield
+    settings.load_profile(previous)
+
+
+def differential_against(session_class, op: str) -> list[str]:
+    """Differential fuzzing of `op` alone, a server of `session_class` against a correct one."""
+    target, oracle = serve_faulty(ReferenceServer, session_class, "8.0.0"), ReferenceServer(memory=1 << 30).start()
+    try:
+        ctx = Context(target.endpoint, profile_for("8.0.0"), timeout=30)
+        coverage = Coverage(target.endpoint, oracle.endpoint)
+        return differential_run(ctx, oracle.endpoint, [op], MISREAD_EXAMPLES, coverage)
+    finally:
+        target.shutdown()
+        oracle.shutdown()
+
+
+@pytest.mark.parametrize("op,name,word", misreadable_words()[::SAMPLE],
+                         ids=[f"{op}.{name}" for op, name, _ in misreadable_words()[::SAMPLE]])
+def test_differential_fuzzing_fails_a_server_that_misreads_a_word(op, name, word, derandomized):
+    mismatched = differential_against(type("Misread", (Misreads,), {"op": op, "word": word}), op)
+    assert mismatched, f"a server reading {op}'s word {word} ({name}) as 0 passed"
+
+
+@pytest.mark.parametrize("op,role,index", droppable_sources()[::SAMPLE],
+                         ids=[f"{op}.{role}" for op, role, _ in droppable_sources()[::SAMPLE]])
+def test_differential_fuzzing_fails_a_server_that_ignores_a_source(op, role, index, derandomized):
+    mismatched = differential_against(type("Drops", (Misreads,), {"op": op, "source": index}), op)
+    assert mismatched, f"a server ignoring {op}'s source {index} ({role}) passed"
+
+
+def test_the_suite_fails_a_server_that_misreads_one_word(tmp_path):
+    """End to end: the suite's differential case, the broken server as the target and a correct
+    one as the oracle, fails; its report has a coverage line per op.  The word (POOL_2D's window
+    width) is never 0 in a valid node, so any of the op's 4 examples shows it read wrong."""
+    broken = serve_faulty(ReferenceServer, type("Misread", (Misreads,), {"op": "POOL_2D", "word": 1}), "8.0.0")
+    oracle = ReferenceServer(memory=1 << 30).start()
+    try:
+        result = run_suite(tmp_path, "--target", broken.endpoint, "--oracle", oracle.endpoint, "-k", "oracle",
+                           "--fuzz-examples", "400", "--conformance-json", "report.json")
+    finally:
+        broken.shutdown()
+        oracle.shutdown()
+    assert result["code"] == 1, result["output"][-3000:]
+    assert re.search(r"POOL_2D +\d+ examples +\d+ graphs +[1-9]", result["output"]), result["output"][-3000:]
+    coverage = json.loads((tmp_path / "report.json").read_text())["differential"]["ops"]
+    assert set(coverage) == set(CATALOGUE) and all(tally["examples"] for tally in coverage.values())
+
+
+def test_comparing_the_reference_server_with_itself_is_refused(tmp_path):
+    alone = run_suite(tmp_path, "-k", "oracle", "--fuzz-examples", "5", "-rs")  # -rs: skip reasons shown
+    assert "refused: the target is the suite's own reference server" in alone["output"], alone["output"][-2000:]
+    server = ReferenceServer(memory=1 << 30).start()
+    try:
+        same = run_suite(tmp_path, "--target", server.endpoint, "--oracle", server.endpoint, "-k", "oracle",
+                         "--fuzz-examples", "5")
+    finally:
+        server.shutdown()
+    assert same["code"] == 1 and "is the target" in same["output"], same["output"][-2000:]

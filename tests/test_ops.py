@@ -157,7 +157,8 @@ def test_batched_elementwise_nodes_follow_strided_layouts_and_leave_the_rest(ref
     """ADD/SUB/MUL/DIV/SCALE nodes are built a whole op at a time: packed operands as 1-D
     slices (op case ADD chain-in-place, which the real servers judge), other layouts as
     strided views, the rest by the per-node kernel.  ggml's binary kernels refuse transposed
-    rows, so here NumPy judges how our server computes them."""
+    rows, so here NumPy judges how our server computes them; SCALE of a strided view is
+    refused, as ggml asserts a contiguous source."""
     server = reference_server(proto)
     with RPCClient(server.endpoint, proto=server.profile) as rpc:
         g = GraphBuilder(rpc.profile, rpc.alloc_buffer(1 << 16))
@@ -168,12 +169,17 @@ def test_batched_elementwise_nodes_follow_strided_layouts_and_leave_the_rest(ref
         at, bt = g.transpose(a), g.transpose(b)  # ne (4, 6): not packed
         strided = g.add(at, bt)
         biased = g.scale(packed, 2.0, 1.0)  # a bias: the per-node kernel
-        scaled_view = g.scale(at, 3.0)  # strided
-        outputs = [packed, strided, biased, scaled_view]
-        got = g.run(rpc, outputs, nodes=[packed, at, bt, strided, biased, scaled_view])
-        want = [x - y, (x + y).T, (x - y) * 2 + 1, x.T * 3]
+        scaled = g.scale(packed, 3.0)  # no bias: the batch
+        outputs = [packed, strided, biased, scaled]
+        got = g.run(rpc, outputs, nodes=[packed, at, bt, strided, biased, scaled])
+        want = [x - y, (x + y).T, (x - y) * 2 + 1, (x - y) * 3]
         for value, expected in zip(got, want, strict=True):
             np.testing.assert_allclose(value.reshape(expected.shape), expected, rtol=1e-6)
+    with RPCClient(server.endpoint, proto=server.profile) as rpc:
+        g = GraphBuilder(rpc.profile, rpc.alloc_buffer(1 << 16))
+        scaled_view = g.scale(g.transpose(g.input(x)), 3.0)
+        with pytest.raises(ServerClosed):
+            g.run(rpc, [scaled_view], nodes=[scaled_view])
 
 
 def test_packed_means_blocks_back_to_back_from_an_aligned_address():
@@ -194,3 +200,32 @@ def test_packed_means_blocks_back_to_back_from_an_aligned_address():
         tensors[i]["type"], tensors[i]["ne"], tensors[i]["nb"], tensors[i]["data"] = kind, ne, nb, data
     binder = Binder(Graph(np.array([1], dtype="<u8"), tensors), {}, profile.ggml)
     assert binder.packed.tolist() == [True, False, False, False, True, False]
+
+
+@pytest.mark.parametrize("proto", ["3.6.1", "8.0.0"])
+def test_every_op_draws_nodes_the_reference_server_computes(reference_server, proto):
+    """The catalogue's Draws (differential fuzzing) give valid nodes: the reference server, which
+    refuses what ggml's CPU asserts on, computes 8 drawn nodes of every op its ggml has."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from ggml_rpc_spec.conformance.cases.op_draw import build, draw_node, drawable
+
+    server = reference_server(proto, memory=1 << 30)
+    refused = {}
+    for op in drawable(server.profile):
+        @settings(max_examples=8, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))
+        @given(st.data())
+        def compute(data):
+            drawn = draw_node(data.draw, op, server.profile)
+            with RPCClient(server.endpoint, proto=server.profile) as rpc:
+                g = GraphBuilder(rpc.profile, rpc.alloc_buffer(1 << 22))
+                node = build(g, drawn)
+                g.run(rpc, [node], nodes=g.ops())
+
+        try:
+            compute()
+        except ServerClosed as exc:
+            refused[op] = str(exc)
+    assert not refused, refused

@@ -111,7 +111,9 @@ class GraphBuilder:
                         name=name)
 
     def transpose(self, a: Container, *, name: str = "") -> Container:
-        return self.permute(a, 1, 0, 2, 3, name=name)
+        """ggml_transpose: dimensions 0 and 1 swapped (an op of its own, not a PERMUTE)."""
+        ne, nb = [a.ne[1], a.ne[0], a.ne[2], a.ne[3]], [a.nb[1], a.nb[0], a.nb[2], a.nb[3]]
+        return self.new(self.type_of(a), ne, op="TRANSPOSE", srcs=[a], nb=nb, data=a.data, view_src=a, name=name)
 
     def reshape(self, a: Container, ne, *, name: str = "") -> Container:
         return self.new(self.type_of(a), ne, op="RESHAPE", srcs=[a], data=a.data, view_src=a, name=name)

@@ -86,13 +86,36 @@ def summary(records: list[CaseRecord]) -> dict[str, dict[str, int]]:
     return dict(sorted(table.items(), key=lambda item: int(item[0])))
 
 
+def differential(run):
+    """The run's differential fuzzing coverage (cases.diff_fuzz.Coverage), if that case ran."""
+    from .cases.diff_fuzz import coverage_of
+
+    return coverage_of(run)
+
+
 def as_json(run, records: list[CaseRecord]) -> dict:
+    coverage = differential(run)
     return {"target": run.endpoint, "target_kind": run.kind, "reported_version": run.reported,
             "known_deviations": run.deviation_source or None,
             "protocol": run.profile.name, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "summary": summary(records), "killers": run.killers,
             "fuzz_findings": [asdict(f) for f in run.campaign.findings.values()],
+            "differential": coverage.as_dict() if coverage is not None else None,
             "cases": [asdict(r) for r in records]}
+
+
+def _coverage_html(run) -> str:
+    """A table with one row per op of the differential fuzzing, if it ran."""
+    coverage = differential(run)
+    if coverage is None:
+        return ""
+    e = html.escape
+    rows = "".join(f'<tr class="{"failed" if t.mismatches else "passed" if t.examples else "skipped"}"><td>{e(op)}</td>'
+                   f"<td>{t.examples}</td><td>{t.graphs}</td><td>{t.mismatches}</td><td>{e(t.first[:300])}</td></tr>"
+                   for op, t in coverage.ops.items())
+    return (f"<h2>Differential fuzzing coverage</h2><p>{e(coverage.lines()[0])}</p><table class=\"matrix\">"
+            f"<tr><th>op</th><th>examples</th><th>graphs</th><th>mismatches</th><th>first mismatch</th></tr>{rows}"
+            "</table>")
 
 
 _STYLE = """
@@ -151,6 +174,7 @@ def as_html(run, records: list[CaseRecord]) -> str:
 the suite spoke {e(run.profile.name)}; {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}.</p>
 <table class="matrix"><tr><th>SPEC.md section</th>{header}</tr>{"".join(rows)}</table>
 {f"<h2>Hostile fuzzing findings</h2><ul>{findings}</ul>" if findings else ""}
+{_coverage_html(run)}
 {("<h2>Cases that killed the server</h2><ul>" + "".join(f"<li>{e(k)}</li>" for k in run.killers) + "</ul>")
  if run.killers else ""}
 <h2>Cases</h2><p class="filter">Show: {links}</p>

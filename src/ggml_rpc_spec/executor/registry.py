@@ -30,7 +30,7 @@ from ggml_rpc_spec.protocol.rules import Rule, rule
 
 from .errors import UNSUPPORTED, ExecutionError
 from .numerics import DEFAULT_NUMERICS, Numerics
-from .tensors import ELEMENT_DTYPES, DequantCache, TensorRef
+from .tensors import ELEMENT_DTYPES, DequantCache, TensorRef, strided_view
 
 # The rules kernels cite when they refuse a node (looked up once: a misspelt key fails at import).
 OP_PARAMS = rule("exec.op-params")
@@ -147,6 +147,58 @@ def float_like(node: TensorRef, *tensors: TensorRef) -> None:
         require(tensor.kind.name in ("F32", "F16", "BF16"), node, "{} is not a float type here", tensor.kind.name)
 
 
+def as_ggml_reads(node: TensorRef, tensor: TensorRef, *, flat: bool = False) -> np.ndarray:
+    """`tensor`'s elements as ggml's CPU reads them: rows of ne0 consecutive elements from
+    each row start (data + i1*nb1 + i2*nb2 + i3*nb3), shape (ne3, ne2, ne1, ne0); with
+    `flat`, row r at data + r*nb1 for r < ne1*ne2*ne3, shape (rows, ne0).  Refused when
+    those bytes would leave the tensor's buffer."""
+    require(tensor.kind.name in ("F32", "F16", "BF16", "I32"), node, "cannot read {} rows", tensor.kind.name)
+    require(tensor.buffer is not None, node, "{!r} has no buffer on this server: nothing to read", tensor.name)
+    size = tensor.dtype.itemsize
+    ne, nb = tensor.ne, tensor.nb
+    if flat:
+        shape, strides = (ne[1] * ne[2] * ne[3], ne[0]), (nb[1], size)
+    else:
+        shape, strides = tensor.shape, (nb[3], nb[2], nb[1], size)
+        if nb[0] == size:
+            return tensor.view()
+    if 0 in shape:
+        return np.zeros(shape, tensor.dtype)  # nothing to read or write
+    start = tensor.data - tensor.buffer.base
+    end = start + size * shape[-1] + sum((n - 1) * s for n, s in zip(shape[:-1], strides[:-1], strict=True))
+    require(0 <= start and end <= min(tensor.buffer.size, len(tensor.buffer.memory)), node,
+            "the rows of {!r} read as ggml reads them (nb0 = element size) leave its buffer", tensor.name)
+    return strided_view(tensor.buffer.memory, tensor.dtype, start, shape, strides)
+
+
+def dense_rows(node: TensorRef, *tensors: TensorRef) -> None:
+    """Tensors ggml's CPU walks with consecutive elements in a row (it asserts nb0 == the
+    element size, or writes rows as consecutive runs whatever nb0 says)."""
+    for tensor in tensors:
+        require(tensor.nb[0] == tensor.kind.type_size, node, "{!r} must have consecutive elements in its rows "
+                "(nb0 {} != {})", tensor.name, tensor.nb[0], tensor.kind.type_size)
+
+
+def packed(tensor: TensorRef, from_dim: int = 0, upto: int = 4) -> bool:
+    """ggml_is_contiguous (from_dim 0), or ggml_is_contiguous_1 (from_dim 1: rows of consecutive
+    elements, dimension 1 at any stride, dimensions 2 and 3 packed after it); with `upto`,
+    only the dimensions below it count."""
+    expected = tensor.kind.type_size * (tensor.ne[0] // tensor.kind.block_size)
+    ok = tensor.nb[0] == tensor.kind.type_size or tensor.ne[0] == tensor.kind.block_size
+    for dim in range(1, upto):
+        if tensor.ne[dim] != 1:
+            ok = ok and (dim <= from_dim or tensor.nb[dim] == expected)
+            expected = tensor.ne[dim] * (tensor.nb[dim] if dim <= from_dim else expected)
+    return ok
+
+
+def contiguous(node: TensorRef, *tensors: TensorRef, from_dim: int = 0) -> None:
+    """ggml's CPU asserts these tensors `packed` (it aborts otherwise)."""
+    for tensor in tensors:
+        require(packed(tensor, from_dim), node, "{!r} must be contiguous{} (ne {}, nb {}): ggml's CPU asserts it",
+                tensor.name, " past dimension 1" if from_dim else "", tensor.ne, tensor.nb)
+
+
 def same_shape(node: TensorRef, a: TensorRef, b: TensorRef) -> None:
     require(a.ne == b.ne, node, "shape {} differs from {}", a.ne, b.ne)
 
@@ -160,6 +212,22 @@ def repeat(values: np.ndarray, shape: tuple[int, ...], node: TensorRef) -> np.nd
     if all(r == 1 or h == 1 for r, h in zip(reps, values.shape, strict=True)):
         return np.broadcast_to(values, shape)
     return np.tile(values, reps)
+
+
+def map_rows(node: TensorRef, function, *sources: TensorRef) -> Step:
+    """The step of an op whose ggml kernel walks rows r < ne1*ne2*ne3 at data + r*nb1 of the
+    result and of every source (nb2 and nb3 unread: `as_ggml_reads` with flat), computing
+    `function` of the sources' float32 rows."""
+    float_like(node, node, *sources)
+    for source in sources:
+        same_shape(node, node, source)
+    dense_rows(node, node, *sources)
+    rows, out = [as_ggml_reads(node, s, flat=True) for s in sources], as_ggml_reads(node, node, flat=True)
+
+    def run():
+        out[...] = function(*(r.astype(np.float32) for r in rows)).astype(out.dtype)
+
+    return run
 
 
 def map_values(node: TensorRef, ctx: "ExecContext", function) -> Step:
@@ -180,5 +248,6 @@ def optional_src(node: TensorRef, index: int) -> TensorRef | None:
 
 
 __all__ = ["EXPERT_IDS", "OP_PARAMS", "ROWS_IN_RANGE", "STATE_IDS", "UNSUPPORTED", "VIEW_PARAMS", "ExecContext",
-           "ExecutionError", "Kernel", "Kernels", "Call", "Step", "Taken", "float_like", "key_fields", "map_values",
-           "optional_src", "readable", "repeat", "require", "same_shape"]
+           "ExecutionError", "Kernel", "Kernels", "Call", "Step", "Taken", "as_ggml_reads", "contiguous",
+           "dense_rows", "float_like", "key_fields", "map_rows", "map_values", "optional_src", "packed", "readable",
+           "repeat", "require", "same_shape"]

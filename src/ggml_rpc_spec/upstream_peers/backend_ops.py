@@ -14,6 +14,13 @@ every op runs in a process of its own.  The program prints a case only once it f
 when the process dies the case it was running is the next one of the op in the program's
 own case list (its `support` mode lists them in order): that case is run alone to confirm
 the refusal, and the op resumes with the cases not reached yet, named one by one.
+
+Every case is accounted for.  A run that finished prints, after its case lines, its own
+totals ("N/M tests passed") and the names of its failing cases ("Failing tests:"); a case
+can fail without a line of its own (when the server refuses ALLOC_BUFFER the program prints
+"failed to allocate tensors [...] " with no newline, in front of the next line).  The case
+lines, the totals, the failing list and the exit status must agree; a missing summary, an
+unknown line or any disagreement fails the op with the reason (see `ProgramOutput.problems`).
 """
 
 from __future__ import annotations
@@ -45,6 +52,15 @@ DEFAULT_PEER = [release for release in CI_PEERS if peer_for(release).dist.sdist]
 
 CASE_LINE = re.compile(r"^(?P<said>.*?)  (?P<op>[A-Z][A-Z0-9_]*)\((?P<vars>[^()]*)\): (?P<rest>.*)$")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# A case that failed before it could print its line: the message has no newline, so it stands
+# in front of whatever the program prints next (the next case's line, or the totals).
+NO_ALLOCATION = re.compile(r"^failed to allocate (?:weight )?tensors \[(?:[^][]|\[[^][]*\])*\] ")
+TOTALS = re.compile(r"^  (?P<passed>\d+)/(?P<run>\d+) tests passed$")
+FAILING_HEADER = "Failing tests:"
+FAILING_ENTRY = re.compile(r"^  (?P<name>[A-Z][A-Z0-9_]*\([^()]*\))$")
+# The program's other lines (device banner, per-backend and overall verdicts), known and ignored.
+FRAME_LINES = re.compile(r"^(|Testing \d+ devices|Backend \d+/\d+: .*|  Skipping.*|  Device description: .*|"
+                         r"  Device memory: .*|  Backend .*: (?:OK|FAIL)|\d+/\d+ backends passed|OK|FAIL)$")
 
 
 def fused_names(source: str, peer: Peer) -> list[str]:
@@ -74,7 +90,11 @@ class OpResult:
     op: str
     cases: list[CaseResult] = field(default_factory=list)
     seconds: float = 0.0
-    error: str = ""  # the target died, a timeout, or the program failed on its own
+    problems: list[str] = field(default_factory=list)  # what the runs' outputs do not account for, a timeout
+
+    @property
+    def error(self) -> str:
+        return "; ".join(self.problems)
 
     def count(self, verdict: str) -> int:
         return sum(1 for case in self.cases if case.verdict == verdict)
@@ -135,26 +155,29 @@ class Judge:
         filter_ = ",".join(listed) if only is not None else op
         for _ in range(restarts + 1):
             run = self._run(["test", "-b", DEVICE, "-o", filter_], timeout=self.timeout)
-            finished = parse_output(run.stdout)
-            result.cases += finished
-            if run.returncode in (0, 1) and _completed(run.stdout):
-                break  # 1: some case failed
-            if run.returncode is None:
-                result.error = f"timed out after {self.timeout:.0f}s"
+            output = parse_output(run.stdout)
+            if output.totals is not None or run.returncode in (0, 1, None):  # it finished, or cannot go on
+                result.cases += output.results()
+                result.problems += output.problems(run.returncode)
                 break
+            finished = output.cases  # it died in the case after these (see the module's docstring)
+            result.cases += finished
+            result.problems += [f"{message} (a case before {op}'s refusal; not named: the run died)"
+                                for message in output.unallocated] + output.unknown_lines()
             done = {case.name for case in result.cases}
             remaining = [name for name in listed if name not in done]
             if not remaining:  # a fused-graph op (no case list) or past its last listed case
                 after = finished[-1].name if finished else "the start"
                 result.cases.append(CaseResult(f"{op}(the case after {after})", "refused", _abort_message(run)))
-                result.error = "the cases after a refusal are not listed by the program: not run"
+                result.problems.append("the cases after a refusal are not listed by the program: not run")
                 break
             suspect = self._run(["test", "-b", DEVICE, "-o", remaining[0]], timeout=self.timeout)
             alone = parse_output(suspect.stdout)
-            if alone:  # it finishes when run alone: the case that died is one the list does not name
+            if alone.totals is not None:  # it finishes when run alone: the case that died is one the list does not name
                 after = finished[-1].name if finished else "the first"
                 result.cases.append(CaseResult(f"{op}(an unlisted case after {after})", "refused", _abort_message(run)))
-                result.cases += alone
+                result.cases += alone.results()
+                result.problems += alone.problems(suspect.returncode)
             else:
                 result.cases.append(CaseResult(remaining[0], "refused", _abort_message(suspect)))
             remaining = remaining[1:]
@@ -162,42 +185,110 @@ class Judge:
                 break
             filter_ = ",".join(remaining)
         else:
-            result.error = f"gave up after {restarts} refusals"
+            result.problems.append(f"gave up after {restarts} refusals")
         result.seconds = time.monotonic() - started
         return result
 
 
-def parse_output(stdout: str) -> list[CaseResult]:
-    """The finished cases of one run of the program, in order."""
-    cases = []
+@dataclass
+class ProgramOutput:
+    """What one run of the program printed on its standard output, every line accounted for."""
+
+    cases: list[CaseResult] = field(default_factory=list)  # the case lines, in order
+    unallocated: list[str] = field(default_factory=list)  # per case that failed to allocate, its message
+    totals: tuple[int, int] | None = None  # (passed, run) of "N/M tests passed"; None: not printed
+    failing: list[str] | None = None  # the names under "Failing tests:"; None: no such list
+    unknown: list[str] = field(default_factory=list)  # lines of no shape the parser knows
+    unfinished: str = ""  # a case whose line the program began and never ended: the case it died in
+
+    def problems(self, exit_status: int | None) -> list[str]:
+        """Why the run cannot be taken as it reads (none: every case is accounted for): of a
+        finished run, the case lines, the totals, the failing list and the exit status must
+        tell one story."""
+        found = self.unknown_lines()
+        if self.unfinished:
+            found.append(f"the run stopped inside {self.unfinished}")
+        if self.totals is None:
+            return found + [f"no 'N/M tests passed' summary ({_status(exit_status)}): the run did not finish"]
+        passed, run = self.totals
+        lines_passed = sum(case.verdict == "passed" for case in self.cases)
+        lines_failed = [case.name for case in self.cases if case.verdict == "failed"]
+        if lines_passed != passed:
+            found.append(f"the program counts {passed} passed, its case lines {lines_passed}")
+        if lines_passed + len(lines_failed) + len(self.unallocated) != run:
+            found.append(f"the program ran {run} cases, its lines account for {lines_passed} passed, "
+                         f"{len(lines_failed)} failed and {len(self.unallocated)} that failed to allocate")
+        listed = self.failing or []
+        missing = [name for name in lines_failed if name not in listed]
+        if missing:
+            found.append(f"failed case lines not in the 'Failing tests:' list: {', '.join(missing[:3])}")
+        if len(listed) != run - passed:
+            found.append(f"'Failing tests:' lists {len(listed)} cases, the totals {run - passed} failures")
+        if exit_status != (0 if passed == run else 1):
+            found.append(f"{_status(exit_status)} after {passed}/{run} cases passed")
+        return found
+
+    def unknown_lines(self) -> list[str]:
+        return [f"a line the parser does not know: {line!r}" for line in self.unknown[:3]]
+
+    def results(self) -> list[CaseResult]:
+        """The cases, those that failed to allocate included: named from the failing list (the
+        names no failed case line has, in order), else after the line they stood in front of."""
+        lined = {case.name for case in self.cases}
+        names = iter([name for name in self.failing or [] if name not in lined])
+        return self.cases + [CaseResult(next(names, "(an unnamed case)"), "failed", message)
+                             for message in self.unallocated]
+
+
+def parse_output(stdout: str) -> ProgramOutput:
+    """Every line of one run of the program's standard output, classified."""
+    output = ProgramOutput()
     for raw in stdout.splitlines():
-        match = CASE_LINE.match(ANSI.sub("", raw))
-        if not match:
-            continue
-        name, rest, said = f"{match['op']}({match['vars']})", match["rest"].strip(), match["said"].strip()
-        if rest.endswith("OK"):
-            cases.append(CaseResult(name, "passed"))
-        elif rest.endswith("FAIL"):
-            cases.append(CaseResult(name, "failed", " ".join(filter(None, (said, rest[:-4].strip())))))
-        elif rest.startswith(("not supported", "skipping")):
-            cases.append(CaseResult(name, "not supported", rest))
-    return cases
+        line = ANSI.sub("", raw)
+        while (refused := NO_ALLOCATION.match(line)) is not None:
+            output.unallocated.append(refused[0].strip())
+            line = line[refused.end():]
+        if output.failing is not None and (entry := FAILING_ENTRY.match(line)):
+            output.failing.append(entry["name"])
+        elif line == FAILING_HEADER:
+            output.failing = []
+        elif totals := TOTALS.match(line):
+            output.totals = (int(totals["passed"]), int(totals["run"]))
+        elif case := _case(line):
+            output.cases.append(case)
+        elif not FRAME_LINES.match(line):
+            output.unknown.append(raw)
+    started = CASE_LINE.match(ANSI.sub("", output.unknown[-1])) if output.unknown else None
+    if started and not started["rest"].strip() and stdout.rstrip("\n").endswith(output.unknown[-1]):
+        output.unfinished = f"{started['op']}({started['vars']})"  # the last line, begun: the run died in it
+        output.unknown.pop()
+    return output
 
 
-def _completed(stdout: str) -> bool:
-    return re.search(r"\d+/\d+ tests passed", ANSI.sub("", stdout)) is not None
+def _case(line: str) -> CaseResult | None:
+    """A finished case's line, or None for a line of another shape."""
+    match = CASE_LINE.match(line)
+    if not match:
+        return None
+    name, rest, said = f"{match['op']}({match['vars']})", match["rest"].strip(), match["said"].strip()
+    if rest == "OK":
+        return CaseResult(name, "passed")
+    if rest.endswith("FAIL"):
+        return CaseResult(name, "failed", " ".join(filter(None, (said, rest[:-4].strip()))))
+    if rest.startswith(("not supported", "skipping")):
+        return CaseResult(name, "not supported", rest)
+    return None
 
 
-def _exit(run: subprocess.CompletedProcess) -> str:
-    code = run.returncode
-    return f"signal {-code}" if code is not None and code < 0 else f"exit {code}"
+def _status(code: int | None) -> str:
+    return "timed out" if code is None else f"signal {-code}" if code < 0 else f"exit status {code}"
 
 
 def _abort_message(run: subprocess.CompletedProcess) -> str:
     """Why the program died: the upstream client's abort message, else the exit status."""
     lines = [line for line in (run.stderr or "").splitlines() if line.strip()]
     wanted = [line for line in lines if "GGML_ASSERT" in line or "abort" in line.lower() or "error" in line.lower()]
-    return (wanted or lines or [_exit(run)])[-1].strip()[:300]
+    return (wanted or lines or [_status(run.returncode)])[-1].strip()[:300]
 
 
 def sample(names: list[str], limit: int) -> list[str]:

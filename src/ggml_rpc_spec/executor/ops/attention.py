@@ -14,7 +14,8 @@ import math
 import numpy as np
 
 from ..numerics import ROUNDING
-from ..registry import ExecContext, Kernels, OP_PARAMS, Step, optional_src, readable, repeat, require, same_shape
+from ..registry import (ExecContext, Kernels, OP_PARAMS, Step, contiguous, dense_rows, optional_src, readable, repeat,
+                        require, same_shape)
 from ..tensors import TensorRef
 
 kernels = Kernels()  # this family's kernels (see executor.ops)
@@ -157,6 +158,7 @@ def build_diag_mask(node: TensorRef, ctx: ExecContext) -> Step:
     """Element (i0, i1) of every matrix becomes -inf (or 0) where i0 > n_past + i1."""
     src = node.src(0)
     require(src.kind.name == "F32" and node.kind.name == "F32", node, "{} works on F32 only", node.op)
+    contiguous(node, src, node)
     same_shape(node, node, src)
     n_past = node.params().n_past
     require(n_past >= 0, node, "n_past {} < 0", n_past, rule=OP_PARAMS)
@@ -180,6 +182,7 @@ def build_flash_attn(node: TensorRef, ctx: ExecContext) -> Step:
     mask, sinks = optional_src(node, 3), optional_src(node, 4)
     readable(node, q, k, v)
     _whole_blocks(node, k, v)
+    dense_rows(node, q, k, v)  # ggml asserts nbq0, nbk0, nbv0 == the type's size
     require(q.kind.name == "F32", node, "q must be F32, not {}", q.kind.name)
     d_k, d_v, n_q, n_head, ne3 = k.ne[0], v.ne[0], q.ne[1], q.ne[2], q.ne[3]
     n_kv, kv_heads, v_heads = k.ne[1], k.ne[2], v.ne[2]

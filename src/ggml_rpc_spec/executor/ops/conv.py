@@ -22,7 +22,7 @@ import numpy as np
 
 from ggml_rpc_spec.protocol.versions import parse_version
 
-from ..registry import ExecContext, Kernels, OP_PARAMS, Step, readable, require
+from ..registry import ExecContext, Kernels, OP_PARAMS, Step, dense_rows, packed, readable, require
 from ..tensors import TensorRef
 
 kernels = Kernels()  # this family's kernels (see executor.ops)
@@ -245,7 +245,12 @@ def build_im2col(node: TensorRef, ctx: ExecContext) -> Step:
     if node.kind.name == "F16" and parse_version(ctx.ggml.release) <= (3, 6, 1):
         kinds(node, kern, ("F16",), f"the kernel of an F16 result (ggml {ctx.ggml.release})")
     readable(node, image)
+    dense_rows(node, image)  # ggml asserts nb10 == the image's type size
     p = node.params()
+    require(not p.is_2d or image.nb[1] == image.ne[0] * image.kind.type_size, node,
+            "ggml reads each image plane as packed rows (nb1 {} is not IW * size): refused", image.nb[1])
+    if node.kind.name == "F16":
+        dense_rows(node, kern)  # 0.3.20 asserts nb00 == sizeof(ggml_fp16_t) for an F16 result
     n, ic, axes = _im2col_geometry(node, kern, image, p)
     if p.is_2d:
         require(kern.ne[2] == ic, node, "kernel channels {} differ from the image's {}", kern.ne[2], ic)
@@ -279,6 +284,7 @@ def build_im2col_3d(node: TensorRef, ctx: ExecContext) -> Step | None:
     kinds(node, node, ("F32", "F16"), "the result")
     kinds(node, image, ("F32", "F16", "BF16"), "the image")
     readable(node, image)
+    dense_rows(node, image)  # ggml asserts nb10 == the image's type size
     p = node.params()
     ic = p.ic
     require(ic >= 1, node, "IC {} must be >= 1", ic, rule=PARAMS)
@@ -443,6 +449,9 @@ def build_conv_2d_dw(node: TensorRef, ctx: ExecContext) -> Step:
     p = node.params()
     n, c = image.ne[3], image.ne[2]
     require(kern.ne[2] == 1 and kern.ne[3] == c and c >= 1, node, "kernel {} is not [KW, KH, 1, C = {}]", kern.ne, c)
+    channels_first = image.nb[2] == image.kind.type_size and image.nb[1] > image.nb[0] > image.nb[2]
+    require(channels_first or packed(image), node,
+            "the image must be contiguous or channel-most contiguous (nb {}): ggml's CPU aborts otherwise", image.nb)
     require(node.ne[2] == c and node.ne[3] == n, node, "result {} is not [OW, OH, C = {}, N = {}]", node.ne, c, n)
     axes = (Axis(image.ne[1], kern.ne[1], p.s1, p.p1, p.d1, node.ne[1]),
             Axis(image.ne[0], kern.ne[0], p.s0, p.p0, p.d0, node.ne[0]))
@@ -912,8 +921,10 @@ def build_add_rel_pos(node: TensorRef, ctx: ExecContext) -> Step:
     rows = a.ne[1] * a.ne[2]
     ph_first = np.arange(w)[:, None] <= np.arange(w)[None, :]  # the add of ph comes first where i <= j
 
+    start = node if node.params().inplace else a  # inplace: ggml adds into the result as it is, a not copied
+
     def run():
-        scores = a.read(ctx.cache).reshape(rows, w, w)
+        scores = start.read(ctx.cache).reshape(rows, w, w)
         row_term = ph.read(ctx.cache).reshape(rows, w)[:, :, None]
         col_term = pw.read(ctx.cache).reshape(rows, w)[:, None, :]
         out = np.where(ph_first, (scores + row_term) + col_term, (scores + col_term) + row_term)

@@ -76,6 +76,11 @@ def build_copy(node: TensorRef, ctx: ExecContext) -> Step:
     _decodable(node, src)
     _encodable(node)
     _whole_blocks(node, src, node)
+    if node.quantized:  # ggml's dup_to_q: quantizes contiguous source rows into a contiguous result
+        require(src.nb[0] == src.kind.type_size and
+                list(node.nb) == contiguous_strides(node.kind.type_size, node.kind.block_size, node.ne), node,
+                "converting into {} needs source rows of contiguous elements (nb0 {}) and a contiguous result "
+                "(ggml's CPU aborts: not implemented)", node.kind.name, src.nb[0])
 
     def run():
         node.write(src.read(ctx.cache).reshape(node.shape))
@@ -87,7 +92,9 @@ def build_copy(node: TensorRef, ctx: ExecContext) -> Step:
 def build_acc(node: TensorRef, ctx: ExecContext) -> Step:
     """result = a, then the window of the result at byte `offset` with byte strides (element,
     nb1, nb2, nb3) and b's shape is a's window + b (ACC) or b (SET).  ggml requires a and the
-    result contiguous; b may have any strides."""
+    result contiguous; b may have any strides.  With the `inplace` word set ggml takes the
+    result to be a's memory and does not copy a: outside the window the result keeps what it
+    held."""
     a, b = node.src(0), node.src(1)
     kinds = ("F32",) if node.op == "ACC" else ("F32", "I32")
     require(node.kind.name in kinds and a.kind == node.kind and b.kind == node.kind, node,
@@ -99,10 +106,11 @@ def build_acc(node: TensorRef, ctx: ExecContext) -> Step:
             node, "destination and src0 must be contiguous (as ggml requires)")
     p = node.params()
     nb1, nb2, nb3, offset = p.nb1, p.nb2, p.nb3, p.offset
+    keep = p.inplace  # ggml copies a into the result only when the word says it is not a's memory
     element = node.kind.type_size
     require(min(nb1, nb2, nb3, offset) >= 0, node, "negative stride or offset ({}, {}, {}, {})", nb1, nb2, nb3,
             offset, rule=VIEW_PARAMS)
-    same_memory = node.buffer is a.buffer and node.data == a.data
+    same_memory = keep or (node.buffer is a.buffer and node.data == a.data)
     if b.n_elements == 0:  # an empty window: the result is a
         def copy_only():
             node.view()[...] = a.view()

@@ -16,8 +16,8 @@ from ggml_rpc_spec.protocol.ops import spec_for
 from ggml_rpc_spec.protocol.versions import parse_version
 
 from ..batch import plain_f32, ufunc_steps
-from ..registry import (EXPERT_IDS, ExecContext, Kernels, Step, Taken, float_like, in_range, map_values, readable,
-                        require, same_shape)
+from ..registry import (EXPERT_IDS, ExecContext, Kernels, Step, Taken, contiguous, float_like, in_range, map_rows,
+                        map_values, readable, require, same_shape)
 from ..tensors import QUANTIZABLE, TensorRef
 
 kernels = Kernels()  # this family's kernels (see executor.ops)
@@ -196,7 +196,8 @@ def batch_scale(binder, op: str, rows: np.ndarray, ctx: ExecContext) -> Taken:
     scale, bias = SCALE.column(words, "s"), SCALE.column(words, "b")
     ok = (plain_f32(binder, rows, a) & (binder.ne[rows] == binder.ne[a]).all(axis=1) & (bias == 0)
           & (binder.ne[rows] > 0).all(axis=1))
-    flat = ok & binder.packed[rows] & binder.packed[a]
+    ok &= binder.packed[a]  # ggml asserts a contiguous source: build_scale refuses the others
+    flat = ok & binder.packed[rows]
     return ufunc_steps(binder, np.multiply, rows, ok, flat, (a,), scale)
 
 
@@ -209,12 +210,14 @@ def build_scale(node: TensorRef, ctx: ExecContext) -> Step | None:
                 tensor.kind.name)
     p = node.params()
     scale, bias = F32(p.s), F32(p.b)
+    contiguous(node, node.src(0))
     return _mapped(node, ctx, lambda x: x * scale + bias if bias != 0 else x * scale)
 
 
 @kernels.kernel("CLAMP")
 def build_clamp(node: TensorRef, ctx: ExecContext) -> Step | None:
-    """MAX(MIN(x, max), min) as C's macros compare: a NaN becomes max."""
+    """MAX(MIN(x, max), min) as C's macros compare: a NaN becomes max.  ggml steps from row to
+    row by nb1 alone (map_rows), as LEAKY_RELU does."""
     p = node.params()
     low, high = F32(p.min), F32(p.max)
 
@@ -222,11 +225,12 @@ def build_clamp(node: TensorRef, ctx: ExecContext) -> Step | None:
         below = np.where(x < high, x, high)
         return np.where(below > low, below, low)
 
-    return _mapped(node, ctx, clamp)
+    return map_rows(node, clamp, node.src(0)) if node.n_elements else None
 
 
 @kernels.kernel("LEAKY_RELU")
 def build_leaky_relu(node: TensorRef, ctx: ExecContext) -> Step | None:
     """x's positive part plus slope times its negative part (a NaN gives 0, as in ggml)."""
     slope = F32(node.params().slope)
-    return _mapped(node, ctx, lambda x: np.where(x > 0, x, F32(0)) + slope * np.where(x < 0, x, F32(0)))
+    return map_rows(node, lambda x: np.where(x > 0, x, F32(0)) + slope * np.where(x < 0, x, F32(0)),
+                    node.src(0)) if node.n_elements else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import ExecContext, Kernels, OP_PARAMS, Step, require, same_shape
+from ..registry import ExecContext, Kernels, OP_PARAMS, Step, contiguous, dense_rows, require, same_shape
 from ..tensors import TensorRef
 
 kernels = Kernels()  # this family's kernels (see executor.ops)
@@ -26,26 +26,10 @@ def _types(node: TensorRef, allowed: tuple[str, ...], *tensors: TensorRef) -> No
         require(tensor.buffer is not None, node, "{!r} has no buffer on this server", tensor.name)
 
 
-def _contiguous(node: TensorRef, tensor: TensorRef) -> None:
-    """ggml's CPU writes this tensor's elements back to back from its data, whatever its nb."""
-    expected, ok = tensor.kind.type_size, True
-    for n, stride in zip(tensor.ne, tensor.nb, strict=True):
-        ok = ok and (n == 1 or stride == expected)
-        expected *= n
-    require(ok, node, "{!r} must be contiguous (ne {}, nb {})", tensor.name, tensor.ne, tensor.nb)
-
-
-def _dense_rows(node: TensorRef, *tensors: TensorRef) -> None:
-    """Tensors ggml's CPU walks with consecutive elements in a row (it asserts nb0, or
-    writes rows as consecutive runs whatever nb0 says)."""
-    for tensor in tensors:
-        require(tensor.nb[0] == tensor.kind.type_size, node, "{!r} must have consecutive elements in its rows "
-                "(nb0 {} != {})", tensor.name, tensor.nb[0], tensor.kind.type_size)
-
-
 @kernels.kernel("REPEAT")
 def build_repeat(node: TensorRef, ctx: ExecContext) -> Step | None:
     src = node.src(0)
+    dense_rows(node, src)  # ggml asserts nb00 == the element size
     _types(node, REPEAT_TYPES, src, node)
     require(node.kind.name == src.kind.name, node, "REPEAT keeps the type")
     if node.n_elements == 0:
@@ -65,6 +49,7 @@ def build_repeat(node: TensorRef, ctx: ExecContext) -> Step | None:
 def build_repeat_back(node: TensorRef, ctx: ExecContext) -> Step | None:
     src = node.src(0)
     _types(node, ("F32",), src, node)
+    dense_rows(node, src)  # ggml asserts nb00 == sizeof(float)
     require(all(want > 0 and have > 0 and have % want == 0 for have, want in zip(src.ne, node.ne, strict=True)), node,
             "{} is not a repeat of {}", src.ne, node.ne)
     # src (n3, e3, n2, e2, n1, e1, n0, e0) -> tiles first, in ggml's loop order (i3, i2, i1, i0)
@@ -121,7 +106,7 @@ def build_pad(node: TensorRef, ctx: ExecContext) -> Step | None:
     src = node.src(0)
     _types(node, ("F32",), src, node)
     left, right, circular = _pad_params(node, src)
-    _contiguous(node, node)
+    contiguous(node, node)
     if node.n_elements == 0:
         return None
     x, out = src.view(), node.view()
@@ -160,7 +145,7 @@ def build_pad_reflect_1d(node: TensorRef, ctx: ExecContext) -> Step | None:
             rule=OP_PARAMS)
     require(node.ne == (n + p.p0 + p.p1,) + src.ne[1:], node, "result must be [{} + {} + {}, ...] as the source",
             p.p0, n, p.p1, rule=OP_PARAMS)
-    _dense_rows(node, src, node)
+    dense_rows(node, src, node)
     if node.n_elements == 0:
         return None
     index = np.concatenate((np.arange(p.p0, 0, -1), np.arange(n), np.arange(n - 2, n - 2 - p.p1, -1)))
@@ -177,7 +162,7 @@ def build_roll(node: TensorRef, ctx: ExecContext) -> Step | None:
     shifts = [p.shift0, p.shift1, p.shift2, p.shift3]
     require(all(abs(s) < n for s, n in zip(shifts, src.ne, strict=True)), node,
             "shifts {} must each be smaller than the extent {}", shifts, src.ne, rule=OP_PARAMS)
-    _dense_rows(node, src, node)
+    dense_rows(node, src, node)
     x, out = src.view(), node.view()
     shifts = tuple(shifts[::-1])
 
@@ -190,7 +175,7 @@ def build_roll(node: TensorRef, ctx: ExecContext) -> Step | None:
 @kernels.kernel("FILL")
 def build_fill(node: TensorRef, ctx: ExecContext) -> Step | None:
     _types(node, ("F32", "F16"), node)
-    _dense_rows(node, node)
+    dense_rows(node, node)
     value = np.float32(node.params().c)
     out = node.view()
     return lambda: out.__setitem__(Ellipsis, value)
@@ -206,7 +191,7 @@ def build_arange(node: TensorRef, ctx: ExecContext) -> Step | None:
     require(bool(np.isfinite(steps)) and steps == node.n_elements, node,
             "start {}, stop {}, step {} give {} values, the result holds {}", start, stop, step, steps,
             node.n_elements, rule=OP_PARAMS)
-    _contiguous(node, node)  # ggml writes value i at data + 4i
+    contiguous(node, node)  # ggml writes value i at data + 4i
     if node.n_elements == 0:
         return None
     out = node.view().reshape(-1)
@@ -219,6 +204,7 @@ def build_arange(node: TensorRef, ctx: ExecContext) -> Step | None:
 def build_diag(node: TensorRef, ctx: ExecContext) -> Step | None:
     src = node.src(0)
     _types(node, ("F32",), src, node)
+    dense_rows(node, src)  # ggml asserts nb00 == sizeof(float)
     n = src.ne[0]
     require(src.ne[1] == 1 and node.ne == (n, n, src.ne[2], src.ne[3]), node,
             "DIAG takes [n, 1, a2, a3] and yields [n, n, a2, a3]")
@@ -238,10 +224,11 @@ def build_diag(node: TensorRef, ctx: ExecContext) -> Step | None:
 def build_tri(node: TensorRef, ctx: ExecContext) -> Step | None:
     src = node.src(0)
     _types(node, ("F32",), src, node)
+    contiguous(node, src)
     same_shape(node, node, src)
     kind = node.params().type
     require(kind in (0, 1, 2, 3), node, "triangle type {} outside [0, 3]", kind, rule=OP_PARAMS)
-    _dense_rows(node, node)
+    dense_rows(node, node)
     i0 = np.arange(src.ne[0])[None, :]
     i1 = np.arange(src.ne[1])[:, None]
     keep = (i0 >= i1, i0 > i1, i0 <= i1, i0 < i1)[kind]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..numerics import ROUNDING, WITH_MINS, block_mins, q8_1_sum_correction
-from ..registry import EXPERT_IDS, ExecContext, Kernels, Step, float_like, in_range, readable, require
+from ..registry import EXPERT_IDS, ExecContext, Kernels, Step, dense_rows, float_like, in_range, readable, require
 from ..tensors import TensorRef
 
 kernels = Kernels()  # this family's kernels (see executor.ops)
@@ -60,6 +60,7 @@ def build_mul_mat(node: TensorRef, ctx: ExecContext) -> Step | None:
     promise what src0 holds; a float32 product of src0 as it is honours all of them."""
     a, b = node.src(0), node.src(1)
     readable(node, a, b)
+    dense_rows(node, b)  # ggml asserts nb10 == the type's size
     require(a.ne[0] == b.ne[0], node, "inner sizes differ ({} vs {})", a.ne[0], b.ne[0])
     r2, r3 = _repeats(node, a, b)
     _result(node, (a.ne[1], b.ne[1], b.ne[2], b.ne[3]), "[src0 rows, src1 rows, src1 ne2, src1 ne3]")
@@ -160,6 +161,9 @@ def build_out_prod(node: TensorRef, ctx: ExecContext) -> Step | None:
     a, b = node.src(0), node.src(1)
     readable(node, a, b)
     float_like(node, b)
+    dense_rows(node, a)
+    require(a.kind.name == "F32" or a.ne[2:] == b.ne[2:], node, "a {} src0 repeats over src1's {}: ggml's CPU "
+            "repeats only an F32 src0", a.kind.name, b.ne)
     require(a.ne[1] == b.ne[1], node, "inner sizes differ ({} vs {})", a.ne[1], b.ne[1])
     r2, r3 = _repeats(node, a, b)
     _result(node, (a.ne[0], b.ne[0], b.ne[2], b.ne[3]), "[src0 ne0, src1 ne0, src1 ne2, src1 ne3]")

@@ -14,7 +14,8 @@ import numpy as np
 
 from ggml_rpc_spec.protocol.ops import spec_for
 
-from ..registry import ExecContext, Kernels, OP_PARAMS, STATE_IDS, Step, in_range, readable, require
+from ..registry import (ExecContext, Kernels, OP_PARAMS, STATE_IDS, Step, in_range, packed, readable,
+                        require)
 from ..tensors import TensorRef
 
 kernels = Kernels()  # this family's kernels (see executor.ops)
@@ -66,6 +67,7 @@ def build_ssm_conv(node: TensorRef, ctx: ExecContext) -> Step:
     """result[s, t, i] = sum_k sx[s, i, t + k] * c[i, k], summed in float in tap order."""
     sx, c = node.src(0), node.src(1)
     _f32(node, sx=sx, c=c)
+    require(sx.nb[0] == 4 and sx.nb[1] == 4 * sx.ne[0], node, "sx rows must be packed (nb {}): ggml asserts it", sx.nb)
     n_conv, n_inner = c.ne[0], c.ne[1]
     n_tokens, n_seqs = node.ne[1], node.ne[2]
     require(n_conv >= 1 and c.ne[2] == c.ne[3] == 1, node, "c must be a [d_conv, d_inner] matrix")
@@ -88,6 +90,12 @@ def build_ssm_conv(node: TensorRef, ctx: ExecContext) -> Step:
 def build_ssm_scan(node: TensorRef, ctx: ExecContext) -> Step:
     s, x, dt, a, b, c, ids = (node.src(i) for i in range(7))
     _f32(node, s=s, x=x, dt=dt, A=a, B=b, C=c)
+    # ggml asserts only nb0 of each, steps by nb over tokens and sequences, and reads within a
+    # token's slice as packed memory (writing the result's states at s's nb3): layouts that
+    # are not packed there are refused rather than guessed
+    for tensor, dims in ((s, 4), (x, 2), (dt, 1), (a, 2), (b, 2), (c, 2)):
+        require(packed(tensor, upto=dims), node, "{!r} must be packed in its first {} dimensions (ne {}, nb {}): "
+                "ggml reads it so", tensor.name, dims, tensor.ne, tensor.nb)
     readable(node, ids)
     require(ids.kind.name == "I32", node, "ids must be I32")
     d_state, head_dim, n_head, n_states = s.ne
@@ -101,8 +109,8 @@ def build_ssm_scan(node: TensorRef, ctx: ExecContext) -> Step:
     require(n_group >= 1 and n_head % n_group == 0, node, "{} groups do not divide {} heads", n_group, n_head)
     require(ids.ne == (n_seqs, 1, 1, 1), node, "ids {} must hold one state id per sequence", ids.ne)
     snapshots = _snapshot_count(node, ctx)
-    require(a.ne[0] == 1 or snapshots == 1, node, "K = {} snapshots need Mamba-2's A [1, n_head], not {}",
-            snapshots, a.ne, rule=OP_PARAMS)
+    require(a.ne[0] == 1 or snapshots == 1, node, "Mamba-1 (A [d_state, heads]) keeps one state, not K = {} "
+            "(ggml asserts it)", snapshots, rule=OP_PARAMS)
     y_size, state_size = x.n_elements, d_state * head_dim * n_head * n_seqs
     require(node.n_elements == y_size + snapshots * state_size, node,
             "K = {} states of {} values after {} outputs do not fit the result of {}",

@@ -12,48 +12,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import ExecContext, Kernels, OP_PARAMS, Step, optional_src, require, same_shape
-from ..tensors import TensorRef, strided_view
+from ..registry import (ExecContext, Kernels, OP_PARAMS, Step, as_ggml_reads, dense_rows, optional_src, require,
+                        same_shape)
+from ..tensors import TensorRef
 
 kernels = Kernels()  # this family's kernels (see executor.ops)
 
 HC_COMB_MAX_ITER = 4096  # DSV4_HC_COMB: n_iter above this is refused (each round is a few NumPy calls)
 
 
-def as_ggml_reads(node: TensorRef, tensor: TensorRef, *, flat: bool = False) -> np.ndarray:
-    """`tensor`'s elements as ggml's CPU reads them: rows of ne0 consecutive elements from
-    each row start (data + i1*nb1 + i2*nb2 + i3*nb3), shape (ne3, ne2, ne1, ne0); with
-    `flat`, row r at data + r*nb1 for r < ne1*ne2*ne3, shape (rows, ne0).  Refused when
-    those bytes would leave the tensor's buffer."""
-    require(tensor.kind.name in ("F32", "F16", "BF16", "I32"), node, "cannot read {} rows", tensor.kind.name)
-    require(tensor.buffer is not None, node, "{!r} has no buffer on this server: nothing to read", tensor.name)
-    size = tensor.dtype.itemsize
-    ne, nb = tensor.ne, tensor.nb
-    if flat:
-        shape, strides = (ne[1] * ne[2] * ne[3], ne[0]), (nb[1], size)
-    else:
-        shape, strides = tensor.shape, (nb[3], nb[2], nb[1], size)
-        if nb[0] == size:
-            return tensor.view()
-    if 0 in shape:
-        return np.zeros(shape, tensor.dtype)  # nothing to read or write
-    start = tensor.data - tensor.buffer.base
-    end = start + size * shape[-1] + sum((n - 1) * s for n, s in zip(shape[:-1], strides[:-1], strict=True))
-    require(0 <= start and end <= min(tensor.buffer.size, len(tensor.buffer.memory)), node,
-            "the rows of {!r} read as ggml reads them (nb0 = element size) leave its buffer", tensor.name)
-    return strided_view(tensor.buffer.memory, tensor.dtype, start, shape, strides)
-
-
 def _types(node: TensorRef, expected: str, *tensors: TensorRef) -> None:
     for tensor in tensors:
         require(tensor.kind.name == expected, node, "{!r} is {}, {} expected", tensor.name, tensor.kind.name, expected)
-
-
-def _dense_rows(node: TensorRef, *tensors: TensorRef) -> None:
-    """ggml asserts nb0 == element size for these tensors (it aborts otherwise)."""
-    for tensor in tensors:
-        require(tensor.nb[0] == tensor.kind.type_size, node, "{!r} must have consecutive elements in its rows "
-                "(nb0 {} != {})", tensor.name, tensor.nb[0], tensor.kind.type_size)
 
 
 def _sequential_f32_sum(values: np.ndarray) -> np.ndarray:
@@ -90,7 +60,7 @@ def build_sum_rows(node: TensorRef, ctx: ExecContext) -> Step:
     if mean:
         values = as_ggml_reads(node, src)
     else:
-        _dense_rows(node, src, node)
+        dense_rows(node, src, node)
         values = src.view()
     count = np.float32(src.ne[0])
     out = node.view()
@@ -150,7 +120,7 @@ def build_cumsum(node: TensorRef, ctx: ExecContext) -> Step:
     src = node.src(0)
     _types(node, "F32", src, node)
     same_shape(node, node, src)
-    _dense_rows(node, src, node)
+    dense_rows(node, src, node)
     x, out = src.view(), node.view()
 
     def run():
@@ -166,7 +136,7 @@ def _sort_rows(node: TensorRef) -> tuple[np.ndarray, np.ndarray]:
     _types(node, "I32", node)
     require(node.ne[1:] == src.ne[1:], node, "result rows must match the source's")
     require(src.ne[0] <= 2**31 - 1, node, "rows longer than INT32_MAX")
-    _dense_rows(node, node)
+    dense_rows(node, node)
     return as_ggml_reads(node, src, flat=True), as_ggml_reads(node, node, flat=True)
 
 

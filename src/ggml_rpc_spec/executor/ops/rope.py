@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ggml_rpc_spec.protocol.ops import spec_for
+
 from ..registry import ExecContext, Kernels, OP_PARAMS, Step, optional_src, require, same_shape
 from ..tensors import TensorRef
 
@@ -115,7 +117,8 @@ def _build(node: TensorRef, ctx: ExecContext, forward: bool) -> Step:
     require(node.kind.name == src.kind.name, node, "result type {} differs from the source's", node.kind.name)
     same_shape(node, node, src)
     p = node.params()
-    n_dims, mode, offs = p.n_dims, p.mode, p.offset
+    n_dims, mode = p.n_dims, p.mode
+    offs = p.offset if spec_for(node.op).param("offset").read_by(ctx.ggml.release) else 0  # 0.3.20 ignores it
     sections = (p.section0, p.section1, p.section2, p.section3)
     ne0 = src.ne[0]
     require(mode in MODES, node, "rope mode {} is not one of normal 0, neox 2, mrope 8, vision 24, imrope 40",

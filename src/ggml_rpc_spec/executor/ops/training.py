@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import ExecContext, Kernels, OP_PARAMS, Step, readable, require, same_shape
+from ggml_rpc_spec.protocol.versions import parse_version
+
+from ..registry import ExecContext, Kernels, OP_PARAMS, Step, contiguous, map_rows, readable, require, same_shape
 from ..tensors import TensorRef
 
 kernels = Kernels()  # this family's kernels (see executor.ops)
@@ -37,12 +39,14 @@ def build_silu_back(node: TensorRef, ctx: ExecContext) -> Step:
     require(dy.kind == x.kind == node.kind, node, "dy, x and the result must share one type")
     _alike(node, dy, x)
 
-    def run():
-        xs = x.read()
+    def silu_back(grad, xs):
         s = F32(1) / (F32(1) + np.exp(-xs))
-        node.write(dy.read() * s * (F32(1) + xs * (F32(1) - s)))
+        return grad * s * (F32(1) + xs * (F32(1) - s))
 
-    return run
+    return map_rows(node, silu_back, dy, x)  # ggml steps from row to row by nb1 alone
+
+
+FUSED_RMS_NORM_BACK = (7, 0, 0)  # 0.3.36's ggml computes dx in one expression, 0.3.20's in vector calls
 
 
 @kernels.kernel("RMS_NORM_BACK")
@@ -53,6 +57,7 @@ def build_rms_norm_back(node: TensorRef, ctx: ExecContext) -> Step:
     _alike(node, dz, x)
     eps = F32(node.params().eps)
     n = F32(x.ne[0])
+    fused = parse_version(ctx.ggml.release) >= FUSED_RMS_NORM_BACK
 
     def run():
         xs, grads = x.read(), dz.read()
@@ -60,7 +65,10 @@ def build_rms_norm_back(node: TensorRef, ctx: ExecContext) -> Step:
         sum_xdz = (xs * grads).sum(axis=-1, keepdims=True, dtype=np.float64)
         rrms = F32(1) / np.sqrt(sum_xx / n + eps)
         scale_x = (-sum_xdz).astype(F32) / (sum_xx + eps * n)
-        node.write((grads + xs * scale_x) * rrms)
+        if fused:  # one expression, which the compiler contracts to fma(x, scale_x, dz)
+            node.write((xs.astype(np.float64) * scale_x + grads).astype(F32) * rrms)
+        else:  # vector calls, each rounding: x * scale_x, + dz, * rrms
+            node.write((xs * scale_x + grads) * rrms)
 
     return run
 
@@ -70,6 +78,7 @@ def build_soft_max_back(node: TensorRef, ctx: ExecContext) -> Step:
     """dx = scale * y * (dy - y . dy), per row."""
     dy, y = node.src(0), node.src(1)
     _types(node, dy=dy, y=y, result=node)
+    contiguous(node, dy, y)
     _alike(node, dy, y)
     p = node.params()
     require(p.max_bias == 0, node, "max_bias {} is not 0 (ggml's CPU takes no ALiBi here)", p.max_bias,

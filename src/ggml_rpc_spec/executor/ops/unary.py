@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..registry import ExecContext, Kernels, Step, float_like, map_values, optional_src, require, same_shape
+from ..registry import ExecContext, Kernels, Step, contiguous, float_like, map_values, optional_src, require, same_shape
 from ..tensors import TensorRef
 
 kernels = Kernels()  # this family's kernels (see executor.ops)
@@ -142,6 +142,7 @@ def _glu_inputs(node: TensorRef) -> Callable:
     `swapped` exchanges the halves)."""
     a, b = node.src(0), optional_src(node, 1)
     float_like(node, a, node)
+    contiguous(node, *(t for t in (a, b) if t is not None), from_dim=1)
     if b is not None:
         float_like(node, b)
         same_shape(node, a, b)
@@ -161,6 +162,8 @@ def _glu_inputs(node: TensorRef) -> Callable:
 
 
 def _swiglu_oai(node: TensorRef):
+    require(node.src(0).kind.name == "F32", node, "SWIGLU_OAI takes F32 only (ggml's CPU aborts on {})",
+            node.src(0).kind.name)
     p = node.params()
     alpha, limit = F32(p.alpha), F32(p.limit)
 

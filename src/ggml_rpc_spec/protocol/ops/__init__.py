@@ -18,18 +18,22 @@ from dataclasses import replace
 from ..ggml import GGML_RELEASES
 from . import (attention, conv, copy, elementwise, layout, matmul, norm, recurrent, reduce, rope, rows, training,
                unary, views)
-from .spec import WORDS, OpSpec, Param, Source, SubOp
+from .spec import WORDS, Draw, OpSpec, Param, Source, SubOp
 
 FAMILIES = (views, copy, layout, elementwise, unary, reduce, norm, matmul, rows, attention, rope, conv, recurrent,
             training)
 
 
 def _catalogue() -> dict[str, OpSpec]:
+    """Every family's specs, each with its family's name and its Draw (a family's DRAWS, kept
+    apart from the specs so that the prose reads on its own)."""
     found: dict[str, OpSpec] = {}
     for family in FAMILIES:
+        draws = getattr(family, "DRAWS", {})
+        assert set(draws) <= {spec.name for spec in family.SPECS}, f"{family.__name__}: a Draw of no op"
         for spec in family.SPECS:
             assert spec.name not in found, f"{spec.name} is declared twice"
-            found[spec.name] = replace(spec, family=family.__name__.rpartition(".")[2])
+            found[spec.name] = replace(spec, family=family.__name__.rpartition(".")[2], draw=draws.get(spec.name))
     return found
 
 
@@ -54,4 +58,4 @@ def since(op: str, sub: str | None = None) -> str | None:
     return None
 
 
-__all__ = ["CATALOGUE", "OpSpec", "Param", "Source", "SubOp", "WORDS", "since", "spec_for"]
+__all__ = ["CATALOGUE", "Draw", "OpSpec", "Param", "Source", "SubOp", "WORDS", "since", "spec_for"]

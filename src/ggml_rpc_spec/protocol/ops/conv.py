@@ -6,7 +6,7 @@ Geometry in ggml order: dimension 0 is the width (x), 1 the height (y), 2 the de
 channels.  An output size follows ggml: (in + 2 p - d (k - 1) - 1) / s + 1, with C's
 truncating division; the result's ne must be that size."""
 
-from .spec import OpSpec, Param, Source
+from .spec import Draw, OpSpec, Param, Source
 
 _POOL = "enum:MAX=0,AVG=1"
 _SCALE_MODE = (
@@ -239,10 +239,88 @@ SPECS = (
             Source("pw", "F32 [w, A, B, heads]"),
             Source("ph", "F32 [w, A, B, heads]"),
         ),
-        params=(Param(0, "inplace", "bool", "the result is a's memory"),),
+        params=(Param(0, "inplace", "bool", "the result is a's memory: ggml adds into it without copying a first",
+                      inert=True),),
         types="F32 (every source and the result)",
         result="as a",
         semantics="a viewed as [w, w, rows]: result[r, i, j] = a[r, i, j] + ph[r, i] + pw[r, j] (SAM's decomposed "
         "relative positions)",
     ),
 )
+
+# Geometry of a drawn convolution: per axis a kernel size, the stride, padding and dilation
+# words, an input long enough for one output, and the output size ggml computes (`on`: 0 for
+# an axis a 1-D op leaves unused, its words 0).
+def _axis(axis: str, kernel: str, size: str, out: str, *, on: str = "1") -> str:
+    return (f"{kernel}=1..3*{on}+1-{on} s{axis}={on}..2*{on} p{axis}=0..{on} d{axis}={on}..2*{on} "
+            f"{size}=max(1,d{axis}*({kernel}-1)+1-2*p{axis})..d{axis}*({kernel}-1)+5 "
+            f"{out}=({size}+2*p{axis}-d{axis}*({kernel}-1)-1)//max(1,s{axis})+1")
+
+
+_2D = f"{_axis('0', 'KW', 'IW', 'OW')} {_axis('1', 'KH', 'IH', 'OH')}"
+_3D = f"{_2D} {_axis('2', 'KD', 'ID', 'OD')}"
+_IM2COL = f"is_2d=0|1 {_axis('0', 'KW', 'IW', 'OW')} {_axis('1', 'KH', 'IH', 'OH', on='is_2d')} IC=1..3 OC=1..2 N=1..2"
+_POOL = ("k0=1..3 k1=1..3 s0=1..2 s1=1..2 p0=0..k0//2 p1=0..k1//2 W=max(1,k0-2*p0)..k0+5 H=max(1,k1-2*p1)..k1+4 "
+         "PW=(W+2*p0-k0)//s0+1 PH=(H+2*p1-k1)//s1+1 C=1..3 N=1..2")
+
+# How to draw a valid node of each op (differential fuzzing; see spec.Draw).  An F16 result of
+# IM2COL takes an F16 kernel with dense rows (0.3.20 asserts both); CONV_TRANSPOSE_2D computes
+# one image (0.3.20 computes batch 0 only).
+DRAWS = {
+    "IM2COL": Draw(
+        f"{_IM2COL} RT=F32|F16 KT=RT|F16",
+        ("[KW, KH if is_2d else IC, IC if is_2d else OC, OC if is_2d else 1] KT rows",
+         "[IW, IH if is_2d else IC, IC if is_2d else N, N if is_2d else 1] F32 rows cont:is_2d"),
+        "[IC*KH*KW, OW, OH if is_2d else N, N if is_2d else 1] RT",
+    ),
+    "IM2COL_BACK": Draw(
+        _IM2COL,
+        ("[IC*KH*KW, OW, OH if is_2d else N, N if is_2d else 1] F32 cont",
+         "[KW, KH if is_2d else IC, IC if is_2d else OC, OC if is_2d else 1] F32"),
+        "[IW, IH if is_2d else IC, IC if is_2d else N, N if is_2d else 1] F32",
+    ),
+    "IM2COL_3D": Draw(
+        f"{_3D} ic=1..2 OC=1..2 N=1..2 RT=F32|F16 KT=RT|F16",
+        ("[KW, KH, KD, ic*OC] KT", "[IW, IH, ID, ic*N] F32 rows"),
+        "[ic*KD*KH*KW, OW, OH, OD*N] RT",
+        nmse=5e-4,
+    ),
+    "COL2IM_1D": Draw("K=1..4 oc=1..3 Tin=1..5 s0=1..3 p0=0..((Tin-1)*s0+K-1)//2", ("[K*oc, Tin] F32 cont",),
+                      "[(Tin-1)*s0+K-2*p0, oc] F32"),
+    "CONV_2D": Draw(f"{_2D} IC=1..3 OC=1..3 N=1..2", ("[KW, KH, IC, OC] F32|F16 cont", "[IW, IH, IC, N] F32"),
+                    "[OW, OH, OC, N] F32", nmse=5e-4),
+    "CONV_3D": Draw(f"{_3D} c=1..2 n=1..2 oc=1..2", ("[KW, KH, KD, c*oc] F32|F16 cont", "[IW, IH, ID, c*n] F32"),
+                    "[OW, OH, OD, oc*n] F32", nmse=5e-4),
+    "CONV_2D_DW": Draw(f"{_2D} C=1..3 N=1..2", ("[KW, KH, 1, C] F32 cont", "[IW, IH, C, N] F32 cont"),
+                       "[OW, OH, C, N] F32", nmse=5e-4),
+    "CONV_TRANSPOSE_1D": Draw("K=1..4 OC=1..3 IC=1..3 L=1..6 s0=1..3", ("[K, OC, IC] F32|F16 cont", "[L, IC] F32 cont"),
+                              "[(L-1)*s0+K, OC] F32"),
+    "CONV_TRANSPOSE_2D": Draw(
+        "KW=1..3 KH=1..3 OC=1..3 IC=1..3 W=1..5 H=1..4 N=1 stride=1..3",
+        ("[KW, KH, OC, IC] F32|F16 cont", "[W, H, IC, N] F32 cont"),
+        "[(W-1)*stride+KW, (H-1)*stride+KH, OC, N] F32",
+        nmse=5e-4,
+    ),
+    "POOL_1D": Draw("k0=1..3 s0=1..2 p0=0..k0//2 A0=max(1,k0-2*p0)..k0+8 A1=1..4 A2=1..2 A3=1..2",
+                    ("[A0, A1, A2, A3] F32|F16 cont",), "[(A0+2*p0-k0)//s0+1, A1, A2, A3] F32"),
+    "POOL_2D": Draw(_POOL, ("[W, H, C, N] F32|F16 cont",), "[PW, PH, C, N] F32"),
+    "POOL_2D_BACK": Draw(_POOL, ("[PW, PH, C, N] F32 cont", "[W, H, C, N] F32 cont"), "[W, H, C, N] F32"),
+    "UPSCALE": Draw(
+        "W=1..6 H=1..6 C=1..3 N=1..2 W2=1..9 H2=1..9 C2=1..4 N2=1..2 mode=0|1|2|256|257|258|513",
+        ("[W, H, C, N] F32",),
+        "[W2, H2, C2, N2] F32",
+    ),
+    "TIMESTEP_EMBEDDING": Draw("T=1..5 D2=1..8 dim=2*D2 max_period=10000|100", ("[T] F32 pos",), "[dim, T] F32",
+                               nmse=5e-4),
+    "WIN_PART": Draw("C=1..4 W=1..8 H=1..8 w=1..4 npx=(W+w-1)//w npy=(H+w-1)//w", ("[C, W, H, 1] F32 cont",),
+                     "[C, w, w, npx*npy] F32"),
+    "WIN_UNPART": Draw("C=1..4 W=1..8 H=1..8 w=1..4", ("[C, w, w, ((W+w-1)//w)*((H+w-1)//w)] F32 cont",),
+                       "[C, W, H, 1] F32"),
+    "GET_REL_POS": Draw("C=1..6 w=1..5", ("[C, 2*w-1] F16|BF16 cont",), "[C, w, w] F16", nmse=0.0),
+    "ADD_REL_POS": Draw(
+        "w=1..4 A=1..3 B=1..3 heads=1..2",
+        ("[w*w, A*B, heads] F32 cont", "[w, A, B, heads] F32 cont", "[w, A, B, heads] F32 cont"),
+        "[w*w, A*B, heads] F32",
+        inplace="inplace",
+    ),
+}

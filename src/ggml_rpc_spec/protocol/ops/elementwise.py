@@ -1,6 +1,6 @@
 """Arithmetic element by element, with ggml's implicit repeat (broadcast) of src1."""
 
-from .spec import OpSpec, Param, Source
+from .spec import Draw, OpSpec, Param, Source
 
 _BINARY = (
     Source("a", "the left operand, shape of the result"),
@@ -81,3 +81,35 @@ SPECS = (
         semantics="result = max(a, 0) + slope * min(a, 0)",
     ),
 )
+
+_DIMS = "A0=1..9 A1=1..6 A2=1..3 A3=1..2"
+_BROADCAST = "B0=1|A0 B1=1|A1 B2=1|A2 B3=1|A3"
+
+
+def _binary(values: str = "") -> Draw:
+    return Draw(f"T=F32|F16 {_DIMS} {_BROADCAST}", ("[A0, A1, A2, A3] T rows", f"[B0, B1, B2, B3] T rows {values}"),
+                "[A0, A1, A2, A3] T")
+
+
+def _unary(types: str = "F32|F16", values: str = "") -> Draw:
+    return Draw(f"T={types} {_DIMS}", (f"[A0, A1, A2, A3] T rows {values}",), "[A0, A1, A2, A3] T")
+
+
+# How to draw a valid node of each op (differential fuzzing; see spec.Draw).
+DRAWS = {
+    "ADD": _binary(),
+    "SUB": _binary(),
+    "MUL": _binary(),
+    "DIV": _binary("pos"),
+    "ADD1": Draw(f"T=F32|F16 {_DIMS}", ("[A0, A1, A2, A3] T rows", "[1, 1, 1, 1] T"), "[A0, A1, A2, A3] T"),
+    "ADD_ID": Draw("N=1..9 E=1..4 U=1..E Tk=1..4", ("[N, U, Tk, 1] F32 rows", "[N, E] F32 rows", "[U, Tk] I32 ids<E"),
+                   "[N, U, Tk, 1] F32"),
+    "SQR": _unary(),
+    "SQRT": _unary(values="pos"),
+    "LOG": _unary(values="pos"),
+    "SIN": _unary(),
+    "COS": _unary(),
+    "SCALE": Draw(f"{_DIMS}", ("[A0, A1, A2, A3] F32 cont",), "[A0, A1, A2, A3] F32"),
+    "CLAMP": Draw(f"T=F32|F16 {_DIMS} min=-1|-0.5 max=0.5|1", ("[A0, A1, A2, A3] T rows",), "[A0, A1, A2, A3] T"),
+    "LEAKY_RELU": _unary("F32"),
+}

@@ -1,7 +1,7 @@
 """Ops that build a tensor from others by position: repeat, concatenate, pad, roll, fill,
 ranges, diagonals and triangles."""
 
-from .spec import OpSpec, Param, Source
+from .spec import Draw, OpSpec, Param, Source
 
 _A = (Source("a", "the values"),)
 _PADS = tuple(
@@ -67,7 +67,7 @@ SPECS = (
     ),
     OpSpec(
         name="FILL",
-        sources=_A,
+        sources=(Source("a", "the tensor filled (its values are not read)", inert=True),),
         params=(Param(0, "c", "f32", "the value"),),
         types="F32, F16 (0.3.20: F32)",
         result="as a",
@@ -102,3 +102,30 @@ SPECS = (
         semantics="a's element (i0, i1) kept where i0 >= i1 (UPPER_DIAG), i0 > i1, i0 <= i1, i0 < i1 (LOWER), else 0",
     ),
 )
+
+_DIMS = "A0=1..9 A1=1..6 A2=1..3 A3=1..2"
+_PAD_VARS = " ".join(f"lp{d}=0..min(2,A{d}) rp{d}=0..min(2,A{d})" for d in range(4))
+
+# How to draw a valid node of each op (differential fuzzing; see spec.Draw).
+DRAWS = {
+    "REPEAT": Draw(f"T=F32|F16|BF16|I32|I16 {_DIMS} R0=1..3 R1=1..3 R2=1..2 R3=1..2", ("[A0, A1, A2, A3] T rows",),
+                   "[A0*R0, A1*R1, A2*R2, A3*R3] T"),
+    "REPEAT_BACK": Draw(f"{_DIMS} R0=1..3 R1=1..3 R2=1..2 R3=1..2", ("[A0*R0, A1*R1, A2*R2, A3*R3] F32 rows",),
+                        "[A0, A1, A2, A3] F32"),
+    "CONCAT": Draw(
+        f"T=F32|F16|I32 {_DIMS} B=1..4",
+        ("[A0, A1, A2, A3] T",
+         "[B if dim==0 else A0, B if dim==1 else A1, B if dim==2 else A2, B if dim==3 else A3] T"),
+        "[A0+B*(dim==0), A1+B*(dim==1), A2+B*(dim==2), A3+B*(dim==3)] T",
+    ),
+    "PAD": Draw(f"{_DIMS} {_PAD_VARS}", ("[A0, A1, A2, A3] F32",),
+                "[A0+lp0+rp0, A1+lp1+rp1, A2+lp2+rp2, A3+lp3+rp3] F32"),
+    "PAD_REFLECT_1D": Draw(f"{_DIMS} p0=0..A0-1 p1=0..A0-1", ("[A0, A1, A2, A3] F32 rows",),
+                           "[A0+p0+p1, A1, A2, A3] F32"),
+    "ROLL": Draw(f"{_DIMS} " + " ".join(f"shift{d}=1-A{d}..A{d}-1" for d in range(4)),
+                 ("[A0, A1, A2, A3] F32 rows",), "[A0, A1, A2, A3] F32"),
+    "FILL": Draw(_DIMS, ("[A0, A1, A2, A3] F32",), "[A0, A1, A2, A3] F32"),
+    "ARANGE": Draw("start=-2|0|1.5 step=0.5|1|3 N=1..9 stop=start+step*(N-0.5)", (), "[N] F32"),
+    "DIAG": Draw("N=1..8 A2=1..3 A3=1..2", ("[N, 1, A2, A3] F32 rows",), "[N, N, A2, A3] F32"),
+    "TRI": Draw("N=1..8 A2=1..3 A3=1..2", ("[N, N, A2, A3] F32 cont",), "[N, N, A2, A3] F32"),
+}

@@ -9,7 +9,7 @@ ggml's CPU backend reads none of them except the hint, and that only outside its
 mode; a float32 product honours every one of them.
 """
 
-from .spec import OpSpec, Param, Source
+from .spec import Draw, OpSpec, Param, Source
 
 PREC = "enum:DEFAULT=0,F32=10,BF16=15,F16=20,Q8=30,Q4=40"
 
@@ -21,15 +21,17 @@ SPECS = (
             Source("b", "activations [K, M, b2, b3]; a2 divides b2 and a3 divides b3"),
         ),
         params=(
-            Param(0, "prec", PREC, "least accumulator precision requested (ggml_prec_set_acc)"),
+            Param(0, "prec", PREC, "least accumulator precision requested (ggml_prec_set_acc)", inert=True),
             Param(
                 1,
                 "hint",
                 "enum:NONE=0,SRC0_IS_HADAMARD=1",
                 "what src0 is promised to be (0.3.36: a Hadamard matrix lets a backend use a fast transform)",
+                inert=True,
             ),
             Param(
-                3, "prec_src1", PREC, "least precision src1 may be rounded to (ggml_prec_set_src(t, p, 1); 0.3.36)"
+                3, "prec_src1", PREC, "least precision src1 may be rounded to (ggml_prec_set_src(t, p, 1); 0.3.36)",
+                inert=True,
             ),
         ),
         types="a any readable type, b F32 (or F16 / BF16), result F32",
@@ -44,9 +46,10 @@ SPECS = (
             Source("ids", "I32 expert ids [U, T] (U used experts per token; B divides U)", index_rule="exec.expert-ids"),
         ),
         params=(
-            Param(0, "prec", PREC, "least accumulator precision requested (ggml_prec_set_acc; 0.3.36)"),
+            Param(0, "prec", PREC, "least accumulator precision requested (ggml_prec_set_acc; 0.3.36)", inert=True),
             Param(
-                3, "prec_src1", PREC, "least precision src1 may be rounded to (ggml_prec_set_src(t, p, 1); 0.3.36)"
+                3, "prec_src1", PREC, "least precision src1 may be rounded to (ggml_prec_set_src(t, p, 1); 0.3.36)",
+                inert=True,
             ),
         ),
         types="as any readable type, b F32 (or F16 / BF16), ids I32, result F32",
@@ -77,3 +80,31 @@ SPECS = (
         "x[i] = (b[i] - sum_{t<i} a[i, t] * x[t]) / a[i, i] in float32 (a zero diagonal gives inf/nan)",
     ),
 )
+
+_WEIGHTS = "W=F32|F16|BF16|Q8_0|Q4_0|Q4_1|Q5_0|Q5_1|Q4_K|Q6_K QB=256*(W[-1]=='K')+32*(W[-1]!='K') KB=1..2 K=QB*KB"
+
+# How to draw a valid node of each op (differential fuzzing; see spec.Draw).  The MUL_MAT hint
+# SRC0_IS_HADAMARD is a promise about src0's values that random weights do not keep: 0 here.
+# OUT_PROD's src0 is F32 or quantized (0.3.20 has no F16 kernel; only F32 repeats over src1).
+DRAWS = {
+    "MUL_MAT": Draw(
+        f"{_WEIGHTS} N=1..8 M=1..6 B2=1..3 R2=1..2 B3=1..2 R3=1..2 hint=0",
+        ("[K, N, B2, B3] W rows", "[K, M, B2*R2, B3*R3] F32 rows"),
+        "[N, M, B2*R2, B3*R3] F32",
+        nmse=5e-4,
+    ),
+    "MUL_MAT_ID": Draw(
+        f"{_WEIGHTS} N=1..8 E=1..4 U=1..E Bu=1|U Tk=1..4",
+        ("[K, N, E, 1] W rows", "[K, Bu, Tk, 1] F32 rows", "[U, Tk] I32 ids<E"),
+        "[N, U, Tk, 1] F32",
+        nmse=5e-4,
+    ),
+    "OUT_PROD": Draw(
+        "T=F32|Q8_0 MB=1..4 M=MB*(2+30*(T=='Q8_0')) K=1..8 N=1..6 A2=1..2 R2=1|1+(T=='F32') A3=1..2 R3=1|1+(T=='F32')",
+        ("[M, K, A2, A3] T rows", "[N, K, A2*R2, A3*R3] F32"),
+        "[M, N, A2*R2, A3*R3] F32",
+        nmse=5e-4,
+    ),
+    "SOLVE_TRI": Draw("N=1..6 K=1..4 B2=1..2 B3=1..2", ("[N, N, B2, B3] F32 cont pos", "[K, N, B2, B3] F32 cont"),
+                      "[K, N, B2, B3] F32"),
+}

@@ -1,6 +1,6 @@
 """Normalisation of rows (and of groups of channels)."""
 
-from .spec import OpSpec, Param, Source
+from .spec import Draw, OpSpec, Param, Source
 
 _EPS = (Param(0, "eps", "f32", "added to the variance (mean square) before the square root", 0),)
 _ROWS = (Source("a", "the rows"),)
@@ -50,3 +50,14 @@ SPECS = (
         "sqrt(variance + eps)",
     ),
 )
+
+_ROW_DRAW = Draw("A0=1..9 A1=1..6 A2=1..3 A3=1..2", ("[A0, A1, A2, A3] F32 rows",), "[A0, A1, A2, A3] F32")
+
+# How to draw a valid node of each op (differential fuzzing; see spec.Draw).
+DRAWS = {
+    "NORM": _ROW_DRAW,
+    "RMS_NORM": _ROW_DRAW,
+    "L2_NORM": _ROW_DRAW,
+    "GROUP_NORM": Draw("W=1..6 H=1..4 C=1..6 N=1..2 n_groups=1..C eps=1e-6|1e-5|0.1", ("[W, H, C, N] F32 cont",),
+                       "[W, H, C, N] F32"),
+}

@@ -9,7 +9,7 @@ result exactly as large as K says (exec.op-params).  Older releases ignore that 
 keep one state.
 """
 
-from .spec import OpSpec, Param, Source
+from .spec import Draw, OpSpec, Param, Source
 
 
 def _snapshots(since: str) -> Param:
@@ -123,3 +123,35 @@ SPECS = (
         "state per head and sequence, then (K > 1) the states 1 .. K-1 tokens back",
     ),
 )
+
+_SEQ = "S=1..4 H=1..3 NS=1..2 TS=1..3 T=NS*TS"
+_STATE_RESULT = "[S*H, T+S*NS] F32"
+
+# How to draw a valid node of each op (differential fuzzing; see spec.Draw).  SSM_SCAN: Mamba-2
+# (A [1, heads]) or Mamba-1 (A [d_state, heads], head_dim 1, one state).  K snapshots at most
+# as many as tokens: the slots further back are left as the result's memory held them.
+# RWKV_WKV7's head size is a multiple of 64: ggml's SIMD kernel steps through a head in
+# GGML_F32_STEP elements (32 or 64) and reads past shorter ones.
+DRAWS = {
+    "SSM_CONV": Draw("DC=1..4 DI=1..6 NT=1..4 NS=1..2", ("[DC-1+NT, DI, NS] F32 cont", "[DC, DI] F32 cont"),
+                     "[DI, NT, NS] F32"),
+    "SSM_SCAN": Draw(
+        "M2=0|1 DS=1..8 HX=1..3 HD=1+M2*(HX-1) NG=1..2 G=1..2 NH=NG*G NT=1..4 NS=1..2 NST=NS..NS+2 K=1..1+M2*(NT-1)",
+        ("[DS, HD, NH, NST] F32 cont", "[HD, NH, NT, NS] F32 cont", "[NH, NT, NS] F32 cont",
+         "[1 if M2 else DS, NH] F32 cont", "[DS, NG, NT, NS] F32 cont", "[DS, NG, NT, NS] F32 cont",
+         "[NS] I32 cont ids<NST distinct"),
+        "[HD*NH*NT*NS+K*DS*HD*NH*NS] F32",
+        nmse=2e-7,
+    ),
+    "RWKV_WKV6": Draw(_SEQ, ("[S, H, T] F32 cont",) * 3 + ("[S, H] F32 cont", "[S, H, T] F32 cont",
+                                                            "[S*S*H, NS] F32 cont"), _STATE_RESULT),
+    "GATED_LINEAR_ATTN": Draw(_SEQ, ("[S, H, T] F32 cont",) * 4 + ("[S*S*H, NS] F32 cont",), _STATE_RESULT),
+    "RWKV_WKV7": Draw(_SEQ.replace("S=1..4", "S=64"), ("[S, H, T] F32 cont",) * 6 + ("[S*S*H, NS] F32 cont",),
+                      _STATE_RESULT, nmse=5e-4),
+    "GATED_DELTA_NET": Draw(
+        "S=1..4 HQ=1..2 G=1..2 H=HQ*G T=1..3 NS=1..2 GS=1|S K=1..T",
+        ("[S, HQ, T, NS] F32 cont", "[S, HQ, T, NS] F32 cont", "[S, H, T, NS] F32 cont", "[GS, H, T, NS] F32 cont",
+         "[1, H, T, NS] F32 cont", "[S, S, H, NS] F32 cont"),
+        "[S*H, T*NS+K*S*NS] F32",
+    ),
+}

@@ -5,7 +5,7 @@ Where ggml's CPU reads a source's rows as contiguous runs of ne0 elements from e
 start whatever its nb0 (SUM, MEAN, ARGMAX, ARGSORT, TOP_K), the semantics say "rows read
 contiguously": that is what the peers compute, and so what the reference computes."""
 
-from .spec import OpSpec, Param, Source
+from .spec import Draw, OpSpec, Param, Source
 
 _A = (Source("a", "the values"),)
 
@@ -122,3 +122,30 @@ SPECS = (
         semantics="result[i, d, t] = x[i, t] * post[d, t] + sum_s residual[i, s, t] * comb[d, s, t]",
     ),
 )
+
+_DIMS = "A0=1..9 A1=1..6 A2=1..3 A3=1..2"
+_HC = "E=1..9 Tk=1..4"
+
+# How to draw a valid node of each op (differential fuzzing; see spec.Draw).  COUNT_EQUAL is
+# drawn 2-D: ggml's CPU (0.3.36) computes the row index of dimensions 2 and 3 wrongly.
+DRAWS = {
+    "SUM": Draw(f"T=F32|F16 {_DIMS}", ("[A0, A1, A2, A3] T rows",), "[1, 1, 1, 1] T"),
+    "SUM_ROWS": Draw(_DIMS, ("[A0, A1, A2, A3] F32 rows",), "[1, A1, A2, A3] F32"),
+    "MEAN": Draw(_DIMS, ("[A0, A1, A2, A3] F32 rows",), "[1, A1, A2, A3] F32"),
+    "ARGMAX": Draw("A0=1..40 A1=1..6", ("[A0, A1] F32 rows",), "[A1] I32", nmse=0.0),
+    "COUNT_EQUAL": Draw("A0=1..9 A1=1..6", ("[A0, A1] I32 cont", "[A0, A1] I32 cont"), "[1, 1, 1, 1] I64", nmse=0.0),
+    "CUMSUM": Draw(_DIMS, ("[A0, A1, A2, A3] F32 rows",), "[A0, A1, A2, A3] F32"),
+    "ARGSORT": Draw(_DIMS, ("[A0, A1, A2, A3] F32 rows",), "[A0, A1, A2, A3] I32", nmse=0.0),
+    "TOP_K": Draw(f"{_DIMS} K=1..A0", ("[A0, A1, A2, A3] F32 rows",), "[K, A1, A2, A3] I32", nmse=0.0, order=False),
+    "DSV4_HC_COMB": Draw("Tk=1..4 S=3..4", ("[24, Tk] F32 cont", "[S] F32 cont", "[24] F32 cont"), "[4, 4, Tk] F32"),
+    "DSV4_HC_PRE": Draw(
+        f"{_HC} gated=0|1",
+        ("[E, 4, Tk] F32 cont", "[E if gated else 4, 4 if gated else Tk, Tk if gated else 1] F32 cont"),
+        "[E, Tk] F32",
+    ),
+    "DSV4_HC_POST": Draw(
+        f"{_HC} comb=0|1",
+        ("[E, Tk] F32 cont", "[E, 4, Tk] F32 cont", "[4, Tk] F32 cont", "[4, 4, Tk] F32 cont absent:not(comb)"),
+        "[E, 4, Tk] F32",
+    ),
+}

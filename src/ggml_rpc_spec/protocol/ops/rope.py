@@ -1,6 +1,6 @@
 """Rotary position embeddings."""
 
-from .spec import OpSpec, Param, Source
+from .spec import Draw, OpSpec, Param, Source
 
 _F = "f32"
 
@@ -49,6 +49,8 @@ _PARAMS = (
         "earlier releases leave the word 0 and ignore it); even, with offset + n_dims <= ne0 (ggml's CPU "
         "asserts both); not for VISION",
         0,
+        since="7.0.0",
+        legacy=0,
     ),
 )
 
@@ -76,3 +78,17 @@ SPECS = (
         semantics="the inverse rotation of ROPE (sin negated): the gradient of ROPE's input from its output's",
     ),
 )
+
+# How to draw a valid node of either op (differential fuzzing; see spec.Draw): M-RoPE modes
+# (8 and up) take four positions per token and sections; VISION turns whole rows, no offset.
+_DRAW = Draw(
+    "T=F32|F16 mode=0|2|8|24|40 P=1..4 D=4*P Hh=1..3 Tk=1..4 MR=int(mode>=8) V=int(mode==24) ND=1..D//2 "
+    "n_dims=(D//2)*V+2*ND*(1-V) OF=0..(D-n_dims)//2 offset=2*OF*(1-V) "
+    "S0=1..P S1=0..P S2=0..P S3=0..P section0=S0*MR section1=S1*MR section2=S2*MR section3=S3*MR "
+    "FF=0|1 freq_base=10000|500000|50 freq_scale=1|0.25 ext_factor=0|1 attn_factor=1|0.7 n_ctx_orig=0|4096 "
+    "beta_fast=32|8 beta_slow=1|2",
+    ("[D, Hh, Tk, 1] T rows", "[Tk*(1+3*MR)] I32 cont ids<4096", "[D, 1, 1, 1] F32 pos absent:not(FF)"),
+    "[D, Hh, Tk, 1] T",
+    nmse=1e-6,
+)
+DRAWS = {"ROPE": _DRAW, "ROPE_BACK": _DRAW}

@@ -30,7 +30,10 @@ class Param:
     them (None: no bound).  `since` is the first protocol version whose ggml reads the word;
     older ones ignore it, whatever it holds (None: every version reads it); `legacy` is the
     value that asks a newer ggml for what the older ones do (a version bridge writes it when
-    the client's ggml left the word unset, and refuses other values towards an older one)."""
+    the client's ggml left the word unset, and refuses other values towards an older one).
+    `inert`: a valid node's result does not depend on the word (a request or promise ggml's
+    CPU ignores, or a flag its addresses already state), so no comparison of results can
+    tell whether a server read it right."""
 
     index: int
     name: str
@@ -40,6 +43,7 @@ class Param:
     high: float | None = None
     since: str | None = None
     legacy: int | None = None
+    inert: bool = False
 
     def __post_init__(self) -> None:
         assert 0 <= self.index < WORDS, self
@@ -82,12 +86,15 @@ class Param:
 class Source:
     """One src[] slot: its role, what it holds, and whether a node may leave it empty.
     `index_rule` names the rule that bounds its values where it holds indices into another
-    source (rows, expert ids, state ids): values a server sees only when it computes."""
+    source (rows, expert ids, state ids): values a server sees only when it computes.
+    `inert`: the op never reads the slot's values (it names the result's own memory, or a
+    tensor whose values are overwritten), so a server that ignores it computes the same."""
 
     role: str
     meaning: str
     optional: bool = False
     index_rule: str = ""
+    inert: bool = False
 
     def __post_init__(self) -> None:
         assert not self.index_rule or self.index_rule in BY_KEY, f"{self.role}: no rule {self.index_rule!r}"
@@ -102,6 +109,44 @@ class SubOp:
     params: tuple[Param, ...] = ()
 
 
+@dataclass(frozen=True)
+class Draw:
+    """How to draw a valid node of the op, for differential fuzzing: the facts about shapes,
+    types and values that the prose of `result` and `types` states, as data a generator reads.
+
+    `vars` is a space-separated list of `NAME=SPEC`, drawn left to right: SPEC is `LO..HI`
+    (integers, bounds included), or choices `A|B|C`; each bound or choice is an expression
+    over the names drawn before it (`sub` is the sub-op's name, for UNARY and GLU).  A NAME
+    that is one of the op's params sets that word (an enum's choices by name); params not
+    named are drawn from their kind and range (Param.low/high).  Names whose choices are
+    ggml types (`T=F32|F16`) are type variables.
+
+    Each of `sources` is `[e0, e1, e2, e3] TYPES FLAGS`: the shape (expressions), the types
+    (`F32|F16`, or a type variable), then flags.  What ggml's CPU asserts about the memory:
+    `cont` (ggml_is_contiguous: no view or permutation), `cont1` (ggml_is_contiguous_1: views
+    with padded rows only), `rows` (nb0 the element size: views with any padding, no
+    permutation).  What the source holds: `ids<EXPR` (I32/I64 values in [0, EXPR)),
+    `distinct` (no id twice in a row; a plain leaf), `pos` (positive values), `mask` (finite
+    biases and -inf, each row's first 0), `absent` (an optional source left empty).
+    `FLAG:EXPR` is FLAG where the expression holds (`absent:not(HM)`, `rows:Q`).
+
+    `result` is `[e0, e1, e2, e3] TYPE`, or `view N` for a result that is source N's memory;
+    `inplace` an expression under which the result is source 0's memory (ggml's *_inplace
+    constructors, which set a word saying so).  `nmse` is the bound of upstream's op test
+    program (max_nmse_err) for the op; `order` False says the order within a result's row is
+    not part of the contract (TOP_K): compared sorted."""
+
+    vars: str = ""
+    sources: tuple[str, ...] = ()
+    result: str = ""
+    nmse: float = 1e-7
+    order: bool = True
+    inplace: str = ""
+
+    def var_specs(self) -> list[tuple[str, str]]:
+        return [tuple(item.split("=", 1)) for item in self.vars.split()]
+
+
 @dataclass(frozen=True, kw_only=True)
 class OpSpec:
     """One ggml op."""
@@ -114,6 +159,7 @@ class OpSpec:
     semantics: str  # one line
     sub_ops: tuple[SubOp, ...] = ()
     computes: bool = True  # False: a view or no-op; the node's memory is its source's
+    draw: Draw | None = None  # how to draw a valid node (differential fuzzing)
     family: str = ""  # the module that declares it, and the executor's module that computes it (set by the catalogue)
 
     def __post_init__(self) -> None:

@@ -1,6 +1,6 @@
 """Gradients, losses and optimizer steps."""
 
-from .spec import OpSpec, Param, Source
+from .spec import Draw, OpSpec, Param, Source
 
 SPECS = (
     OpSpec(
@@ -96,3 +96,26 @@ SPECS = (
         "aborts in every release with a protocol version, but ggml's CPU computes the op",
     ),
 )
+
+_DIMS = "A0=1..9 A1=1..6 A2=1..3 A3=1..2"
+_SAME = ("[A0, A1, A2, A3] F32 rows", "[A0, A1, A2, A3] F32 rows")
+
+# How to draw a valid node of each op (differential fuzzing; see spec.Draw).
+DRAWS = {
+    "SILU_BACK": Draw(f"T=F32|F16 {_DIMS}", ("[A0, A1, A2, A3] T rows", "[A0, A1, A2, A3] T rows"),
+                      "[A0, A1, A2, A3] T"),
+    "RMS_NORM_BACK": Draw(_DIMS, _SAME, "[A0, A1, A2, A3] F32"),
+    "SOFT_MAX_BACK": Draw(_DIMS, ("[A0, A1, A2, A3] F32 cont", "[A0, A1, A2, A3] F32 cont"), "[A0, A1, A2, A3] F32"),
+    "CROSS_ENTROPY_LOSS": Draw("A0=1..9 A1=1..6", ("[A0, A1] F32 cont", "[A0, A1] F32 cont pos"), "[1, 1, 1, 1] F32"),
+    "CROSS_ENTROPY_LOSS_BACK": Draw("A0=1..9 A1=1..6", ("[1] F32", "[A0, A1] F32 cont", "[A0, A1] F32 cont pos"),
+                                    "[A0, A1] F32"),
+    "OPT_STEP_ADAMW": Draw(_DIMS, ("[A0, A1, A2, A3] F32 cont",) * 3 + ("[A0, A1, A2, A3] F32 cont pos",
+                                                                      "[7] F32 cont pos"), "view 0"),
+    "OPT_STEP_SGD": Draw(_DIMS, ("[A0, A1, A2, A3] F32 cont", "[A0, A1, A2, A3] F32 cont", "[2] F32 cont pos"),
+                         "view 0"),
+    "FLASH_ATTN_BACK": Draw(
+        "D=1..8 N=1..4 M=N..N+3 HKV=1..2 G=1..2 H=HKV*G A3=1",
+        ("[D, N, H, A3] F32 cont", "[D, M, HKV, A3] F32 cont", "[M, D, HKV, A3] F32 cont", "[D, N, H, A3] F32 cont"),
+        "[4*ceil(D*N*H*A3/4)+8*ceil(D*M*HKV*A3/4)] F32",
+    ),
+}

@@ -1,6 +1,6 @@
 """Activation functions (UNARY, by sub-op) and gated linear units (GLU, by sub-op)."""
 
-from .spec import OpSpec, Param, Source, SubOp
+from .spec import Draw, OpSpec, Param, Source, SubOp
 
 _UNARY_SUBS = (
     SubOp("ABS", "|x|"),
@@ -79,3 +79,15 @@ SPECS = (
         sub_ops=_GLU_SUBS,
     ),
 )
+
+# How to draw a valid node of each op (differential fuzzing; see spec.Draw).  GLU: the split
+# form (b given) or the fused one (x and g side by side in each row of a); SWIGLU_OAI is F32
+# only on ggml's CPU.
+DRAWS = {
+    "UNARY": Draw("T=F32|F16 A0=1..9 A1=1..6 A2=1..3 A3=1..2", ("[A0, A1, A2, A3] T cont1",), "[A0, A1, A2, A3] T"),
+    "GLU": Draw(
+        "T=F32|('F32'if(sub=='SWIGLU_OAI')else'F16') H=1..8 A1=1..6 A2=1..3 A3=1..2 split=0|1",
+        ("[H if split else 2*H, A1, A2, A3] T cont1", "[H, A1, A2, A3] T cont1 absent:not(split)"),
+        "[H, A1, A2, A3] T",
+    ),
+}
