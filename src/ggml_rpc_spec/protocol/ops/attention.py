@@ -105,7 +105,7 @@ DRAWS = {
     "DIAG_MASK_ZERO": Draw(_ROWS, ("[A0, A1, A2, A3] F32 cont",), "[A0, A1, A2, A3] F32"),
     "FLASH_ATTN_EXT": Draw(
         "T=F16|F32 D=32|64 DV=D NQ=1..5 NKV=1..9 HKV=1..2 G=1..2 H=HKV*G HM=0|1 HS=0|1 max_bias=0|8*HM "
-        "logit_softcap=0|30 n_kv_max=0|NKV",
+        "logit_softcap=0|30 n_kv_max=0|NKV prec=DEFAULT|F32",
         ("[D, NQ, H, 1] F32 rows", "[D, NKV, HKV, 1] T rows", "[DV, NKV, HKV, 1] T rows",
          "[NKV, NQ, 1, 1] F16 mask absent:not(HM)", "[H] F32 absent:not(HS)"),
         "[DV, H, NQ, 1] F32",
