@@ -2,7 +2,7 @@
 a mixture of experts and a recurrent (Mamba) model.
 
 Teacher-forced: the same text goes through llama.cpp on its own CPU and through our server,
-and the logits of every position are compared (llama_logits.py states the bar).
+and the logits of every position are compared (upstream_peers/logits.py states the bar).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from conftest import CI_RELEASES, require_peer
 from ggml_rpc_spec.protocol import profile_for
 from ggml_rpc_spec.upstream_peers.llama_run import run_llama
-from llama_logits import TEXT, assert_within_bounds
+from ggml_rpc_spec.upstream_peers.logits import TEXT, assert_within_bounds
 
 pytestmark = pytest.mark.upstream
 
