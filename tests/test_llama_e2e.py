@@ -2,7 +2,7 @@
 a mixture of experts and a recurrent (Mamba) model.
 
 Teacher-forced: the same text goes through llama.cpp on its own CPU and through our server,
-and the logits of every position are compared (llama_logits.py states the bar).
+and the logits of every position are compared (upstream_peers/logits.py states the bar).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from conftest import CI_RELEASES, require_peer
 from ggml_rpc_spec.protocol import profile_for
 from ggml_rpc_spec.upstream_peers.llama_run import run_llama
-from llama_logits import TEXT, TOLERANCE, assert_within_bounds, compare
+from ggml_rpc_spec.upstream_peers.logits import TEXT, TOLERANCE, assert_within_bounds, compare
 
 pytestmark = pytest.mark.upstream
 
@@ -94,7 +94,7 @@ def test_the_default_numerics_are_the_closest(tmp_path):
     """SPEC §8.4: the server's default numerics are the mode closest to what the real 7.0.0
     client's own CPU computes, on the model where the modes differ most (a mixture of experts
     with Q8_0 weights, seed 7 as `python -m bench.numerics` measures it): within the bar of
-    llama_logits.py there, and plain float32 is not."""
+    upstream_peers/logits.py there, and plain float32 is not."""
     from gguf.constants import GGMLQuantizationType as Q
 
     from bench.numerics import TEXT as BENCH_TEXT

@@ -18,8 +18,8 @@ from conftest import require_peer
 from ggml_rpc_spec.protocol import profile_for
 from ggml_rpc_spec.upstream_peers.client import run_client
 from ggml_rpc_spec.upstream_peers.llama_run import run_llama
+from ggml_rpc_spec.upstream_peers.logits import TEXT, assert_within_bounds
 from ggml_rpc_spec.upstream_peers.server import UpstreamServer, comm_safe_port
-from llama_logits import TEXT, assert_within_bounds
 
 pytestmark = pytest.mark.upstream
 

@@ -271,9 +271,9 @@ class ThreadedTCPService:
                 continue
             thread = threading.Thread(target=self._run, args=(number, name, sock), name=f"{self.kind}-{number}",
                                       daemon=True)
-            with self._lock:
+            with self._lock:  # started under the lock: shutdown() joins only started threads
                 self._threads.add(thread)
-            thread.start()
+                thread.start()
 
     def _victim(self) -> Activity | None:
         """The open connection quiet for longest (stalled frames before idle connections), if

@@ -21,6 +21,10 @@ can fail without a line of its own (when the server refuses ALLOC_BUFFER the pro
 "failed to allocate tensors [...] " with no newline, in front of the next line).  The case
 lines, the totals, the failing list and the exit status must agree; a missing summary, an
 unknown line or any disagreement fails the op with the reason (see `ProgramOutput.problems`).
+
+`Judge.perf_op` runs the program's `perf` mode (its own list of large, real-world cases)
+through a GraphMeter, which times every graph as the server computes it: the program's own
+figures time only the sending of requests (see graph_meter).
 """
 
 from __future__ import annotations
@@ -29,14 +33,20 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ggml_rpc_spec.protocol.versions import profile_for
+
 from .build import DEVICE, PROGRAM, TARGET_VARIABLE, JudgeError, PeerNotBuilt, ensure_program
 from .catalog import CI_PEERS, Peer, peer_for
+from .graph_meter import GraphMeter
 
 # A finished case: "  OP(vars): OK|FAIL|not supported [...]", preceded on the same line by what
 # the comparison printed while it ran ("[OP] ERR = 0.5 > 1e-07 ", "[OP] NaN at index 3 ...").
@@ -51,6 +61,8 @@ FUSED_SUFFIX = re.compile(r'op_desc\(ggml_tensor \* t\) override \{[^}]*?ggml_un
 DEFAULT_PEER = [release for release in CI_PEERS if peer_for(release).dist.sdist][-1]
 
 CASE_LINE = re.compile(r"^(?P<said>.*?)  (?P<op>[A-Z][A-Z0-9_]*)\((?P<vars>[^()]*)\): (?P<rest>.*)$")
+# a case of perf mode: "  OP(vars):   <padding>  N runs - T us/run - ...", or "  OP(vars): not supported"
+PERF_LINE = re.compile(r"^  (?P<name>[A-Z][A-Z0-9_]*\(.*\)): +(?:(?P<runs>\d+) runs - +[0-9.]+ us/run|not supported)")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # A case that failed before it could print its line: the message has no newline, so it stands
 # in front of whatever the program prints next (the next case's line, or the totals).
@@ -67,7 +79,6 @@ def fused_names(source: str, peer: Peer) -> list[str]:
     """Names of the program's fused-graph cases (see FUSED_NAME); a name may turn out to have
     no cases in test mode (it is then left out of the results)."""
     from ggml_rpc_spec.protocol.ggml import GGML_RELEASES
-    from ggml_rpc_spec.protocol.versions import profile_for
 
     unary = GGML_RELEASES[profile_for(peer.protocol).ggml_release].unary_ops
     names = {name for body in FUSED_BODY.findall(source) if "return" in body for name in FUSED_NAME.findall(body)}
@@ -106,6 +117,25 @@ class OpResult:
     @property
     def first_problem(self) -> CaseResult | None:
         return next((c for c in self.cases if c.verdict in ("failed", "refused")), None)
+
+
+@dataclass
+class PerfCase:
+    name: str  # OP(vars), as the program prints it
+    us_per_run: float | None = None  # the server's time per run of the op (None: not measured)
+    runs: int = 0  # runs of the op per timed graph
+    detail: str = ""  # why it was not measured
+
+
+@dataclass
+class PerfResult:
+    op: str
+    cases: list[PerfCase] = field(default_factory=list)
+    error: str = ""  # the program died with no list of cases to resume from, or failed on its own
+
+    @property
+    def missing(self) -> list[PerfCase]:
+        return [case for case in self.cases if case.us_per_run is None]
 
 
 class Judge:
@@ -188,6 +218,89 @@ class Judge:
             result.problems.append(f"gave up after {restarts} refusals")
         result.seconds = time.monotonic() - started
         return result
+
+    def perf_op(self, op: str, *, only: list[str] | None = None, limit: int = 0, budget: float = 1.0) -> PerfResult:
+        """Time the perf-mode cases of `op` (or those named in `only`, in the program's order;
+        with `limit`, the first `limit` only), each graph timed as the server computes it for
+        `budget` seconds.  A named case that does not report is missing; a program that dies
+        resumes after the case it was running, named by `only`."""
+        result = PerfResult(op)
+        remaining = list(only) if only is not None else None
+        while True:
+            cases, finished, why = self._perf_run(op if remaining is None else ",".join(remaining), limit, budget)
+            result.cases += cases
+            if finished:
+                break
+            if remaining is None:
+                last = cases[-1].name if cases else "the start"
+                result.error = f"the program died after {last}: {why}"
+                break
+            done = {case.name for case in result.cases}
+            remaining = [name for name in remaining if name not in done]
+            if not remaining:
+                break
+            result.cases.append(PerfCase(remaining.pop(0), detail=f"the program died running it: {why}"))
+            if not remaining:
+                break
+        reported = {case.name for case in result.cases}
+        result.cases += [PerfCase(name, detail="not reported by the program") for name in only or ()
+                         if name not in reported]
+        return result
+
+    def _perf_run(self, filter_: str, limit: int, budget: float) -> tuple[list[PerfCase], bool, str]:
+        """One run of the program's perf mode through a GraphMeter: the cases it reported, each
+        with the meter's timing of its graph (paired in order), whether the program finished
+        (or reached `limit`), and else why it did not."""
+        lines: list[tuple[str, int | None]] = []  # (name, the program's count of runs; None: not supported)
+        expired = threading.Event()
+        with GraphMeter(self.target, profile_for(self.peer.protocol), budget=budget) as meter, \
+                tempfile.TemporaryFile("w+") as errors:
+            env = dict(os.environ, **{TARGET_VARIABLE: meter.endpoint}, GGML_NO_BACKTRACE="1")
+            # line-buffered, so that each case is seen when it finishes (the program flushes only
+            # the start of its lines)
+            unbuffered = ["stdbuf", "-oL"] if shutil.which("stdbuf") else []
+            proc = subprocess.Popen([*unbuffered, str(self.binary), "perf", "-b", DEVICE, "-o", filter_], env=env,
+                                    text=True, errors="replace", stdout=subprocess.PIPE, stderr=errors)
+            timer = threading.Timer(self.timeout or 0, lambda: (expired.set(), proc.kill()))
+            if self.timeout:
+                timer.start()
+            output = []
+            for raw in proc.stdout:
+                output.append(line := ANSI.sub("", raw))
+                match = PERF_LINE.match(line)
+                if match:
+                    lines.append((match["name"], int(match["runs"]) if match["runs"] else None))
+                    if len(lines) == limit:
+                        meter.wait_past(limit)  # its last case timed, nothing more is needed
+                        meter.finish()
+                        proc.kill()
+                        break
+            proc.wait()
+            timer.cancel()
+            meter.wait_done(timeout=600)
+            errors.seek(0)
+            run = subprocess.CompletedProcess(proc.args, proc.returncode, "".join(output), errors.read())
+        stopped = bool(limit) and len(lines) == limit
+        finished = stopped or (run.returncode == 0 and _perf_completed(run.stdout))
+        why = "" if finished else f"timed out after {self.timeout:.0f}s" if expired.is_set() else _abort_message(run)
+        timed = [name for name, runs in lines if runs is not None]
+        # a case whose graph was under way when the program stopped or died has no line
+        extra = len(meter.cases) - len(timed)
+        if extra < 0 or (extra and finished and not stopped):
+            why = why or f"the program reported {len(timed)} timed cases, the meter saw {len(meter.cases)} graphs"
+            return [PerfCase(name, detail=why) for name, _ in lines], finished, why
+        timings = iter(meter.cases)
+        cases = []
+        for name, runs in lines:
+            timing = next(timings) if runs is not None else None
+            if timing is None:
+                cases.append(PerfCase(name, detail="not supported"))
+            elif timing.us_per_run is None or runs % timing.runs:
+                cases.append(PerfCase(name, detail=f"the program counted {runs} runs, the meter {timing.runs} per "
+                                                   f"graph and {timing.repeats} timed repeats"))
+            else:
+                cases.append(PerfCase(name, timing.us_per_run, timing.runs))
+        return cases, finished, why
 
 
 @dataclass
@@ -282,6 +395,12 @@ def _case(line: str) -> CaseResult | None:
 
 def _status(code: int | None) -> str:
     return "timed out" if code is None else f"signal {-code}" if code < 0 else f"exit status {code}"
+
+
+def _perf_completed(stdout: str) -> bool:
+    """Perf mode's own end: every backend's status and the overall count."""
+    match = re.search(r"^(\d+)/(\d+) backends passed$", stdout, re.MULTILINE)
+    return match is not None and match[1] == match[2]
 
 
 def _abort_message(run: subprocess.CompletedProcess) -> str:

@@ -100,10 +100,12 @@ class UpstreamServer:
     `port`: where more than the server's own port matters, see COMM_PORT_OFFSET)."""
 
     def __init__(self, peer: Peer | str, *, cache_dir: str | None = None, devices: int = 1,
-                 host: str = "127.0.0.1", port: int = 0, start_timeout: float = 60.0) -> None:
+                 host: str = "127.0.0.1", port: int = 0, threads: int = DEFAULT_THREADS,
+                 start_timeout: float = 60.0) -> None:
         self.peer = peer_for(peer) if isinstance(peer, str) else peer
         self.cache_dir = cache_dir
         self.devices = devices
+        self.threads = threads
         self.host = host
         self.listen_port = port
         self.start_timeout = start_timeout
@@ -125,7 +127,7 @@ class UpstreamServer:
         # this project's interpreter, started so that it can load the peer's libraries
         cmd = [*python_command(self.peer, sys.executable), "-m", "ggml_rpc_spec.upstream_peers.server",
                "--peer", self.peer.release, "--host", self.host, "--port", str(self.listen_port),
-               "--devices", str(self.devices)]
+               "--devices", str(self.devices), "--threads", str(self.threads)]
         if self.cache_dir:
             cmd += ["--cache", self.cache_dir]
         return cmd
