@@ -10,6 +10,8 @@ figure with the ratio and the target it is held to:
   bench/wire.py     small-call round trip, SET_TENSOR / GET_TENSOR 64 MiB, GRAPH_COMPUTE of
                     2000 nodes, the same calls through ggml-rpc-guard and through the version
                     bridge against the upstream server straight, our client vs upstream's
+  bench/decode.py   SmolLM2-135M's decode graph as the real client sends it, new to the
+                    server: GRAPH_COMPUTE time                          target <= 2
   SmolLM2-135M decode, the real llama.cpp client of the release, every layer on one server:
                     ratio of tokens/s                                   target >= 0.6
   with an 8.0.0 release (0.11739), also:
@@ -30,7 +32,7 @@ import sys
 from ggml_rpc_spec.protocol import Command, profile_for
 from ggml_rpc_spec.upstream_peers import ensure_built, peer_for
 
-from bench import link, ops, servers, wire
+from bench import decode, link, ops, servers, wire
 from bench.measure import AT_LEAST, HEADER, row
 
 DECODE_TOKENS = 32
@@ -73,6 +75,9 @@ def release_rows(peer, args) -> list[str]:
     with servers.reference(profile.name) as ours, servers.upstream(peer) as theirs:
         log(f"protocol {profile.name}: reference server {ours} vs upstream {peer.release} at {theirs}")
         out = wire.rows(peer, profile, ours, theirs, args.repeat, log=log)
+        if not args.skip_llama:
+            log("SmolLM2's decode graph, new to the server")
+            out += decode.rows(peer, ours, theirs, 4 * args.repeat)
         if not args.skip_ops and peer.dist.sdist:  # the program is built from the release's sources
             log("op throughput (test-backend-ops perf)")
             named = args.ops.split(",") if args.ops else None
