@@ -123,6 +123,21 @@ def test_acc_into_a_gapped_destination_is_refused(reference_server, proto):
         assert_closed_and_still_serving(rpc, server)
 
 
+@pytest.mark.parametrize("op", ["DIAG_MASK_INF", "DIAG_MASK_ZERO"])
+def test_diag_mask_with_a_zero_element_stride_is_refused(reference_server, op):
+    """ggml's CPU asserts nb0 == 4 on both tensors of DIAG_MASK even when ne0 is 1, where
+    contiguity does not look at nb0: the real 3.6.1 server aborted on this 1-element node
+    (in place, result nb all 0), so a guard in front of it must refuse it."""
+    server = reference_server("3.6.1")
+    with RPCClient(server.endpoint, proto=server.profile) as rpc:
+        g = GraphBuilder(rpc.profile, rpc.alloc_buffer(1 << 16))
+        a = g.new("F32", [1])
+        node = g.new("F32", [1], op=op, srcs=[a], data=a.data, nb=[0, 0, 0, 0])
+        g.upload(rpc)
+        rpc.graph_compute(g.graph([node]))
+        assert_closed_and_still_serving(rpc, server)
+
+
 @pytest.mark.parametrize("op,types", [("ADD", ("F16", "F16", "F32")), ("MUL", ("F32", "F16", "F32")),
                                       ("SUB", ("Q8_0", "F32", "F32")), ("NORM", ("F16", None, "F32")),
                                       ("RMS_NORM", ("F32", None, "F16"))])

@@ -158,7 +158,8 @@ def build_diag_mask(node: TensorRef, ctx: ExecContext) -> Step:
     """Element (i0, i1) of every matrix becomes -inf (or 0) where i0 > n_past + i1."""
     src = node.src(0)
     require(src.kind.name == "F32" and node.kind.name == "F32", node, "{} works on F32 only", node.op)
-    contiguous(node, src, node)
+    contiguous(node, src, node)  # ggml copies src into the result as one block
+    dense_rows(node, src, node)  # and asserts nb0 == 4 for both, even where ne0 == 1 (contiguity ignores nb0 then)
     same_shape(node, node, src)
     n_past = node.params().n_past
     require(n_past >= 0, node, "n_past {} < 0", n_past, rule=OP_PARAMS)
