@@ -102,7 +102,9 @@ class Relocator:
 
     def graph(self, graph: Graph) -> Graph:
         tensors = graph.tensors.copy()
-        handles = tensors["buffer"]
+        # rows are chosen by the recorded handles, never by those already rewritten: a new
+        # handle may equal another buffer's old one (servers hand out handles alike)
+        handles = graph.tensors["buffer"]
         for old in distinct(handles):
             if not old:
                 continue
