@@ -190,6 +190,42 @@ def test_streamed_data_replies():
     assert [e.end for e in events if isinstance(e, Data)][-1] is True
 
 
+def test_a_streamed_reply_tail_passed_on_outside_the_parser():
+    """stream_pending/stream_passed: a shell that splices a data tail from socket to socket
+    tells the parser how many bytes went by; the tail's end is an empty Data event, and the
+    next frame parses as if the parser had seen every byte."""
+    data = bytes(range(256)) * 10
+    parser = ReplyParser(V70, stream_data=True)
+    parser.expect(Command.GET_TENSOR, size=len(data))
+    parser.expect(Command.GET_ALIGNMENT)
+    raw = G.reply(data) + G.reply(struct.pack("<Q", 32))
+    parser.receive_data(raw[:8 + 100])  # the size and the tail's first 100 bytes
+    assert [len(e.data) if isinstance(e, Data) else e.data_size for e in drain(parser)] == [len(data), 100]
+    assert parser.stream_pending() == len(data) - 100
+    with pytest.raises(ValueError, match="may be"):
+        parser.stream_passed(len(data))
+    parser.stream_passed(1000)
+    assert drain(parser) == [] and parser.stream_pending() == len(data) - 1100
+    parser.stream_passed(len(data) - 1100)
+    (end,) = drain(parser)
+    assert isinstance(end, Data) and end.end and len(end.data) == 0 and parser.stream_pending() == 0
+    parser.receive_data(raw[8 + len(data):])
+    (alignment,) = drain(parser)
+    assert alignment.command is Command.GET_ALIGNMENT and alignment.body.alignment == 32
+
+
+def test_a_streamed_tail_is_not_passed_on_while_received_bytes_wait():
+    """Bytes already received belong to the parser: stream_pending is 0 until they are given out."""
+    data = bytes(300)
+    parser = ReplyParser(V70, stream_data=True)
+    parser.expect(Command.GET_TENSOR, size=len(data))
+    parser.receive_data(G.reply(data)[:108])
+    assert parser.next_event().data_size == len(data)
+    assert parser.stream_pending() == 0  # 100 bytes of the tail not yet given out as events
+    assert len(parser.next_event().data) == 100
+    assert parser.stream_pending() == 200
+
+
 def test_a_streamed_request_can_be_sent_head_first():
     body = {"tensor": TENSOR, "offset": 0}
     head = b"".join(bytes(p) for p in encode_request(V36, Command.SET_TENSOR, body, data_size=100))

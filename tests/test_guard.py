@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import tracemalloc
 import urllib.request
 
@@ -15,7 +16,9 @@ import pytest
 from conftest import require_peer
 from ggml_rpc_spec.client import RPCClient, ServerClosed, parse_endpoint
 from ggml_rpc_spec.client.graphs import GraphBuilder
-from ggml_rpc_spec.netio import Networks
+from ggml_rpc_spec.netio import FramePace, Networks, Splicer
+from ggml_rpc_spec.protocol import Command
+from ggml_rpc_spec.protocol.framing import encode_request
 from ggml_rpc_spec.relay.cli import _serve_metrics
 from ggml_rpc_spec.relay.guard import UNENFORCEABLE, GuardSettings, enforced_rules
 from ggml_rpc_spec.relay.relay import Relay
@@ -106,9 +109,14 @@ def test_two_dimensional_transfers_pass_through_between_8_0_0_peers(reference_se
     assert server.rejections == 0
 
 
-def test_bulk_data_passes_through_without_being_stored(guarded):
-    """64 MiB up and down through the guard: its memory grows by a piece, not by the data."""
-    guard, server = guarded()
+@pytest.mark.parametrize("splice", [True, False], ids=["kernel", "python"])
+def test_bulk_data_passes_through_without_being_stored(guarded, splice, monkeypatch):
+    """64 MiB up and down through the guard: its memory grows by a piece, not by the data.
+    Both tails go through the kernel (os.splice) unless the relay is told not to."""
+    moved: list[int] = []
+    move = Splicer.move
+    monkeypatch.setattr(Splicer, "move", lambda self, *args: moved.append(move(self, *args)) or moved[-1])
+    guard, server = guarded(splice=splice)
     size = 64 << 20
     data = np.random.default_rng(1).integers(-128, 127, size, dtype=np.int8)
     with RPCClient(guard.endpoint) as rpc:
@@ -124,6 +132,23 @@ def test_bulk_data_passes_through_without_being_stored(guarded):
             tracemalloc.stop()
     assert bytes(into) == data.tobytes()
     assert peak < 8 << 20, f"the guard held {peak} bytes at once"
+    # all but what arrived in one receive with the heads
+    assert 2 * size - (1 << 20) < sum(moved) <= 2 * size if splice else not moved
+
+
+def test_a_data_tail_stalled_inside_the_kernel_path_is_closed_by_the_pace(guarded):
+    """A SET_TENSOR whose data stops coming holds the guard's connection no longer than the
+    frame pace allows, spliced or not."""
+    guard, server = guarded(pace=FramePace(gap=30, min_rate=1000, grace=0.2))
+    with RPCClient(guard.endpoint, timeout=10) as rpc:
+        buf = rpc.alloc_buffer(1 << 20)
+        tensor = rpc.tensor_for(buf, 0, shape=(1 << 20,), type="I8")
+        body = {"tensor": tensor, "offset": 0, "cache_flag": 0}  # 7.0.0's SET_TENSOR has the flag
+        head = b"".join(bytes(p) for p in encode_request(rpc.profile, Command.SET_TENSOR, body, data_size=1 << 20))
+        rpc.sock.sendall(head + bytes(1000))  # the head and 1000 bytes of the data, then nothing
+        started = time.monotonic()
+        assert rpc.sock.recv(1) == b""
+        assert time.monotonic() - started < 5
 
 
 def test_links_are_held_to_the_policy(guarded):

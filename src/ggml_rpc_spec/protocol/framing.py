@@ -237,6 +237,24 @@ class _FrameParser:
         else:
             self._end += nbytes
 
+    def stream_pending(self) -> int:
+        """Bytes of the current streamed data tail still to come that the shell may pass on
+        without showing them to the parser (stream_passed): 0 unless a tail is streaming and
+        every byte received so far has been given out as events."""
+        if self._stream is None or self._start != self._end:
+            return 0
+        return self._stream.left
+
+    def stream_passed(self, nbytes: int) -> None:
+        """`nbytes` of the streamed tail went from peer to peer outside the parser (a kernel
+        splice); the tail's last byte ends it with an empty Data event, as a receive would."""
+        if not 0 < nbytes <= self.stream_pending():
+            raise ValueError(f"{nbytes} bytes passed on, but {self.stream_pending()} of the data tail may be")
+        stream = self._stream
+        stream.left -= nbytes
+        if not stream.left:
+            self._stream_piece(memoryview(b""))
+
     def receive_data(self, data) -> None:
         """Feed bytes of any length (b"" is not end-of-stream; the shell reports EOF)."""
         data = memoryview(data).cast("B")

@@ -257,6 +257,18 @@ class _DataRoute:
                 self.segments[0] = (head, left - n)
         return out
 
+    def untouched(self, nbytes: int) -> bool:
+        """Whether the next `nbytes` go on as they are, no head between them."""
+        return bool(self.segments) and not self.segments[0][0] and self.segments[0][1] >= nbytes
+
+    def passed(self, nbytes: int) -> None:
+        """`nbytes` went on as they are (`untouched`), outside `route`."""
+        head, left = self.segments[0]
+        if left == nbytes:
+            self.segments.popleft()
+        else:
+            self.segments[0] = (head, left - nbytes)
+
 
 class BridgeConnection:
     """One client connection through the bridge.
@@ -364,6 +376,15 @@ class BridgeConnection:
         if piece.end:
             self._route = None
         return parts
+
+    def data_untouched(self, nbytes: int) -> bool:
+        """Whether the next `nbytes` of the current request's streamed data go to the server
+        exactly as the client sent them, so that a shell may pass them on without showing
+        them to `data` (then it calls `data_passed`)."""
+        return self._route is not None and self._route.untouched(nbytes)
+
+    def data_passed(self, nbytes: int) -> None:
+        self._route.passed(nbytes)
 
     def _on_free_buffer(self, req: Request) -> list[ToServer]:
         self._held.clear()  # the server discards the graphs that reach the buffer: send them again when named
@@ -499,6 +520,12 @@ class BridgeConnection:
             if slot is not None:
                 slot.streaming = False
         return [] if slot is None else [piece.data]
+
+    def reply_data_untouched(self) -> bool:
+        """Whether the current streamed reply's data go to the client exactly as the server
+        sends them (a shell may then pass them on without `reply_data`, whose end piece it
+        still gives)."""
+        return self._reply_route is not None
 
     def _slot(self, parts: list | None = None, *, pending: int = 0, size: int = 0) -> _Slot:
         slot = _Slot(parts, pending, size)

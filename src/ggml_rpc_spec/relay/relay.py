@@ -24,8 +24,8 @@ from pathlib import Path
 from construct import Container
 
 from ggml_rpc_spec.client.rpc import RPCClient, ServerClosed
-from ggml_rpc_spec.netio import (DEFAULT_POLL, FramePace, FrameStalled, Networks, ThreadedTCPService, receive_into,
-                                 receive_paced, send_all)
+from ggml_rpc_spec.netio import (DEFAULT_POLL, FramePace, FrameStalled, Networks, Splicer, ThreadedTCPService,
+                                 receive_into, receive_paced, send_all, splice_paced)
 from ggml_rpc_spec.protocol import CLOSED, NEED_DATA, Command, ReplyParser, RequestParser
 from ggml_rpc_spec.protocol.errors import ProtocolError, RemoteProtocolError
 from ggml_rpc_spec.protocol.framing import Data, Request, encode_reply, encode_request, hello_shapes
@@ -47,6 +47,8 @@ class Relay(ThreadedTCPService):
                        server's own (a guard or a plain relay)
     guard           -- check every request before forwarding it (None: no checks)
     links           -- where a declined rank 1 may release a waiting rank 0 (see BridgeConnection)
+    splice          -- pass data tails that need no change on inside the kernel (os.splice, Linux);
+                       False: through Python, as the recorder always does
     """
 
     kind = "relay"
@@ -55,8 +57,9 @@ class Relay(ThreadedTCPService):
                  client_profiles: tuple[Profile, ...] | None = None, guard: GuardSettings | None = None,
                  record: Path | None = None, links: LinkPolicy | None = None, max_payload: int = 1 << 40,
                  max_connections: int = 64, allow: Networks | None = None, pace: FramePace | None = None,
-                 timeout: float = 300.0) -> None:
+                 timeout: float = 300.0, splice: bool = True) -> None:
         self.upstream = upstream
+        self.splice = splice
         self.client_profiles = client_profiles
         if client_profiles:
             hello_shapes(client_profiles)  # one per HELLO shape
@@ -85,8 +88,10 @@ class Relay(ThreadedTCPService):
         except (OSError, ProtocolError, ServerClosed) as exc:
             log.warning("[%s] cannot reach the upstream server %s:%d: %s", name, *self.upstream, exc)
             return
+        conversation = None
         try:
-            _Conversation(self, sock, upstream, name, taps).run()
+            conversation = _Conversation(self, sock, upstream, name, taps)
+            conversation.run()
         except Untranslatable as exc:
             log.warning("[%s] closing: no counterpart in the server's version: %s", name, exc)
         except RemoteProtocolError as exc:
@@ -104,6 +109,8 @@ class Relay(ThreadedTCPService):
         except Exception:  # a bug costs one connection, never the relay
             log.exception("[%s] internal error, closing the connection", name)
         finally:
+            if conversation is not None and conversation.splicer is not None:
+                conversation.splicer.close()
             upstream.close()
             if taps is not None:
                 self._write_traces(name, taps, upstream)
@@ -164,6 +171,8 @@ class _Conversation:
         self.replies = ReplyParser(server, stream_data=True)
         self.activity = relay.activity(sock)
         self.bridge: BridgeConnection | None = None
+        # data tails passed on untouched go through the kernel; a recorder must see them
+        self.splicer = Splicer() if taps is None and relay.splice and Splicer.available() else None
         self.guard: GuardSession | None = None
         if relay.guard is not None:
             self.guard = GuardSession(server, upstream.device_count(), relay.guard, relay.stats)
@@ -174,6 +183,13 @@ class _Conversation:
         while True:
             event = self.requests.next_event()
             if event is NEED_DATA:
+                left = self.requests.stream_pending()
+                if left and self.splicer is not None and self.bridge.data_untouched(left):
+                    passed = splice_paced(self.sock, self.upstream.sock, self.requests, self.activity,
+                                          self.relay.pace, self.splicer)
+                    if passed:
+                        self.bridge.data_passed(passed)
+                    continue
                 seen = None if self.taps is None else (lambda view: self.taps[0].add(UP, view))
                 receive_paced(self.sock, self.requests, self.activity, self.relay.pace, DEFAULT_POLL, seen)
                 continue
@@ -221,6 +237,13 @@ class _Conversation:
             if reply.data_size:
                 self._to_client(self.bridge.to_client())
                 while True:
+                    if self.splicer is not None and self.bridge.reply_data_untouched():
+                        while left := self.replies.stream_pending():
+                            passed = self.splicer.move(self.upstream.sock, self.sock, left, None)
+                            if not passed:
+                                self.replies.receive_eof()
+                                break
+                            self.replies.stream_passed(passed)
                     piece = self._next_reply()
                     self._to_client(self.bridge.reply_data(piece))
                     if piece.end:
