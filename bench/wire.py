@@ -3,8 +3,9 @@
   small-call round trip (GET_ALIGNMENT)             ratio of times   target <= 1.5
     the same with polling off (--poll-us 0, poll=0), and a bare Python loop (bench/floor.py)
   SET_TENSOR / GET_TENSOR of 64 MiB                 ratio of GB/s    target >= 0.9
-  GRAPH_COMPUTE of a 2000-node graph                ratio of times   target <= 5
-    (resent unchanged, as clients do per token, and never seen before)
+  GRAPH_COMPUTE of a 2000-node graph, resent unchanged (as clients do per token)
+                                                    ratio of times   target <= 5
+    and never seen before                           ratio of times   target <= 2
   through ggml-rpc-guard, vs straight to the upstream server:
     small-call round trip                           ratio of times   target <= 1.5
     SET_TENSOR / GET_TENSOR of 64 MiB               ratio of GB/s    target >= 0.9
@@ -162,8 +163,8 @@ def rows(peer, profile, ours: str, theirs: str, repeat: int, log=print) -> list[
     # a graph sample takes milliseconds and this VM's speed drifts for seconds at a time:
     # four times as many samples, so that both servers are seen in a quiet stretch
     graphs = alternating([lambda: BigGraph(ours, profile), lambda: BigGraph(theirs, profile)], 4 * repeat)
-    for label, (a, b) in zip(("graph resent", "new graph"), graphs):
-        out.append(row(f"GRAPH_COMPUTE {NODES} nodes, {label}", a, b, "ms", (AT_MOST, 5)))
+    for (label, target), (a, b) in zip((("graph resent", 5), ("new graph", 2)), graphs, strict=True):
+        out.append(row(f"GRAPH_COMPUTE {NODES} nodes, {label}", a, b, "ms", (AT_MOST, target)))
     log("guard")
     with servers.guard(theirs) as guard:
         out += relay_rows("guard", guard, profile, theirs, profile, repeat)
