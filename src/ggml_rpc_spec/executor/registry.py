@@ -139,7 +139,7 @@ def in_range(node: TensorRef, index: np.ndarray, limit: int, what: str, rule: Ru
 def readable(node: TensorRef, *tensors: TensorRef) -> None:
     for tensor in tensors:
         require(tensor.kind.name in ELEMENT_DTYPES or tensor.quantized, node, "cannot read {}", tensor.kind.name)
-        require(tensor.buffer is not None, node, "{!r} has no buffer on this server: nothing to read", tensor.name)
+        require(tensor.buffer is not None, node, "{.name!r} has no buffer on this server: nothing to read", tensor)
 
 
 def float_like(node: TensorRef, *tensors: TensorRef) -> None:
@@ -153,7 +153,7 @@ def as_ggml_reads(node: TensorRef, tensor: TensorRef, *, flat: bool = False) -> 
     `flat`, row r at data + r*nb1 for r < ne1*ne2*ne3, shape (rows, ne0).  Refused when
     those bytes would leave the tensor's buffer."""
     require(tensor.kind.name in ("F32", "F16", "BF16", "I32"), node, "cannot read {} rows", tensor.kind.name)
-    require(tensor.buffer is not None, node, "{!r} has no buffer on this server: nothing to read", tensor.name)
+    require(tensor.buffer is not None, node, "{.name!r} has no buffer on this server: nothing to read", tensor)
     size = tensor.dtype.itemsize
     ne, nb = tensor.ne, tensor.nb
     if flat:
@@ -167,7 +167,7 @@ def as_ggml_reads(node: TensorRef, tensor: TensorRef, *, flat: bool = False) -> 
     start = tensor.data - tensor.buffer.base
     end = start + size * shape[-1] + sum((n - 1) * s for n, s in zip(shape[:-1], strides[:-1], strict=True))
     require(0 <= start and end <= min(tensor.buffer.size, len(tensor.buffer.memory)), node,
-            "the rows of {!r} read as ggml reads them (nb0 = element size) leave its buffer", tensor.name)
+            "the rows of {.name!r} read as ggml reads them (nb0 = element size) leave its buffer", tensor)
     return strided_view(tensor.buffer.memory, tensor.dtype, start, shape, strides)
 
 
@@ -175,8 +175,8 @@ def dense_rows(node: TensorRef, *tensors: TensorRef) -> None:
     """Tensors ggml's CPU walks with consecutive elements in a row (it asserts nb0 == the
     element size, or writes rows as consecutive runs whatever nb0 says)."""
     for tensor in tensors:
-        require(tensor.nb[0] == tensor.kind.type_size, node, "{!r} must have consecutive elements in its rows "
-                "(nb0 {} != {})", tensor.name, tensor.nb[0], tensor.kind.type_size)
+        require(tensor.nb[0] == tensor.kind.type_size, node, "{.name!r} must have consecutive elements in its rows "
+                "(nb0 {} != {})", tensor, tensor.nb[0], tensor.kind.type_size)
 
 
 def packed(tensor: TensorRef, from_dim: int = 0, upto: int = 4) -> bool:
@@ -195,8 +195,8 @@ def packed(tensor: TensorRef, from_dim: int = 0, upto: int = 4) -> bool:
 def contiguous(node: TensorRef, *tensors: TensorRef, from_dim: int = 0) -> None:
     """ggml's CPU asserts these tensors `packed` (it aborts otherwise)."""
     for tensor in tensors:
-        require(packed(tensor, from_dim), node, "{!r} must be contiguous{} (ne {}, nb {}): ggml's CPU asserts it",
-                tensor.name, " past dimension 1" if from_dim else "", tensor.ne, tensor.nb)
+        require(packed(tensor, from_dim), node, "{.name!r} must be contiguous{} (ne {}, nb {}): ggml's CPU asserts it",
+                tensor, " past dimension 1" if from_dim else "", tensor.ne, tensor.nb)
 
 
 def same_shape(node: TensorRef, a: TensorRef, b: TensorRef) -> None:

@@ -18,6 +18,8 @@ computes cos/sin per token once for all heads.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ggml_rpc_spec.protocol.ops import spec_for
@@ -110,6 +112,19 @@ def rope_tables(pos: np.ndarray, plan: tuple[np.ndarray, np.ndarray], theta_scal
     return cos, (sin if forward else -sin)
 
 
+@functools.lru_cache(maxsize=256)
+def _constants(n_dims: int, freq_base: float, n_ctx_orig: int, beta_fast: float, beta_slow: float, mode: int,
+               pairs: int, sections: tuple[int, int, int, int]) -> tuple:
+    """theta_scale, YaRN's corrected range and the pair plan: the same for every layer of a
+    model, so a graph's ROPE nodes compute them once (the plan's arrays are only read)."""
+    with np.errstate(all="ignore"):
+        theta_scale = F32(np.power(F32(freq_base), F32(-2.0) / F32(n_dims)))
+    plan = pair_plan(mode, pairs, sections)
+    for table in plan:
+        table.flags.writeable = False  # shared by every node with these parameters
+    return theta_scale, yarn_corr_dims(n_dims, n_ctx_orig, freq_base, beta_fast, beta_slow), plan
+
+
 def _build(node: TensorRef, ctx: ExecContext, forward: bool) -> Step:
     src, positions = node.src(0), node.src(1)
     freq_factors = optional_src(node, 2)
@@ -141,10 +156,8 @@ def _build(node: TensorRef, ctx: ExecContext, forward: bool) -> Step:
         require(freq_factors.kind.name == "F32" and freq_factors.ne[0] >= pairs, node,
                 "freq factors must be F32 with at least {} values", pairs)
     yarn = {name: getattr(p, name) for name in ("freq_scale", "ext_factor", "attn_factor")}
-    with np.errstate(all="ignore"):
-        theta_scale = F32(np.power(F32(p.freq_base), F32(-2.0) / F32(n_dims)))
-    corr = yarn_corr_dims(n_dims, p.n_ctx_orig, p.freq_base, p.beta_fast, p.beta_slow)
-    plan = pair_plan(mode, pairs, sections)
+    theta_scale, corr, plan = _constants(n_dims, p.freq_base, p.n_ctx_orig, p.beta_fast, p.beta_slow, mode, pairs,
+                                         sections)
     memo_key = ("rope", forward, mode, pairs, float(theta_scale), tuple(yarn.values()), corr, sections)
     if mode == NORMAL:
         first, second = slice(offs, offs + n_dims, 2), slice(offs + 1, offs + n_dims, 2)
