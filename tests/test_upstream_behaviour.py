@@ -12,7 +12,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from conftest import CI_RELEASES, require_peer
+from conftest import require_peer
 from ggml_rpc_spec.client.graphs import GraphBuilder
 from ggml_rpc_spec.client.rpc import RPCClient
 from ggml_rpc_spec.protocol import Command, make_tensor, profile_for
@@ -24,7 +24,8 @@ from wire import Wire
 
 pytestmark = pytest.mark.upstream
 
-OLD, NEW = CI_RELEASES  # protocol 3.6.1 and 7.0.0
+# SPEC's statements on the 3.6.1 and 7.0.0 peers (8.0.0's have tests of their own: test_upstream_8.py)
+RELEASES = OLD, NEW = ("0.3.20", "0.3.36")
 
 
 def _failure(excinfo) -> str:
@@ -66,7 +67,7 @@ _SESSION = [{"op": "alloc", "name": "b", "size": 4096},
             {"op": "memory"}, {"op": "memory"}]
 
 
-@pytest.mark.parametrize("release", CI_RELEASES)
+@pytest.mark.parametrize("release", RELEASES)
 def test_which_objects_hold_the_connection(release, upstream_server):
     """SPEC §2.5, §14: 3.6.1's buffers hold the socket but its backend asks for one on every
     use, so once the buffer is freed each query opens a connection of its own; 7.0.0's backend
@@ -81,7 +82,7 @@ def test_which_objects_hold_the_connection(release, upstream_server):
         assert commands[1:] == [main + ["GET_DEVICE_MEMORY"] * 2], commands
 
 
-@pytest.mark.parametrize("release", CI_RELEASES)
+@pytest.mark.parametrize("release", RELEASES)
 def test_a_server_that_cannot_be_reached(release):
     """SPEC §14: registering a server nobody listens for, 3.6.1 drops it (no registry, the
     client goes on); 7.0.0 aborts ("Failed to connect"), the first DEVICE_COUNT probe included."""
@@ -96,7 +97,7 @@ def test_a_server_that_cannot_be_reached(release):
             assert f"Failed to connect to {endpoint}" in _failure(excinfo)
 
 
-@pytest.mark.parametrize("release", CI_RELEASES)
+@pytest.mark.parametrize("release", RELEASES)
 def test_clients_never_send_a_graph_without_nodes(release, upstream_server):
     """SPEC §8.1: the 3.6.1 and 7.0.0 clients assert n_nodes > 0 before sending a graph."""
     with pytest.raises(ClientFailed) as excinfo:
@@ -129,7 +130,7 @@ def _requests(sessions, command: Command) -> list:
     return [e.request for s in sessions for e in s.exchanges if e.request.command is command]
 
 
-@pytest.mark.parametrize("release", CI_RELEASES)
+@pytest.mark.parametrize("release", RELEASES)
 def test_clients_recompute_an_unchanged_graph(release, recorded):
     """SPEC §8.3, §14: both clients send GRAPH_RECOMPUTE for a graph they sent before (3.6.1
     by comparing the nodes' contents, 7.0.0 by the graph's uid); neither resends it."""
@@ -143,7 +144,7 @@ def test_the_7_client_asks_alloc_size_for_ops_that_may_expand(recorded):
     ARGSORT (and, by its source, CUMSUM and TOP_K) nodes; 3.6.1 only for FLASH_ATTN_EXT and
     MUL_MAT_ID among the ops."""
     ops = {}
-    for release in CI_RELEASES:
+    for release in RELEASES:
         profile = profile_for(require_peer(release).protocol)
         ops[release] = Counter(profile.ggml.op_name(int(r.body.tensor.op))
                                for r in _requests(recorded(release, "moe", 1 if release == NEW else None),
@@ -153,7 +154,7 @@ def test_the_7_client_asks_alloc_size_for_ops_that_may_expand(recorded):
     assert set(ops[OLD]) == {"NONE", "MUL_MAT_ID"}, ops[OLD]
 
 
-@pytest.mark.parametrize("release", CI_RELEASES)
+@pytest.mark.parametrize("release", RELEASES)
 def test_recurrent_state_buffers_are_cleared(release, recorded):
     """SPEC §6.4, §14: BUFFER_CLEAR(0) goes to recurrent-state buffers too: a Mamba model has
     no KV cache, and its state buffer is cleared when the context is made."""
