@@ -43,7 +43,7 @@ class Buffer:
     def view(self, address: int, size: int) -> memoryview:
         """Bytes [address, address+size) as a writable view; the caller has checked bounds."""
         start = address - self.base
-        return memoryview(self.memory)[start : start + size]
+        return self.memory.data[start : start + size]  # .data: the array's memoryview
 
     def touched(self) -> None:
         self.version += 1
