@@ -41,8 +41,11 @@ class BufferInfo:
 class ServerView(Protocol):
     """What a rule may consult: the server's state as seen by one connection."""
 
-    profile: Profile
-    n_devices: int
+    @property
+    def profile(self) -> Profile: ...
+
+    @property
+    def n_devices(self) -> int: ...
 
     def buffer(self, handle: int) -> BufferInfo | None:
         """The live buffer of this connection with that handle (remote_ptr), or None."""
