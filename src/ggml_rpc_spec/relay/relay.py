@@ -144,6 +144,8 @@ class Relay(ThreadedTCPService):
         threading.Thread(target=release, name=f"relay-release-{port}", daemon=True).start()
 
     def _write_traces(self, name: str, taps, upstream: RPCClient) -> None:
+        if self.record is None:
+            raise ValueError("only a relay that records (record=DIR) writes traces")
         number = int(name.split(" ", 1)[0].lstrip("#"))
         for side, tap in (("client", taps[0]), ("server", taps[1])):
             if tap.chunks:
@@ -180,7 +182,7 @@ class _Conversation:
             if event is CLOSED:
                 return
             if isinstance(event, Data):
-                self._to_server(self.bridge.data(event))
+                self._to_server(self._bridge().data(event))
                 if event.end:
                     self._replies(current, pending)
                 continue
@@ -188,6 +190,17 @@ class _Conversation:
             if event.data_size:
                 continue  # its data streams through first
             self._replies(current, pending)
+
+    def _bridge(self) -> BridgeConnection:
+        """The bridge, made at the client's HELLO (the request parser lets nothing precede it)."""
+        if self.bridge is None:
+            raise RemoteProtocolError("the client sent something before its HELLO", section="3.1")
+        return self.bridge
+
+    def _server_socket(self) -> socket.socket:
+        if self.upstream.sock is None:
+            raise ServerClosed("the connection to the upstream server is closed")
+        return self.upstream.sock
 
     def _request(self, event) -> list:
         if self.bridge is None:  # the HELLO: it tells the client's version
@@ -213,19 +226,20 @@ class _Conversation:
     def _replies(self, request, pending: list) -> None:
         """Read the server's replies to what was sent for `request`, pass them to the client
         (streamed data as it arrives), and teach the guard what they say."""
+        bridge = self._bridge()
         last = None
         for _ in pending:
             reply = self._next_reply()
-            self.bridge.server_reply(reply)
+            bridge.server_reply(reply)
             last = reply
             if reply.data_size:
-                self._to_client(self.bridge.to_client())
+                self._to_client(bridge.to_client())
                 while True:
                     piece = self._next_reply()
-                    self._to_client(self.bridge.reply_data(piece))
+                    self._to_client(bridge.reply_data(piece))
                     if piece.end:
                         break
-        self._to_client(self.bridge.to_client())
+        self._to_client(bridge.to_client())
         if self.guard is not None and request is not None:
             own = last if last is not None and last.command is request.command else None
             for command, body in self.guard.learn(request, own):
@@ -233,6 +247,8 @@ class _Conversation:
 
     def _ask(self, command: Command, body: dict) -> None:
         """A request of the guard's own (a buffer's base), answered to the guard alone."""
+        if self.guard is None:
+            raise ValueError("only a guard asks requests of its own")
         self._to_server(encode_request(self.upstream.profile, command, body))
         self.replies.expect(command)
         self.guard.learn(Request(command, Container(body)), self._next_reply())
@@ -245,7 +261,7 @@ class _Conversation:
             if event is not NEED_DATA:
                 return event
             view = self.replies.get_buffer()
-            received = receive_into(self.upstream.sock, view)
+            received = receive_into(self._server_socket(), view)
             if received:
                 if self.taps is not None:
                     self.taps[1].add(DOWN, view[:received])
@@ -255,7 +271,7 @@ class _Conversation:
 
     def _to_server(self, parts: list) -> None:
         if parts:
-            send_all(self.upstream.sock, parts)
+            send_all(self._server_socket(), parts)
             if self.taps is not None:
                 self.taps[1].add(UP, b"".join(bytes(p) for p in parts))
 

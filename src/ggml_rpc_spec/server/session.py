@@ -212,7 +212,7 @@ class Session:
     def free_buffer(self, request):
         buf = self.buffers.pop(request.body.remote_ptr)
         self.graphs.discard_using(buf.handle)  # their nodes point into the freed memory (§8.3)
-        buf.device.release(buf)
+        buf.release()
         return {}
 
     def buffer_clear(self, request):
@@ -360,7 +360,7 @@ class Session:
             link.close()
         self.links.clear()
         for buf in self.buffers.values():
-            buf.device.release(buf)
+            buf.release()
         self.buffers.clear()
 
 
