@@ -142,6 +142,12 @@ class RPCClient:
         raise ServerClosed(f"{self.endpoint} closed the connection on every HELLO shape "
                            f"({'; '.join(failures)}): not a GGML RPC server of a supported version")
 
+    def connection(self) -> socket.socket:
+        """The socket of the open connection (ConnectionError once it is closed)."""
+        if self.sock is None:
+            raise ConnectionError("the connection is closed")
+        return self.sock
+
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
