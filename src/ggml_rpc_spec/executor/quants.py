@@ -727,8 +727,8 @@ def _iq4_fit(x: np.ndarray, ntry: int):
     w = x * x
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         d0 = (-peak / _IQ4[0] if ntry > 0 else peak / _IQ4[0]).astype(F32)
-        tries = [(F32(1) / d0).astype(F32)] + [(F32(t + int(_IQ4[0])) / peak).astype(F32) for t in range(-ntry, ntry + 1)]
-        ids = np.stack(tries, axis=1)  # (m, tries)
+        per_try = [(F32(1) / d0).astype(F32)] + [(F32(t + int(_IQ4[0])) / peak).astype(F32) for t in range(-ntry, ntry + 1)]
+        ids = np.stack(per_try, axis=1)  # (m, tries)
         codes = _iq4_index(ids * x[..., None])  # (n, m, tries)
         q = _IQ4[codes]
         wq = w[..., None] * q

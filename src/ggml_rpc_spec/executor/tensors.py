@@ -116,8 +116,9 @@ class TensorRef:
         per_row = self.ne[0] // self.kind.block_size * self.kind.type_size
         if self.nb[0] != self.kind.type_size:
             raise ExecutionError(f"{self.kind.name} tensor {self.name!r} has non-contiguous blocks (nb0={self.nb[0]})")
-        return np.ndarray((self.ne[3], self.ne[2], self.ne[1], per_row), dtype=np.uint8, buffer=self.live_buffer().memory,
-                          offset=self._offset(), strides=(self.nb[3], self.nb[2], self.nb[1], 1))
+        return np.ndarray((self.ne[3], self.ne[2], self.ne[1], per_row), dtype=np.uint8,
+                          buffer=self.live_buffer().memory, offset=self._offset(),
+                          strides=(self.nb[3], self.nb[2], self.nb[1], 1))
 
     def blocks(self) -> np.ndarray:
         """The storage units (blocks of a quantized type, else elements) as opaque bytes, shape
@@ -143,7 +144,8 @@ class TensorRef:
         return dequantize(self.kind, self.row_bytes())
 
     def write(self, values: npt.ArrayLike) -> None:
-        """Store float (or integer) values (an array or a scalar, broadcast), converting to this tensor's type like ggml's from_float."""
+        """Store float (or integer) values (an array, or a scalar broadcast), converting to this
+        tensor's type like ggml's from_float."""
         if self.quantized:
             self.row_bytes()[...] = quantize(self.kind, np.broadcast_to(values, self.shape))
             return

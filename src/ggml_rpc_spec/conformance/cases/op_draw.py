@@ -155,7 +155,8 @@ def _default(draw, spec: OpSpec, param: Param, sub: str | None, profile):
         return draw(st.sampled_from(list(param.choices.values())), label=label)
     if param.kind == "f32":
         pool = F32_POSITIVE if param.low is not None and param.low >= 0 else F32_VALUES
-        fits: list[float | None] = [v for v in pool if (param.low is None or v >= param.low) and (param.high is None or v <= param.high)]
+        fits: list[float | None] = [v for v in pool if (param.low is None or v >= param.low)
+                                    and (param.high is None or v <= param.high)]
         return draw(st.sampled_from(fits or [param.low]), label=label)
     low = int(param.low) if param.low is not None else 0
     high = int(param.high) if param.high is not None else low + 3

@@ -503,7 +503,8 @@ def cache_atomic(ctx: Context) -> None:
             time.sleep(0.0005)
 
     _store_in_cache(ctx, data, while_sending=watch)
-    require(bool(seen) and seen[-1] == len(data), f"the entry {path.name} of {len(data)} bytes", f"sizes seen: {seen[-3:]}")
+    require(bool(seen) and seen[-1] == len(data), f"the entry {path.name} of {len(data)} bytes",
+            f"sizes seen: {seen[-3:]}")
     short = sorted({size for size in seen if size != len(data)})
     require(not short, f"only complete entries under the final name ({len(data)} bytes)",
             f"the entry seen with {short[:5]} bytes")
