@@ -16,11 +16,12 @@ from .rpc import RPCClient, ServerClosed
 def human(size: int) -> str:
     if size >= 2**64 - 1:
         return "unlimited (2^64-1)"
+    scaled: float = size
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{size} B"
-        size /= 1024
-    return str(size)
+        if scaled < 1024 or unit == "TiB":
+            return f"{scaled:.1f} {unit}" if unit != "B" else f"{scaled} B"
+        scaled /= 1024
+    return str(scaled)
 
 
 def info(args) -> int:

@@ -86,7 +86,10 @@ class GraphBuilder:
         return tensor
 
     def type_of(self, tensor: Container) -> str:
-        return self.profile.ggml.tensor_type(tensor.type).name
+        kind = self.profile.ggml.tensor_type(tensor.type)
+        if kind is None:
+            raise ValueError(f"tensor type {tensor.type} does not exist in protocol {self.profile.name}")
+        return kind.name
 
     # -- views -------------------------------------------------------------------------------
 

@@ -86,7 +86,7 @@ class RPCClient:
         self.tap = tap  # tap("sent" | "received", bytes): sees every byte (for reports); None costs nothing
         forced = profile_for(proto) if isinstance(proto, str) else proto
         self.profile: Profile = forced or NEWEST
-        self.server_version: tuple[int, int, int] | None = None
+        self.server_version: tuple[int, int, int]  # what the server's HELLO reported: set by _connect
         self.sock: socket.socket | None = None
         self._replies: ReplyParser | None = None
         self._since_reply: list[str] = []  # commands sent since the last reply arrived
@@ -142,6 +142,12 @@ class RPCClient:
         raise ServerClosed(f"{self.endpoint} closed the connection on every HELLO shape "
                            f"({'; '.join(failures)}): not a GGML RPC server of a supported version")
 
+    def connection(self) -> socket.socket:
+        """The socket of the open connection (ConnectionError once it is closed)."""
+        if self.sock is None:
+            raise ConnectionError("the connection is closed")
+        return self.sock
+
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
@@ -157,7 +163,7 @@ class RPCClient:
 
     def call(self, command: Command, body=None, *, data=None, graph: Graph | None = None, into=None):
         """Send a request; the Reply (body, data), or None for a one-way command."""
-        if self.sock is None:
+        if self.sock is None or self._replies is None:  # (both are set together when a connection opens)
             raise ConnectionError("the connection is closed")
         spec = message_spec(self.profile, command) if command in self.profile.commands else None
         if spec is None:
@@ -176,7 +182,9 @@ class RPCClient:
         return self._receive(command)
 
     def _receive(self, command: Command):
-        parser = self._replies
+        parser, sock = self._replies, self.sock
+        if parser is None or sock is None:
+            raise ConnectionError("the connection is closed")
         while True:
             try:
                 event = parser.next_event()
@@ -190,7 +198,7 @@ class RPCClient:
                 return event
             try:
                 view = parser.get_buffer()
-                received = receive_into(self.sock, view, self.poll)
+                received = receive_into(sock, view, self.poll)
             except socket.timeout:
                 self.close()  # a late reply would be taken for the next one's: the stream is unusable now
                 raise TimeoutError(f"no reply to {command.name} from {self.endpoint} within {self.timeout}s") from None

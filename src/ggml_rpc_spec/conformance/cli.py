@@ -27,10 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ggml-rpc-conformance", description="Run the GGML RPC conformance suite against a server.",
         epilog="Any other option goes to pytest (-k EXPR selects cases by id, -x stops at the first failure). "
                "Case ids cite SPEC.md sections; the summary counts them per section.")
-    for flag, keywords in OPTIONS:
-        keywords = {k: v for k, v in keywords.items() if k != "default"}
+    for flag, option in OPTIONS:
+        keywords = option.copy()
+        keywords.pop("default", None)
         if flag == "--target":
-            parser.add_argument("target", nargs="?", default=None, **keywords)
+            keywords["default"] = None
+            parser.add_argument("target", nargs="?", **keywords)
         else:
             parser.add_argument(SHORTER.get(flag, flag), dest=flag, **keywords)
     parser.add_argument("--junitxml", metavar="FILE", help="write JUnit XML (for CI systems)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NoReturn
 
 import pytest
 
@@ -19,11 +19,11 @@ from ggml_rpc_spec.protocol.messages import device_fields
 from ggml_rpc_spec.protocol.rules import MUST, SHOULD
 from ggml_rpc_spec.protocol.trace import CLIENT, SERVER, Trace, encode_trace, frame_records
 from ggml_rpc_spec.protocol.versions import PROFILES, Profile, parse_version
-from ggml_rpc_spec.client.rpc import RPCClient
+from ggml_rpc_spec.client.rpc import RemoteBuffer, RPCClient
 
 from .probe import ANSWERED, CLOSED, SILENT, Transcript, Probe
 
-__all__ = ["CaseFailure", "Check", "Checks", "Context", "MUST", "SHOULD", "require"]
+__all__ = ["CaseFailure", "Check", "Checks", "Context", "MUST", "SHOULD", "new_buffer", "require"]
 
 
 def first_version(column: str, value) -> str:
@@ -32,7 +32,7 @@ def first_version(column: str, value) -> str:
     return next(p.name for p in PROFILES if getattr(p, column) == value)
 
 
-def skip(reason: str) -> None:
+def skip(reason: str) -> NoReturn:
     """End the case as skipped: what it checks does not exist on this target (also from the
     request builders of hostile cases, which see a probe rather than the context)."""
     pytest.skip(reason)
@@ -159,10 +159,10 @@ class Context:
     def device_body(self) -> dict:
         return device_fields(self.profile, self.device)
 
-    def fail(self, message: str) -> None:
+    def fail(self, message: str) -> NoReturn:
         raise CaseFailure(message)
 
-    def skip(self, reason: str) -> None:
+    def skip(self, reason: str) -> NoReturn:
         skip(reason)
 
     def attach(self, item):
@@ -218,3 +218,11 @@ def require(condition: bool, expected: str, actual: str) -> None:
     """Fail a case with expected vs actual when `condition` is false."""
     if not condition:
         raise CaseFailure(f"expected: {expected}\nactual:   {actual}")
+
+
+def new_buffer(rpc: RPCClient, size: int, device: int = 0) -> RemoteBuffer:
+    """A buffer a case goes on to use: a server that cannot allocate it fails the case."""
+    buffer = rpc.alloc_buffer(size, device)
+    if buffer is None:
+        raise CaseFailure(f"expected: a buffer of {size} bytes\nactual:   remote_ptr 0")
+    return buffer

@@ -31,6 +31,8 @@ and a session that collects no conformance case is left alone.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
+from typing import TypedDict
 
 import pytest
 
@@ -44,50 +46,61 @@ _RUN = pytest.StashKey["Conformance"]()
 _ESCAPING = "disable_test_id_escaping_and_forfeit_all_rights_to_community_support"
 
 
+class Option(TypedDict, total=False):
+    """The argparse keywords of one option (pytest's addoption takes the same ones)."""
+
+    default: object
+    metavar: str
+    help: str
+    type: Callable[[str], object]
+    choices: Sequence[str]
+    action: str
+
+
 # The suite's options (flag, argparse keywords), for pytest and for ggml-rpc-conformance alike.
-OPTIONS = (
-    ("--target", dict(default=os.environ.get("GGML_RPC_TARGET"), metavar="HOST:PORT",
+OPTIONS: tuple[tuple[str, Option], ...] = (
+    ("--target", Option(default=os.environ.get("GGML_RPC_TARGET"), metavar="HOST:PORT",
                       help="server under test (default: $GGML_RPC_TARGET, else a reference server started here)")),
-    ("--proto", dict(default=None, metavar="VERSION",
+    ("--proto", Option(default=None, metavar="VERSION",
                      help="speak this protocol version instead of the one the server's HELLO reports")),
-    ("--device", dict(type=int, default=0, metavar="N", help="device index for device-specific cases")),
-    ("--level", dict(choices=LEVELS, default="must",
+    ("--device", Option(type=int, default=0, metavar="N", help="device index for device-specific cases")),
+    ("--level", Option(choices=LEVELS, default="must",
                      help="must: MUST-level cases only (default); should: SHOULD-level cases too")),
-    ("--section", dict(action="append", default=[], metavar="S",
+    ("--section", Option(action="append", default=[], metavar="S",
                        help="only the cases of SPEC.md section S (e.g. 7, 8.2) and its subsections; repeatable")),
-    ("--skip-rule", dict(action="append", default=[], metavar="KEY[,KEY]",
+    ("--skip-rule", Option(action="append", default=[], metavar="KEY[,KEY]",
                          help="leave out the cases of these protocol.rules keys, and hostile fuzzing aimed at them "
                               "(e.g. the data-dependent rules a guard cannot enforce); repeatable")),
-    ("--destructive", dict(action="store_true",
+    ("--destructive", Option(action="store_true",
                            help="also run cases that kill vulnerable servers (pair with --restart-cmd)")),
-    ("--upstream", dict(action="store_true",
+    ("--upstream", Option(action="store_true",
                         help="the target is upstream's own server: its measured deviations (of the version it "
                              "reports) are expected failures, each named in the summary and the reports")),
-    ("--known-deviations", dict(default=None, metavar="VERSION",
+    ("--known-deviations", Option(default=None, metavar="VERSION",
                                 help="as --upstream, with the deviations of upstream's server of VERSION")),
-    ("--restart-cmd", dict(default=None, metavar="CMD",
+    ("--restart-cmd", Option(default=None, metavar="CMD",
                            help="shell command that restarts the target after a case killed it")),
-    ("--fuzz-examples", dict(type=int, default=25, metavar="N",
+    ("--fuzz-examples", Option(type=int, default=25, metavar="N",
                              help="hypothesis examples per fuzz case (default 25, 0 disables)")),
-    ("--fuzz-seconds", dict(type=float, default=0, metavar="SECONDS",
+    ("--fuzz-seconds", Option(type=float, default=0, metavar="SECONDS",
                             help="run the hostile fuzzer for this long instead of --fuzz-examples examples")),
-    ("--oracle", dict(default=None, metavar="HOST:PORT",
+    ("--oracle", Option(default=None, metavar="HOST:PORT",
                       help="differential fuzzing computes random graphs on the target and on this server (default: "
                            "a reference server started here when the target is another server)")),
-    ("--target-has-cache", dict(action="store_true",
+    ("--target-has-cache", Option(action="store_true",
                                 help="the target runs with a hash cache directory (enables the cache-hit cases)")),
-    ("--target-cache-dir", dict(default=None, metavar="DIR",
+    ("--target-cache-dir", Option(default=None, metavar="DIR",
                                 help="the target's hash cache directory, on this machine and writable: enables the "
                                      "cases that damage cache files (implies --target-has-cache)")),
-    ("--case-timeout", dict(type=float, default=10.0, metavar="SECONDS",
+    ("--case-timeout", Option(type=float, default=10.0, metavar="SECONDS",
                             help="how long a case waits for any reply (default 10)")),
-    ("--conformance-json", dict(default=None, metavar="FILE",
+    ("--conformance-json", Option(default=None, metavar="FILE",
                                 help="write a JSON report (per case: id, section, level, verdict, duration, reason, "
                                      "traces)")),
-    ("--conformance-html", dict(default=None, metavar="FILE",
+    ("--conformance-html", Option(default=None, metavar="FILE",
                                 help="write a self-contained HTML report (sections x verdicts, every case "
                                      "expandable)")),
-    ("--trace-dir", dict(default=DEFAULT_TRACE_DIR, metavar="DIR",
+    ("--trace-dir", Option(default=DEFAULT_TRACE_DIR, metavar="DIR",
                          help=f"where failing exchanges are saved as trace files (default {DEFAULT_TRACE_DIR})")),
 )
 
@@ -138,7 +151,8 @@ def pytest_collection_modifyitems(config, items):
     skipped = {key for keys in config.getoption("--skip-rule") for key in keys.split(",") if key}
     if not sections and not skipped:
         return
-    chosen, dropped = [], []
+    chosen: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
     for item in items:
         check = getattr(getattr(item, "callspec", None), "params", {}).get("check")
         inside = check is None or ((not sections or any(check.section == s or check.section.startswith(s + ".")

@@ -55,25 +55,46 @@ class Probe:
         self.timeout = timeout
         self.transcript = Transcript()
         self._attached: list = []
+        self._rpc: RPCClient | None = None
+        self._profile = profile
+        self.buffer: RemoteBuffer | None = None
         if handshake:
-            self.rpc = RPCClient(endpoint, proto=profile, timeout=timeout, tap=self.transcript.add)
-            self.profile = self.rpc.profile
-            self.sock = self.rpc.sock
-            self.buffer: RemoteBuffer | None = self.rpc.alloc_buffer(buffer_size) if buffer_size else None
+            self._rpc = RPCClient(endpoint, proto=profile, timeout=timeout, tap=self.transcript.add)
+            self._profile = self._rpc.profile
+            self.sock = self._rpc.connection()
+            self.buffer = self._rpc.alloc_buffer(buffer_size) if buffer_size else None
         else:
             from ggml_rpc_spec.client.rpc import parse_endpoint
 
-            self.rpc = None
-            self.profile = profile
             self.sock = socket.create_connection(parse_endpoint(endpoint), timeout=timeout)
-            self.buffer = None
+
+    @property
+    def rpc(self) -> RPCClient:
+        """The client of a probe that made the handshake."""
+        if self._rpc is None:
+            raise ValueError("a probe made without the handshake has no client")
+        return self._rpc
+
+    @property
+    def profile(self) -> Profile:
+        """The version the probe speaks: the handshake's, else the one it was given."""
+        if self._profile is None:
+            raise ValueError("a probe made without the handshake and without a profile speaks no version")
+        return self._profile
+
+    def own_buffer(self) -> RemoteBuffer:
+        """The buffer the probe allocated at the handshake."""
+        if self.buffer is None:
+            raise ValueError("this probe holds no buffer (buffer_size 0, or ALLOC_BUFFER answered remote_ptr 0)")
+        return self.buffer
 
     # -- building blocks -------------------------------------------------------------------------
 
     def tensor(self, offset: int = 0, n: int = 16, *, type: int = 0, name: str = "probe", **fields) -> Container:
         """An F32 [n] tensor at buffer.base + offset (fields override anything)."""
-        values = dict(id=0x1000 + offset + n, type=type, buffer=self.buffer.handle, ne=[n, 1, 1, 1],
-                      nb=[4, 4 * n, 4 * n, 4 * n], data=self.buffer.base + offset, name=name)
+        buffer = self.own_buffer()
+        values = dict(id=0x1000 + offset + n, type=type, buffer=buffer.handle, ne=[n, 1, 1, 1],
+                      nb=[4, 4 * n, 4 * n, 4 * n], data=buffer.base + offset, name=name)
         values.update(fields)
         if values.get("op") and "flags" not in fields:
             values["flags"] = self.profile.ggml.compute_flag  # a node to run, as ggml_build_forward_expand marks it
@@ -114,7 +135,7 @@ class Probe:
         A cheap sentinel request (GET_ALIGNMENT) follows, so a server that silently
         accepted a one-way request answers the sentinel instead of leaving us waiting.
         """
-        if self.profile is not None and Command.GET_ALIGNMENT in self.profile.commands:
+        if self._profile is not None and Command.GET_ALIGNMENT in self._profile.commands:
             self.send(Command.GET_ALIGNMENT, self.device_body())
         self.sock.settimeout(wait if wait is not None else self.timeout)
         try:

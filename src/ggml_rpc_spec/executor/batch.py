@@ -8,7 +8,7 @@ import numpy as np
 
 from ggml_rpc_spec.protocol.ggml import TYPE_BY_NAME
 
-from .registry import Taken
+from .registry import Call, Taken
 
 
 def plain_f32(binder, rows: np.ndarray, *operands: np.ndarray) -> np.ndarray:
@@ -27,7 +27,8 @@ def ufunc_steps(binder, function, rows: np.ndarray, ok: np.ndarray, flat: np.nda
     """Calls `function(*sources, [scalar,] out)` for the nodes `ok` (a batch kernel's answer):
     over 1-D slices where `flat` (every operand packed, all of one shape), otherwise over
     strided views, where the ufunc broadcasts a source of size 1 as ggml repeats it."""
-    taken, calls = [], []
+    taken: list[np.ndarray] = []
+    calls: list[Call] = []
     for mask, views in ((flat, binder.flat), (ok & ~flat, binder.views)):
         at = np.flatnonzero(mask)
         columns = views(*(source[at] for source in sources), rows[at])

@@ -31,7 +31,7 @@ class Buffer:
     handle: int
     base: int
     size: int
-    device: "Device"
+    device: "Device | None"  # None: a buffer the guard mirrors, which no device of ours holds
     memory: np.ndarray
     version: int = 0  # bumped on every write, so caches of derived data (dequantized weights) can expire
     freed: bool = False
@@ -43,7 +43,13 @@ class Buffer:
     def view(self, address: int, size: int) -> memoryview:
         """Bytes [address, address+size) as a writable view; the caller has checked bounds."""
         start = address - self.base
-        return memoryview(self.memory)[start : start + size]
+        return self.memory.data[start : start + size]  # .data: the array's memoryview
+
+    def release(self) -> None:
+        """Give the memory back to the device that allocated it."""
+        if self.device is None:
+            raise ValueError(f"buffer 0x{self.handle:x} was allocated by no device: nothing to release")
+        self.device.release(self)
 
     def touched(self) -> None:
         self.version += 1

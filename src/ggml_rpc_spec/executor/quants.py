@@ -727,8 +727,8 @@ def _iq4_fit(x: np.ndarray, ntry: int):
     w = x * x
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         d0 = (-peak / _IQ4[0] if ntry > 0 else peak / _IQ4[0]).astype(F32)
-        ids = [(F32(1) / d0).astype(F32)] + [(F32(t + int(_IQ4[0])) / peak).astype(F32) for t in range(-ntry, ntry + 1)]
-        ids = np.stack(ids, axis=1)  # (m, tries)
+        per_try = [(F32(1) / d0).astype(F32)] + [(F32(t + int(_IQ4[0])) / peak).astype(F32) for t in range(-ntry, ntry + 1)]
+        ids = np.stack(per_try, axis=1)  # (m, tries)
         codes = _iq4_index(ids * x[..., None])  # (n, m, tries)
         q = _IQ4[codes]
         wq = w[..., None] * q
@@ -772,10 +772,10 @@ def _encode_iq4_xs(x: np.ndarray) -> np.ndarray:
     codes = _iq4_index(_safe_inverse(dl)[..., None] * x.reshape(n, 8, 32)).reshape(n, 256)
     l = l + 32
     scales_l = _low_byte((l[:, 0::2] & 0xF) | ((l[:, 1::2] & 0xF) << 4))
-    scales_h = np.zeros(n, dtype=np.int64)
+    high = np.zeros(n, dtype=np.int64)
     for ib in range(8):
-        scales_h |= (l[:, ib] >> 4) << (2 * ib)
-    scales_h = (scales_h & 0xFFFF).astype("<u2").view(np.uint8).reshape(n, 2)
+        high |= (l[:, ib] >> 4) << (2 * ib)
+    scales_h = (high & 0xFFFF).astype("<u2").view(np.uint8).reshape(n, 2)
     return np.concatenate([_f16_bytes(d), scales_h, scales_l, _iq4_pack(codes)], axis=-1)
 
 

@@ -118,7 +118,7 @@ class ExecContext:
 # -- checks every kernel uses ---------------------------------------------------------------------
 
 
-def require(condition: bool, node: TensorRef, message: str, *args, rule: Rule = UNSUPPORTED) -> None:
+def require(condition: bool | np.bool_, node: TensorRef, message: str, *args, rule: Rule = UNSUPPORTED) -> None:
     """Raise ExecutionError naming the node (and the broken rule) unless `condition`;
     `message` is formatted with `args` only then, since kernels are built for every node of
     every graph."""
@@ -154,8 +154,11 @@ def as_ggml_reads(node: TensorRef, tensor: TensorRef, *, flat: bool = False) -> 
     those bytes would leave the tensor's buffer."""
     require(tensor.kind.name in ("F32", "F16", "BF16", "I32"), node, "cannot read {} rows", tensor.kind.name)
     require(tensor.buffer is not None, node, "{.name!r} has no buffer on this server: nothing to read", tensor)
+    buffer = tensor.live_buffer()  # there is one: required above
     size = tensor.dtype.itemsize
     ne, nb = tensor.ne, tensor.nb
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
     if flat:
         shape, strides = (ne[1] * ne[2] * ne[3], ne[0]), (nb[1], size)
     else:
@@ -164,11 +167,11 @@ def as_ggml_reads(node: TensorRef, tensor: TensorRef, *, flat: bool = False) -> 
             return tensor.view()
     if 0 in shape:
         return np.zeros(shape, tensor.dtype)  # nothing to read or write
-    start = tensor.data - tensor.buffer.base
+    start = tensor.data - buffer.base
     end = start + size * shape[-1] + sum((n - 1) * s for n, s in zip(shape[:-1], strides[:-1], strict=True))
-    require(0 <= start and end <= min(tensor.buffer.size, len(tensor.buffer.memory)), node,
+    require(0 <= start and end <= min(buffer.size, len(buffer.memory)), node,
             "the rows of {.name!r} read as ggml reads them (nb0 = element size) leave its buffer", tensor)
-    return strided_view(tensor.buffer.memory, tensor.dtype, start, shape, strides)
+    return strided_view(buffer.memory, tensor.dtype, start, shape, strides)
 
 
 def dense_rows(node: TensorRef, *tensors: TensorRef) -> None:

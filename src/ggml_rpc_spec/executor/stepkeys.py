@@ -46,12 +46,15 @@ class KeyLayout:
 
 @lru_cache
 def key_layout(dtype: np.dtype) -> KeyLayout:
-    fields = [dtype.fields[name] for name in dtype.names]
+    named, names = dtype.fields, dtype.names
+    if named is None or names is None:
+        raise TypeError(f"key_layout needs a structured rpc_tensor dtype, not {dtype}")
+    fields = [named[name][:2] for name in names]  # (dtype, offset): the fields have no titles
     size = math.gcd(dtype.itemsize, 4, *(offset for _, offset in fields), *(kind.itemsize for kind, _ in fields))
 
     def spans(names: tuple[str, ...]) -> tuple[slice, ...]:
         merged: list[list[int]] = []
-        for start, end in sorted((dtype.fields[n][1], dtype.fields[n][1] + dtype.fields[n][0].itemsize) for n in names):
+        for start, end in sorted((named[n][1], named[n][1] + named[n][0].itemsize) for n in names):
             if merged and merged[-1][1] == start:
                 merged[-1][1] = end
             else:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import numpy as np
+import numpy.typing as npt
 
 from ggml_rpc_spec.protocol.ggml import ELEMENT_DTYPES, TensorType
 from ggml_rpc_spec.protocol.ops import spec_for
@@ -85,10 +86,14 @@ class TensorRef:
             raise ExecutionError(f"{self.label} node {self.name!r} lacks src[{index}]")
         return found
 
-    def _offset(self) -> int:
+    def live_buffer(self) -> Buffer:
+        """The buffer the tensor's bytes lie in (ExecutionError when it has none here)."""
         if self.buffer is None:
             raise ExecutionError(f"{self.name!r} has no buffer on this server: no memory to read or write")
-        return self.data - self.buffer.base
+        return self.buffer
+
+    def _offset(self) -> int:
+        return self.data - self.live_buffer().base
 
     def view(self) -> np.ndarray:
         """The elements as a writable strided array of shape (ne3, ne2, ne1, ne0).
@@ -111,8 +116,9 @@ class TensorRef:
         per_row = self.ne[0] // self.kind.block_size * self.kind.type_size
         if self.nb[0] != self.kind.type_size:
             raise ExecutionError(f"{self.kind.name} tensor {self.name!r} has non-contiguous blocks (nb0={self.nb[0]})")
-        return np.ndarray((self.ne[3], self.ne[2], self.ne[1], per_row), dtype=np.uint8, buffer=self.buffer.memory,
-                          offset=self._offset(), strides=(self.nb[3], self.nb[2], self.nb[1], 1))
+        return np.ndarray((self.ne[3], self.ne[2], self.ne[1], per_row), dtype=np.uint8,
+                          buffer=self.live_buffer().memory, offset=self._offset(),
+                          strides=(self.nb[3], self.nb[2], self.nb[1], 1))
 
     def blocks(self) -> np.ndarray:
         """The storage units (blocks of a quantized type, else elements) as opaque bytes, shape
@@ -137,8 +143,9 @@ class TensorRef:
             return cache.get(self)
         return dequantize(self.kind, self.row_bytes())
 
-    def write(self, values: np.ndarray) -> None:
-        """Store float (or integer) values, converting to this tensor's type like ggml's from_float."""
+    def write(self, values: npt.ArrayLike) -> None:
+        """Store float (or integer) values (an array, or a scalar broadcast), converting to this
+        tensor's type like ggml's from_float."""
         if self.quantized:
             self.row_bytes()[...] = quantize(self.kind, np.broadcast_to(values, self.shape))
             return
@@ -183,7 +190,8 @@ class DequantCache:
     def get(self, tensor: TensorRef, derive=None) -> np.ndarray:
         """The dequantized values of `tensor`, or `derive(kind, raw rows)` of its blocks."""
         derive = derive or dequantize
-        key = (tensor.buffer.handle, tensor.buffer.version, tensor.data, tensor.kind.value, tensor.ne, tensor.nb,
+        buffer = tensor.live_buffer()
+        key = (buffer.handle, buffer.version, tensor.data, tensor.kind.value, tensor.ne, tensor.nb,
                derive.__name__)
         with self._lock:
             found = self._entries.get(key)

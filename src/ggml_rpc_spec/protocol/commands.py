@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum, IntEnum
-from typing import Literal
+from typing import Literal, TypeAlias
 
 from construct import Array, Bytes, Construct, Int8ul, Int32ul, Int64ul, Struct
 
@@ -67,7 +67,7 @@ class Absent(Enum):
     REFUSE = "the client's connection is closed: no counterpart exists"
 
 
-Layout = Construct | Callable[[Construct], Construct] | None  # None: no reply
+Layout: TypeAlias = Construct | Callable[[Construct], Construct] | None  # None: no reply
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,7 +83,7 @@ class By:
         return values[0] if len(values) == 1 else values
 
 
-Layouts = Layout | By
+Layouts: TypeAlias = Layout | By
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

@@ -89,7 +89,7 @@ def _flat_layout(con: Construct, formats: list[str]) -> tuple:
         con = con.subcon
     if not isinstance(con, Struct):
         raise TypeError(f"FlatCodec needs a Struct, not {type(con).__name__}")
-    layout = []
+    layout: list[tuple[str, str, object]] = []  # (field, kind, what the kind needs)
     for sub in con.subcons:
         inner = sub
         while isinstance(inner, Renamed):

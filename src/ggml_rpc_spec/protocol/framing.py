@@ -199,6 +199,8 @@ class _FrameParser:
 
     SCRATCH = 64 * 1024
 
+    _state: Callable[[memoryview], None]  # consumes the current `_need` bytes; set by _reset()
+
     def __init__(self, profile: Profile, *, stream_data: bool = False) -> None:
         self.profile = profile
         self.stream_data = stream_data  # data tails as Data events, never stored whole
@@ -209,7 +211,7 @@ class _FrameParser:
         self._end = 0
         self._consumed = 0  # stream offset of _scratch[_start], for error messages
         self._bulk: _Bulk | None = None
-        self._pending: deque = deque()
+        self._pending: deque[Request | Reply | Data] = deque()
         self._error: Exception | None = None
         self._need = 0
         self._frame_start = 0
@@ -248,9 +250,9 @@ class _FrameParser:
     def stream_passed(self, nbytes: int) -> None:
         """`nbytes` of the streamed tail went from peer to peer outside the parser (a kernel
         splice); the tail's last byte ends it with an empty Data event, as a receive would."""
-        if not 0 < nbytes <= self.stream_pending():
-            raise ValueError(f"{nbytes} bytes passed on, but {self.stream_pending()} of the data tail may be")
         stream = self._stream
+        if stream is None or not 0 < nbytes <= self.stream_pending():
+            raise ValueError(f"{nbytes} bytes passed on, but {self.stream_pending()} of the data tail may be")
         stream.left -= nbytes
         if not stream.left:
             self._stream_piece(memoryview(b""))
@@ -340,6 +342,8 @@ class _FrameParser:
 
     def _fill_bulk(self) -> bool:
         bulk = self._bulk
+        if bulk is None:
+            raise RuntimeError("_fill_bulk without a bulk tail in progress")
         while not bulk.done and self._start < self._end:
             view = bulk.writable()
             n = min(len(view), self._end - self._start)
@@ -360,14 +364,25 @@ class _FrameParser:
 
     def _stream_piece(self, view: memoryview) -> None:
         stream = self._stream
+        if stream is None:
+            raise RuntimeError("_stream_piece without a streamed tail in progress")
         self._pending.append(stream.piece(view, self._copying))
         if not stream.left:
             self._stream = None
             self._consumed += stream.size
             self._reset()
 
-    # subclasses: _state(chunk) consumes the current `_need` bytes; _tail_done(view) -> event;
-    # _check_clean_close() raises if the stream ended where it must not.
+    # subclasses: _reset() readies the next frame (setting _state and _need); _tail_done(view)
+    # -> event; _check_clean_close() raises if the stream ended where it must not.
+
+    def _reset(self) -> None:
+        raise NotImplementedError
+
+    def _tail_done(self, view: memoryview) -> Request | Reply:
+        raise NotImplementedError
+
+    def _check_clean_close(self) -> None:
+        raise NotImplementedError
 
 
 def hello_shapes(profiles) -> dict[int, Profile]:
@@ -425,6 +440,12 @@ class RequestParser(_FrameParser):
             raise self._fail(f"connection closed in the middle of a request, {partial} bytes into it",
                              section="2.5")
 
+    def _current_spec(self) -> MessageSpec:
+        """The spec of the request being parsed (set by its command byte)."""
+        if self._spec is None:
+            raise RuntimeError("RequestParser: no command byte parsed for this frame")
+        return self._spec
+
     def _fail(self, rule: str, *, field: str | None = None, value: object = None, section: str) -> RemoteProtocolError:
         name = self._command.name if self._command is not None else None
         return RemoteProtocolError(rule, command=name, field=field, value=value, section=section,
@@ -452,7 +473,7 @@ class RequestParser(_FrameParser):
         if self._command is Command.HELLO and size in self._by_hello:  # the HELLO's shape picks the profile
             self._use(self._by_hello[size])
             self._spec = self._specs[Command.HELLO]
-        spec = self._spec
+        spec = self._current_spec()
         head = spec.request_size
         if spec.request_tail is None:
             if size != head:
@@ -468,7 +489,7 @@ class RequestParser(_FrameParser):
         self._state, self._need = self._on_head, head
 
     def _on_head(self, chunk: memoryview) -> None:
-        spec = self._spec
+        spec = self._current_spec()
         self._body = _codec(spec.request).parse(chunk)
         if spec.command is Command.HELLO:
             self.hello_done = True
@@ -491,7 +512,7 @@ class RequestParser(_FrameParser):
             self._start_bulk(tail)
 
     def _tail_done(self, view: memoryview) -> Request:
-        spec = self._spec
+        spec = self._current_spec()
         if spec.request_tail == "data":
             return Request(spec.command, self._body, data=view, frame_size=9 + self._size)
         graph = decode_graph(self.profile, view, base_offset=self._frame_start + 9 + spec.request_size)
@@ -533,6 +554,9 @@ class ReplyParser(_FrameParser):
                 raise LocalProtocolError("a data reply needs the requested size", command=command.name)
         else:
             size = spec.reply_size
+            if size is None:  # has_reply and no data tail: the spec has a fixed reply size
+                raise LocalProtocolError(f"has no fixed reply size in protocol {self.profile.name}",
+                                         command=command.name)
         self._expected.append(_Expected(command, spec, size, into))
 
     def _reset(self) -> None:

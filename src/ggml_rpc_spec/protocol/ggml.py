@@ -15,6 +15,7 @@ from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+import numpy.typing as npt
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 TABLES = json.loads((Path(__file__).parent / "ggml_tables.json").read_text())["releases"]
@@ -157,7 +158,7 @@ def nbytes(tensor_type: TensorType, ne, nb) -> int:
 INT64_MAX = 2**63 - 1
 
 
-def elements_overflow(ne: np.ndarray) -> np.ndarray:
+def elements_overflow(ne: npt.ArrayLike) -> np.ndarray:
     """Per tensor (rows of ne), whether ggml_new_tensor's element count check fails: starting
     from ne[0], each later dimension above 1 must satisfy INT64_MAX // ne[i] > count so far
     (dimensions of 0 and 1 are skipped, so an empty tensor can still fail)."""

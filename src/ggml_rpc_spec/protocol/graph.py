@@ -150,7 +150,7 @@ def encode_graph(profile: Profile, graph: Graph) -> list[bytes | memoryview]:
     tensors = np.ascontiguousarray(graph.tensors)
     return [
         _U32.pack(len(nodes)) + nodes.tobytes() + _U32.pack(len(tensors)),
-        memoryview(tensors.view(np.uint8)),
+        tensors.view(np.uint8).data,  # a memoryview of the array's bytes
     ]
 
 

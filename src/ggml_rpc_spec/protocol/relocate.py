@@ -86,6 +86,8 @@ class Relocator:
         buf = self.by_handle.get(handle) if handle else None
         if buf is None or buf.old_base is None:
             buf = self._containing(old)
+        if buf.old_base is None or buf.new_base is None:  # _containing gives only buffers with both bases
+            raise RelocationError(f"address 0x{old:x} lies in buffer 0x{buf.old_handle:x}, whose base is unknown")
         return buf.new_base + (old - buf.old_base)
 
     def _containing(self, old: int) -> _Buffer:
@@ -112,7 +114,8 @@ class Relocator:
             buf = self.by_handle.get(int(old))
             if buf is None:
                 raise RelocationError(f"graph names buffer 0x{int(old):x}, never allocated in the recorded session")
-            if buf.old_base is not None:  # uint64 arithmetic wraps, so the shift works either way
+            if buf.old_base is not None and buf.new_base is not None:  # both learnt together
+                # uint64 arithmetic wraps, so the shift works either way
                 data = tensors["data"][rows]
                 moved = data - np.uint64(buf.old_base) + np.uint64(buf.new_base)
                 tensors["data"][rows] = np.where(data != 0, moved, np.uint64(0))

@@ -41,8 +41,11 @@ class BufferInfo:
 class ServerView(Protocol):
     """What a rule may consult: the server's state as seen by one connection."""
 
-    profile: Profile
-    n_devices: int
+    @property
+    def profile(self) -> Profile: ...
+
+    @property
+    def n_devices(self) -> int: ...
 
     def buffer(self, handle: int) -> BufferInfo | None:
         """The live buffer of this connection with that handle (remote_ptr), or None."""
@@ -95,6 +98,12 @@ class Rule:
 
     def applies_to(self, command: Command) -> bool:
         return command in self.commands
+
+    def run(self, *args) -> Violation | None:
+        """`check` applied to a request's parts (rules of the checked scopes always have one)."""
+        if self.check is None:
+            raise TypeError(f"rule {self.key} of scope {self.scope!r} has no check to run")
+        return self.check(*args)
 
 
 # -- helpers used by the checks -----------------------------------------------------------------
@@ -751,17 +760,17 @@ class RequestChecks:
         if self.tensor:
             for path, tensor in iter_tensors(self.schema, body):
                 for rule in self.tensor:
-                    found = rule.check(view, tensor)
+                    found = rule.run(view, tensor)
                     if found is not None:
                         yield rule, Violation(f"{path}.{found.field}", found.value, found.detail)
         for rule in self.request:
-            found = rule.check(view, body)
+            found = rule.run(view, body)
             if found is not None:
                 yield rule, found
         if graph is not None:
             valid = graph_validity(view, graph)
             for rule in self.graph:
-                found = rule.check(view, graph, valid)
+                found = rule.run(view, graph, valid)
                 if found is not None:
                     yield rule, found
 
@@ -774,7 +783,7 @@ def request_checks(command: Command, schema) -> RequestChecks:
 
 def sized_violation(view: ServerView, command: Command, body, size: int) -> tuple[Rule, Violation] | None:
     for rule in rules_for(command, "sized"):
-        found = rule.check(view, body, size)
+        found = rule.run(view, body, size)
         if found is not None:
             return rule, found
     return None

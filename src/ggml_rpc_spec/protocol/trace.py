@@ -175,7 +175,8 @@ def decode_trace(raw: bytes, *, max_size: int = 1 << 34) -> Trace:
         raise TraceError(f"record stream exceeds {max_size} bytes", offset=body_start)
     if not inflater.eof:
         raise TraceError("record stream is truncated (the file ends inside it)", offset=len(raw))
-    records, at = [], 0
+    records: list[Record] = []
+    at = 0
     while at < len(body):
         if at + _RECORD.size > len(body):
             raise TraceError(f"record {len(records)} is cut short in its 13-byte head", offset=at)

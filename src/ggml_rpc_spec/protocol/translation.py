@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from construct import Container
@@ -68,6 +68,11 @@ class Translation:
 
     client: Profile
     server: Profile
+    # derived from the two profiles in __post_init__ (not compared, hashed or shown)
+    ops: np.ndarray = field(init=False, repr=False, compare=False)
+    sub_ops: dict[str, np.ndarray] = field(init=False, repr=False, compare=False)
+    types_ok: np.ndarray = field(init=False, repr=False, compare=False)
+    new_words: tuple[tuple[int, int, int, bool], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         c, s = self.client.ggml, self.server.ggml
@@ -97,7 +102,7 @@ class Translation:
                                  f"(protocol {self.server.name}) does not have", field="type", value=tensor.type)
         fields["op"] = self._op(tensor.op, tensor)
         name = c.op_name(tensor.op)
-        if name in self.sub_ops and tensor.op_params[0] >= 0:
+        if name is not None and name in self.sub_ops and tensor.op_params[0] >= 0:
             params = list(tensor.op_params)
             params[0] = self._sub_op(name, params[0], tensor)
             fields["op_params"] = params
@@ -105,9 +110,9 @@ class Translation:
         if tensor.buffer == 0:
             fields["data"] = 0
         if self.new_words:
-            params = np.array(fields.get("op_params", tensor.op_params), dtype=np.int32)[None]
-            self._words(np.array([tensor.op]), params, lambda row: tensor)
-            fields["op_params"] = params[0].tolist()
+            words = np.array(fields.get("op_params", tensor.op_params), dtype=np.int32)[None]
+            self._words(np.array([tensor.op]), words, lambda row: tensor)
+            fields["op_params"] = words[0].tolist()
         return make_tensor(self.server.tensor, **fields)
 
     def _op(self, value: int, tensor) -> int:
@@ -161,8 +166,8 @@ class Translation:
         c, s = self.client.ggml, self.server.ggml
         source = graph.tensors
         out = np.zeros(len(source), dtype=RPC_TENSOR_DTYPE[self.server.tensor])
-        for name in source.dtype.names:
-            if name in out.dtype.names and name not in ("padding", "use_count"):
+        for name in _field_names(source):
+            if name in _field_names(out) and name not in ("padding", "use_count"):
                 out[name] = source[name]
         types = source["type"]
         bad = (types >= len(self.types_ok)) | ~self.types_ok[np.minimum(types, len(self.types_ok) - 1)]
@@ -190,13 +195,21 @@ class Translation:
         self._words(ops, out["op_params"], lambda row: source[row])
         out["data"][source["buffer"] == 0] = 0  # no buffer, no address (2.0.0 clients send their own there)
         out["flags"] = self._flags(source["flags"], is_node & (ops != 0))
-        if "use_count" in out.dtype.names:
-            if "use_count" in source.dtype.names:
+        if "use_count" in _field_names(out):
+            if "use_count" in _field_names(source):
                 out["use_count"] = source["use_count"]
             else:  # what ggml counts when it builds a graph: how many src[] slots name the tensor
                 links = graph.link_rows[:, :-1]
                 out["use_count"] = np.bincount(links[links >= 0], minlength=len(source))
         return Graph(np.ascontiguousarray(nodes), out)
+
+
+def _field_names(array: np.ndarray) -> tuple[str, ...]:
+    """The fields of a structured array of rpc_tensors."""
+    names = array.dtype.names
+    if names is None:
+        raise TypeError(f"expected a structured array of rpc_tensors, got dtype {array.dtype}")
+    return names
 
 
 def _name(tensor) -> str:
@@ -366,12 +379,15 @@ class BridgeConnection:
     def _on_data_request(self, req: Request) -> list[ToServer]:
         """SET_TENSOR, SET_TENSOR_2D: the head translated, the data tail passed on as it is."""
         if req.data is None:  # streamed: the pieces follow (`data`)
-            self._route = _DataRoute([([], req.data_size)])
-            return self._forward(req.command, self._body(req, data_size=req.data_size), data_size=req.data_size)
+            size = _streamed_size(req)
+            self._route = _DataRoute([([], size)])
+            return self._forward(req.command, self._body(req, data_size=size), data_size=size)
         return self._forward(req.command, self._body(req, data_size=len(req.data)), data=req.data)
 
     def data(self, piece: Data) -> list:
         """The bytes to send the server for a piece of the current request's streamed data."""
+        if self._route is None:
+            raise LocalProtocolError("a data piece arrived while no request's data was streaming")
         parts = self._route.route(piece.data)
         if piece.end:
             self._route = None
@@ -384,6 +400,8 @@ class BridgeConnection:
         return self._route is not None and self._route.untouched(nbytes)
 
     def data_passed(self, nbytes: int) -> None:
+        if self._route is None:
+            raise LocalProtocolError(f"{nbytes} bytes of data passed on, but no request's data is streaming")
         self._route.passed(nbytes)
 
     def _on_free_buffer(self, req: Request) -> list[ToServer]:
@@ -397,6 +415,8 @@ class BridgeConnection:
 
     def _on_graph_compute(self, req: Request) -> list[ToServer]:
         device, key = req.body.get("device", 0), self._client_key(req)
+        if req.graph is None:
+            raise LocalProtocolError("carries no graph", command=req.command.name, field="graph")
         graph = self.t.graph(req.graph)
         kept = self._graphs.setdefault(device, {})
         if self.client.graphs is Graphs.LAST:
@@ -408,7 +428,12 @@ class BridgeConnection:
         return self._send_graph(device, key, graph)
 
     def _send_graph(self, device: int, key: int | None, graph: Graph) -> list[ToServer]:
-        uid = key if self.client.graphs is Graphs.UID else next(self._uids)
+        if self.client.graphs is not Graphs.UID:
+            uid = next(self._uids)
+        elif key is None:
+            raise Untranslatable("names no graph uid", command="GRAPH_COMPUTE", field="uid")
+        else:
+            uid = key
         self._held[device] = (key, uid)
         return self._forward(C.GRAPH_COMPUTE, graph_fields(self.server, device, uid), graph=graph)
 
@@ -503,7 +528,7 @@ class BridgeConnection:
                 slot.opened = True
             if not streamed:
                 slot.parts.append(reply.data)
-        elif streamed:
+        elif reply.data_size is not None:  # streamed
             slot.parts.append(data_reply_header(reply.data_size))
         else:
             body = {k: v for k, v in reply.body.items() if not k.startswith("_")}
@@ -569,6 +594,13 @@ EMULATIONS = {
 DECLINES = {
     C.COMM_INIT: BridgeConnection._decline_link,
 }
+
+
+def _streamed_size(req: Request) -> int:
+    """The data size a request whose data tail is streamed announces."""
+    if req.data_size is None:
+        raise LocalProtocolError("has neither data nor a streamed data size", command=req.command.name)
+    return req.data_size
 
 
 def _has_field(schema, name: str) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import cast
 
 from .columns import Acks, Devices, GraphReply, Graphs, Hello, HostData, SetTensor, TensorTail
 from .commands import ROWS, Command
@@ -102,7 +103,8 @@ def parse_version(text: str) -> Version:
         return max(patches)
     if len(numbers) != 3:
         raise UnsupportedVersion(f"{text!r} is not major.minor[.patch]; supported: {supported()}")
-    return numbers  # type: ignore[return-value]
+    major, minor, patch = numbers
+    return major, minor, patch
 
 
 def profile_for(version: Version | str, *, lenient_patch: bool = False) -> Profile:
@@ -114,8 +116,9 @@ def profile_for(version: Version | str, *, lenient_patch: bool = False) -> Profi
     """
     if isinstance(version, str):
         version = parse_version(version)
-    version = tuple(version)  # type: ignore[assignment]
-    found = BY_VERSION.get(version)  # type: ignore[arg-type]
+    # a list of three numbers (e.g. construct's ListContainer) as the tuple the table is keyed by
+    version = cast(Version, tuple(version))
+    found = BY_VERSION.get(version)
     if found is not None:
         return found
     if lenient_patch:

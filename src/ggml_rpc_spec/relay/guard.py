@@ -27,7 +27,7 @@ import numpy as np
 
 from ggml_rpc_spec.executor import DequantCache, ExecContext, ExecutionError, plan_graph
 from ggml_rpc_spec.executor.device import Buffer
-from ggml_rpc_spec.protocol import Command, Reply, Request
+from ggml_rpc_spec.protocol import Command, Graph, Reply, Request
 from ggml_rpc_spec.protocol.comm import host_of
 from ggml_rpc_spec.protocol.errors import RemoteProtocolError
 from ggml_rpc_spec.protocol.messages import local_reply, message_spec
@@ -181,7 +181,7 @@ class GuardSession:
         if broken is not None:
             raise as_error(command, broken)
         if req.graph is not None and resent is None:
-            self._plan(req)
+            self._plan(req, req.graph)
 
     def _resent(self, req: Request) -> StoredGraph | None:
         """The device's last graph if `req` carries the very same one (clients before 7.0
@@ -195,17 +195,18 @@ class GuardSession:
         self.graphs.keep(device, req.body.get("uid"), last)
         return last
 
-    def _plan(self, req: Request) -> None:
-        """The executor's own validation of every node, without computing anything."""
+    def _plan(self, req: Request, graph: Graph) -> None:
+        """The executor's own validation of every node (of `graph`, the request's), without
+        computing anything."""
         device = req.body.get("device", 0)
         previous = self.graphs.last(device)
         try:
-            plan = plan_graph(req.graph, self.buffers, self.profile, self.ctx,
+            plan = plan_graph(graph, self.buffers, self.profile, self.ctx,
                               previous.plan if previous is not None else None)
         except ExecutionError as exc:
             raise RemoteProtocolError(str(exc), command="GRAPH_COMPUTE", section=exc.rule.section,
                                       key=exc.rule.key) from None
-        self.graphs.keep(device, req.body.get("uid"), StoredGraph(plan, req.graph))
+        self.graphs.keep(device, req.body.get("uid"), StoredGraph(plan, graph))
 
     def _link_policy(self, req: Request) -> None:
         body = req.body

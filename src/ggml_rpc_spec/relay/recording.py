@@ -65,10 +65,11 @@ def summary(record: RecordedConnection, session) -> str:
 
 
 def _human(size: int) -> str:
+    scaled: float = size
     for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return str(size)
+        if scaled < 1000 or unit == "GB":
+            return f"{scaled:.0f} {unit}" if unit == "B" else f"{scaled:.1f} {unit}"
+        scaled /= 1000
+    return str(scaled)
 
 

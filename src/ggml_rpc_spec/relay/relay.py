@@ -151,6 +151,8 @@ class Relay(ThreadedTCPService):
         threading.Thread(target=release, name=f"relay-release-{port}", daemon=True).start()
 
     def _write_traces(self, name: str, taps, upstream: RPCClient) -> None:
+        if self.record is None:
+            raise ValueError("only a relay that records (record=DIR) writes traces")
         number = int(name.split(" ", 1)[0].lstrip("#"))
         for side, tap in (("client", taps[0]), ("server", taps[1])):
             if tap.chunks:
@@ -184,11 +186,11 @@ class _Conversation:
             event = self.requests.next_event()
             if event is NEED_DATA:
                 left = self.requests.stream_pending()
-                if left and self.splicer is not None and self.bridge.data_untouched(left):
-                    passed = splice_paced(self.sock, self.upstream.sock, self.requests, self.activity,
+                if left and self.splicer is not None and self._bridge().data_untouched(left):
+                    passed = splice_paced(self.sock, self.upstream.connection(), self.requests, self.activity,
                                           self.relay.pace, self.splicer)
                     if passed:
-                        self.bridge.data_passed(passed)
+                        self._bridge().data_passed(passed)
                     continue
                 seen = None if self.taps is None else (lambda view: self.taps[0].add(UP, view))
                 receive_paced(self.sock, self.requests, self.activity, self.relay.pace, DEFAULT_POLL, seen)
@@ -196,7 +198,7 @@ class _Conversation:
             if event is CLOSED:
                 return
             if isinstance(event, Data):
-                self._to_server(self.bridge.data(event))
+                self._to_server(self._bridge().data(event))
                 if event.end:
                     self._replies(current, pending)
                 continue
@@ -204,6 +206,17 @@ class _Conversation:
             if event.data_size:
                 continue  # its data streams through first
             self._replies(current, pending)
+
+    def _bridge(self) -> BridgeConnection:
+        """The bridge, made at the client's HELLO (the request parser lets nothing precede it)."""
+        if self.bridge is None:
+            raise RemoteProtocolError("the client sent something before its HELLO", section="3.1")
+        return self.bridge
+
+    def _server_socket(self) -> socket.socket:
+        if self.upstream.sock is None:
+            raise ServerClosed("the connection to the upstream server is closed")
+        return self.upstream.sock
 
     def _request(self, event) -> list:
         if self.bridge is None:  # the HELLO: it tells the client's version
@@ -229,26 +242,27 @@ class _Conversation:
     def _replies(self, request, pending: list) -> None:
         """Read the server's replies to what was sent for `request`, pass them to the client
         (streamed data as it arrives), and teach the guard what they say."""
+        bridge = self._bridge()
         last = None
         for _ in pending:
             reply = self._next_reply()
-            self.bridge.server_reply(reply)
+            bridge.server_reply(reply)
             last = reply
             if reply.data_size:
-                self._to_client(self.bridge.to_client())
+                self._to_client(bridge.to_client())
                 while True:
-                    if self.splicer is not None and self.bridge.reply_data_untouched():
+                    if self.splicer is not None and bridge.reply_data_untouched():
                         while left := self.replies.stream_pending():
-                            passed = self.splicer.move(self.upstream.sock, self.sock, left, None)
+                            passed = self.splicer.move(self.upstream.connection(), self.sock, left, None)
                             if not passed:
                                 self.replies.receive_eof()
                                 break
                             self.replies.stream_passed(passed)
                     piece = self._next_reply()
-                    self._to_client(self.bridge.reply_data(piece))
+                    self._to_client(bridge.reply_data(piece))
                     if piece.end:
                         break
-        self._to_client(self.bridge.to_client())
+        self._to_client(bridge.to_client())
         if self.guard is not None and request is not None:
             own = last if last is not None and last.command is request.command else None
             for command, body in self.guard.learn(request, own):
@@ -256,6 +270,8 @@ class _Conversation:
 
     def _ask(self, command: Command, body: dict) -> None:
         """A request of the guard's own (a buffer's base), answered to the guard alone."""
+        if self.guard is None:
+            raise ValueError("only a guard asks requests of its own")
         self._to_server(encode_request(self.upstream.profile, command, body))
         self.replies.expect(command)
         self.guard.learn(Request(command, Container(body)), self._next_reply())
@@ -268,7 +284,7 @@ class _Conversation:
             if event is not NEED_DATA:
                 return event
             view = self.replies.get_buffer()
-            received = receive_into(self.upstream.sock, view)
+            received = receive_into(self._server_socket(), view)
             if received:
                 if self.taps is not None:
                     self.taps[1].add(DOWN, view[:received])
@@ -278,7 +294,7 @@ class _Conversation:
 
     def _to_server(self, parts: list) -> None:
         if parts:
-            send_all(self.upstream.sock, parts)
+            send_all(self._server_socket(), parts)
             if self.taps is not None:
                 self.taps[1].add(UP, b"".join(bytes(p) for p in parts))
 

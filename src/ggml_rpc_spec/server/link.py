@@ -64,9 +64,9 @@ class LinkPolicy:
         except OSError as exc:
             raise LinkError(f"cannot resolve rank 0's host {host!r}: {exc}") from None
         for family, _, _, _, address in infos:
-            if self.admits(address[0]):
+            if self.admits(str(address[0])):  # an IPv4 or IPv6 address (typeshed also allows AF_UNIX's int)
                 return family, address
-        raise LinkError(f"rank 0's host {host!r} ({', '.join(sorted({i[4][0] for i in infos}))}) is not admitted "
+        raise LinkError(f"rank 0's host {host!r} ({', '.join(sorted({str(i[4][0]) for i in infos}))}) is not admitted "
                         "by the link allow-list (--link-allow)")
 
 

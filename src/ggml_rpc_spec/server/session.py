@@ -128,6 +128,14 @@ class Session:
 
     # -- validation ---------------------------------------------------------------------------
 
+    def _nbytes(self, tensor) -> int:
+        """ggml_nbytes of a request's rpc_tensor, whose type the tensor rules have checked."""
+        kind = self.profile.ggml.tensor_type(tensor.type)
+        if kind is None:
+            raise RemoteProtocolError(f"protocol {self.profile.name} has no tensor type {tensor.type}",
+                                      field="type", value=tensor.type)
+        return nbytes(kind, tensor.ne, tensor.nb)
+
     def check(self, command: Command, body, graph=None) -> None:
         broken = self._checks[command].first_violation(self, body, graph)
         if broken is not None:
@@ -204,7 +212,7 @@ class Session:
     def free_buffer(self, request):
         buf = self.buffers.pop(request.body.remote_ptr)
         self.graphs.discard_using(buf.handle)  # their nodes point into the freed memory (§8.3)
-        buf.device.release(buf)
+        buf.release()
         return {}
 
     def buffer_clear(self, request):
@@ -237,7 +245,7 @@ class Session:
 
     def copy_tensor(self, request):
         src, dst = request.body.src, request.body.dst
-        size = nbytes(self.profile.ggml.tensor_type(src.type), src.ne, src.nb)
+        size = self._nbytes(src)
         _, source = self.region(src, 0, size)
         buf, target = self.region(dst, 0, size)
         np.copyto(np.frombuffer(target, np.uint8), np.frombuffer(source, np.uint8))  # overlap-safe
@@ -249,7 +257,7 @@ class Session:
 
     def get_alloc_size(self, request):
         tensor = request.body.tensor
-        return {"alloc_size": nbytes(self.profile.ggml.tensor_type(tensor.type), tensor.ne, tensor.nb)}
+        return {"alloc_size": self._nbytes(tensor)}
 
     def memset_tensor(self, request):
         buf, view = self.region(request.body.tensor, request.body.offset, request.body.size)
@@ -278,7 +286,11 @@ class Session:
         return local_reply(Command.GRAPH_COMPUTE)  # 2.0.0 replies a status; later versions nothing
 
     def graph_recompute(self, request):
-        self.graphs.get(request.body.device, request.body.get("uid")).plan.run()
+        stored = self.graphs.get(request.body.device, request.body.get("uid"))
+        if stored is None:  # the request rules refuse GRAPH_RECOMPUTE without a stored graph
+            raise RemoteProtocolError("no stored graph to recompute", command="GRAPH_RECOMPUTE", field="device",
+                                      value=request.body.device)
+        stored.plan.run()
         return None
 
     def set_tensor_2d(self, request):
@@ -293,7 +305,7 @@ class Session:
         body = request.body
         if body.n_copies == 1 or body.stride == body.size:
             return self.region(body.tensor, body.offset, body.size * body.n_copies)[1]
-        return memoryview(np.ascontiguousarray(self._copies_2d(body)[1])).cast("B")
+        return np.ascontiguousarray(self._copies_2d(body)[1]).data.cast("B")
 
     def _copies_2d(self, body) -> tuple[Buffer, np.ndarray]:
         """The copies of a 2-D transfer as a (n_copies, size) view of the buffer's bytes."""
@@ -322,7 +334,7 @@ class Session:
 
     def comm_allreduce(self, request):
         tensor = request.body.tensor
-        size = nbytes(self.profile.ggml.tensor_type(tensor.type), tensor.ne, tensor.nb)
+        size = self._nbytes(tensor)
         if size == 0:
             return None
         buf, view = self.region(tensor, 0, size)
@@ -348,7 +360,7 @@ class Session:
             link.close()
         self.links.clear()
         for buf in self.buffers.values():
-            buf.device.release(buf)
+            buf.release()
         self.buffers.clear()
 
 

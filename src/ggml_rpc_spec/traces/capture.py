@@ -115,8 +115,15 @@ class Connection:
         return self.ends[1] if self.client == self.ends[0] else self.ends[0]
 
     @property
+    def client_end(self) -> Endpoint:
+        """The end that connected, for a connection already oriented."""
+        if self.client is None:
+            raise ValueError(f"which end of {self.ends} connected is not known (no SYN, no known server port)")
+        return self.client
+
+    @property
     def up(self) -> Stream:  # client -> server
-        return self.streams.setdefault(self.client, Stream())
+        return self.streams.setdefault(self.client_end, Stream())
 
     @property
     def down(self) -> Stream:
@@ -161,7 +168,8 @@ def read_capture(path: Path) -> list[Connection]:
                 continue
             ip, tcp, wire_payload = packet
             src, dst = (_address(ip.src), tcp.sport), (_address(ip.dst), tcp.dport)
-            key = tuple(sorted((src, dst)))
+            low, high = sorted((src, dst))
+            key = (low, high)
             opening = tcp.flags & dpkt.tcp.TH_SYN and not tcp.flags & dpkt.tcp.TH_ACK
             if opening and key in connections:
                 connections[(*key, when)] = connections.pop(key)  # the port pair is reused by a new connection
@@ -288,7 +296,7 @@ def to_link_trace(conn: Connection, capture: str, rank0: LinkUse | None, rank1: 
                          f"{len(rank1.plan.elements)} on rank 1, not all of the same sizes): split by rank 0's")
     chunks, t0 = _both_chunks(conn, up, up_times, down, down_times)
     header = {"kind": LINK, "protocol": use.protocol if use else None, **_header(conn, capture, notes, t0)}
-    if elements is not None:
+    if use is not None and elements is not None:
         header.update(elements=elements, tensors=use.plan.tensors)
     for rank, which in ((0, rank0), (1, rank1)):
         if which is not None:
@@ -303,7 +311,7 @@ def _header(conn: Connection, capture: str, notes: list[str], t0: float) -> dict
     keep their order)."""
     date = datetime.fromtimestamp(t0, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     header = {"recorder": "ggml-rpc-trace import", "capture": capture, "peer": "%s:%d" % conn.server,
-              "client": "%s:%d" % conn.client, "date": date}
+              "client": "%s:%d" % conn.client_end, "date": date}
     if notes:
         header["note"] = "; ".join(notes)
     return header
@@ -410,7 +418,7 @@ def import_capture(path: Path, ports: list[int] | None, out: Path, *, log=print)
     results = imported_traces(path, ports)
     for number, imported in enumerate(results, 1):
         conn = imported.connection
-        where = "%s:%d -> %s:%d" % (*conn.client, *conn.server)
+        where = "%s:%d -> %s:%d" % (*conn.client_end, *conn.server)
         if imported.trace is None:
             log(f"{where}: no trace: {'; '.join(imported.notes)}")
             continue

@@ -92,7 +92,7 @@ def judge(command: Command, recorded, got, *, computed: bool, tensor_type: str |
         a, b = bytes(recorded.data), bytes(got.data)
         if a == b:
             return OK, f"{len(b)} bytes identical"
-        if computed and tensor_type in tolerance:
+        if computed and tensor_type is not None and tensor_type in tolerance:
             ok, detail = _tolerance_compare(a, b, tensor_type, tolerance[tensor_type])
             return (TOLERATED if ok else DIFFERS), detail
         n = min(len(a), len(b))
@@ -184,6 +184,8 @@ class OtherRank:
     def result(self, index: int, tolerance: float) -> FrameResult:
         """The target's partials, once the link is done, against the recorded ones of its rank
         (computed floats: within `tolerance`, as F32 data a graph wrote)."""
+        if self.peer is None:
+            raise ValueError("no link was set up: COMM_INIT was not answered ok")
         log = self.peer.finish()
         theirs = rank_direction(self.target_rank)
         problems = [log.error] if log.error else []

@@ -78,7 +78,7 @@ def _tensor(tensor, session, bases) -> dict:
 
 
 def _fields(body, session, bases) -> dict:
-    out = {}
+    out: dict[str, object] = {}
     for key, value in body.items():
         if key.startswith("_"):
             continue

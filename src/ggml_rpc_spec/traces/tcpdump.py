@@ -29,11 +29,14 @@ class Tcpdump:
         expression = " or ".join(f"tcp port {port}" for port in ports)
         self.process = subprocess.Popen([program, "-i", interface, "-s", "0", "-U", "-w", str(path), expression],
                                         stderr=subprocess.PIPE, text=True)
-        for line in self.process.stderr:
+        if self.process.stderr is None:  # stderr=PIPE always gives one
+            raise RuntimeError("tcpdump's stderr is not a pipe")
+        self.stderr = self.process.stderr
+        for line in self.stderr:
             if "listening on" in line:
                 return
         self.process.wait()
-        raise RuntimeError("tcpdump did not start: " + self.process.stderr.read())
+        raise RuntimeError("tcpdump did not start: " + self.stderr.read())
 
     def stop(self, until: Callable[[], bool] = lambda: True, *, patience: float = 60.0) -> bool:
         """Stop capturing once `until()` holds or `patience` seconds have passed; whether it held."""
@@ -49,7 +52,7 @@ class Tcpdump:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             self.process.wait(timeout=30)
-        self.process.stderr.close()
+        self.stderr.close()
 
     def __enter__(self) -> "Tcpdump":
         return self

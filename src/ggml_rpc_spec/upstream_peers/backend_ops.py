@@ -155,7 +155,9 @@ class Judge:
                                   errors="replace", timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-            return subprocess.CompletedProcess(exc.cmd, returncode=None, stdout=out, stderr="timeout")
+            # returncode None marks a run that timed out (typeshed allows only an int there)
+            return subprocess.CompletedProcess(exc.cmd, returncode=None, stdout=out,  # type: ignore[arg-type]
+                                               stderr="timeout")
 
     def catalogue(self) -> dict[str, list[str]]:
         """Per op name, the full names of its cases in the program's order (from `support`
@@ -261,7 +263,14 @@ class Judge:
             unbuffered = ["stdbuf", "-oL"] if shutil.which("stdbuf") else []
             proc = subprocess.Popen([*unbuffered, str(self.binary), "perf", "-b", DEVICE, "-o", filter_], env=env,
                                     text=True, errors="replace", stdout=subprocess.PIPE, stderr=errors)
-            timer = threading.Timer(self.timeout or 0, lambda: (expired.set(), proc.kill()))
+            if proc.stdout is None:  # stdout=PIPE always gives one
+                raise JudgeError("the op test program's stdout is not a pipe")
+
+            def expire() -> None:
+                expired.set()
+                proc.kill()
+
+            timer = threading.Timer(self.timeout or 0, expire)
             if self.timeout:
                 timer.start()
             output = []

@@ -196,6 +196,13 @@ REGISTER_RPC_DEVICE = """ggml_backend_load_all();
 """ % TARGET_VARIABLE
 
 
+def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    handle = tar.extractfile(member)
+    if handle is None:
+        raise JudgeError(f"{member.name} in the sdist is not a regular file")
+    return handle.read()
+
+
 class JudgeError(RuntimeError):
     """The judge could not be built or run (not a verdict on the target)."""
 
@@ -234,9 +241,9 @@ def ensure_program(peer: Peer, *, log=print) -> Path:
             if inner.startswith(INCLUDE_DIR) and member.isfile():
                 target = work / "include" / inner[len(INCLUDE_DIR):]
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(tar.extractfile(member).read())
+                target.write_bytes(_member_bytes(tar, member))
             elif inner == SOURCE_MEMBER:
-                source = tar.extractfile(member).read().decode()
+                source = _member_bytes(tar, member).decode()
                 (work / f"{PROGRAM}.cpp").write_text(patched_source(source))
     if not (work / f"{PROGRAM}.cpp").exists():
         raise JudgeError(f"{archive} has no {SOURCE_MEMBER}")

@@ -90,7 +90,10 @@ class GraphMeter(ThreadedTCPService):
         self.cases: list[GraphTiming] = []
         self._specs = {int(c): message_spec(profile, c) for c in profile.commands}
         self._sync = build_request(profile, Command.GET_ALIGNMENT, device_fields(profile, 0))
-        self._sync_reply = _SIZE.size + message_spec(profile, Command.GET_ALIGNMENT).reply_size
+        alignment_reply = message_spec(profile, Command.GET_ALIGNMENT).reply_size
+        if alignment_reply is None:  # every version answers GET_ALIGNMENT with a fixed reply
+            raise ValueError(f"GET_ALIGNMENT has no fixed reply in protocol {profile.name}")
+        self._sync_reply = _SIZE.size + alignment_reply
         self._active = 0  # connections being relayed
         self._done = threading.Event()  # relay nothing more (see finish)
         self._changed = threading.Condition()  # notified when a case starts or a connection ends

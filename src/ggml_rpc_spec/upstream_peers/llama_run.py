@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Protocol
 
 SPLIT_MODES = ("layer", "tensor")  # llama.h's LLAMA_SPLIT_MODE_* that RPC servers can take
 
@@ -32,6 +33,8 @@ def _preload_ggml() -> ctypes.CDLL:
     import importlib.util
 
     spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or spec.origin is None:
+        raise SystemExit("llama_cpp (llama-cpp-python) is not installed in this interpreter")
     libs = Path(spec.origin).parent / "lib"
     handles = {}
     for stem in ("libggml-base", "libggml-cpu", "libggml", "libggml-rpc"):
@@ -153,7 +156,19 @@ class LlamaCppPySync:
         return self.llm.detokenize(tokens)
 
 
-BINDINGS = {"llama_cpp": LlamaCppPython, "llama_cpp_py_sync": LlamaCppPySync}
+class Bindings(Protocol):
+    """What main() asks of a peer's bindings."""
+
+    def __init__(self, args, servers: list[str]) -> None: ...
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def eval(self, tokens: list[int]): ...
+
+    def detokenize(self, tokens: list[int]) -> str: ...
+
+
+BINDINGS: dict[str, type[Bindings]] = {"llama_cpp": LlamaCppPython, "llama_cpp_py_sync": LlamaCppPySync}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import io
 import os
 import random
 import socket
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 from .build import loads_here, python_command
 from .catalog import Peer, peer_for
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     if not loads_here(peer):  # started by hand: again, through the loader of the C library the peer needs
         command = python_command(peer, sys.executable)
         os.execv(command[0], [*command, "-m", __spec__.name, *(sys.argv[1:] if argv is None else argv)])
-    sys.stdout.reconfigure(line_buffering=True)
+    cast(io.TextIOWrapper, sys.stdout).reconfigure(line_buffering=True)  # the interpreter's own stdout
     serve(peer, args.host, args.port, args.cache, args.devices, args.threads)
 
 

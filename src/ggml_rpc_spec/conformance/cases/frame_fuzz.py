@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
 from ggml_rpc_spec.protocol import Command
+from ggml_rpc_spec.client.rpc import RemoteBuffer
 
-from ..core import Checks, Context, require
+from ..core import Checks, Context, new_buffer, require
 
 checks = Checks()  # this module's cases (see conformance.cases)
 
@@ -42,7 +43,7 @@ def _machine(ctx: Context):
         @initialize()
         def connect(self):
             self.rpc = ctx.client()
-            self.live: dict[int, tuple[object, bytearray]] = {}  # number -> (server buffer, its bytes)
+            self.live: dict[int, tuple[RemoteBuffer, bytearray]] = {}  # number -> (server buffer, its bytes)
             self.allocated = 0
 
         def teardown(self):
@@ -50,8 +51,7 @@ def _machine(ctx: Context):
 
         @rule(target=buffers, size=st.integers(1, 4096), fill=st.integers(0, 255))
         def alloc(self, size, fill):
-            buf = self.rpc.alloc_buffer(size, ctx.device)
-            require(buf is not None, f"a buffer of {size} bytes", "remote_ptr 0")
+            buf = new_buffer(self.rpc, size, ctx.device)
             self.rpc.buffer_clear(buf, fill)
             self.allocated += 1
             self.live[self.allocated] = (buf, bytearray([fill]) * size)

@@ -3,7 +3,10 @@ stored-graph lifetime, the COMPUTE flag and multiple devices."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
+from construct import Container
 
 from ggml_rpc_spec.protocol import RPC_TENSOR_DTYPE, Command, Graph
 from ggml_rpc_spec.protocol.columns import GRAPH_CACHE_LIMIT, Graphs
@@ -29,9 +32,13 @@ def _run_case(ctx: Context, case, device: int | None = None) -> None:
                     f"{got[where]:.6g} ({int(bad.sum())} of {bad.size} elements off)")
 
 
+def _runs(case) -> Callable[[Context], None]:
+    return lambda ctx: _run_case(ctx, case)
+
+
 for _case in CASES:
     checks.add(Check(f"op.{_case.op}.{_case.key}", _case.section, f"{_case.op} computes like ggml ({_case.key})",
-                   lambda ctx, case=_case: _run_case(ctx, case), kind="op", ops=(_case.op,), since=_case.since))
+                   _runs(_case), kind="op", ops=(_case.op,), since=_case.since))
 
 
 def _add_graph(ctx: Context, rpc, values_a, values_b):
@@ -183,7 +190,7 @@ def self_cpy(ctx: Context) -> None:
     g = GraphBuilder(rpc.profile, rpc.alloc_buffer(4096, ctx.device))
     values = np.arange(-4, 4, dtype=np.float32) * np.float32(0.375)
     a = g.input(values, name="a")
-    casts = []
+    casts: list[Container] = []
     for kind, source in (("F16", a), ("F32", None)):
         cast = g.new(kind, a.ne, op="CPY", srcs=[source if source is not None else casts[-1]], name=f"cast_{kind}")
         cast.src[1] = cast.id  # as ggml_cast builds it

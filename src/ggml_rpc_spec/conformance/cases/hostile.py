@@ -46,7 +46,8 @@ class HostileCase:
 
     @property
     def level(self) -> str:
-        return self.spec_rule.level if self.rule else "MUST"
+        rule = self.spec_rule
+        return rule.level if rule is not None else "MUST"
 
     @property
     def spec_rule(self) -> Rule | None:
@@ -54,7 +55,8 @@ class HostileCase:
 
     @property
     def case_id(self) -> str:
-        section = self.spec_rule.section if self.rule else self.section
+        rule = self.spec_rule
+        section = rule.section if rule is not None else self.section
         return f"§{section} {self.title} [{self.advisory}]"
 
     def missing_from(self, profile) -> str:

@@ -42,13 +42,14 @@ from hypothesis import strategies as st
 
 from ggml_rpc_spec.protocol import Command, Graph, encode_request, make_tensor, message_spec
 from ggml_rpc_spec.protocol.errors import ProtocolError
-from ggml_rpc_spec.protocol.framing import NEED_DATA, ReplyParser
+from ggml_rpc_spec.protocol.framing import NEED_DATA, Reply, ReplyParser
 from ggml_rpc_spec.protocol.ggml import TYPES
 from ggml_rpc_spec.protocol.graph import tensors_from_containers
 from ggml_rpc_spec.protocol.messages import device_fields, graph_fields
 from ggml_rpc_spec.protocol.ops import CATALOGUE, Param
 from ggml_rpc_spec.protocol.rules import BY_KEY, MUST, BufferInfo, request_checks, sized_violation
 from ggml_rpc_spec.protocol.tensor import contiguous_strides
+from ggml_rpc_spec.protocol.versions import Profile
 from ggml_rpc_spec.client.rpc import ServerClosed
 
 from ..core import CaseFailure, Checks, Context
@@ -70,7 +71,7 @@ MAX_2D_DATA = 1 << 16  # the most data a SET_TENSOR_2D of an example carries
 class LiveView:
     """protocol.rules.ServerView of the example's connection: the buffers it allocated."""
 
-    profile: object
+    profile: Profile
     buffers: dict[int, BufferInfo]
     n_devices: int = 1
     stored: bool = False
@@ -85,11 +86,14 @@ class LiveView:
         return False
 
 
+AttackStep = tuple[Command, dict, bytes | None, Graph | None]  # a request: command, body, data, graph
+
+
 @dataclass
 class Attack:
     """The requests of one example; the last is the hostile one."""
 
-    steps: list[tuple[Command, dict, bytes | None, Graph | None]]
+    steps: list[AttackStep]
     what: str  # command, or GRAPH_COMPUTE(op)
     hint: str = ""  # a rule the generator aimed at that the rules table cannot see (index values)
 
@@ -120,6 +124,8 @@ class Finding:
 class FindingError(AssertionError):
     """Raised inside hypothesis so that it shrinks the example (one subclass per class of finding,
     so hypothesis keeps them apart)."""
+
+    finding: Finding  # set by _error_for
 
 
 _ERROR_CLASSES: dict[tuple, type] = {}
@@ -283,7 +289,8 @@ def _graph_attack(draw, s: Session) -> Attack:
     names = [op for op in ggml.ops if op in CATALOGUE and CATALOGUE[op].computes]
     op = draw(st.sampled_from(names))
     spec = CATALOGUE[op]
-    sources, steps, hint = [], [], ""
+    sources, hint = [], ""
+    steps: list[AttackStep] = []
     for source in spec.sources:
         if source.optional and draw(st.booleans()):
             break
@@ -399,7 +406,7 @@ def _outcome(probe, due, session: Session, timeout: float) -> tuple[str, bytes |
     for command, size in due + [(C.GET_TENSOR, len(CANARY))]:
         parser.expect(command, size=size)
     probe.sock.settimeout(timeout)
-    replies = []
+    replies: list[Reply] = []
     try:
         while len(replies) < len(due) + 1:
             event = parser.next_event()
@@ -417,7 +424,10 @@ def _outcome(probe, due, session: Session, timeout: float) -> tuple[str, bytes |
         return CLOSED, None
     except ProtocolError as exc:  # replies that break the framing: a finding of their own
         return MALFORMED, str(exc)
-    return ANSWERED, bytes(replies[-1].data)
+    canary = replies[-1].data
+    if canary is None:  # the parser stores a data reply whole (it streams nothing)
+        raise ValueError("the canary's GET_TENSOR reply carries no data")
+    return ANSWERED, bytes(canary)
 
 
 def judge(ctx: Context, run, attack: Attack, rule: str | None, verdict: str, canary) -> Finding | None:
@@ -476,7 +486,8 @@ def _example(ctx: Context, run, campaign: Campaign, draw_attack) -> Finding | No
     except (OSError, ServerClosed, ProtocolError) as exc:
         if campaign.session is None:
             raise  # not even the first example could start: nothing to fuzz
-        return _refused_setup(ctx, run, campaign, draw_attack, exc)
+        _refused_setup(ctx, run, campaign, draw_attack, exc)
+        return None
     campaign.session = session
     attack = draw_attack(session)
     rule = expected_rule(attack, session.view())

@@ -31,7 +31,7 @@ from ggml_rpc_spec.protocol.comm import (
     wire_size,
 )
 
-from ..core import Check, Checks, Context, SHOULD, require
+from ..core import Check, Checks, Context, SHOULD, new_buffer, require
 
 checks = Checks()  # this module's cases (see conformance.cases)
 
@@ -50,7 +50,7 @@ def comm_ranks(ctx: Context) -> None:
     for what, fields in (("device", dict(device=rpc.device_count(), rank=0, world=WORLD)),
                          ("world", dict(device=ctx.device, rank=0, world=WORLD + 1)),
                          ("rank", dict(device=ctx.device, rank=WORLD, world=WORLD))):
-        ok = rpc.comm_init(port=port, **fields)
+        ok = rpc.comm_init(port=port, device=fields["device"], rank=fields["rank"], world=fields["world"])
         require(not ok, f"ok=0 for {what}={fields[what]}", "ok=1")
     require(rpc.alignment(ctx.device) > 0, "the connection still serves", "it does not")
 
@@ -121,7 +121,7 @@ def comm_listen(ctx: Context) -> None:
               rule="comm.no-link", needs=(C.COMM_INIT,))
 def comm_no_link(ctx: Context) -> None:
     rpc = ctx.client()
-    host = rpc.sock.getsockname()[0]
+    host = rpc.connection().getsockname()[0]
     require(not rpc.comm_init(rank=1, host=host, port=0, device=ctx.device), "ok=0", "ok=1 for a link to port 0")
     require(rpc.device_count() >= 1, "the connection kept", "closed")
 
@@ -254,7 +254,7 @@ def _allreduce_check(target_rank: int, n: int) -> None:
     def run(ctx: Context) -> None:
         rpc = ctx.client()
         ours, suites = partials(n)
-        buf = rpc.alloc_buffer(ours.nbytes, ctx.device)
+        buf = new_buffer(rpc, ours.nbytes, ctx.device)
         tensor = rpc.tensor_for(buf, 0, ours, name="partial")
         rpc.set_tensor(tensor, ours)
         peer = linked(rpc, ctx.attach, [Exchange(encode_partial(suites).tobytes(), wire_size(n))],

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TypedDict
 
 import ml_dtypes
 import numpy as np
@@ -122,7 +122,7 @@ def elementwise_chain(g: GraphBuilder, rng):
                                                x + y + row, x + y + row)]
 
 
-UNARY_ORACLES = {
+UNARY_ORACLES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "ABS": np.abs, "NEG": np.negative, "RELU": lambda x: np.maximum(x, 0), "TANH": np.tanh,
     "SIGMOID": lambda x: 1 / (1 + np.exp(-x)), "EXP": np.exp, "SILU": lambda x: x / (1 + np.exp(-x)),
     "GELU": lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))),
@@ -242,14 +242,14 @@ def soft_max(*, mask: str | None = None, scale: float = 1.0, max_bias: float = 0
         x = randn(rng, 4, 5, 12, scale=2.0)  # heads, rows, cols
         m = np.triu(np.full((8, 12), -np.inf, dtype=F32), k=8) if mask else None
         mt = None
-        if mask:
+        if m is not None:  # (a mask was asked for)
             m[:, 3] = -1.5
             mt = g.input(m.astype(np.float16) if mask == "F16" else m)
         out = g.soft_max(g.input(x), mt, scale=scale, max_bias=max_bias)
 
         def oracle():
             w = x.astype(np.float64) * scale
-            if mask:
+            if m is not None:
                 n_log2 = 1 << int(math.floor(math.log2(4)))
                 m0, m1 = 2 ** (-max_bias / n_log2), 2 ** (-(max_bias / 2) / n_log2)
                 slopes = np.array([(m0 ** (h + 1) if h < n_log2 else m1 ** (2 * (h - n_log2) + 1))
@@ -263,13 +263,23 @@ def soft_max(*, mask: str | None = None, scale: float = 1.0, max_bias: float = 0
     return build
 
 
+class RopeKnobs(TypedDict):
+    """GraphBuilder.rope's frequency keywords, as a case sets them."""
+
+    freq_base: float
+    freq_scale: float
+    ext_factor: float
+    attn_factor: float
+    n_ctx_orig: int
+
+
 def rope(mode: int, *, n_dims: int = 16, yarn: bool = False, f16: bool = False):
     def build(g: GraphBuilder, rng):
         x = randn(rng, 3, 4, 16)  # positions, heads, dims
         positions = np.array([0, 7, 130], dtype=np.int32)
-        knobs = dict(freq_base=10000.0, freq_scale=1.0, ext_factor=0.0, attn_factor=1.0, n_ctx_orig=0)
+        knobs = RopeKnobs(freq_base=10000.0, freq_scale=1.0, ext_factor=0.0, attn_factor=1.0, n_ctx_orig=0)
         if yarn:
-            knobs.update(freq_scale=0.25, ext_factor=1.0, n_ctx_orig=64)
+            knobs.update({"freq_scale": 0.25, "ext_factor": 1.0, "n_ctx_orig": 64})
         source = g.input(x.astype(np.float16) if f16 else x)
         out = g.rope(source, g.input(positions), n_dims, mode, **knobs)
 

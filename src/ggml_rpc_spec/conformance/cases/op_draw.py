@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from ggml_rpc_spec.client.graphs import GraphBuilder
 from ggml_rpc_spec.protocol.ggml import TYPE_BY_NAME
-from ggml_rpc_spec.protocol.ops import CATALOGUE, OpSpec, Param
+from ggml_rpc_spec.protocol.ops import CATALOGUE, Draw, OpSpec, Param
 
 SOURCE = re.compile(r"^(?P<shape>\[.*\])\s+(?P<types>\S+)\s*(?P<flags>.*)$")
 RESULT_VIEW = re.compile(r"^view (?P<index>\d+)$")
@@ -88,7 +88,10 @@ def draw_node(draw, op: str, profile) -> Drawn:
     spec = CATALOGUE[op]
     if not spec.computes:  # drawn as the layout of a DUP's source (see the module's docstring)
         drawn = draw_node(draw, "DUP", profile)
-        _lay_out(draw, drawn.sources[0], op)
+        source = drawn.sources[0]
+        if source is None:
+            raise DrawError("DUP: drawn without a source")
+        _lay_out(draw, source, op)
         return drawn
     if spec.draw is None:
         raise DrawError(f"{op}: the catalogue declares no Draw for it")
@@ -113,16 +116,25 @@ def _variables(draw, spec: OpSpec, sub: str | None, profile) -> dict:
     """The Draw's variables and every op_params word's value, in the namespace expressions
     see; a word the profile's ggml does not read holds its legacy value (or 0)."""
     params = {p.name: p for p in spec.layout(sub)}
-    declared = dict(spec.draw.var_specs())
+    variables = _draw_of(spec).var_specs()
+    declared = dict(variables)
     names: dict = {"sub": sub} if sub is not None else {}
     for param in params.values():
         if param.name not in declared:
             names[param.name] = _default(draw, spec, param, sub, profile)
-    for name, text in spec.draw.var_specs():
-        param = params.get(name)
-        unread = param is not None and not param.read_by(profile.name)
-        names[name] = _unread_value(param) if unread else _pick(draw, spec, name, text, names, param)
+    for name, text in variables:
+        word = params.get(name)
+        if word is not None and not word.read_by(profile.name):
+            names[name] = _unread_value(word)
+        else:
+            names[name] = _pick(draw, spec, name, text, names, word)
     return names
+
+
+def _draw_of(spec: OpSpec) -> Draw:
+    if spec.draw is None:
+        raise DrawError(f"{spec.name}: the catalogue declares no Draw for it")
+    return spec.draw
 
 
 def _unread_value(param: Param) -> int:
@@ -143,7 +155,8 @@ def _default(draw, spec: OpSpec, param: Param, sub: str | None, profile):
         return draw(st.sampled_from(list(param.choices.values())), label=label)
     if param.kind == "f32":
         pool = F32_POSITIVE if param.low is not None and param.low >= 0 else F32_VALUES
-        fits = [v for v in pool if (param.low is None or v >= param.low) and (param.high is None or v <= param.high)]
+        fits: list[float | None] = [v for v in pool if (param.low is None or v >= param.low)
+                                    and (param.high is None or v <= param.high)]
         return draw(st.sampled_from(fits or [param.low]), label=label)
     low = int(param.low) if param.low is not None else 0
     high = int(param.high) if param.high is not None else low + 3
@@ -222,7 +235,7 @@ def _lay_out(draw, source: DrawnSource, layout: str, padded: int = 4) -> DrawnSo
 
 def _result(spec: OpSpec, names: dict) -> tuple[list[int], str] | int:
     """The node's (ne, type), or the index of the source whose memory the node is."""
-    text = spec.draw.result
+    text = _draw_of(spec).result
     view = RESULT_VIEW.match(text)
     if view:
         return int(view["index"])
@@ -230,7 +243,8 @@ def _result(spec: OpSpec, names: dict) -> tuple[list[int], str] | int:
     if match is None:
         raise DrawError(f"{spec.name}: result {text!r} is not '[shape] TYPE' or 'view N'")
     ne = [int(n) for n in _eval(spec, match["shape"], names)]
-    return ne + [1] * (4 - len(ne)), names.get(match["types"], match["types"])
+    types: str = match["types"]  # a type name, or a variable holding one
+    return ne + [1] * (4 - len(ne)), names.get(types, types)
 
 
 # -- building -----------------------------------------------------------------------------------------
@@ -241,12 +255,14 @@ def build(g: GraphBuilder, drawn: Drawn):
     sources = [_build_source(g, s) if s is not None else None for s in drawn.sources]
     if isinstance(drawn.result, int):
         target = sources[drawn.result]
+        if target is None:
+            raise DrawError(f"{drawn.op}: the result is a view of source {drawn.result}, which was not drawn")
         node = g.new(g.type_of(target), target.ne, op=drawn.op, srcs=sources, nb=target.nb, data=target.data,
                      view_src=target, op_params=drawn.words)
     else:
         ne, kind = drawn.result
         node = g.new(kind, ne, op=drawn.op, srcs=sources, op_params=drawn.words)
-    drawn.ops = {g.profile.ggml.op_name(t.op) for t in g.tensors}
+    drawn.ops = {name for t in g.tensors if (name := g.profile.ggml.op_name(t.op)) is not None}  # all known
     return node
 
 

@@ -47,6 +47,8 @@ _TRACES = {name: decode_trace(raw) for name, raw in fixtures()}
 for _name, _trace in _TRACES.items():
     if _trace.kind == LINK:
         continue
+    if _trace.protocol is None:  # a connection trace names the version it speaks
+        raise ValueError(f"fixtures/{_name} names no protocol")
     _folder = [t for n, t in _TRACES.items() if n.split("/")[0] == _name.split("/")[0]]
     checks.add(Check(f"trace.{_name}", "13", f"replays fixtures/{_name} ({_trace.header.get('note', 'recorded session')})",
                    _replays(_trace, link_of(_trace, _folder)), kind="trace", protocols=(_trace.protocol,)))

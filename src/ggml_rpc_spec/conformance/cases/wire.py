@@ -19,7 +19,7 @@ from ggml_rpc_spec.protocol.messages import HASH_THRESHOLD, message_spec
 from ggml_rpc_spec.protocol.tensor import contiguous_strides
 from ggml_rpc_spec.client.rpc import ServerClosed, parse_endpoint
 
-from ..core import Check, Checks, Context, SHOULD, require
+from ..core import Check, Checks, Context, SHOULD, new_buffer, require
 from ..probe import ANSWERED
 
 checks = Checks()  # this module's cases (see conformance.cases)
@@ -120,9 +120,12 @@ def pipelined(ctx: Context) -> None:
     body = ctx.device_body()
     raw = b"".join(struct.pack("<BQ", C.GET_ALIGNMENT, len(body) * 4) + (struct.pack("<I", ctx.device) if body else b"")
                    for _ in range(20))
-    rpc.sock.sendall(raw)
+    rpc.connection().sendall(raw)
+    parser = rpc._replies
+    if parser is None:  # made with the connection
+        raise ValueError("the client has no reply parser")
     for _ in range(20):
-        rpc._replies.expect(C.GET_ALIGNMENT)
+        parser.expect(C.GET_ALIGNMENT)
     replies = [rpc._receive(C.GET_ALIGNMENT) for _ in range(20)]
     require(all(r.body.alignment == replies[0].body.alignment for r in replies), "20 identical replies", "they differ")
 
@@ -132,7 +135,7 @@ def concurrent_clients(ctx: Context) -> None:
     stalled = socket.create_connection(parse_endpoint(ctx.endpoint), timeout=ctx.timeout)
     try:
         stalled.sendall(bytes([C.HELLO]) + struct.pack("<Q", 24 if ctx.profile.hello == "caps" else 0)[:4])
-        result = {}
+        result: dict[str, object] = {}
 
         def other():
             try:
@@ -236,6 +239,7 @@ def memory_accounting(ctx: Context) -> None:
     buf = rpc.alloc_buffer(64 << 20, ctx.device)
     after, _ = rpc.device_memory(ctx.device)
     require(buf is not None and before - after >= 64 << 20, "free memory 64 MiB lower", f"{before} -> {after}")
+    assert buf is not None  # require() above failed the case otherwise
     rpc.free_buffer(buf)
     restored, _ = rpc.device_memory(ctx.device)
     require(restored == before, f"back to {before} after FREE_BUFFER", str(restored))
@@ -245,7 +249,7 @@ def memory_accounting(ctx: Context) -> None:
 def bases(ctx: Context) -> None:
     rpc = ctx.client()
     alignment = rpc.alignment(ctx.device)
-    buffers = [rpc.alloc_buffer(size, ctx.device) for size in (100, 4096, 65536)]
+    buffers = [new_buffer(rpc, size, ctx.device) for size in (100, 4096, 65536)]
     for buf in buffers:
         require(buf.base != 0 and buf.base % alignment == 0, f"a non-zero multiple of {alignment}", hex(buf.base))
         require(rpc.buffer_base(buf.handle) == buf.base, "the same base when asked again", "a different one")
@@ -256,15 +260,16 @@ def bases(ctx: Context) -> None:
 @checks.check("6.3", "a freed handle is no longer valid", kind="negative")
 def freed_handle(ctx: Context) -> None:
     probe = ctx.probe()
-    probe.rpc.free_buffer(probe.buffer)
-    probe.send(C.BUFFER_GET_BASE, {"remote_ptr": probe.buffer.handle})
+    buffer = probe.own_buffer()
+    probe.rpc.free_buffer(buffer)
+    probe.send(C.BUFFER_GET_BASE, {"remote_ptr": buffer.handle})
     ctx.expect_closed(probe, "BUFFER_GET_BASE of a freed buffer")
 
 
 @checks.check("6.3", "handles of one connection are invalid on another", kind="negative")
 def foreign_handle(ctx: Context) -> None:
     owner = ctx.client()
-    handle = owner.alloc_buffer(4096, ctx.device).handle
+    handle = new_buffer(owner, 4096, ctx.device).handle
     probe = ctx.probe(buffer_size=0)  # closes the owner first (upstream serves one connection at a
     # time) and allocates nothing, so the freed handle cannot come back as a buffer of its own
     probe.send(C.BUFFER_GET_BASE, {"remote_ptr": handle})
@@ -274,7 +279,7 @@ def foreign_handle(ctx: Context) -> None:
 @checks.check("6.3", "a connection's handles stay valid while another connection is served", level=SHOULD)
 def handles_survive_others(ctx: Context) -> None:
     owner = ctx.client()
-    buf = owner.alloc_buffer(4096, ctx.device)
+    buf = new_buffer(owner, 4096, ctx.device)
     probe = ctx.probe(keep=True)
     probe.send(C.BUFFER_GET_BASE, {"remote_ptr": buf.handle})
     ctx.expect_closed(probe, "another connection's handle")
@@ -301,7 +306,7 @@ def freed_on_disconnect(ctx: Context) -> None:
 @checks.check("6.4", "BUFFER_CLEAR sets every byte of the buffer")
 def clear(ctx: Context) -> None:
     rpc = ctx.client()
-    buf = rpc.alloc_buffer(1000, ctx.device)
+    buf = new_buffer(rpc, 1000, ctx.device)
     rpc.buffer_clear(buf, 0x5A)
     whole = rpc.tensor_for(buf, 0, shape=(1000,), type="I8")
     require(bytes(rpc.get_tensor(whole)) == b"\x5a" * 1000, "1000 bytes of 0x5a", "something else")
@@ -320,7 +325,7 @@ def _type_roundtrip_checks() -> None:
             rpc = ctx.client()
             ne = [kind.block_size * 3, 5, 1, 1]
             size = nbytes(kind, ne, contiguous_strides(kind.type_size, kind.block_size, ne))
-            buf = rpc.alloc_buffer(size + 64, ctx.device)
+            buf = new_buffer(rpc, size + 64, ctx.device)
             tensor = rpc.tensor_for(buf, 0, shape=ne, type=kind.name)
             data = np.random.default_rng(value).integers(0, 256, size, dtype=np.uint8).tobytes()
             rpc.set_tensor(tensor, data)
@@ -338,7 +343,7 @@ _type_roundtrip_checks()
 @checks.check("7.1", "SET_TENSOR and GET_TENSOR honour offsets")
 def offsets(ctx: Context) -> None:
     rpc = ctx.client()
-    buf = rpc.alloc_buffer(4096, ctx.device)
+    buf = new_buffer(rpc, 4096, ctx.device)
     tensor = rpc.tensor_for(buf, 256, shape=(64,), type="F32")
     rpc.set_tensor(tensor, bytes(256))
     rpc.set_tensor(tensor, b"\x01\x02\x03\x04", offset=100)
@@ -352,7 +357,7 @@ def offsets(ctx: Context) -> None:
 @checks.check("7.2", "GET_TENSOR of a strided view reads through the view's data address")
 def strided_view(ctx: Context) -> None:
     rpc = ctx.client()
-    buf = rpc.alloc_buffer(4096, ctx.device)
+    buf = new_buffer(rpc, 4096, ctx.device)
     base = rpc.tensor_for(buf, 0, np.arange(64, dtype=np.float32))
     rpc.set_tensor(base, np.arange(64, dtype=np.float32))
     view = make_tensor(ctx.profile.tensor, id=99, type=0, buffer=buf.handle, ne=[4, 3, 1, 1], nb=[4, 32, 96, 96],
@@ -364,7 +369,7 @@ def strided_view(ctx: Context) -> None:
 @checks.check("7.4", "COPY_TENSOR copies nbytes(src) and answers 1")
 def copy(ctx: Context) -> None:
     rpc = ctx.client()
-    a_buf, b_buf = rpc.alloc_buffer(1024, ctx.device), rpc.alloc_buffer(1024, ctx.device)
+    a_buf, b_buf = new_buffer(rpc, 1024, ctx.device), new_buffer(rpc, 1024, ctx.device)
     values = np.linspace(-1, 1, 32).astype(np.float32)
     src, dst = rpc.tensor_for(a_buf, 64, values), rpc.tensor_for(b_buf, 128, values)
     rpc.set_tensor(src, values)
@@ -375,7 +380,7 @@ def copy(ctx: Context) -> None:
 @checks.check("7.5", "INIT_TENSOR is accepted for a tensor in a buffer")
 def init_tensor(ctx: Context) -> None:
     rpc = ctx.client()
-    buf = rpc.alloc_buffer(4096, ctx.device)
+    buf = new_buffer(rpc, 4096, ctx.device)
     rpc.init_tensor(rpc.tensor_for(buf, 0, shape=(576, 2), type="Q4_0"))
     require(rpc.alignment(ctx.device) > 0, "the connection stays open", "it closed")
 
@@ -383,7 +388,7 @@ def init_tensor(ctx: Context) -> None:
 @checks.check("7.6", "MEMSET_TENSOR sets exactly the region", needs=(C.MEMSET_TENSOR,))
 def memset(ctx: Context) -> None:
     rpc = ctx.client()
-    buf = rpc.alloc_buffer(256, ctx.device)
+    buf = new_buffer(rpc, 256, ctx.device)
     tensor = rpc.tensor_for(buf, 0, shape=(64,), type="F32")
     rpc.set_tensor(tensor, bytes(256))
     rpc.memset_tensor(tensor, 0x7E, 10, 5)
@@ -394,7 +399,7 @@ def memset(ctx: Context) -> None:
 @checks.check("7.3", "SET_TENSOR_HASH of unknown data answers 0 and changes nothing")
 def hash_miss(ctx: Context) -> None:
     rpc = ctx.client()
-    buf = rpc.alloc_buffer(64, ctx.device)
+    buf = new_buffer(rpc, 64, ctx.device)
     tensor = rpc.tensor_for(buf, 0, shape=(16,), type="F32")
     rpc.set_tensor(tensor, bytes(range(64)))
     require(not rpc.set_tensor_hash(tensor, 0x0123_4567_89AB_CDEF), "result 0", "1")
@@ -407,12 +412,12 @@ def hash_hit(ctx: Context) -> None:
         ctx.skip("the target is not known to run with a cache directory (--target-has-cache)")
     data = np.random.default_rng(9).integers(0, 256, HASH_THRESHOLD + 4096, dtype=np.uint8).tobytes()
     rpc = ctx.client()
-    buf = rpc.alloc_buffer(len(data), ctx.device)
+    buf = new_buffer(rpc, len(data), ctx.device)
     tensor = rpc.tensor_for(buf, 0, shape=(len(data),), type="I8")
     rpc.set_tensor(tensor, data, cache=True)
     rpc.sync()
     other = ctx.client()  # a new connection (the first one is closed)
-    buf2 = other.alloc_buffer(len(data), ctx.device)
+    buf2 = new_buffer(other, len(data), ctx.device)
     tensor2 = other.tensor_for(buf2, 0, shape=(len(data),), type="I8")
     require(other.set_tensor_hash(tensor2, fnv1a64(data)), "result 1 (a cache hit)", "0")
     require(bytes(other.get_tensor(tensor2)) == data, "the cached bytes written", "other bytes")
@@ -423,6 +428,8 @@ def _cache_path(ctx: Context, data: bytes):
 
     from ggml_rpc_spec.protocol.hashing import cache_name
 
+    if ctx.cache_dir is None:  # the cases that damage cache files skip without one
+        raise ValueError("the target's cache directory is not known (--target-cache-dir)")
     return Path(ctx.cache_dir) / cache_name(fnv1a64(data))
 
 
@@ -430,7 +437,7 @@ def _store_in_cache(ctx: Context, data: bytes, *, while_sending=None) -> None:
     """SET_TENSOR of `data` with the cache flag (stored by every version's cache), on a
     connection of its own; `while_sending()` runs in a thread until the server has the data."""
     rpc = ctx.client()
-    buf = rpc.alloc_buffer(len(data), ctx.device)
+    buf = new_buffer(rpc, len(data), ctx.device)
     tensor = rpc.tensor_for(buf, 0, shape=(len(data),), type="I8")
     done = threading.Event()
     watcher = threading.Thread(target=while_sending, args=(done,), daemon=True) if while_sending else None
@@ -448,7 +455,7 @@ def _store_in_cache(ctx: Context, data: bytes, *, while_sending=None) -> None:
 def _hash_answer(ctx: Context, data: bytes) -> bool:
     """SET_TENSOR_HASH of `data` into a fresh tensor on a new connection: whether it hit."""
     rpc = ctx.client()
-    buf = rpc.alloc_buffer(len(data), ctx.device)
+    buf = new_buffer(rpc, len(data), ctx.device)
     tensor = rpc.tensor_for(buf, 0, shape=(len(data),), type="I8")
     return bool(rpc.set_tensor_hash(tensor, fnv1a64(data)))
 
@@ -496,7 +503,8 @@ def cache_atomic(ctx: Context) -> None:
             time.sleep(0.0005)
 
     _store_in_cache(ctx, data, while_sending=watch)
-    require(seen and seen[-1] == len(data), f"the entry {path.name} of {len(data)} bytes", f"sizes seen: {seen[-3:]}")
+    require(bool(seen) and seen[-1] == len(data), f"the entry {path.name} of {len(data)} bytes",
+            f"sizes seen: {seen[-3:]}")
     short = sorted({size for size in seen if size != len(data)})
     require(not short, f"only complete entries under the final name ({len(data)} bytes)",
             f"the entry seen with {short[:5]} bytes")
@@ -514,7 +522,7 @@ def _layouts_2d(ctx: Context):
     """For each of LAYOUTS_2D: one fresh connection (the same for all), a seed, a Q4_1 [64, 6] tensor in a buffer of
     it holding random bytes (new for each layout), those bytes and the layout."""
     rpc = ctx.client()
-    buf = rpc.alloc_buffer(256, ctx.device)
+    buf = new_buffer(rpc, 256, ctx.device)
     tensor = rpc.tensor_for(buf, 0, shape=(64, 6), type="Q4_1")
     for seed, layout in enumerate(LAYOUTS_2D):
         raw = np.random.default_rng(seed).integers(0, 256, rpc.nbytes(tensor), dtype=np.uint8).tobytes()

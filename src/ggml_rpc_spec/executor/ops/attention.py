@@ -36,7 +36,7 @@ def ggml_path(n_q: int, k_type: str, v_type: str) -> str:
     return "tiled" if same and n_q >= FA_TILE_Q else "row"
 
 
-def online_f16(scores: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def online_f16(scores: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ggml's row path with F16 values: keys in order, a running maximum M, the sum S in
     float32 and the weighted values summed in an F16 accumulator (rescaled in F16 when M grows,
     each product added and rounded to F16).  scores (..., n_kv) float32 (-inf: masked, skipped);
@@ -81,8 +81,8 @@ def alibi_slopes(n_head: int, max_bias: float) -> np.ndarray:
     if not max_bias > 0:
         return np.ones(n_head, dtype=F32)
     n_head_log2 = 1 << int(math.floor(math.log2(n_head)))
-    m0 = np.power(F32(2), F32(-max_bias) / F32(n_head_log2))
-    m1 = np.power(F32(2), F32(-(max_bias / F32(2))) / F32(n_head_log2))
+    m0: np.float32 = np.power(F32(2), F32(-max_bias) / F32(n_head_log2))
+    m1: np.float32 = np.power(F32(2), F32(-(max_bias / F32(2))) / F32(n_head_log2))
     h = np.arange(n_head)
     exponent = np.where(h < n_head_log2, h + 1, 2 * (h - n_head_log2) + 1).astype(F32)
     return np.power(np.where(h < n_head_log2, m0, m1).astype(F32), exponent).astype(F32)

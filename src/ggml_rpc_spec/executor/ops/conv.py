@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import EllipsisType
 
 import numpy as np
 
@@ -105,7 +106,7 @@ def blocks(node: TensorRef, total: int, per_unit: int, what: str) -> list[tuple[
 def unflatten(array: np.ndarray, axis: int, sizes: tuple[int, ...]) -> np.ndarray:
     """`array` with `axis` split into `sizes` (row-major): always a view, so writes land."""
     stride = array.strides[axis]
-    strides = []
+    strides: list[int] = []
     for size in reversed(sizes):
         strides.insert(0, stride)
         stride *= size
@@ -167,6 +168,11 @@ class Windows:
         return values
 
 
+def _trailing(*parts: slice | int) -> tuple[EllipsisType | slice | int, ...]:
+    """The index (..., *parts): `parts` over an array's last axes."""
+    return (..., *parts)
+
+
 def scatter(out: np.ndarray, cols: np.ndarray, axes: tuple[Axis, ...], lo: int = 0) -> None:
     """out (B..., I_0, ..., I_n-1) += cols (B..., O_0, ..., O_n-1, K_0, ..., K_n-1): output
     position o (o_0 counted from `lo`) tap k lands on o * s + k * d - p; what lands outside out
@@ -185,7 +191,7 @@ def scatter(out: np.ndarray, cols: np.ndarray, axes: tuple[Axis, ...], lo: int =
                 target.append(slice(start, start + (last - first - 1) * axis.s + 1, axis.s))
                 source.append(slice(first - low, last - low))
             else:
-                out[(..., *target)] += cols[(..., *source, *taps)]
+                out[_trailing(*target)] += cols[_trailing(*source, *taps)]
     else:
         for position in np.ndindex(*(hi - low for low, hi in extents)):
             source, target = [], []
@@ -197,7 +203,7 @@ def scatter(out: np.ndarray, cols: np.ndarray, axes: tuple[Axis, ...], lo: int =
                 target.append(slice(start, start + (last - first - 1) * axis.d + 1, axis.d))
                 source.append(slice(first, last))
             else:
-                out[(..., *target)] += cols[(..., *position, *source)]
+                out[_trailing(*target)] += cols[_trailing(*position, *source)]
 
 
 def kinds(node: TensorRef, tensor: TensorRef, allowed: tuple[str, ...], role: str) -> None:
@@ -289,8 +295,9 @@ def build_im2col_3d(node: TensorRef, ctx: ExecContext) -> Step | None:
     ic = p.ic
     require(ic >= 1, node, "IC {} must be >= 1", ic, rule=PARAMS)
     n = image.ne[3] // ic  # ggml's integer division: channels past N * IC are not read
-    axes = (Axis(image.ne[2], kern.ne[2], p.s2, p.p2, p.d2), Axis(image.ne[1], kern.ne[1], p.s1, p.p1, p.d1),
-            Axis(image.ne[0], kern.ne[0], p.s0, p.p0, p.d0))
+    axes: tuple[Axis, ...] = (Axis(image.ne[2], kern.ne[2], p.s2, p.p2, p.d2),
+                              Axis(image.ne[1], kern.ne[1], p.s1, p.p1, p.d1),
+                              Axis(image.ne[0], kern.ne[0], p.s0, p.p0, p.d0))
     od = axes[0].expected()
     require(od >= 1 and node.ne[3] == od * n, node, "result ne3 {} is not OD * N = {} * {}", node.ne[3], od, n,
             rule=PARAMS)
@@ -579,7 +586,7 @@ def _pool_blocks(node: TensorRef, planes: int, rows: int, per_row: int) -> list[
 
 
 def _pool(node: TensorRef, ctx: ExecContext, src: TensorRef, op: int, ys: PoolAxis, xs: PoolAxis,
-          divisor: np.ndarray | float, height: int) -> Step:
+          divisor: np.ndarray | np.float32, height: int) -> Step:
     """dst (planes, OH, OW) from windows of src (planes, height, W)."""
     planes = src.n_elements // (src.ne[0] * height)
     oh, ow = len(ys.count), len(xs.count)
@@ -597,7 +604,7 @@ def _pool(node: TensorRef, ctx: ExecContext, src: TensorRef, op: int, ys: PoolAx
                 out[q0:q1, lo:hi] = np.max(values, axis=(2, 4), initial=-FLT_MAX, where=inside)
             else:
                 total = np.sum(values, axis=(2, 4), where=inside, dtype=F32)
-                part = divisor if np.isscalar(divisor) else divisor[lo:hi]
+                part = divisor[lo:hi] if isinstance(divisor, np.ndarray) else divisor
                 out[q0:q1, lo:hi] = total / part
         node.write(out.reshape(node.shape))
 

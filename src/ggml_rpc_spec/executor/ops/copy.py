@@ -46,7 +46,7 @@ def _blocks_flat_compatible(node: TensorRef, src: TensorRef) -> None:
 
 
 @kernels.kernel("DUP", "CONT", "CPY")
-def build_copy(node: TensorRef, ctx: ExecContext) -> Step:
+def build_copy(node: TensorRef, ctx: ExecContext) -> Step | None:
     """The node takes src0's values in row-major order (CPY: the node is a view of src1, its
     destination; the kernel only writes through the node)."""
     src = node.src(0)
@@ -61,18 +61,18 @@ def build_copy(node: TensorRef, ctx: ExecContext) -> Step:
         _blocks_flat_compatible(node, src)
         shape = (node.ne[3], node.ne[2], node.ne[1], node.ne[0] // node.kind.block_size)
 
-        def run():
+        def copy_blocks():
             node.blocks()[...] = src.blocks().reshape(shape)
 
-        return run
+        return copy_blocks
     if not (src.quantized or node.quantized):
         require(src.kind.name in ELEMENT_DTYPES and node.kind.name in ELEMENT_DTYPES, node,
                 "cannot convert {} to {}", src.kind.name, node.kind.name)
 
-        def run():  # typed copy: integers never pass through float
+        def copy_typed():  # typed copy: integers never pass through float
             node.view()[...] = src.view().reshape(node.shape)
 
-        return run
+        return copy_typed
     _decodable(node, src)
     _encodable(node)
     _whole_blocks(node, src, node)
@@ -89,7 +89,7 @@ def build_copy(node: TensorRef, ctx: ExecContext) -> Step:
 
 
 @kernels.kernel("ACC", "SET")
-def build_acc(node: TensorRef, ctx: ExecContext) -> Step:
+def build_acc(node: TensorRef, ctx: ExecContext) -> Step | None:
     """result = a, then the window of the result at byte `offset` with byte strides (element,
     nb1, nb2, nb3) and b's shape is a's window + b (ACC) or b (SET).  ggml requires a and the
     result contiguous; b may have any strides.  With the `inplace` word set ggml takes the

@@ -119,12 +119,12 @@ def build_pad(node: TensorRef, ctx: ExecContext) -> Step | None:
                          zip(node.shape, left[::-1], src.shape, strict=True)])
         return lambda: out.__setitem__(Ellipsis, x[index])
     # zero padding; negative pads crop
-    target, source = [], []
+    targets, sources = [], []
     for size, lp, rp in zip(node.shape, left[::-1], right[::-1], strict=True):
         lo, hi = max(lp, 0), size - max(rp, 0)
-        target.append(slice(lo, max(hi, lo)))
-        source.append(slice(lo - lp, max(hi, lo) - lp))
-    target, source = tuple(target), tuple(source)
+        targets.append(slice(lo, max(hi, lo)))
+        sources.append(slice(lo - lp, max(hi, lo) - lp))
+    target, source = tuple(targets), tuple(sources)
     shape = node.shape
 
     def run():
@@ -164,10 +164,10 @@ def build_roll(node: TensorRef, ctx: ExecContext) -> Step | None:
             "shifts {} must each be smaller than the extent {}", shifts, src.ne, rule=OP_PARAMS)
     dense_rows(node, src, node)
     x, out = src.view(), node.view()
-    shifts = tuple(shifts[::-1])
+    by_axis = tuple(shifts[::-1])
 
     def run():
-        out[...] = np.roll(x, shifts, axis=(0, 1, 2, 3))
+        out[...] = np.roll(x, by_axis, axis=(0, 1, 2, 3))
 
     return run
 

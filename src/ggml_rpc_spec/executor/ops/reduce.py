@@ -155,7 +155,7 @@ def build_argsort(node: TensorRef, ctx: ExecContext) -> Step:
 
 
 @kernels.kernel("TOP_K")
-def build_top_k(node: TensorRef, ctx: ExecContext) -> Step:
+def build_top_k(node: TensorRef, ctx: ExecContext) -> Step | None:
     k, n = node.ne[0], node.src(0).ne[0]
     require(k <= n, node, "k = {} exceeds the row length {}", k, n)
     rows, out = _sort_rows(node)

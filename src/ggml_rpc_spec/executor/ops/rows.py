@@ -34,7 +34,7 @@ def _dense(t: TensorRef) -> bool:
 
 
 @kernels.kernel("GET_ROWS")
-def build_get_rows(node: TensorRef, ctx: ExecContext) -> Step:
+def build_get_rows(node: TensorRef, ctx: ExecContext) -> Step | None:
     """dst[i12, i11, i10, :] = src0[i12, i11, src1[i12, i11, i10], :], as float32 (or as I32
     from an I32 table)."""
     data, index = node.src(0), node.src(1)
@@ -67,7 +67,7 @@ def build_get_rows(node: TensorRef, ctx: ExecContext) -> Step:
 
 
 @kernels.kernel("SET_ROWS")
-def build_set_rows(node: TensorRef, ctx: ExecContext) -> Step:
+def build_set_rows(node: TensorRef, ctx: ExecContext) -> Step | None:
     """dst[i03, i02, src1[i03 % ne12, i02 % ne11, i], :] = src0[i03, i02, i, :], each row
     converted to the destination's type as ggml's from_float does (F16 rows into an F16
     destination are copied as they are)."""

@@ -123,7 +123,7 @@ def sub_op(node: TensorRef, names: tuple[str, ...], supported: dict) -> str:
     """The sub-op named by the node's `op` param (UNARY, GLU) in this release's table, checked
     against the supported ones; from now on the node's params include the sub-op's own."""
     index = node.params().op
-    name = names[index] if 0 <= index < len(names) else None
+    name = names[index] if 0 <= index < len(names) else ""  # "": outside the table, never supported
     require(name in supported, node, "{} op {} is not supported", node.op.lower(), name or index)
     node.sub = name
     return name

@@ -144,7 +144,7 @@ class Draw:
     inplace: str = ""
 
     def var_specs(self) -> list[tuple[str, str]]:
-        return [tuple(item.split("=", 1)) for item in self.vars.split()]
+        return [(name, text) for name, text in (item.split("=", 1) for item in self.vars.split())]
 
 
 @dataclass(frozen=True, kw_only=True)
