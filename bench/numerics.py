@@ -35,11 +35,10 @@ from ggml_rpc_spec.protocol import profile_for
 from ggml_rpc_spec.server.service import ReferenceServer
 from ggml_rpc_spec.upstream_peers import ensure_built, peer_for
 from ggml_rpc_spec.upstream_peers.llama_run import run_llama
+from ggml_rpc_spec.upstream_peers.logits import NUMERICS_TEXT
 from ggml_rpc_spec.upstream_peers.models import write_tiny_llama, write_tiny_mamba
 
-TEXT = ("The old town of the river is a place of quiet streets and small shops. In the morning the baker "
-        "opens his door, the children run to the school, and the fishermen bring in the catch of the night. "
-        "In the evening the lights of the harbour shine on the water and the town goes to sleep.")
+TEXT = NUMERICS_TEXT
 MARGIN = 0.5
 WEIGHTS = {"q8_0": Q.Q8_0, "f16": Q.F16}
 MODELS = {

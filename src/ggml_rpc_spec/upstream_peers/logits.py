@@ -14,6 +14,10 @@ from __future__ import annotations
 import numpy as np
 
 TEXT = "The quick brown fox jumps over the lazy dog. In the end, the dog and the fox are friends."
+# the longer prompt on which the numerics modes are compared (python -m bench.numerics and its test)
+NUMERICS_TEXT = ("The old town of the river is a place of quiet streets and small shops. In the morning the baker "
+                 "opens his door, the children run to the school, and the fishermen bring in the catch of the "
+                 "night. In the evening the lights of the harbour shine on the water and the town goes to sleep.")
 MARGIN = 0.5
 # max |logit error| / max |logit| in the tests: plain float32 math, and with ggml's activation rounding
 TOLERANCE = {"float": 0.08, "ggml": 0.03}

@@ -110,11 +110,13 @@ def comm_listen(ctx: Context) -> None:
     log = peer.finish()
     if not ok and not log.peer:
         ctx.skip(f"the target declined to listen as rank 0 (COMM_INIT answered ok=0): {log.error}")
-    require(ok and log.peer, f"ok=1 once the suite connected to {host}:{port}",
-            f"ok={int(ok)}, link {log.peer or 'not made'} {log.error}")
-    require(log.notes.get("stranger") != "accepted", f"{stranger}:{port} refused while the target listened on "
-            f"{host}:{port}", f"{stranger}:{port} accepted a connection: the target listens on every interface")
-    rpc.comm_free(ctx.device)
+    try:
+        require(ok and log.peer, f"ok=1 once the suite connected to {host}:{port}",
+                f"ok={int(ok)}, link {log.peer or 'not made'} {log.error}")
+        require(log.notes.get("stranger") != "accepted", f"{stranger}:{port} refused while the target listened on "
+                f"{host}:{port}", f"{stranger}:{port} accepted a connection: the target listens on every interface")
+    finally:  # a link left up would answer the next case's COMM_INIT (upstream keeps it per device)
+        rpc.comm_free(ctx.device)
 
 
 @checks.check("10.1", "COMM_INIT whose link cannot be set up (port 0) answers ok=0 and keeps the connection",
@@ -161,34 +163,35 @@ def comm_admit(ctx: Context) -> None:
     log = peer.finish()
     if not ok and not log.peer:
         ctx.skip(f"the target declined to listen as rank 0 (COMM_INIT answered ok=0): {log.error}")
-    require(log.notes.get("stranger") != "linked", f"a connection from {stranger} closed without a handshake",
-            f"the target linked with {stranger}, which it was not told about")
-    require(ok and log.peer, "ok=1 once the suite connected from its own address", f"ok={int(ok)} {log.error}")
-    rpc.comm_free(ctx.device)
+    try:
+        require(log.notes.get("stranger") != "linked", f"a connection from {stranger} closed without a handshake",
+                f"the target linked with {stranger}, which it was not told about")
+        require(ok and log.peer, "ok=1 once the suite connected from its own address", f"ok={int(ok)} {log.error}")
+    finally:
+        rpc.comm_free(ctx.device)
 
 
 def _handshake_from(source: str, address: tuple[str, int], deadline: float) -> str:
     """Connect to `address` from `source` and try the rank-1 handshake: "linked" when the
-    target answered it, else what happened."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.bind((source, 0))
-        while True:
-            try:
-                sock.settimeout(max(deadline - time.monotonic(), 0.001))
-                sock.connect(address)
-                break
-            except ConnectionRefusedError:
-                if time.monotonic() >= deadline:
-                    return "nothing listened"
-                time.sleep(0.05)  # polling for a listener that starts when COMM_INIT arrives
-        sock.settimeout(2.0)
-        sock.sendall(bytes(24))
-        return "linked" if len(sock.recv(24)) == 24 else "closed"
-    except OSError as exc:
-        return f"closed ({exc})"
-    finally:
-        sock.close()
+    target answered it, else what happened.  A connection aborted before the handshake (a
+    listener left by an earlier COMM_INIT being replaced) is tried again until `deadline`."""
+    while True:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind((source, 0))
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            sock.connect(address)
+            sock.settimeout(2.0)
+            sock.sendall(bytes(24))
+            return "linked" if len(sock.recv(24)) == 24 else "closed"
+        except (ConnectionRefusedError, ConnectionAbortedError) as exc:
+            if time.monotonic() >= deadline:
+                return "nothing listened" if isinstance(exc, ConnectionRefusedError) else f"closed ({exc})"
+            time.sleep(0.05)  # polling for a listener that starts when COMM_INIT arrives
+        except OSError as exc:
+            return f"closed ({exc})"
+        finally:
+            sock.close()
 
 
 @checks.check("10.2", "COMM_ALLREDUCE on a tensor without a live buffer closes the connection",
