@@ -31,11 +31,12 @@ from ggml_rpc_spec.protocol import Command, Graph, Reply, Request
 from ggml_rpc_spec.protocol.comm import host_of
 from ggml_rpc_spec.protocol.errors import RemoteProtocolError
 from ggml_rpc_spec.protocol.messages import local_reply, message_spec
-from ggml_rpc_spec.protocol.rules import (RULES, BufferInfo, Rule, Violation, as_error, request_checks, rule,
+from ggml_rpc_spec.protocol.rules import (RULES, Rule, Violation, as_error, request_checks, rule,
                                           sized_violation)
 from ggml_rpc_spec.protocol.versions import Profile
 from ggml_rpc_spec.server.graphs import GraphStore, StoredGraph
 from ggml_rpc_spec.server.link import LinkPolicy
+from ggml_rpc_spec.server.view import ConnectionTables
 
 log = logging.getLogger("ggml_rpc.guard")
 C = Command
@@ -134,8 +135,9 @@ class Declined(Exception):
         self.reason = reason
 
 
-class GuardSession:
-    """One connection's server state as the guard sees it (implements protocol.rules.ServerView)."""
+class GuardSession(ConnectionTables):
+    """One connection's server state as the guard sees it (implements protocol.rules.ServerView
+    with ConnectionTables' lookups)."""
 
     def __init__(self, profile: Profile, n_devices: int, settings: GuardSettings, stats: GuardStats) -> None:
         self.profile = profile
@@ -148,18 +150,6 @@ class GuardSession:
         self.links: set[int] = set()
         self.ctx = ExecContext(profile.ggml, DequantCache())
         self._checks = {c: request_checks(c, message_spec(profile, c).request) for c in profile.commands}
-
-    # -- ServerView -------------------------------------------------------------------------------
-
-    def buffer(self, handle: int) -> BufferInfo | None:
-        found = self.buffers.get(handle)
-        return found.info if found is not None else None
-
-    def has_stored_graph(self, device: int, uid: int | None) -> bool:
-        return self.graphs.get(device, uid) is not None
-
-    def has_link(self, device: int) -> bool:
-        return device in self.links
 
     # -- requests ---------------------------------------------------------------------------------
 

@@ -26,11 +26,12 @@ from ggml_rpc_spec.protocol.errors import RemoteProtocolError
 from ggml_rpc_spec.protocol.ggml import nbytes
 from ggml_rpc_spec.protocol.hashing import cache_name, fnv1a64
 from ggml_rpc_spec.protocol.messages import HASH_THRESHOLD, hello_reply, local_reply
-from ggml_rpc_spec.protocol.rules import BufferInfo, as_error, request_checks, sized_violation
+from ggml_rpc_spec.protocol.rules import as_error, request_checks, sized_violation
 from ggml_rpc_spec.protocol.versions import Profile
 
 from .graphs import GraphStore, StoredGraph
 from .link import Link, LinkError, LinkPolicy
+from .view import ConnectionTables
 
 log = logging.getLogger("ggml_rpc.server")
 
@@ -89,8 +90,9 @@ class ServerState:
         log.info("cached %d bytes as %s", len(data), path)
 
 
-class Session:
-    """The protocol state of one connection (implements protocol.rules.ServerView)."""
+class Session(ConnectionTables):
+    """The protocol state of one connection (implements protocol.rules.ServerView, with
+    ConnectionTables' lookups)."""
 
     def __init__(self, state: ServerState, name: str = "") -> None:
         self.state = state
@@ -115,16 +117,6 @@ class Session:
     @property
     def n_devices(self) -> int:
         return len(self.state.devices)
-
-    def buffer(self, handle: int) -> BufferInfo | None:
-        found = self.buffers.get(handle)
-        return found.info if found is not None else None
-
-    def has_stored_graph(self, device: int, uid: int | None) -> bool:
-        return self.graphs.get(device, uid) is not None
-
-    def has_link(self, device: int) -> bool:
-        return device in self.links
 
     # -- validation ---------------------------------------------------------------------------
 
