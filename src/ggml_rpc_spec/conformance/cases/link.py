@@ -128,13 +128,19 @@ def comm_no_link(ctx: Context) -> None:
     require(rpc.device_count() >= 1, "the connection kept", "closed")
 
 
+def _linked_or_skip(ctx: Context, rpc) -> LinkPeer:
+    """The suite linked with the target as rank 1; the case is skipped when the target declines."""
+    peer = linked(rpc, ctx.attach, device=ctx.device, timeout=ctx.timeout)
+    if peer is None:
+        ctx.skip("the target declined to link with the suite (COMM_INIT answered ok=0)")
+    return peer
+
+
 @checks.check("10.1", "COMM_INIT answers ok=1 once the 24-byte handshake is done, with all-zero caps",
               rule="comm.handshake", needs=(C.COMM_INIT,))
 def comm_handshake(ctx: Context) -> None:
     rpc = ctx.client()
-    peer = linked(rpc, ctx.attach, device=ctx.device, timeout=ctx.timeout)
-    if peer is None:
-        ctx.skip("the target declined to link with the suite (COMM_INIT answered ok=0)")
+    peer = _linked_or_skip(ctx, rpc)
     log = peer.finish()
     require(log.handshake == bytes(24), "24 zero bytes of conn_caps from the target on the link",
             f"{log.handshake.hex() or 'nothing'} {log.error}")
@@ -198,9 +204,7 @@ def _handshake_from(source: str, address: tuple[str, int], deadline: float) -> s
               rule="comm.buffer", needs=(C.COMM_ALLREDUCE,))
 def comm_buffer(ctx: Context) -> None:
     rpc = ctx.client()
-    peer = linked(rpc, ctx.attach, device=ctx.device, timeout=ctx.timeout)
-    if peer is None:
-        ctx.skip("the target declined to link with the suite (COMM_INIT answered ok=0)")
+    _linked_or_skip(ctx, rpc)  # the link the all-reduce below would use
     orphan = make_tensor(rpc.profile.tensor, id=0x51, type=0, ne=[16, 1, 1, 1], nb=[4, 64, 64, 64], buffer=0)
     rpc.comm_allreduce(orphan, ctx.device)
     try:
