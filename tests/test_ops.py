@@ -244,3 +244,42 @@ def test_every_op_draws_nodes_the_reference_server_computes(reference_server, pr
         except ServerClosed as exc:
             refused[op] = str(exc)
     assert not refused, refused
+
+
+def _row_path_f16(scores: np.ndarray, values: np.ndarray):
+    """ggml's row path for one query row, written key by key as its C loop reads: M, S in
+    float32, the weighted values summed in an F16 accumulator."""
+    f16 = np.float16
+    top, total, acc = np.float32(-np.inf), np.float32(0), np.zeros(values.shape[-1], f16)
+    for s, v in zip(scores, values, strict=True):
+        if s == -np.inf:
+            continue
+        ms, vs = np.float32(1), np.float32(1)
+        if s > top:
+            ms = np.float32(np.exp(np.float32(top - s)))
+            acc = (acc.astype(np.float32) * ms).astype(f16)
+            top = s
+        else:
+            vs = np.float32(np.exp(np.float32(s - top)))
+        acc = (acc.astype(np.float32) + v * vs).astype(f16)
+        total = np.float32(total * ms + vs)
+    return acc.astype(np.float32), total, top
+
+
+def test_flash_attention_f16_sums_follow_ggml_key_by_key():
+    """online_f16 computes the factors of every key at once; its accumulator and sum must still
+    be what ggml's key-by-key loop gives, bit for bit, masked keys and NaN scores included."""
+    from ggml_rpc_spec.executor.ops.attention import online_f16
+
+    rng = np.random.default_rng(5)
+    scores = (rng.standard_normal((3, 4, 37)) * 6).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.3] = -np.inf
+    scores[0, 0] = -np.inf  # a row with every key masked
+    scores[1, 1, 3] = np.nan
+    values = (rng.standard_normal((3, 4, 37, 8)) * 300).astype(np.float16).astype(np.float32)
+    acc, total, top = online_f16(scores, values)
+    for i, j in np.ndindex(3, 4):
+        want = _row_path_f16(scores[i, j], values[i, j])
+        np.testing.assert_array_equal(acc[i, j], want[0])
+        np.testing.assert_array_equal(total[i, j], want[1])
+        np.testing.assert_array_equal(top[i, j], want[2])

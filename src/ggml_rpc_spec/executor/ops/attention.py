@@ -40,25 +40,30 @@ def online_f16(scores: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.n
     """ggml's row path with F16 values: keys in order, a running maximum M, the sum S in
     float32 and the weighted values summed in an F16 accumulator (rescaled in F16 when M grows,
     each product added and rounded to F16).  scores (..., n_kv) float32 (-inf: masked, skipped);
-    values (..., n_kv, d_v) F16 values as float32.  Returns the accumulator as float32, S and M."""
-    shape = scores.shape[:-1]
-    top = np.full(shape, -np.inf, dtype=F32)
-    total = np.zeros(shape, dtype=F32)
-    acc = np.zeros(shape + (values.shape[-1],), dtype=np.float16)
+    values (..., n_kv, d_v) F16 values as float32.  Returns the accumulator as float32, S and M.
+
+    The running maximum, and with it every key's two factors, are worked out for all keys at
+    once; only the roundings of the accumulator and the sum go key by key, as they must."""
     with np.errstate(invalid="ignore", over="ignore"):
+        start = np.full(scores.shape[:-1] + (1,), -np.inf, dtype=F32)
+        # M before each key and after the last (masked keys and NaN never grow it)
+        running = np.fmax.accumulate(np.concatenate([start, scores], axis=-1), axis=-1)
+        before = running[..., :-1]
+        valid = scores != -np.inf
+        grows = valid & (scores > before)
+        ms = np.where(grows, np.exp(before - scores), F32(1)).astype(F32)
+        vs = np.where(grows, F32(1), np.where(valid, np.exp(scores - before), F32(0))).astype(F32)
+        shape = scores.shape[:-1]
+        total = np.zeros(shape, dtype=F32)
+        acc = np.zeros(shape + (values.shape[-1],), dtype=F32)
         for ic in range(scores.shape[-1]):
-            s = scores[..., ic]
-            valid = s != -np.inf
-            grows = valid & (s > top)
-            ms = np.where(grows, np.exp(top - s), F32(1)).astype(F32)
-            vs = np.where(grows, F32(1), np.where(valid, np.exp(s - top), F32(0))).astype(F32)
-            if grows.any():
-                acc = np.where(grows[..., None], (acc.astype(F32) * ms[..., None]).astype(np.float16), acc)
-            added = (acc.astype(F32) + values[..., ic, :] * vs[..., None]).astype(np.float16)
-            acc = np.where(valid[..., None], added, acc)
-            top = np.where(grows, s, top)
-            total = np.where(valid, total * ms + vs, total).astype(F32)
-    return acc.astype(F32), total, top
+            grown = grows[..., ic]
+            if grown.any():
+                acc = np.where(grown[..., None], (acc * ms[..., ic, None]).astype(np.float16), acc).astype(F32)
+            added = (acc + values[..., ic, :] * vs[..., ic, None]).astype(np.float16).astype(F32)
+            acc = np.where(valid[..., ic, None], added, acc)
+            total = np.where(valid[..., ic], total * ms[..., ic] + vs[..., ic], total).astype(F32)
+    return acc, total, running[..., -1]
 
 
 def _normalized(acc: np.ndarray, total: np.ndarray, top: np.ndarray, sink) -> np.ndarray:
