@@ -1,6 +1,6 @@
 """Graph cases, one or more per op: a small graph plus a plain NumPy oracle for its result.
 
-Each case builds its graph with reference_impl.graphs.GraphBuilder on a fresh buffer and
+Each case builds its graph with client.graphs.GraphBuilder on a fresh buffer and
 returns the tensors to read back and a function computing their expected values from the
 same inputs.  The conformance suite compares a target server against the oracle; the
 project's tests also send every case to the real upstream server and to ours and compare
