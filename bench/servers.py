@@ -88,8 +88,9 @@ def bridge(target: str, client_proto: str):
 
 @contextlib.contextmanager
 def setup(kinds: tuple[str, ...], peer, *, numerics: str = "ggml"):
-    """Servers of `peer`'s protocol, each "ours" or "real", as a list of endpoints: one for a
-    layer split, two for a tensor split.  The two of a tensor split share the machine: each
+    """Servers of `peer`'s protocol, each "ours", "real" or "guarded" (real behind
+    ggml-rpc-guard), as a list of endpoints: one for a layer split, two for a tensor split.
+    The two of a tensor split share the machine: each
     computes on its share of the cores (the upstream CPU backend's threads wait for work
     spinning: two real servers of two threads each on two cores decoded 0.2-0.5 tokens/s,
     of one thread each 14-18), and rank 0 listens on a port whose + 1000 is free (where the
@@ -99,7 +100,12 @@ def setup(kinds: tuple[str, ...], peer, *, numerics: str = "ggml"):
         endpoints = []
         for rank, kind in enumerate(kinds):
             port = comm_safe_port() if len(kinds) == 2 and rank == 0 else 0
-            server = (reference(peer.protocol, "--numerics", numerics, port=port, mem="4G", threads=threads)
-                      if kind == "ours" else upstream(peer, port=port, threads=threads))
-            endpoints.append(stack.enter_context(server))
+            if kind == "ours":
+                endpoint = stack.enter_context(reference(peer.protocol, "--numerics", numerics, port=port, mem="4G",
+                                                         threads=threads))
+            else:
+                endpoint = stack.enter_context(upstream(peer, port=port, threads=threads))
+                if kind == "guarded":
+                    endpoint = stack.enter_context(guard(endpoint))
+            endpoints.append(endpoint)
         yield endpoints

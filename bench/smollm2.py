@@ -1,13 +1,16 @@
 """SmolLM2-135M through the reference server vs llama.cpp's own CPU (on demand, not CI).
 
     python -m bench.smollm2 [--clients 0.3.36,0.3.20] [--split layer|tensor] [--numerics float,ggml] [--tokens 32]
+                            [--guard]
 
 For each real llama.cpp client (0.3.36 speaks protocol 7.0.0, 0.3.20 speaks 3.6.1, 0.11739
 speaks 8.0.0) and both paths (a batched prompt, n_batch 512, and one token at a time,
 n_batch 1), a paragraph of 60+ tokens goes through llama.cpp teacher-forced, once on its
 local CPU and once fully offloaded to each server set-up:
 
-  --split layer   one server: the real upstream server, then ours (per --numerics)
+  --split layer   one server: the real upstream server, then ours (per --numerics); with
+                  --guard also the real server behind ggml-rpc-guard, whose logits must be
+                  identical to the real server's straight
   --split tensor  (8.0.0 clients) every weight split over two servers that all-reduce over a
                   link of their own, rank 0 first: real + real, ours + ours, ours + real,
                   real + ours (flash attention on, as the split requires, locally too)
@@ -27,6 +30,8 @@ server misses a criterion.
 from __future__ import annotations
 
 import argparse
+
+import numpy as np
 import sys
 
 from ggml_rpc_spec.upstream_peers import ensure_built, peer_for
@@ -46,13 +51,17 @@ AGREEMENT, ERROR = 0.90, 0.05
 PAIRS = [("real", "real"), ("ours", "ours"), ("ours", "real"), ("real", "ours")]  # rank 0 first
 
 
-def setups(split: str, numerics: list[str]) -> list[tuple[str, tuple[str, ...], str]]:
-    """(label, server kinds, numerics) per run, the real set-up first (the speed baseline)."""
-    layouts = [("real",), ("ours",)] if split == "layer" else PAIRS
+LABELS = {"real": "real", "guarded": "real behind ggml-rpc-guard"}
+
+
+def setups(split: str, numerics: list[str], guard: bool = False) -> list[tuple[str, tuple[str, ...], str]]:
+    """(label, server kinds, numerics) per run, the real set-up first (the speed baseline);
+    with `guard`, the real server behind ggml-rpc-guard next (layer split)."""
+    layouts = ([("real",)] + [("guarded",)] * guard + [("ours",)]) if split == "layer" else PAIRS
     runs = []
     for kinds in layouts:
         for mode in numerics if "ours" in kinds else ["-"]:
-            label = " + ".join(k if k == "real" else f"ours ({mode})" for k in kinds)
+            label = " + ".join(LABELS.get(k, f"ours ({mode})") for k in kinds)
             runs.append((label, kinds, mode))
     return runs
 
@@ -77,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="one server, or a tensor split over two (8.0.0 clients)")
     parser.add_argument("--numerics", default="float,ggml", help="server numerics modes to measure")
     parser.add_argument("--tokens", type=int, default=32, help="greedy tokens to generate (and time)")
+    parser.add_argument("--guard", action="store_true",
+                        help="also run the real server behind ggml-rpc-guard (layer split): its logits must equal "
+                             "the real server's straight")
     args = parser.parse_args(argv)
 
     model = smollm2()
@@ -90,13 +102,17 @@ def main(argv: list[str] | None = None) -> int:
             local = decode(peer, model, [], split=args.split, n_batch=n_batch, tokens=args.tokens)
             print(f"\n-- {path}: {len(local['tokens'])} prompt tokens")
             print(f"   {'local CPU':26s}: {str(local['text'])!r}")
-            baseline = None
-            for label, kinds, numerics in setups(args.split, args.numerics.split(",")):
+            baseline, straight = None, None
+            for label, kinds, numerics in setups(args.split, args.numerics.split(","), args.guard):
                 with servers.setup(kinds, peer, numerics=numerics) as endpoints:
                     remote = decode(peer, model, endpoints, split=args.split, n_batch=n_batch, tokens=args.tokens)
                 result = compare(local, remote)
                 ok = meets(result, ERROR, AGREEMENT)
-                failures += "ours" in kinds and not ok
+                straight = remote if kinds == ("real",) else straight
+                if kinds == ("guarded",):  # the guard must change nothing at all
+                    ok = straight is not None and bool(np.array_equal(straight["logits"], remote["logits"]))
+                    print(f"   {label:26s}: logits identical to the real server's straight: {ok}")
+                failures += ("ours" in kinds or "guarded" in kinds) and not ok
                 speed = tokens_per_second(remote, args.tokens)
                 baseline = baseline or speed
                 print(f"   {label:26s}: {str(remote['text'])!r}")
@@ -105,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"max logit error {result['max_error']:.3f} ({result['relative_error']:.1%} of the "
                       f"largest logit) -> {'PASS' if ok else 'FAIL'}")
                 print(f"      {speed:6.1f} tokens/s = {speed / baseline:.2f}x the real set-up")
-    print("\nall criteria met" if not failures else f"\n{failures} run(s) through our server failed")
+    print("\nall criteria met" if not failures else f"\n{failures} run(s) through our server or the guard failed")
     return 1 if failures else 0
 
 
