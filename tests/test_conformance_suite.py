@@ -330,17 +330,23 @@ def test_the_command_runs_selected_cases_from_any_directory(tmp_path, reference_
     assert f"target {server.endpoint} (external): reports protocol 7.0.0" in proc.stdout
 
 
+def hostile_run(tmp_path, server_class, session_class, examples: int) -> tuple[dict, list]:
+    """The suite's hostile fuzzing alone (--destructive) against a faulty server: the run and
+    the fuzz findings of its JSON report."""
+    server = serve_faulty(server_class, session_class)
+    try:
+        result = run_suite(tmp_path, "--target", server.endpoint, "-k", "structure-aware", "--destructive",
+                           "--fuzz-examples", str(examples), "--conformance-json", "report.json")
+    finally:
+        server.shutdown()
+    return result, json.loads((tmp_path / "report.json").read_text())["fuzz_findings"]
+
+
 def test_the_hostile_fuzzer_alone_finds_a_missing_bounds_check(tmp_path):
     """A server reporting 7.0.0 that breaks a MUST rule fails the run: no version number buys
     forgiveness (only --upstream does, and only for the deviations listed for that version)."""
-    server = serve_faulty(ReferenceServer, NoBoundsCheck)
-    try:
-        result = run_suite(tmp_path, "--target", server.endpoint, "-k", "structure-aware", "--destructive",
-                           "--fuzz-examples", "2000", "--conformance-json", "report.json")
-    finally:
-        server.shutdown()
+    result, findings = hostile_run(tmp_path, ReferenceServer, NoBoundsCheck, 2000)
     assert result["code"] == 1 and "every case judged against SPEC.md" in result["output"], result["output"][-2000:]
-    findings = json.loads((tmp_path / "report.json").read_text())["fuzz_findings"]
     regions = [f for f in findings if f["kind"] == "served a request breaking a MUST rule"
                and f["rule"] in ("get_tensor.region", "get_tensor.in-tensor", "tensor.bounds")]
     assert regions, (findings, result["output"][-2000:])
@@ -497,13 +503,7 @@ class GetTensorOneByteLong(ReferenceServer):
 ], ids=["canary", "malformed"])
 def test_the_hostile_fuzzer_reports_a_corrupted_canary_and_malformed_replies(tmp_path, server_class, session_class,
                                                                               kind):
-    server = serve_faulty(server_class, session_class)
-    try:
-        result = run_suite(tmp_path, "--target", server.endpoint, "-k", "structure-aware", "--destructive",
-                           "--fuzz-examples", "30", "--conformance-json", "report.json")
-    finally:
-        server.shutdown()
-    findings = json.loads((tmp_path / "report.json").read_text())["fuzz_findings"]
+    result, findings = hostile_run(tmp_path, server_class, session_class, 30)
     assert result["code"] == 1 and kind in {f["kind"] for f in findings}, (findings, result["output"][-2000:])
 # -- servers that misread one op_params word, or ignore one source ------------------------------------
 

@@ -234,14 +234,19 @@ def _hash_hit(p, *, buffer: int | None = None, offset: int = 0, n: int | None = 
     p.send(C.SET_TENSOR_HASH, {"tensor": target, "offset": offset, "hash": fnv1a64(data)})
 
 
-def _rope_mode_one(p) -> None:
+def _rope(p, **params) -> None:
+    """A ROPE node over a 4x4 F32 source at position 3, with `params` as its op_params."""
     positions = p.tensor(64, id=0xB2, n=1, type=26, name="pos")  # I32 [1]
     _set(p, positions, struct.pack("<i", 3))
     x = p.tensor(0, id=0xA1, n=16, name="x", ne=[4, 4, 1, 1], nb=[4, 16, 64, 64])
     rope = p.tensor(128, id=0xC3, n=16, name="rope", ne=[4, 4, 1, 1], nb=[4, 16, 64, 64],
                     op=p.profile.ggml.op_value("ROPE"), src=[0xA1, 0xB2] + [0] * 8,
-                    op_params=spec_for("ROPE").pack(n_dims=4, mode=1))
+                    op_params=spec_for("ROPE").pack(**params))
     _graph(p, [x, positions, rope])
+
+
+def _rope_mode_one(p) -> None:
+    _rope(p, n_dims=4, mode=1)
 
 
 def _acc_past_the_end(p) -> None:
@@ -295,13 +300,7 @@ def _scale_f16(p) -> None:
 
 def _rope_odd_dims(p) -> None:
     """ROPE turning n_dims = 3 of 4 elements (ggml's CPU asserts an even n_dims)."""
-    positions = p.tensor(64, id=0xB2, n=1, type=26, name="pos")  # I32 [1]
-    _set(p, positions, struct.pack("<i", 3))
-    x = p.tensor(0, id=0xA1, n=16, name="x", ne=[4, 4, 1, 1], nb=[4, 16, 64, 64])
-    rope = p.tensor(128, id=0xC3, n=16, name="rope", ne=[4, 4, 1, 1], nb=[4, 16, 64, 64],
-                    op=p.profile.ggml.op_value("ROPE"), src=[0xA1, 0xB2] + [0] * 8,
-                    op_params=spec_for("ROPE").pack(n_dims=3, mode=0))
-    _graph(p, [x, positions, rope])
+    _rope(p, n_dims=3, mode=0)
 
 
 def _mamba1_snapshots(p) -> None:

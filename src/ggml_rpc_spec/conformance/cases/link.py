@@ -81,6 +81,17 @@ def comm_peers(ctx: Context) -> None:
     require(rpc.alignment(ctx.device) > 0, "the connection still serves", "it does not")
 
 
+def _rank0_or_skip(ctx: Context, rpc, port: int, dial) -> tuple:
+    """COMM_INIT asking the target to be rank 0 on `port` while the suite, as rank 1, dials it
+    with `dial`: (ok, the suite's link log); the case is skipped when the target declines."""
+    peer = ctx.attach(LinkPeer(1, dial, timeout=ctx.timeout)).start()
+    ok = rpc.comm_init(rank=0, port=port, device=ctx.device)
+    log = peer.finish()
+    if not ok and not log.peer:
+        ctx.skip(f"the target declined to listen as rank 0 (COMM_INIT answered ok=0): {log.error}")
+    return ok, log
+
+
 def _reaches(address: tuple[str, int], timeout: float) -> str:
     """Whether a connection to `address` is taken: "accepted" or why not."""
     try:
@@ -105,11 +116,7 @@ def comm_listen(ctx: Context) -> None:
             peer.log.notes["stranger"] = _reaches((stranger, port), ctx.timeout / 4)
         return opened
 
-    peer = ctx.attach(LinkPeer(1, connect_then_try_the_stranger, timeout=ctx.timeout)).start()
-    ok = rpc.comm_init(rank=0, port=port, device=ctx.device)
-    log = peer.finish()
-    if not ok and not log.peer:
-        ctx.skip(f"the target declined to listen as rank 0 (COMM_INIT answered ok=0): {log.error}")
+    ok, log = _rank0_or_skip(ctx, rpc, port, connect_then_try_the_stranger)
     try:
         require(ok and log.peer, f"ok=1 once the suite connected to {host}:{port}",
                 f"ok={int(ok)}, link {log.peer or 'not made'} {log.error}")
@@ -164,11 +171,7 @@ def comm_admit(ctx: Context) -> None:
         peer.log.notes["stranger"] = _handshake_from(stranger, (host, port), deadline)
         return connect((host, port), peer, deadline)
 
-    peer = ctx.attach(LinkPeer(1, stranger_first, timeout=ctx.timeout)).start()
-    ok = rpc.comm_init(rank=0, port=port, device=ctx.device)
-    log = peer.finish()
-    if not ok and not log.peer:
-        ctx.skip(f"the target declined to listen as rank 0 (COMM_INIT answered ok=0): {log.error}")
+    ok, log = _rank0_or_skip(ctx, rpc, port, stranger_first)
     try:
         require(log.notes.get("stranger") != "linked", f"a connection from {stranger} closed without a handshake",
                 f"the target linked with {stranger}, which it was not told about")
